@@ -1,0 +1,47 @@
+# One-command set-up: `make serve` (run the service) and `make test` (run the whole suite) work on a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Pinned so a CPU machine takes the CPU wheel it already has; on a CUDA machine the same pin takes PyPI's CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+HOST ?= 127.0.0.1
+PORT ?= 8000
+DEMO_SIZE ?= tiny
+
+.PHONY: serve test lint install install-dev demo-store clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install -q -e ".[dev,load]"
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+demo-store: install
+	@if [ ! -f model_store/xlmr-mnli/config.json ]; then \
+		$(BIN)/xnli-serve build-demo-store --out model_store --size $(DEMO_SIZE); \
+	else echo "model_store already has checkpoints (make demo-store-force to rebuild)"; fi
+
+serve: demo-store
+	$(BIN)/xnli-serve serve --host $(HOST) --port $(PORT)
+
+lint: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: install-dev lint
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,92 @@
+"""Every error leaves as ``{"error": {"type", "message"}}`` with a 4xx/5xx status; clients never see HTML."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from app.engine.engine import UnknownVariantError, VariantNotReadyError
+from app.engine.scheduler import InferenceError
+from app.engine.tokenization import InputTooLongError
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        error_type: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        details: list[dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+        self.message = message
+        self.headers = headers or {}
+        self.details = details
+
+
+def error_response(error: ApiError) -> Response:
+    body: dict[str, Any] = {"type": error.error_type, "message": error.message}
+    if error.details:
+        body["details"] = error.details
+    return Response(
+        orjson.dumps({"error": body}),
+        status_code=error.status,
+        media_type="application/json",
+        headers=error.headers,
+    )
+
+
+def from_engine(error: Exception) -> ApiError:
+    """Translate engine exceptions (which know nothing of HTTP) into API errors."""
+    if isinstance(error, UnknownVariantError):
+        return ApiError(404, "unknown_variant", str(error))
+    if isinstance(error, VariantNotReadyError):
+        return ApiError(503, "not_ready", str(error), headers={"Retry-After": "5"})
+    if isinstance(error, InputTooLongError):
+        return ApiError(
+            422,
+            "input_too_long",
+            str(error),
+            details=[{"pair": error.pair_index, "tokens": error.length, "limit": error.limit}],
+        )
+    if isinstance(error, InferenceError):
+        return ApiError(500, "inference_error", str(error))
+    return ApiError(500, "internal_error", f"{type(error).__name__}: {error}")
+
+
+_STATUS_TYPES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
+
+
+def _validation_details(error: RequestValidationError) -> list[dict[str, Any]]:
+    details = []
+    for item in error.errors():
+        location = [str(part) for part in item.get("loc", ()) if part != "body"]
+        details.append({"loc": location, "msg": item.get("msg", ""), "type": item.get("type", "")})
+    return details
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, error: ApiError) -> Response:
+        return error_response(error)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, error: RequestValidationError) -> Response:
+        details = _validation_details(error)
+        summary = "; ".join(f"{'.'.join(d['loc']) or 'body'}: {d['msg']}" for d in details[:5])
+        return error_response(ApiError(422, "validation_error", f"invalid request: {summary}", details=details))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, error: StarletteHTTPException) -> Response:
+        error_type = _STATUS_TYPES.get(error.status_code, "http_error")
+        return error_response(
+            ApiError(error.status_code, error_type, str(error.detail), headers=dict(error.headers or {}))
+        )

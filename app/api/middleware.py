@@ -1,0 +1,77 @@
+"""Request ids and access logs as a pure ASGI middleware (no per-request task or body buffering)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.logs import request_id_var
+
+access_log = logging.getLogger("xnli_serve.access")
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class RequestContextMiddleware:
+    """Gives every request an id (the client's ``X-Request-Id`` if sane), echoes it, logs one line per request,
+    and turns any unexpected exception into a JSON 500 so that an accepted request always gets an answer."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = None
+        for name, value in scope.get("headers", ()):
+            if name == b"x-request-id":
+                candidate = value.decode("latin-1")
+                request_id = candidate if _CLIENT_ID.match(candidate) else None
+                break
+        request_id = request_id or uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            access_log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if not response_started:
+                body = orjson.dumps({"error": {"type": "internal_error", "message": "internal server error"}})
+                await send_with_id(
+                    {
+                        "type": "http.response.start",
+                        "status": 500,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                )
+                await send_with_id({"type": "http.response.body", "body": body})
+        finally:
+            if scope.get("path") not in ("/metrics", "/health/live", "/health/ready"):
+                access_log.info(
+                    "%s %s %d",
+                    scope.get("method"),
+                    scope.get("path"),
+                    status,
+                    extra={"status": status, "duration_ms": round((time.perf_counter() - started) * 1000, 3)},
+                )
+            request_id_var.reset(token)

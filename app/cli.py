@@ -1,0 +1,93 @@
+"""`xnli-serve` command line: serve, build-demo-store."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from app.settings import Settings
+
+cli = typer.Typer(no_args_is_help=True, add_completion=False, help="Serve multilingual NLI (XLM-R) variants.")
+log = logging.getLogger("xnli_serve")
+
+
+@cli.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (XNLI_SERVE_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (XNLI_SERVE_PORT).")] = None,
+    catalogue: Annotated[Path | None, typer.Option(help="Variant catalogue TOML (XNLI_SERVE_CATALOGUE).")] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error (XNLI_SERVE_LOG_LEVEL).")] = None,
+) -> None:
+    """Check every variant's checkpoint, then serve; models load and warm up while /health/ready says 503."""
+    overrides: dict[str, Any] = {
+        key: value
+        for key, value in {"host": host, "port": port, "catalogue": catalogue, "log_level": log_level}.items()
+        if value is not None
+    }
+    settings = Settings(**overrides)
+
+    from app.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+
+    import uvicorn
+
+    from app.api.app import create_app
+    from app.engine.catalogue import CatalogueError, load_catalogue
+    from app.engine.engine import Engine
+    from app.engine.model_store import CheckpointError
+
+    try:
+        engine = Engine(
+            load_catalogue(settings.catalogue, settings.variants),
+            tokenization_workers=settings.tokenization_workers,
+            torch_threads=settings.torch_threads,
+        )
+        engine.preflight()
+    except (CatalogueError, CheckpointError) as error:
+        print(f"xnli-serve: cannot start: {error}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    uvicorn.run(
+        create_app(settings, engine),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
+
+
+@cli.command("build-demo-store")
+def build_demo_store_command(
+    out: Annotated[Path, typer.Option(help="Model store folder to write into.")] = Path("model_store"),
+    size: Annotated[
+        str, typer.Option(help="tiny (tests, quick start) or base (XLM-R base encoder, 12 x 768).")
+    ] = "tiny",
+    force: Annotated[bool, typer.Option(help="Rebuild checkpoints that already exist.")] = False,
+    variant: Annotated[list[str] | None, typer.Option(help="Build only these demo variants (repeatable).")] = None,
+) -> None:
+    """Write UNTRAINED demo XLM-R checkpoints (random predictions) and a catalogue if the folder has none."""
+    from app.logs import configure_logging
+
+    configure_logging("info", "text")
+    from app.demo.build_store import SHAPES, build_demo_store
+
+    if size not in SHAPES:
+        print(f"xnli-serve: --size must be one of {sorted(SHAPES)}", file=sys.stderr)
+        raise typer.Exit(2)
+    made = build_demo_store(out, size=size, force=force, variants=variant)  # type: ignore[arg-type]
+    print(f"built {len(made)} demo checkpoint(s) in {out}" if made else f"demo checkpoints already present in {out}")
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

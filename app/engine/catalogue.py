@@ -1,0 +1,148 @@
+"""The variant catalogue (``model_store/variants.toml``): which checkpoints to serve and how.
+
+A variant is a checkpoint plus how it is run. ``[defaults]`` holds serving knobs every variant inherits; each
+``[[variant]]`` table may override them. Every problem is reported as one message naming the file and the variant.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+VARIANT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+PAD_MULTIPLE = 8
+
+DType = Literal["auto", "float32", "float16", "bfloat16"]
+
+
+class CatalogueError(ValueError):
+    """The catalogue cannot be used; the message says where and why."""
+
+
+class ServingOptions(BaseModel):
+    """Knobs that decide how a variant runs; ``[defaults]`` and each variant share this shape."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    device: str = "auto"
+    dtype: DType = "auto"
+    max_batch_size: int = Field(32, ge=1, le=4096)
+    max_batch_tokens: int = Field(8192, ge=8)
+    max_seq_len: int = Field(256, ge=8, le=8192)
+    max_wait_ms: float = Field(0.0, ge=0.0, le=10_000.0)
+    enabled: bool = True
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {value!r}")
+
+    @model_validator(mode="after")
+    def _one_full_sequence_fits_a_batch(self) -> ServingOptions:
+        longest = -(-self.max_seq_len // PAD_MULTIPLE) * PAD_MULTIPLE
+        if self.max_batch_tokens < longest:
+            raise ValueError(
+                f"max_batch_tokens ({self.max_batch_tokens}) must hold one sequence of max_seq_len "
+                f"{self.max_seq_len} padded to {longest}"
+            )
+        return self
+
+
+class VariantSpec(ServingOptions):
+    """One deployable variant: metadata shown to users plus resolved serving options."""
+
+    name: str = Field(pattern=VARIANT_NAME_PATTERN)
+    path: Path
+    base_model: str = "unknown"
+    intermediate_task: str = "none"
+    description: str = ""
+
+
+class Catalogue(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    source: Path
+    default_variant: str
+    variants: tuple[VariantSpec, ...]
+
+    def get(self, name: str) -> VariantSpec:
+        for variant in self.variants:
+            if variant.name == name:
+                return variant
+        raise KeyError(name)
+
+    @property
+    def enabled(self) -> tuple[VariantSpec, ...]:
+        return tuple(variant for variant in self.variants if variant.enabled)
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(piece) for piece in item["loc"]) or "(table)"
+        parts.append(f"{where}: {item['msg']}")
+    return "; ".join(parts)
+
+
+def load_catalogue(path: Path, only: list[str] | None = None) -> Catalogue:
+    """Parse and check a catalogue file; ``only`` keeps a subset of variants (a replica serving part of it)."""
+    try:
+        raw: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CatalogueError(f"catalogue {path}: file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise CatalogueError(f"catalogue {path}: not valid TOML: {error}") from None
+
+    unknown_keys = sorted(set(raw) - {"defaults", "variant", "default_variant"})
+    if unknown_keys:
+        raise CatalogueError(f"catalogue {path}: unknown top-level keys {unknown_keys}")
+    defaults_table = raw.get("defaults", {})
+    try:
+        defaults = ServingOptions.model_validate(defaults_table)
+    except ValidationError as error:
+        raise CatalogueError(f"catalogue {path}: [defaults]: {_describe(error)}") from None
+
+    tables = raw.get("variant", [])
+    if not isinstance(tables, list) or not tables:
+        raise CatalogueError(f"catalogue {path}: no [[variant]] tables")
+    variants: list[VariantSpec] = []
+    for position, table in enumerate(tables, start=1):
+        label = f"variant #{position}"
+        if isinstance(table, dict) and isinstance(table.get("name"), str):
+            label = f"variant {table['name']!r}"
+        try:
+            merged = {**defaults.model_dump(exclude_unset=True), **table}
+            spec = VariantSpec.model_validate(merged)
+        except ValidationError as error:
+            raise CatalogueError(f"catalogue {path}: {label}: {_describe(error)}") from None
+        if not spec.path.is_absolute():
+            spec = spec.model_copy(update={"path": (path.parent / spec.path).resolve()})
+        variants.append(spec)
+
+    names = [variant.name for variant in variants]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise CatalogueError(f"catalogue {path}: variant names must be unique, repeated: {duplicates}")
+
+    if only:
+        missing = [name for name in only if name not in names]
+        if missing:
+            raise CatalogueError(f"catalogue {path}: XNLI_SERVE_VARIANTS names unknown variants {missing}")
+        variants = [variant.model_copy(update={"enabled": True}) for variant in variants if variant.name in only]
+
+    enabled = [variant.name for variant in variants if variant.enabled]
+    if not enabled:
+        raise CatalogueError(f"catalogue {path}: no enabled variant")
+    default_variant = raw.get("default_variant", enabled[0])
+    if only and default_variant not in enabled:
+        default_variant = enabled[0]
+    if default_variant not in enabled:
+        raise CatalogueError(
+            f"catalogue {path}: default_variant {default_variant!r} is not an enabled variant (enabled: {enabled})"
+        )
+    return Catalogue(source=path, default_variant=default_variant, variants=tuple(variants))

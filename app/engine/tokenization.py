@@ -1,0 +1,75 @@
+"""Pair tokenization with the checkpoint's own fast (Rust) tokenizer, before anything is queued.
+
+Tokenizing up front lets the batcher know every pair's length, and the Rust tokenizer releases the GIL, so it runs
+in a thread pool beside the event loop and the device worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tokenizers import Tokenizer
+
+
+class InputTooLongError(ValueError):
+    """A pair does not fit ``max_seq_len`` (and may not, or cannot, be truncated)."""
+
+    def __init__(self, pair_index: int, length: int | None, limit: int, reason: str) -> None:
+        self.pair_index = pair_index
+        self.length = length
+        self.limit = limit
+        super().__init__(reason)
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedPairs:
+    ids: list[list[int]]
+    truncated: list[bool]
+
+
+class PairEncoder:
+    """Encodes (premise, hypothesis) pairs; over-long pairs lose premise tokens (``only_first``) or are refused."""
+
+    def __init__(self, backend: Tokenizer, max_seq_len: int) -> None:
+        self.max_seq_len = max_seq_len
+        self._plain = Tokenizer.from_str(backend.to_str())
+        self._plain.no_padding()
+        self._plain.no_truncation()
+        self._truncating = Tokenizer.from_str(backend.to_str())
+        self._truncating.no_padding()
+        self._truncating.enable_truncation(max_seq_len, strategy="only_first")
+
+    def encode(self, pairs: Sequence[tuple[str, str]], truncate: bool = True) -> EncodedPairs:
+        if not truncate:
+            encodings = self._plain.encode_batch(list(pairs))
+            for index, encoding in enumerate(encodings):
+                if len(encoding.ids) > self.max_seq_len:
+                    raise InputTooLongError(
+                        index,
+                        len(encoding.ids),
+                        self.max_seq_len,
+                        f"pair {index} is {len(encoding.ids)} tokens long, over max_seq_len {self.max_seq_len}; "
+                        "send truncate=true to cut the premise",
+                    )
+            return EncodedPairs([encoding.ids for encoding in encodings], [False] * len(encodings))
+        try:
+            encodings = self._truncating.encode_batch(list(pairs))
+        except Exception:
+            # Only raised when a hypothesis alone leaves no room for the premise; find which pair, then refuse it.
+            for index, pair in enumerate(pairs):
+                try:
+                    self._truncating.encode(*pair)
+                except Exception:
+                    length = len(self._plain.encode(*pair).ids)
+                    raise InputTooLongError(
+                        index,
+                        length,
+                        self.max_seq_len,
+                        f"pair {index}: the hypothesis alone does not fit max_seq_len {self.max_seq_len} "
+                        f"(pair is {length} tokens); only the premise is ever truncated",
+                    ) from None
+            raise
+        return EncodedPairs(
+            [encoding.ids for encoding in encodings], [bool(encoding.overflowing) for encoding in encodings]
+        )

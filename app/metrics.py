@@ -1,0 +1,97 @@
+"""Every Prometheus metric the service exports, defined once.
+
+These names are a contract read by Grafana dashboards, alert rules and load-test reports: rename nothing.
+Histograms (not summaries) so that quantiles can be aggregated across replicas.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+# 0.1 ms .. ~29 s in 1.5x steps (TEI uses the same ratio): fine enough for sub-millisecond HTTP overhead
+# and for multi-second queues under overload.
+DURATION_BUCKETS: tuple[float, ...] = tuple(round(1e-4 * 1.5**k, 7) for k in range(32))
+BATCH_SIZE_BUCKETS: tuple[float, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512, 1024)
+BATCH_TOKEN_BUCKETS: tuple[float, ...] = tuple(float(2**k) for k in range(3, 18))
+PADDING_RATIO_BUCKETS: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
+
+REQUEST_DURATION = Histogram(
+    "xnli_request_duration_seconds",
+    "End-to-end time of a request inside the service, from routing to response.",
+    ["variant", "endpoint"],
+    buckets=DURATION_BUCKETS,
+)
+QUEUE_DURATION = Histogram(
+    "xnli_queue_duration_seconds",
+    "Time a request's pairs spent waiting for the device (engine time minus its batches' compute).",
+    ["variant"],
+    buckets=DURATION_BUCKETS,
+)
+TOKENIZATION_DURATION = Histogram(
+    "xnli_tokenization_duration_seconds",
+    "Time to tokenize one request's pairs.",
+    ["variant"],
+    buckets=DURATION_BUCKETS,
+)
+INFERENCE_DURATION = Histogram(
+    "xnli_inference_duration_seconds",
+    "Time of one batch on the device: collation, forward pass, softmax and copy back.",
+    ["variant"],
+    buckets=DURATION_BUCKETS,
+)
+BATCH_SIZE = Histogram("xnli_batch_size", "Pairs per batch run.", ["variant"], buckets=BATCH_SIZE_BUCKETS)
+BATCH_TOKENS = Histogram(
+    "xnli_batch_tokens",
+    "Padded tokens per batch run (pairs x padded length).",
+    ["variant"],
+    buckets=BATCH_TOKEN_BUCKETS,
+)
+BATCH_PADDING_RATIO = Histogram(
+    "xnli_batch_padding_ratio",
+    "Share of a batch's padded tokens that are padding.",
+    ["variant"],
+    buckets=PADDING_RATIO_BUCKETS,
+)
+REQUESTS = Counter(
+    "xnli_requests",
+    "Requests answered, by outcome (success, client_error, not_found, overloaded, unavailable, error).",
+    ["variant", "outcome"],
+)
+PREDICTIONS = Counter("xnli_predictions", "Pairs predicted, by top label.", ["variant", "label"])
+QUEUE_DEPTH = Gauge("xnli_queue_depth", "Pairs waiting in the variant's queue.", ["variant"])
+VARIANT_INFO = Gauge(
+    "xnli_variant_info",
+    "Catalogue metadata of each loaded variant (value 1).",
+    ["variant", "base_model", "intermediate_task", "device", "dtype"],
+)
+UNKNOWN_VARIANT = "_unknown"
+
+
+class CudaMemoryCollector(Collector):
+    """Reads allocator state at scrape time, so nothing polls the GPU between scrapes."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        import torch
+
+        if not torch.cuda.is_available():
+            return
+        family = GaugeMetricFamily(
+            "xnli_cuda_memory_allocated_bytes", "Bytes held by torch's CUDA allocator.", labels=["device"]
+        )
+        for index in range(torch.cuda.device_count()):
+            family.add_metric([f"cuda:{index}"], float(torch.cuda.memory_allocated(index)))
+        yield family
+
+
+_cuda_collector_registered = False
+
+
+def register_cuda_collector() -> None:
+    global _cuda_collector_registered
+    if not _cuda_collector_registered:
+        REGISTRY.register(CudaMemoryCollector())
+        _cuda_collector_registered = True

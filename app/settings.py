@@ -1,0 +1,64 @@
+"""Process-wide settings: the one place every knob of the service is declared (env prefix ``XNLI_SERVE_``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_CATALOGUE = Path("model_store") / "variants.toml"
+
+
+def _physical_cores() -> int:
+    """Cores for torch's intra-op pool: hyper-threads only add contention to matrix kernels."""
+    try:
+        cores = set()
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+            physical_id = core_id = ""
+            for line in cpuinfo:
+                if line.startswith("physical id"):
+                    physical_id = line.split(":", 1)[1].strip()
+                elif line.startswith("core id"):
+                    core_id = line.split(":", 1)[1].strip()
+                    cores.add((physical_id, core_id))
+        if cores:
+            return len(cores)
+    except OSError:
+        pass
+    return os.cpu_count() or 1
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="XNLI_SERVE_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    catalogue: Path = Field(
+        DEFAULT_CATALOGUE,
+        description="Variant catalogue (TOML). Relative checkpoint paths in it resolve against its own folder.",
+    )
+    variants: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Serve only these catalogue variants (comma-separated in the environment); empty = all enabled.",
+    )
+    max_pairs_per_request: int = Field(64, ge=1, description="Pairs one /predict call may carry (413 beyond).")
+    tokenization_workers: int = Field(
+        default_factory=lambda: max(1, os.cpu_count() or 1),
+        ge=1,
+        description="Threads that tokenize requests before they are queued.",
+    )
+    torch_threads: int = Field(
+        default_factory=_physical_cores, ge=1, description="torch intra-op threads on CPU (physical cores)."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = "json"
+
+    @field_validator("variants", mode="before")
+    @classmethod
+    def _split_variant_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value

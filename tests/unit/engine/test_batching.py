@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app.engine.batching import BatchLimits, batch_cost, select_batch
+
+
+def test_takes_everything_waiting_when_it_fits() -> None:
+    assert sorted(select_batch([10, 12, 11], BatchLimits(8, 1024))) == [0, 1, 2]
+
+
+def test_caps_batch_size() -> None:
+    chosen = select_batch([16] * 20, BatchLimits(max_batch_size=4, max_batch_tokens=10_000))
+    assert len(chosen) == 4
+    assert 0 in chosen
+
+
+def test_caps_padded_tokens_counted_as_rows_times_longest() -> None:
+    # 40 pads to 40: 3 rows = 120 tokens fit in 128, a 4th would need 160.
+    chosen = select_batch([40, 8, 8, 8, 8], BatchLimits(max_batch_size=32, max_batch_tokens=128))
+    assert 0 in chosen
+    assert batch_cost([[40, 8, 8, 8, 8][i] for i in chosen]) <= 128
+    assert len(chosen) == 3
+
+
+def test_groups_similar_lengths_around_the_oldest_pair() -> None:
+    lengths = [100, 10, 98, 12, 101, 11, 99, 9]
+    chosen = select_batch(lengths, BatchLimits(max_batch_size=4, max_batch_tokens=100_000))
+    assert sorted(chosen) == [0, 2, 4, 6]
+    assert batch_cost([lengths[i] for i in chosen]) == 4 * 104
+
+
+def test_short_oldest_pair_batches_with_short_ones() -> None:
+    lengths = [10, 100, 12, 98, 11, 101, 9]
+    chosen = select_batch(lengths, BatchLimits(max_batch_size=4, max_batch_tokens=100_000))
+    assert sorted(chosen) == [0, 2, 4, 6]
+
+
+def test_single_pair_always_taken_even_if_alone_it_fills_the_budget() -> None:
+    assert select_batch([512], BatchLimits(max_batch_size=8, max_batch_tokens=512)) == [0]
+
+
+def test_empty_queue() -> None:
+    assert select_batch([], BatchLimits(8, 64)) == []
+
+
+def test_window_limits_lookahead() -> None:
+    limits = BatchLimits(max_batch_size=2, max_batch_tokens=10_000)  # window = 16
+    lengths = [50] + [200] * 15 + [50]  # the matching pair sits just past the window
+    chosen = select_batch(lengths, limits)
+    assert 16 not in chosen
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lengths=st.lists(st.integers(min_value=1, max_value=256), min_size=1, max_size=300),
+    max_batch_size=st.integers(min_value=1, max_value=64),
+    extra_tokens=st.integers(min_value=0, max_value=4096),
+)
+def test_invariants(lengths: list[int], max_batch_size: int, extra_tokens: int) -> None:
+    limits = BatchLimits(max_batch_size=max_batch_size, max_batch_tokens=256 + extra_tokens)
+    chosen = select_batch(lengths, limits)
+    assert 0 in chosen
+    assert len(set(chosen)) == len(chosen)
+    assert all(0 <= position < min(len(lengths), limits.window) for position in chosen)
+    assert len(chosen) <= max_batch_size
+    assert batch_cost([lengths[position] for position in chosen]) <= limits.max_batch_tokens
+
+
+@pytest.mark.parametrize("count", [1, 31, 32, 33, 200])
+def test_full_batches_when_enough_equal_pairs_wait(count: int) -> None:
+    chosen = select_batch([24] * count, BatchLimits(max_batch_size=32, max_batch_tokens=32 * 24))
+    assert len(chosen) == min(count, 32)

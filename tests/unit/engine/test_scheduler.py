@@ -1,0 +1,154 @@
+"""The batcher with a real worker thread and a recording stand-in for the model."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from app.engine.batching import BatchLimits
+from app.engine.scheduler import DeviceWorker, InferenceError, InferenceRequest, VariantQueue
+
+
+class RecordingRunner:
+    """Answers with the first token id in column 0, so tests can check which result reached which pair."""
+
+    def __init__(self, name: str, journal: list[tuple[str, int]], gate: threading.Event | None = None) -> None:
+        self.name = name
+        self.journal = journal
+        self.gate = gate
+        self.fail = False
+        self.computed: list[int] = []
+
+    def forward(self, sequences: Sequence[Sequence[int]]) -> npt.NDArray[np.float32]:
+        if self.gate is not None:
+            self.gate.wait(5)
+        self.journal.append((self.name, len(sequences)))
+        if self.fail:
+            raise RuntimeError("injected fault")
+        self.computed.extend(sequence[0] for sequence in sequences)
+        result = np.zeros((len(sequences), 3), dtype=np.float32)
+        result[:, 0] = [sequence[0] for sequence in sequences]
+        result[:, 1] = 1.0
+        return result
+
+
+@pytest.fixture
+def worker() -> Iterator[DeviceWorker]:
+    device_worker = DeviceWorker("test")
+    yield device_worker
+    device_worker.stop(5)
+
+
+def add_queue(
+    worker: DeviceWorker, runner: RecordingRunner, max_batch_size: int = 32, max_wait_ms: float = 0.0
+) -> VariantQueue:
+    queue = VariantQueue(runner.name, runner, BatchLimits(max_batch_size, 100_000), max_wait_ms)
+    worker.add_queue(queue)
+    return queue
+
+
+def submit(worker: DeviceWorker, queue: VariantQueue, first_tokens: Sequence[int]) -> InferenceRequest:
+    request = InferenceRequest(len(first_tokens), asyncio.get_running_loop())
+    worker.submit(queue, request, [[token, 5, 6] for token in first_tokens])
+    return request
+
+
+async def test_split_request_is_answered_once_all_its_batches_ran(worker: DeviceWorker) -> None:
+    journal: list[tuple[str, int]] = []
+    queue = add_queue(worker, RecordingRunner("a", journal), max_batch_size=32)
+    worker.start()
+    request = submit(worker, queue, list(range(100)))
+    await asyncio.wait_for(request.future, 5)
+    assert journal == [("a", 32), ("a", 32), ("a", 32), ("a", 4)]
+    assert request.probabilities[:, 0].tolist() == list(range(100))
+    assert request.compute_s > 0
+    assert request.done_at >= request.enqueued_at
+
+
+async def test_waiting_requests_share_batches(worker: DeviceWorker) -> None:
+    journal: list[tuple[str, int]] = []
+    gate = threading.Event()
+    queue = add_queue(worker, RecordingRunner("a", journal, gate))
+    worker.start()
+    first = submit(worker, queue, [0])
+    await asyncio.sleep(0.05)  # the worker is now inside the gated first batch
+    rest = [submit(worker, queue, [index]) for index in range(1, 11)]
+    gate.set()
+    await asyncio.wait_for(asyncio.gather(first.future, *(request.future for request in rest)), 5)
+    assert journal == [("a", 1), ("a", 10)]
+    assert [request.probabilities[0, 0] for request in rest] == list(range(1, 11))
+
+
+async def test_variants_on_one_device_are_served_round_robin(worker: DeviceWorker) -> None:
+    journal: list[tuple[str, int]] = []
+    queue_a = add_queue(worker, RecordingRunner("a", journal), max_batch_size=4)
+    queue_b = add_queue(worker, RecordingRunner("b", journal), max_batch_size=4)
+    requests = [submit(worker, queue_a, [index]) for index in range(40)]  # a's backlog is queued first ...
+    requests += [submit(worker, queue_b, [index]) for index in range(12)]  # ... then b's
+    worker.start()
+    await asyncio.wait_for(asyncio.gather(*(request.future for request in requests)), 5)
+    order = [name for name, _ in journal]
+    assert order[:7] == ["a", "b", "a", "b", "a", "b", "a"]  # b is not stuck behind a's backlog
+    assert order.count("a") == 10
+    assert order.count("b") == 3
+
+
+async def test_max_wait_collects_a_bigger_batch(worker: DeviceWorker) -> None:
+    journal: list[tuple[str, int]] = []
+    queue = add_queue(worker, RecordingRunner("a", journal), max_wait_ms=300)
+    worker.start()
+    requests = []
+    for index in range(3):
+        requests.append(submit(worker, queue, [index]))
+        await asyncio.sleep(0.01)
+    await asyncio.wait_for(asyncio.gather(*(request.future for request in requests)), 5)
+    assert journal == [("a", 3)]
+
+
+async def test_full_batch_does_not_wait_for_max_wait(worker: DeviceWorker) -> None:
+    journal: list[tuple[str, int]] = []
+    queue = add_queue(worker, RecordingRunner("a", journal), max_batch_size=2, max_wait_ms=10_000)
+    worker.start()
+    started = time.perf_counter()
+    request = submit(worker, queue, [1, 2])
+    await asyncio.wait_for(request.future, 5)
+    assert time.perf_counter() - started < 1.0
+
+
+async def test_failed_forward_fails_only_its_batch(worker: DeviceWorker) -> None:
+    journal: list[tuple[str, int]] = []
+    broken = RecordingRunner("broken", journal)
+    broken.fail = True
+    queue_broken = add_queue(worker, broken)
+    queue_ok = add_queue(worker, RecordingRunner("ok", journal))
+    worker.start()
+    failing = submit(worker, queue_broken, [1, 2])
+    fine = submit(worker, queue_ok, [3])
+    with pytest.raises(InferenceError, match="injected fault"):
+        await asyncio.wait_for(failing.future, 5)
+    await asyncio.wait_for(fine.future, 5)
+    assert worker.alive
+    assert fine.probabilities[0, 0] == 3
+
+
+async def test_abandoned_request_is_not_computed(worker: DeviceWorker) -> None:
+    journal: list[tuple[str, int]] = []
+    gate = threading.Event()
+    runner = RecordingRunner("a", journal, gate)
+    queue = add_queue(worker, runner)
+    worker.start()
+    blocker = submit(worker, queue, [1])
+    await asyncio.sleep(0.05)
+    abandoned = submit(worker, queue, [2, 3])
+    abandoned.abandoned = True
+    kept = submit(worker, queue, [4])
+    gate.set()
+    await asyncio.wait_for(asyncio.gather(blocker.future, kept.future), 5)
+    assert runner.computed == [1, 4]
+    assert queue.pairs == type(queue.pairs)()
