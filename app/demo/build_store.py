@@ -79,6 +79,7 @@ def train_tokenizer(vocab_size: int = 4000) -> object:
         vocab_size=vocab_size,
         special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
         unk_token="<unk>",
+        initial_alphabet=sorted({char for sentence in sentences for char in sentence}),  # no script left behind
         show_progress=False,
     )
     unigram.train_from_iterator(sentences, trainer)

@@ -1,0 +1,95 @@
+"""Start-up: readiness waits for warm-up, and a bad catalogue stops the process with one clear message."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers import free_port, running_server, server_command
+
+pytestmark = pytest.mark.integration
+
+
+def test_ready_only_after_every_variant_is_warmed_up(demo_store: Path, tmp_path: Path) -> None:
+    # Large warm-up shapes keep the loading window wide enough to observe.
+    catalogue = tmp_path / "variants.toml"
+    text = (demo_store / "variants.toml").read_text(encoding="utf-8")
+    text = text.replace('path = "', f'path = "{demo_store}/').replace("max_batch_size = 32", "max_batch_size = 256")
+    text = text.replace("max_batch_tokens = 8192", "max_batch_tokens = 65536").replace(
+        "max_seq_len = 256", "max_seq_len = 512"
+    )
+    catalogue.write_text(text, encoding="utf-8")
+    with running_server(catalogue, tmp_path, wait=False) as server:
+        seen = server.wait_ready()
+        assert 503 in seen, seen  # the port was open and answered "not ready" while loading
+        assert seen.index(503) < seen.index(200)
+        logs = server.logs()
+        for name in ("xlmr-mnli", "xlmr-squad-mnli", "xlmr-hellaswag-mnli", "xlmr-multitask-mnli"):
+            assert f"variant {name} ready (warm-up [(128, 512), (256, 256)]" in logs
+        variants = httpx.get(f"{server.base_url}/variants").json()["variants"]
+        assert all(variant["warmup"]["shapes"] == [[128, 512], [256, 256]] for variant in variants)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        pytest.param(
+            lambda text: text.replace('/xlmr-squad-mnli"', '/missing-folder"'),
+            "variant 'xlmr-squad-mnli': checkpoint folder",
+            id="missing-folder",
+        ),
+        pytest.param(
+            lambda text: text.replace("max_batch_size = 32", "max_batch_size = -1"),
+            "[defaults]: max_batch_size",
+            id="bad-knob",
+        ),
+        pytest.param(
+            lambda text: text.replace('intermediate_task = "squad"', 'intermediate_task = "squad"\ncolour = "red"'),
+            "variant 'xlmr-squad-mnli': colour: Extra inputs are not permitted",
+            id="typo-key",
+        ),
+    ],
+)
+def test_bad_catalogue_exits_before_serving(demo_store: Path, tmp_path: Path, mutate: object, message: str) -> None:
+    text = (demo_store / "variants.toml").read_text(encoding="utf-8")
+    text = text.replace('path = "', f'path = "{demo_store}/')
+    catalogue = tmp_path / "variants.toml"
+    catalogue.write_text(mutate(text), encoding="utf-8")  # type: ignore[operator]
+    result = subprocess.run(
+        server_command("serve", "--port", str(free_port())),
+        env={**os.environ, "XNLI_SERVE_CATALOGUE": str(catalogue)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "xnli-serve: cannot start:" in result.stderr
+    assert message in result.stderr
+
+
+def test_unmappable_labels_exit_before_serving(demo_store: Path, tmp_path: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "generic-labels"
+    shutil.copytree(demo_store / "xlmr-mnli", folder)
+    config = (folder / "config.json").read_text(encoding="utf-8")
+    for index, label in enumerate(("entailment", "neutral", "contradiction")):
+        config = config.replace(f'"{label}"', f'"LABEL_{index}"')
+    (folder / "config.json").write_text(config, encoding="utf-8")
+    catalogue = tmp_path / "variants.toml"
+    catalogue.write_text(f'[[variant]]\nname = "generic"\npath = "{folder}"\n', encoding="utf-8")
+    result = subprocess.run(
+        server_command("serve", "--port", str(free_port())),
+        env={**os.environ, "XNLI_SERVE_CATALOGUE": str(catalogue)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "variant 'generic': labels cannot be mapped by name" in result.stderr
