@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 DEMO_SIZE ?= tiny
 
-.PHONY: serve test lint install install-dev demo-store clean
+.PHONY: serve test lint fuzz install install-dev demo-store clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ lint: install-dev
 
 test: install-dev lint
 	$(BIN)/pytest
+
+# Longer, unseeded schema fuzzing than CI's bounded run (nightly-style).
+fuzz: install-dev
+	XNLI_SERVE_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-500} XNLI_SERVE_FUZZ_SEED= $(BIN)/pytest -s tests/integration/test_fuzz.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

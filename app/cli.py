@@ -34,9 +34,7 @@ def serve(
 
     configure_logging(settings.log_level, settings.log_format)
 
-    import uvicorn
-
-    from app.api.app import create_app
+    from app.api.server import run_server
     from app.engine.catalogue import CatalogueError, load_catalogue
     from app.engine.engine import Engine
     from app.engine.model_store import CheckpointError
@@ -46,21 +44,19 @@ def serve(
             load_catalogue(settings.catalogue, settings.variants),
             tokenization_workers=settings.tokenization_workers,
             torch_threads=settings.torch_threads,
+            request_timeout_s=settings.request_timeout_s,
+            allow_faults=settings.enable_fault_injection,
         )
         engine.preflight()
     except (CatalogueError, CheckpointError) as error:
         print(f"xnli-serve: cannot start: {error}", file=sys.stderr)
         raise typer.Exit(2) from None
-    uvicorn.run(
-        create_app(settings, engine),
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=30,
-    )
+    try:
+        settings.load_api_keys()
+    except OSError as error:
+        print(f"xnli-serve: cannot start: API key file: {error}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    run_server(settings, engine)
 
 
 @cli.command("build-demo-store")

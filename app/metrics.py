@@ -68,6 +68,19 @@ VARIANT_INFO = Gauge(
     "Catalogue metadata of each loaded variant (value 1).",
     ["variant", "base_model", "intermediate_task", "device", "dtype"],
 )
+REQUEST_FAILURES = Counter(
+    "xnli_request_failures",
+    "Requests the engine could not answer with predictions, by reason (overloaded, deadline, disconnected, "
+    "inference, draining, too_long, not_ready).",
+    ["variant", "reason"],
+)
+DROPPED_PAIRS = Counter(
+    "xnli_dropped_pairs",
+    "Queued pairs dropped before compute because their request expired, disconnected or failed.",
+    ["variant", "reason"],
+)
+BATCH_SPLITS = Counter("xnli_batch_splits", "Batches split in halves after running out of device memory.", ["variant"])
+INFLIGHT_REQUESTS = Gauge("xnli_inflight_requests", "Requests inside the engine (tokenizing, queued or computing).")
 UNKNOWN_VARIANT = "_unknown"
 
 

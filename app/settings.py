@@ -53,12 +53,40 @@ class Settings(BaseSettings):
     torch_threads: int = Field(
         default_factory=_physical_cores, ge=1, description="torch intra-op threads on CPU (physical cores)."
     )
+    request_timeout_s: float = Field(
+        30.0, gt=0, description="Server-wide deadline of a request; a request's timeout_ms may only shorten it."
+    )
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted (413 beyond).")
+    drain_timeout_s: float = Field(
+        30.0, ge=0, description="On SIGTERM, how long accepted requests may take to finish before the process exits."
+    )
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Bearer keys that may call protected routes (comma-separated)."
+    )
+    api_key_file: Path | None = Field(None, description="File with one API key per line (blank lines, # comments).")
+    public_health: bool = Field(True, description="/health/* need no key.")
+    public_metrics: bool = Field(True, description="/metrics needs no key.")
+    public_docs: bool = Field(True, description="/docs, /redoc and /openapi.json need no key.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origins allowed by CORS (comma-separated); empty = CORS off."
+    )
+    enable_fault_injection: bool = Field(False, description="Honour [variant.faults] in the catalogue (tests only).")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
 
-    @field_validator("variants", mode="before")
+    @field_validator("variants", "api_keys", "cors_origins", mode="before")
     @classmethod
-    def _split_variant_list(cls, value: object) -> object:
+    def _split_comma_list(cls, value: object) -> object:
         if isinstance(value, str):
             return [name.strip() for name in value.split(",") if name.strip()]
         return value
+
+    def load_api_keys(self) -> list[str]:
+        """Keys from the setting and the key file together."""
+        keys = list(self.api_keys)
+        if self.api_key_file is not None:
+            for line in self.api_key_file.read_text(encoding="utf-8").splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    keys.append(line)
+        return keys

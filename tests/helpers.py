@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -31,7 +32,7 @@ class ServerProcess:
     def logs(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
-    def wait_ready(self, timeout: float = 90.0) -> list[int]:
+    def wait_ready(self, timeout: float = 90.0, headers: dict[str, str] | None = None) -> list[int]:
         """Poll /health/ready until 200; returns every status seen (connection failures as 0)."""
         seen: list[int] = []
         deadline = time.monotonic() + timeout
@@ -39,7 +40,7 @@ class ServerProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.logs()}")
             try:
-                status = httpx.get(f"{self.base_url}/health/ready", timeout=2.0).status_code
+                status = httpx.get(f"{self.base_url}/health/ready", timeout=2.0, headers=headers).status_code
             except httpx.TransportError:
                 status = 0
             seen.append(status)
@@ -83,3 +84,36 @@ def running_server(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{key} = {_toml_value(item)}" for key, item in value.items()) + " }"
+    return json.dumps(str(value))
+
+
+def write_catalogue(path: Path, store: Path, variants: list[dict[str, object]], **defaults: object) -> Path:
+    """A catalogue whose variants point at checkpoints of ``store``; each dict is one [[variant]] table."""
+    lines = ["[defaults]", *(f"{key} = {_toml_value(value)}" for key, value in defaults.items())]
+    for variant in variants:
+        table = {"path": str(store / str(variant.get("checkpoint", "xlmr-mnli"))), **variant}
+        table.pop("checkpoint", None)
+        lines += ["", "[[variant]]", *(f"{key} = {_toml_value(value)}" for key, value in table.items())]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples called ``name`` whose labels include ``labels`` in a Prometheus exposition."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(key) == value for key, value in labels.items()):
+                total += sample.value
+    return total

@@ -6,12 +6,15 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from app.api.errors import install_error_handlers
-from app.api.middleware import RequestContextMiddleware
+from app.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.api.routes import health, predict, variants
+from app.api.security import ApiKeyMiddleware
 from app.engine.engine import Engine
 from app.settings import Settings
 
@@ -25,6 +28,25 @@ several XLM-RoBERTa variants with dynamic batching.
 answers are noise and exist to exercise the service. `GET /variants` flags them (`demo`, `untrained`); drop real
 fine-tuned checkpoints into `model_store/` to serve real predictions.
 """
+
+
+def _publish_runtime_limits(app: FastAPI, settings: Settings) -> None:
+    """Put limits that are settings, not types (pairs per request), into the OpenAPI schema clients generate from."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            for name in ("PairsRequest", "PairsBody"):
+                inputs = (
+                    schema.get("components", {}).get("schemas", {}).get(name, {}).get("properties", {}).get("inputs")
+                )
+                if inputs is not None:
+                    inputs["maxItems"] = settings.max_pairs_per_request
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app(settings: Settings, engine: Engine) -> FastAPI:
@@ -52,7 +74,28 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     )
     app.state.engine = engine
     app.state.settings = settings
+    _publish_runtime_limits(app, settings)
     install_error_handlers(app)
+    # Starlette runs the middleware added last first: request ids and logs wrap everything, then CORS (so
+    # preflights and 401s carry its headers), then auth, then the body limit nearest the routes.
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    keys = settings.load_api_keys()
+    if keys:
+        app.add_middleware(
+            ApiKeyMiddleware,
+            keys=keys,
+            public_health=settings.public_health,
+            public_metrics=settings.public_metrics,
+            public_docs=settings.public_docs,
+        )
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
+            expose_headers=["X-Queue-Time", "X-Inference-Time", "X-Tokenization-Time", "X-Total-Time", "X-Request-Id"],
+        )
     app.add_middleware(RequestContextMiddleware)
     app.include_router(predict.router)
     app.include_router(variants.router)

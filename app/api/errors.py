@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import orjson
@@ -10,9 +11,15 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from app.engine.engine import UnknownVariantError, VariantNotReadyError
-from app.engine.scheduler import InferenceError
-from app.engine.tokenization import InputTooLongError
+from app.engine.errors import (
+    DeadlineExceededError,
+    DrainingError,
+    InferenceError,
+    InputTooLongError,
+    OverloadedError,
+    UnknownVariantError,
+    VariantNotReadyError,
+)
 
 
 class ApiError(Exception):
@@ -57,18 +64,34 @@ def from_engine(error: Exception) -> ApiError:
             str(error),
             details=[{"pair": error.pair_index, "tokens": error.length, "limit": error.limit}],
         )
+    if isinstance(error, OverloadedError):
+        return ApiError(429, "overloaded", str(error), headers={"Retry-After": str(math.ceil(error.retry_after_s))})
+    if isinstance(error, DeadlineExceededError):
+        return ApiError(503, "deadline_exceeded", str(error))
+    if isinstance(error, DrainingError):
+        return ApiError(503, "draining", str(error), headers={"Connection": "close", "Retry-After": "1"})
     if isinstance(error, InferenceError):
         return ApiError(500, "inference_error", str(error))
     return ApiError(500, "internal_error", f"{type(error).__name__}: {error}")
 
 
-_STATUS_TYPES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
+_STATUS_TYPES = {
+    400: "invalid_body",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
 
 
 def _validation_details(error: RequestValidationError) -> list[dict[str, Any]]:
     details = []
     for item in error.errors():
-        location = [str(part) for part in item.get("loc", ()) if part != "body"]
+        location = [str(part) for part in item.get("loc", ())]
+        if location[:1] == ["body"]:
+            location = location[1:]
+        if location[:1] in (["pair"], ["pairs"]):  # the tag of the body form chosen, not a field
+            location = location[1:]
         details.append({"loc": location, "msg": item.get("msg", ""), "type": item.get("type", "")})
     return details
 

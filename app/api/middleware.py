@@ -75,3 +75,65 @@ class RequestContextMiddleware:
                     extra={"status": status, "duration_ms": round((time.perf_counter() - started) * 1000, 3)},
                 )
             request_id_var.reset(token)
+
+
+class BodyLimitMiddleware:
+    """413 for bodies over the limit: at once from Content-Length, or as soon as a chunked body passes it."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def _refuse(self, send: Send) -> None:
+        body = orjson.dumps(
+            {"error": {"type": "payload_too_large", "message": f"request body over {self.max_body_bytes} bytes"}}
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = 0
+                if declared > self.max_body_bytes:
+                    await self._refuse(send)
+                    return
+        received = 0
+        refused = False
+
+        async def counting_receive() -> Message:
+            # Past the limit the client is answered 413 here and the app is told the client left, so whatever
+            # the app makes of the truncated body is never sent.
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    refused = True
+                    await self._refuse(send)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            if not refused:
+                await send(message)
+
+        await self.app(scope, counting_receive, guarded_send)

@@ -2,72 +2,102 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Self
+from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
-
-def _not_blank(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must contain non-whitespace text")
-    return value
-
-
-Text = Annotated[str, Field(min_length=1, max_length=100_000), AfterValidator(_not_blank)]
+# `\S` (search semantics, as JSON Schema's `pattern`): blank strings are refused and the schema says so.
+Text = Annotated[str, Field(min_length=1, max_length=100_000, pattern=r"\S", description="Non-blank text.")]
 
 
 class Pair(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     premise: Text
     hypothesis: Text
 
 
-class PredictRequest(BaseModel):
-    """Either one pair (``premise`` + ``hypothesis``) or several (``inputs``); never both."""
+class _PredictOptions(BaseModel):
+    # strict: `"truncate": 1` or `"premise": 5` is an error, exactly as the published schema says.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
+    truncate: bool = Field(
+        True, description="Cut the premise of pairs longer than the variant's max_seq_len; false answers 422 instead."
+    )
+    timeout_ms: float | None = Field(
+        None,
+        gt=0,
+        le=3_600_000,
+        description="Deadline for this request; may only shorten the server's request timeout. Past it: 503.",
+    )
+
+
+class PairBody(_PredictOptions):
+    """One pair."""
+
+    premise: Text
+    hypothesis: Text
+
+    def pairs(self) -> list[tuple[str, str]]:
+        return [(self.premise, self.hypothesis)]
+
+
+class PairsBody(_PredictOptions):
+    """Several pairs, answered in order."""
+
+    inputs: list[Pair] = Field(min_length=1)
+
+    def pairs(self) -> list[tuple[str, str]]:
+        return [(pair.premise, pair.hypothesis) for pair in self.inputs]
+
+
+class _VariantChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    variant: str | None = Field(
+        None, min_length=1, max_length=200, description="Catalogue variant; the catalogue's default_variant if omitted."
+    )
+
+
+class PairRequest(PairBody, _VariantChoice):
     model_config = ConfigDict(
-        extra="forbid",
         json_schema_extra={
             "examples": [
-                {"premise": "Der Zug kam pünktlich an.", "hypothesis": "Der Zug war spät.", "variant": "xlmr-mnli"},
+                {"premise": "Der Zug kam pünktlich an.", "hypothesis": "Der Zug war spät.", "variant": "xlmr-mnli"}
+            ]
+        }
+    )
+
+
+class PairsRequest(PairsBody, _VariantChoice):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
                 {
                     "inputs": [
                         {"premise": "El niño juega en el parque.", "hypothesis": "Un niño está afuera."},
                         {"premise": "这家书店每天晚上十点关门。", "hypothesis": "书店晚上营业。"},
                     ]
-                },
+                }
             ]
-        },
+        }
     )
 
-    premise: Text | None = None
-    hypothesis: Text | None = None
-    inputs: list[Pair] | None = Field(None, min_length=1)
-    variant: str | None = Field(
-        None, min_length=1, max_length=200, description="Catalogue variant; the catalogue's default_variant if omitted."
-    )
-    truncate: bool = Field(
-        True, description="Cut the premise of pairs longer than the variant's max_seq_len; false answers 422 instead."
-    )
 
-    @model_validator(mode="after")
-    def _exactly_one_form(self) -> Self:
-        single = self.premise is not None or self.hypothesis is not None
-        if single and self.inputs is not None:
-            raise ValueError("send either premise/hypothesis or inputs, not both")
-        if not single and self.inputs is None:
-            raise ValueError("send premise and hypothesis, or inputs: a list of {premise, hypothesis}")
-        if single and (self.premise is None or self.hypothesis is None):
-            raise ValueError("premise and hypothesis must both be given")
-        return self
+def _form(value: object) -> str:
+    """Route a body to the batch form when it has `inputs`, else to the single-pair form (clear errors for both)."""
+    return "pairs" if isinstance(value, dict) and "inputs" in value else "pair"
 
-    def pairs(self) -> list[tuple[str, str]]:
-        if self.inputs is not None:
-            return [(pair.premise, pair.hypothesis) for pair in self.inputs]
-        assert self.premise is not None
-        assert self.hypothesis is not None
-        return [(self.premise, self.hypothesis)]
+
+PredictRequest = Annotated[
+    Annotated[PairRequest, Tag("pair")] | Annotated[PairsRequest, Tag("pairs")], Discriminator(_form)
+]
+"""Body of POST /predict: one pair (premise + hypothesis) or several (inputs); never both."""
+
+VariantPredictRequest = Annotated[
+    Annotated[PairBody, Tag("pair")] | Annotated[PairsBody, Tag("pairs")], Discriminator(_form)
+]
+"""Body of POST /variants/{name}/predict: as /predict, without `variant` (the path names it)."""
 
 
 class Scores(BaseModel):

@@ -104,6 +104,7 @@ def catalogue_toml() -> str:
         "max_batch_tokens = 8192  # padded tokens per forward pass (pairs x longest, rounded up to 8)",
         "max_seq_len = 256      # longer pairs lose premise tokens (or get 422 with truncate=false)",
         "max_wait_ms = 0        # 0 = run as soon as the device is free; >0 waits to fill bigger batches",
+        "max_queue_pairs = 1024 # pairs that may wait; beyond that requests get 429 with Retry-After",
         "enabled = true",
     ]
     for variant in DEMO_LINEUP:
@@ -128,6 +129,9 @@ def build_demo_store(
     """Write the demo checkpoints under ``out`` (and a catalogue if ``out`` has none); returns the folders made."""
     import torch
     from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
     lineup = [variant for variant in DEMO_LINEUP if not variants or variant.name in variants]
     unknown = sorted(set(variants or []) - {variant.name for variant in DEMO_LINEUP})

@@ -33,6 +33,7 @@ class ServingOptions(BaseModel):
     max_batch_tokens: int = Field(8192, ge=8)
     max_seq_len: int = Field(256, ge=8, le=8192)
     max_wait_ms: float = Field(0.0, ge=0.0, le=10_000.0)
+    max_queue_pairs: int = Field(1024, ge=1, description="Pairs that may wait; requests beyond get 429.")
     enabled: bool = True
 
     @field_validator("device")
@@ -53,6 +54,17 @@ class ServingOptions(BaseModel):
         return self
 
 
+class FaultSpec(BaseModel):
+    """Faults injected into a variant's runner, for resilience tests; refused unless fault injection is enabled."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    delay_ms: float = Field(0.0, ge=0.0, description="Extra time added to every forward pass.")
+    fail_every: int = Field(0, ge=0, description="Every Nth forward pass raises (1 = all of them).")
+    oom_above: int = Field(0, ge=0, description="Batches of more than N pairs raise an out-of-memory error.")
+    kill_after: int = Field(0, ge=0, description="The Nth forward pass kills the device worker.")
+
+
 class VariantSpec(ServingOptions):
     """One deployable variant: metadata shown to users plus resolved serving options."""
 
@@ -61,6 +73,7 @@ class VariantSpec(ServingOptions):
     base_model: str = "unknown"
     intermediate_task: str = "none"
     description: str = ""
+    faults: FaultSpec | None = None
 
 
 class Catalogue(BaseModel):

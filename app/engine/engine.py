@@ -25,6 +25,14 @@ import torch
 from app import metrics
 from app.engine.batching import BatchLimits
 from app.engine.catalogue import Catalogue, VariantSpec
+from app.engine.errors import (
+    DeadlineExceededError,
+    DrainingError,
+    EngineError,
+    UnknownVariantError,
+    VariantNotReadyError,
+)
+from app.engine.faults import FaultInjectingRunner
 from app.engine.model_store import (
     CheckpointError,
     CheckpointInfo,
@@ -32,32 +40,11 @@ from app.engine.model_store import (
     inspect_checkpoint,
     load_checkpoint,
 )
-from app.engine.runner import TorchRunner, padded_length
+from app.engine.runner import BatchRunner, TorchRunner, padded_length
 from app.engine.scheduler import DeviceWorker, InferenceRequest, VariantQueue
 from app.engine.tokenization import PairEncoder
 
 log = logging.getLogger(__name__)
-
-
-class EngineError(Exception):
-    """Base of the errors callers are expected to translate (the API maps them to status codes)."""
-
-
-class UnknownVariantError(EngineError, KeyError):
-    def __init__(self, name: str, known: Sequence[str]) -> None:
-        self.name = name
-        self.known = list(known)
-        super().__init__(f"unknown variant {name!r}; served variants: {', '.join(known)}")
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-class VariantNotReadyError(EngineError):
-    def __init__(self, name: str, status: str) -> None:
-        self.name = name
-        self.status = status
-        super().__init__(f"variant {name!r} is not ready (status: {status})")
 
 
 class VariantStatus(StrEnum):
@@ -142,6 +129,8 @@ class Engine:
         *,
         tokenization_workers: int = 2,
         torch_threads: int | None = None,
+        request_timeout_s: float = 30.0,
+        allow_faults: bool = False,
     ) -> None:
         self.catalogue = catalogue
         self.default_variant = catalogue.default_variant
@@ -153,7 +142,12 @@ class Engine:
         self._tokenize_pool = ThreadPoolExecutor(tokenization_workers, thread_name_prefix="tokenize")
         self._torch_threads = torch_threads
         self._lock = threading.Lock()
+        self.request_timeout_s = request_timeout_s
+        self.allow_faults = allow_faults
         self.load_error: str | None = None
+        self.draining = False
+        self.inflight = 0
+        self._idle = asyncio.Event()
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -161,6 +155,12 @@ class Engine:
         """Check every enabled variant's checkpoint without loading weights; raises the first CheckpointError."""
         for runtime in self.variants.values():
             if runtime.spec.enabled:
+                if runtime.spec.faults is not None and not self.allow_faults:
+                    raise CheckpointError(
+                        runtime.spec.name,
+                        "declares [variant.faults] but fault injection is disabled "
+                        "(set XNLI_SERVE_ENABLE_FAULT_INJECTION=true, for tests only)",
+                    )
                 runtime.info = inspect_checkpoint(runtime.spec)
 
     def load(self) -> None:
@@ -185,18 +185,29 @@ class Engine:
             runtime.parameters = loaded.parameters
             runtime.attention = loaded.attention
             runtime.encoder = PairEncoder(loaded.backend_tokenizer, spec.max_seq_len)
-            runner = TorchRunner(loaded.model, info.device, loaded.pad_token_id, info.label_permutation)
+            torch_runner = TorchRunner(loaded.model, info.device, loaded.pad_token_id, info.label_permutation)
             runtime.status = VariantStatus.WARMING_UP
             started = time.perf_counter()
             shapes = warmup_shapes(spec)
+            seconds_per_pair = 0.0
             for rows, width in shapes:
-                runner.warm_up(rows, width)
+                shape_started = time.perf_counter()
+                torch_runner.warm_up(rows, width)
+                seconds_per_pair = max(seconds_per_pair, (time.perf_counter() - shape_started) / rows)
             runtime.warmup = {
                 "shapes": [list(shape) for shape in shapes],
                 "seconds": round(time.perf_counter() - started, 4),
             }
+            runner: BatchRunner = torch_runner
+            if spec.faults is not None:
+                runner = FaultInjectingRunner(torch_runner, spec.faults)
             queue = VariantQueue(
-                spec.name, runner, BatchLimits(spec.max_batch_size, spec.max_batch_tokens), spec.max_wait_ms
+                spec.name,
+                runner,
+                BatchLimits(spec.max_batch_size, spec.max_batch_tokens),
+                max_wait_ms=spec.max_wait_ms,
+                max_queue_pairs=spec.max_queue_pairs,
+                seconds_per_pair=seconds_per_pair,  # a first estimate for admission, refined by every batch
             )
             runtime.queue = queue
             runtime.worker = self._worker_for(str(info.device))
@@ -226,6 +237,16 @@ class Engine:
                 self._workers[device] = worker
             return worker
 
+    def begin_drain(self) -> None:
+        """Stop taking new requests (readiness turns 503); what was accepted still finishes."""
+        self.draining = True
+
+    async def wait_idle(self) -> None:
+        """Return once no request is inside the engine (bound it with asyncio.timeout)."""
+        while self.inflight:
+            self._idle.clear()
+            await self._idle.wait()
+
     def close(self, timeout: float | None = 30.0) -> None:
         """Finish queued work, then stop the workers and the tokenizer pool."""
         for worker in self._workers.values():
@@ -236,8 +257,10 @@ class Engine:
 
     @property
     def ready(self) -> bool:
-        return self.live and all(
-            runtime.status is VariantStatus.READY for runtime in self.variants.values() if runtime.spec.enabled
+        return (
+            self.live
+            and not self.draining
+            and all(runtime.status is VariantStatus.READY for runtime in self.variants.values() if runtime.spec.enabled)
         )
 
     @property
@@ -258,31 +281,67 @@ class Engine:
     # -- inference ---------------------------------------------------------------------------------------------
 
     async def predict(
-        self, pairs: Sequence[tuple[str, str]], variant: str | None = None, truncate: bool = True
+        self,
+        pairs: Sequence[tuple[str, str]],
+        variant: str | None = None,
+        truncate: bool = True,
+        timeout_s: float | None = None,
     ) -> PredictionResult:
         """Tokenize off the event loop, queue every pair, and wait until the batches carrying them have run.
 
-        Raises UnknownVariantError, VariantNotReadyError, InputTooLongError or InferenceError.
+        ``timeout_s`` may shorten the engine's request timeout, never lengthen it. Raises an EngineError subclass:
+        UnknownVariantError, VariantNotReadyError, InputTooLongError, OverloadedError, DeadlineExceededError,
+        DrainingError or InferenceError; each is counted in xnli_request_failures_total.
         """
         runtime = self.resolve(variant)
+        name = runtime.spec.name
+        self.inflight += 1
+        metrics.INFLIGHT_REQUESTS.inc()
+        try:
+            return await self._predict(runtime, pairs, truncate, timeout_s)
+        except EngineError as error:
+            metrics.REQUEST_FAILURES.labels(name, error.reason).inc()
+            raise
+        except asyncio.CancelledError:
+            metrics.REQUEST_FAILURES.labels(name, "disconnected").inc()
+            raise
+        finally:
+            self.inflight -= 1
+            metrics.INFLIGHT_REQUESTS.dec()
+            if self.inflight == 0:
+                self._idle.set()
+
+    async def _predict(
+        self, runtime: VariantRuntime, pairs: Sequence[tuple[str, str]], truncate: bool, timeout_s: float | None
+    ) -> PredictionResult:
+        name = runtime.spec.name
+        if self.draining:
+            raise DrainingError("the service is shutting down and takes no new requests")
         if runtime.status is not VariantStatus.READY:
-            raise VariantNotReadyError(runtime.spec.name, str(runtime.status))
+            raise VariantNotReadyError(name, str(runtime.status))
         assert runtime.encoder is not None
         assert runtime.queue is not None
         assert runtime.worker is not None
+        timeout = self.request_timeout_s if timeout_s is None else min(timeout_s, self.request_timeout_s)
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
+        deadline = started + timeout
         encoded = await loop.run_in_executor(self._tokenize_pool, runtime.encoder.encode, pairs, truncate)
         tokenized = time.perf_counter()
-        name = runtime.spec.name
         metrics.TOKENIZATION_DURATION.labels(name).observe(tokenized - started)
 
-        request = InferenceRequest(len(encoded.ids), loop)
+        request = InferenceRequest(len(encoded.ids), loop, deadline)
         runtime.worker.submit(runtime.queue, request, encoded.ids)
         try:
-            await request.future
+            async with asyncio.timeout_at(loop.time() + max(0.0, deadline - time.perf_counter())):
+                await request.future
+        except TimeoutError:
+            request.abandon("deadline")  # the batcher drops its pairs that have not run yet
+            raise DeadlineExceededError(
+                f"no answer within the {timeout:.3f}s deadline; the request's remaining pairs were dropped"
+            ) from None
         except asyncio.CancelledError:
-            request.abandoned = True  # the batcher drops its remaining pairs instead of computing them
+            request.abandon("disconnected")
             raise
         queue_s = max(0.0, request.done_at - request.enqueued_at - request.compute_s)
         metrics.QUEUE_DURATION.labels(name).observe(queue_s)

@@ -3,12 +3,17 @@
 One worker thread per device runs every forward pass for the variants placed on that device, so the event loop
 never blocks on a model and variants sharing a GPU do not fight over it. When the device is free the worker takes
 what is waiting (no timer unless a variant asks for ``max_wait_ms``), serving variants round-robin so none starves.
+
+Admission is bounded: a queue holds at most ``max_queue_pairs`` pairs, and a request whose pairs could not be
+computed before its deadline (judged from the device's measured seconds per pair and the work already queued on it)
+is refused at once instead of queued. Pairs whose request expired or went away are dropped before compute.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -17,9 +22,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
+import torch
 
 from app import metrics
 from app.engine.batching import BatchLimits, select_batch
+from app.engine.errors import DeadlineExceededError, InferenceError, OverloadedError
 from app.engine.labels import LABELS
 from app.engine.runner import padded_length
 
@@ -28,9 +35,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Weight of the newest batch in the seconds-per-pair estimate that admission control uses.
+_RATE_SMOOTHING = 0.2
 
-class InferenceError(RuntimeError):
-    """The forward pass of a batch carrying this request failed; other batches are unaffected."""
+
+class WorkerKilled(BaseException):
+    """A fault that must take the device worker down (a device that became unusable), not just fail a batch."""
 
 
 class InferenceRequest:
@@ -38,8 +48,9 @@ class InferenceRequest:
 
     __slots__ = (
         "_loop",
-        "abandoned",
+        "abandon_reason",
         "compute_s",
+        "deadline",
         "done_at",
         "enqueued_at",
         "future",
@@ -48,23 +59,33 @@ class InferenceRequest:
         "remaining",
     )
 
-    def __init__(self, size: int, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, size: int, loop: asyncio.AbstractEventLoop, deadline: float = math.inf) -> None:
         self._loop = loop
         self.future: asyncio.Future[None] = loop.create_future()
         self.probabilities: npt.NDArray[np.float32] = np.empty((size, len(LABELS)), dtype=np.float32)
         self.remaining = size
+        self.deadline = deadline
         self.enqueued_at = 0.0
         self.done_at = 0.0
         self.compute_s = 0.0
         self.last_batch = -1
-        self.abandoned = False
+        self.abandon_reason: str | None = None
+
+    @property
+    def abandoned(self) -> bool:
+        return self.abandon_reason is not None
+
+    def abandon(self, reason: str) -> None:
+        """Nobody waits for the answer any more (deadline, disconnect, failure): its queued pairs are skipped."""
+        if self.abandon_reason is None:
+            self.abandon_reason = reason
 
     def complete(self, now: float) -> None:
         self.done_at = now
         self._loop.call_soon_threadsafe(_resolve, self.future)
 
-    def fail(self, error: BaseException) -> None:
-        self.abandoned = True
+    def fail(self, error: BaseException, reason: str = "failed") -> None:
+        self.abandon(reason)
         self._loop.call_soon_threadsafe(_reject, self.future, error)
 
 
@@ -91,11 +112,21 @@ class PendingPair:
 class VariantQueue:
     """Pairs waiting for one variant. Only touched under its device worker's lock."""
 
-    def __init__(self, name: str, runner: BatchRunner, limits: BatchLimits, max_wait_ms: float) -> None:
+    def __init__(
+        self,
+        name: str,
+        runner: BatchRunner,
+        limits: BatchLimits,
+        max_wait_ms: float = 0.0,
+        max_queue_pairs: int = 1_000_000,
+        seconds_per_pair: float = 0.0,
+    ) -> None:
         self.name = name
         self.runner = runner
         self.limits = limits
         self.max_wait_s = max_wait_ms / 1000.0
+        self.max_queue_pairs = max_queue_pairs
+        self.seconds_per_pair = seconds_per_pair  # smoothed device time per pair, for admission and Retry-After
         self.pairs: deque[PendingPair] = deque()
         self.batches_run = 0
         self._depth = metrics.QUEUE_DEPTH.labels(name)
@@ -113,6 +144,9 @@ class VariantQueue:
             return 0.0
         return max(0.0, self.pairs[0].request.enqueued_at + self.max_wait_s - now)
 
+    def backlog_seconds(self) -> float:
+        return len(self.pairs) * self.seconds_per_pair
+
     def put(self, pairs: Sequence[PendingPair]) -> None:
         self.pairs.extend(pairs)
         self._depth.inc(len(pairs))
@@ -124,13 +158,20 @@ class VariantQueue:
         self.pairs.clear()
         return requests
 
-    def take_batch(self) -> list[PendingPair]:
+    def take_batch(self, now: float) -> list[PendingPair]:
+        """Next batch by the length-grouping policy; pairs of expired or abandoned requests are dropped here."""
         window: list[PendingPair] = []
-        dropped = 0
+        dropped: dict[str, int] = {}
         while self.pairs and len(window) < self.limits.window:
             pair = self.pairs.popleft()
-            if pair.request.abandoned:
-                dropped += 1
+            request = pair.request
+            if request.abandon_reason is None and request.deadline <= now:
+                request.fail(
+                    DeadlineExceededError(f"deadline passed after {now - request.enqueued_at:.3f}s in the queue"),
+                    reason="deadline",
+                )
+            if request.abandon_reason is not None:
+                dropped[request.abandon_reason] = dropped.get(request.abandon_reason, 0) + 1
             else:
                 window.append(pair)
         chosen = select_batch([pair.length for pair in window], self.limits)
@@ -138,12 +179,20 @@ class VariantQueue:
         self.pairs.extendleft(
             reversed([pair for position, pair in enumerate(window) if position not in chosen_positions])
         )
-        self._depth.dec(len(chosen) + dropped)
+        self._depth.dec(len(chosen) + sum(dropped.values()))
+        for reason, count in dropped.items():
+            metrics.DROPPED_PAIRS.labels(self.name, reason).inc(count)
         return [window[position] for position in chosen]
 
     def record_batch(
         self, pairs: Sequence[PendingPair], elapsed: float, probabilities: npt.NDArray[np.float32]
     ) -> None:
+        sample = elapsed / len(pairs)
+        self.seconds_per_pair = (
+            sample
+            if self.seconds_per_pair <= 0
+            else (1 - _RATE_SMOOTHING) * self.seconds_per_pair + _RATE_SMOOTHING * sample
+        )
         real_tokens = sum(pair.length for pair in pairs)
         padded_tokens = len(pairs) * padded_length(max(pair.length for pair in pairs))
         self._inference.observe(elapsed)
@@ -153,6 +202,10 @@ class VariantQueue:
         for label_index, count in enumerate(np.bincount(probabilities.argmax(axis=1), minlength=len(LABELS))):
             if count:
                 self._predictions[label_index].inc(int(count))
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
 
 
 class DeviceWorker:
@@ -180,9 +233,27 @@ class DeviceWorker:
         return self._thread.is_alive() and self.failure is None
 
     def submit(self, queue: VariantQueue, request: InferenceRequest, sequences: Sequence[list[int]]) -> None:
+        """Queue a request's pairs, or raise OverloadedError if they cannot be served in time."""
         pending = [PendingPair(request, index, ids) for index, ids in enumerate(sequences)]
         with self._condition:
-            request.enqueued_at = time.perf_counter()
+            if self.failure is not None:
+                raise InferenceError(f"device worker {self.device} is down: {self.failure!r}")
+            now = time.perf_counter()
+            backlog = sum(other.backlog_seconds() for other in self.queues)
+            if len(queue.pairs) + len(pending) > queue.max_queue_pairs:
+                raise OverloadedError(
+                    f"variant {queue.name!r} queue is full ({len(queue.pairs)} of {queue.max_queue_pairs} pairs "
+                    f"waiting, this request adds {len(pending)})",
+                    retry_after_s=max(backlog, 1.0),
+                )
+            expected = backlog + len(pending) * queue.seconds_per_pair
+            if now + expected > request.deadline:
+                raise OverloadedError(
+                    f"variant {queue.name!r} cannot answer within the deadline: about {expected:.2f}s of work is "
+                    f"queued on {self.device}, {max(0.0, request.deadline - now):.2f}s are left",
+                    retry_after_s=max(backlog, 1.0),
+                )
+            request.enqueued_at = now
             queue.put(pending)
             self._condition.notify()
 
@@ -212,7 +283,7 @@ class DeviceWorker:
                     if wait is None:
                         continue
                     if wait <= 0 or self._stopping:
-                        batch = queue.take_batch()
+                        batch = queue.take_batch(now)
                         if not batch:
                             continue
                         self._next_queue = (position + 1) % count
@@ -228,21 +299,42 @@ class DeviceWorker:
                 self._run_batch(*work)
         except BaseException as error:  # the worker must never die silently: health checks read this
             self.failure = error
-            log.exception("device worker %s died", self.device)
+            log.critical("device worker %s died: %r", self.device, error)
             self._fail_everything(error)
+
+    def _forward(self, queue: VariantQueue, sequences: list[list[int]]) -> npt.NDArray[np.float32]:
+        """Run a batch; on out-of-memory split it in halves and retry before giving up."""
+        try:
+            return queue.runner.forward(sequences)
+        except Exception as error:
+            if not _is_out_of_memory(error) or len(sequences) == 1:
+                raise
+        metrics.BATCH_SPLITS.labels(queue.name).inc()
+        log.warning(
+            "out of memory on %s with %d pairs of %s; splitting the batch", self.device, len(sequences), queue.name
+        )
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        middle = len(sequences) // 2
+        return np.concatenate([self._forward(queue, sequences[:middle]), self._forward(queue, sequences[middle:])])
 
     def _run_batch(self, queue: VariantQueue, batch: list[PendingPair]) -> None:
         self._batch_counter += 1
         batch_id = self._batch_counter
+        requests = {id(pair.request): pair.request for pair in batch}.values()
         started = time.perf_counter()
         try:
-            probabilities = queue.runner.forward([pair.ids for pair in batch])
+            probabilities = self._forward(queue, [pair.ids for pair in batch])
         except Exception as error:
             log.exception("forward pass failed for variant %s (batch of %d pairs)", queue.name, len(batch))
             failure = InferenceError(f"inference failed for variant {queue.name!r}: {type(error).__name__}: {error}")
-            for request in {id(pair.request): pair.request for pair in batch}.values():
+            for request in requests:
                 request.fail(failure)
             return
+        except BaseException as error:
+            for request in requests:
+                request.fail(InferenceError(f"device worker {self.device} stopped: {error!r}"))
+            raise
         finished = time.perf_counter()
         elapsed = finished - started
         queue.batches_run += 1
@@ -261,4 +353,4 @@ class DeviceWorker:
         with self._condition:
             for queue in self.queues:
                 for request in queue.clear():
-                    request.fail(InferenceError(f"device worker {self.device} stopped: {error}"))
+                    request.fail(InferenceError(f"device worker {self.device} stopped: {error!r}"))

@@ -11,15 +11,7 @@ from dataclasses import dataclass
 
 from tokenizers import Tokenizer
 
-
-class InputTooLongError(ValueError):
-    """A pair does not fit ``max_seq_len`` (and may not, or cannot, be truncated)."""
-
-    def __init__(self, pair_index: int, length: int | None, limit: int, reason: str) -> None:
-        self.pair_index = pair_index
-        self.length = length
-        self.limit = limit
-        super().__init__(reason)
+from app.engine.errors import InputTooLongError
 
 
 @dataclass(frozen=True, slots=True)

@@ -93,3 +93,21 @@ def test_unmappable_labels_exit_before_serving(demo_store: Path, tmp_path: Path)
     )
     assert result.returncode == 2
     assert "variant 'generic': labels cannot be mapped by name" in result.stderr
+
+
+def test_fault_injection_is_refused_unless_enabled(demo_store: Path, tmp_path: Path) -> None:
+    catalogue = tmp_path / "variants.toml"
+    catalogue.write_text(
+        f'[[variant]]\nname = "faulty"\npath = "{demo_store}/xlmr-mnli"\nfaults = {{ fail_every = 1 }}\n',
+        encoding="utf-8",
+    )
+    result = subprocess.run(
+        server_command("serve", "--port", str(free_port())),
+        env={**os.environ, "XNLI_SERVE_CATALOGUE": str(catalogue)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "variant 'faulty': declares [variant.faults] but fault injection is disabled" in result.stderr

@@ -30,6 +30,8 @@ async def ready(request: Request) -> Response:
     """200 only when every enabled variant is loaded and warmed up at its largest batch shape."""
     engine: Engine = request.app.state.engine
     statuses = {name: str(runtime.status) for name, runtime in engine.variants.items() if runtime.spec.enabled}
+    if engine.draining:
+        return _json(503, HealthStatus(status="draining", variants=statuses))
     if engine.ready:
         return _json(200, HealthStatus(status="ready", variants=statuses))
     return _json(503, HealthStatus(status="not_ready", variants=statuses))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -12,23 +14,60 @@ from starlette.responses import Response
 
 from app import metrics
 from app.api.errors import ApiError, from_engine
-from app.api.schemas import ErrorResponse, PredictRequest, PredictResponse
-from app.engine.engine import Engine, EngineError, PredictionResult
+from app.api.schemas import (
+    ErrorResponse,
+    PairBody,
+    PairsBody,
+    PredictRequest,
+    PredictResponse,
+    VariantPredictRequest,
+)
+from app.engine.engine import Engine, PredictionResult
+from app.engine.errors import EngineError
 from app.engine.labels import LABELS
-from app.engine.scheduler import InferenceError
-from app.engine.tokenization import InputTooLongError
 from app.settings import Settings
 
 router = APIRouter(tags=["inference"])
+
+CLIENT_CLOSED = 499  # nginx's code for "the client went away first"; logged, never seen by a client
+
+
+async def _client_disconnected(request: Request) -> None:
+    """Returns when the client closes the connection (the body has been read, so only http.disconnect is left)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _predict_unless_disconnected(
+    request: Request, engine: Engine, pairs: list[tuple[str, str]], variant: str, body: PairBody | PairsBody
+) -> PredictionResult | None:
+    """Run the prediction, but drop it (its queued pairs are then skipped) if the client hangs up first."""
+    timeout_s = body.timeout_ms / 1000.0 if body.timeout_ms is not None else None
+    prediction = asyncio.ensure_future(engine.predict(pairs, variant, body.truncate, timeout_s))
+    watcher = asyncio.ensure_future(_client_disconnected(request))
+    try:
+        await asyncio.wait((prediction, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not prediction.done():
+        prediction.cancel()
+        with contextlib.suppress(asyncio.CancelledError, EngineError):
+            await prediction
+        return None
+    return prediction.result()
+
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in (
         (404, "Unknown variant."),
-        (413, "Too many pairs in one request."),
+        (400, "Body is not valid UTF-8."),
+        (401, "Missing or wrong API key (when keys are configured)."),
+        (413, "Too many pairs in one request, or body too large."),
         (422, "Invalid body, or a pair over max_seq_len with truncate=false."),
+        (429, "Overloaded: the queue is full or could not be served in time. See Retry-After."),
         (500, "The forward pass of this request's batch failed."),
-        (503, "The variant is not ready yet."),
+        (503, "Not ready, shutting down, or the request's deadline passed before its pairs ran."),
     )
 }
 
@@ -43,6 +82,8 @@ def outcome_for(status: int) -> str:
         return "overloaded"
     if status == 503:
         return "unavailable"
+    if status == CLIENT_CLOSED:
+        return "disconnected"
     if status < 500:
         return "client_error"
     return "error"
@@ -63,7 +104,9 @@ def render(result: PredictionResult) -> bytes:
     return orjson.dumps({"variant": result.variant, "predictions": predictions})
 
 
-async def serve_prediction(request: Request, body: PredictRequest, variant: str | None, endpoint: str) -> Response:
+async def serve_prediction(
+    request: Request, body: PairBody | PairsBody, variant: str | None, endpoint: str
+) -> Response:
     started = time.perf_counter()
     engine: Engine = request.app.state.engine
     settings: Settings = request.app.state.settings
@@ -80,12 +123,16 @@ async def serve_prediction(request: Request, body: PredictRequest, variant: str 
                 f"{len(pairs)} pairs in one request; "
                 f"the limit is max_pairs_per_request={settings.max_pairs_per_request}",
             )
-        result = await engine.predict(pairs, variant_label, body.truncate)
+        outcome = await _predict_unless_disconnected(request, engine, pairs, variant_label, body)
+        if outcome is None:
+            status = CLIENT_CLOSED
+            return Response(status_code=CLIENT_CLOSED)
+        result = outcome
         status = 200
     except ApiError as error:
         status = error.status
         raise
-    except (EngineError, InputTooLongError, InferenceError) as error:
+    except EngineError as error:
         api_error = from_engine(error)
         status = api_error.status
         raise api_error from None
@@ -129,9 +176,5 @@ async def predict(body: PredictRequest, request: Request) -> Response:
     responses=_ERRORS,
     summary="Same as /predict, with the variant in the path (for per-variant routing)",
 )
-async def predict_variant(name: str, body: PredictRequest, request: Request) -> Response:
-    if body.variant is not None and body.variant != name:
-        raise ApiError(
-            422, "validation_error", f"variant {body.variant!r} in the body disagrees with {name!r} in the path"
-        )
+async def predict_variant(name: str, body: VariantPredictRequest, request: Request) -> Response:
     return await serve_prediction(request, body, name, "variant_predict")

@@ -9,7 +9,8 @@ from fastapi import APIRouter, Request
 from app.api.errors import ApiError, from_engine
 from app.api.schemas import ErrorResponse, VariantInfo, VariantList
 from app.demo.build_store import DEMO_NOTICE
-from app.engine.engine import Engine, UnknownVariantError
+from app.engine.engine import Engine
+from app.engine.errors import UnknownVariantError
 
 router = APIRouter(tags=["variants"])
 

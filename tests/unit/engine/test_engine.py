@@ -13,9 +13,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from app.demo.build_store import sample_pairs
 from app.engine.catalogue import load_catalogue
-from app.engine.engine import Engine, UnknownVariantError, VariantNotReadyError, warmup_shapes
+from app.engine.engine import Engine, warmup_shapes
+from app.engine.errors import InferenceError, UnknownVariantError, VariantNotReadyError
 from app.engine.labels import LABELS
-from app.engine.scheduler import InferenceError
 
 
 @pytest.fixture

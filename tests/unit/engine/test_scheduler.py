@@ -12,7 +12,8 @@ import numpy.typing as npt
 import pytest
 
 from app.engine.batching import BatchLimits
-from app.engine.scheduler import DeviceWorker, InferenceError, InferenceRequest, VariantQueue
+from app.engine.errors import InferenceError
+from app.engine.scheduler import DeviceWorker, InferenceRequest, VariantQueue
 
 
 class RecordingRunner:
@@ -146,7 +147,7 @@ async def test_abandoned_request_is_not_computed(worker: DeviceWorker) -> None:
     blocker = submit(worker, queue, [1])
     await asyncio.sleep(0.05)
     abandoned = submit(worker, queue, [2, 3])
-    abandoned.abandoned = True
+    abandoned.abandon("disconnected")
     kept = submit(worker, queue, [4])
     gate.set()
     await asyncio.wait_for(asyncio.gather(blocker.future, kept.future), 5)

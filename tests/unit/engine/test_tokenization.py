@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from app.engine.tokenization import InputTooLongError, PairEncoder
+from app.engine.errors import InputTooLongError
+from app.engine.tokenization import PairEncoder
 
 LONG_PREMISE = " ".join(["Der Zug nach Hamburg hatte heute Morgen zwanzig Minuten Verspätung."] * 20)
 

@@ -1,0 +1,78 @@
+"""Optional API-key authentication (``Authorization: Bearer <key>``), as a pure ASGI middleware.
+
+Keys are kept only as SHA-256 digests and compared in constant time against every stored digest, so neither the
+keys nor their position leak through memory dumps or timing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable
+
+import orjson
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
+HEALTH_PREFIXES = ("/health/",)
+
+
+def digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8")).digest()
+
+
+class ApiKeyMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        keys: Iterable[str],
+        public_health: bool = True,
+        public_metrics: bool = True,
+        public_docs: bool = True,
+    ) -> None:
+        self.app = app
+        self._digests = [digest(key) for key in keys]
+        if not self._digests:
+            raise ValueError("ApiKeyMiddleware needs at least one key")
+        self._public_exact = set(DOCS_PATHS if public_docs else ()) | ({"/metrics"} if public_metrics else set())
+        self._public_prefixes = HEALTH_PREFIXES if public_health else ()
+
+    def is_public(self, path: str) -> bool:
+        return path in self._public_exact or path.startswith(self._public_prefixes)
+
+    def authorized(self, header: bytes | None) -> bool:
+        if header is None:
+            return False
+        scheme, _, token = header.decode("latin-1").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return False
+        presented = digest(token.strip())
+        matched = False
+        for stored in self._digests:  # no early exit: time does not depend on which key matched
+            matched |= hmac.compare_digest(presented, stored)
+        return matched
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.is_public(scope.get("path", "")) or scope.get("method") == "OPTIONS":
+            await self.app(scope, receive, send)
+            return
+        header = next((value for name, value in scope.get("headers", ()) if name == b"authorization"), None)
+        if self.authorized(header):
+            await self.app(scope, receive, send)
+            return
+        missing = header is None
+        message = "missing API key: send Authorization: Bearer <key>" if missing else "invalid API key"
+        challenge = b'Bearer realm="xnli-serve"' if missing else b'Bearer realm="xnli-serve", error="invalid_token"'
+        body = orjson.dumps({"error": {"type": "unauthorized", "message": message}})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"www-authenticate", challenge),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})

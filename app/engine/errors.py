@@ -1,0 +1,72 @@
+"""Errors the engine raises to its callers; the API maps each to a status code, other callers handle them as such."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class EngineError(Exception):
+    """Base of the errors a caller is expected to translate."""
+
+    reason = "error"  # the `reason` label of xnli_request_failures_total
+
+
+class UnknownVariantError(EngineError, KeyError):
+    reason = "unknown_variant"
+
+    def __init__(self, name: str, known: Sequence[str]) -> None:
+        self.name = name
+        self.known = list(known)
+        super().__init__(f"unknown variant {name!r}; served variants: {', '.join(known)}")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class VariantNotReadyError(EngineError):
+    reason = "not_ready"
+
+    def __init__(self, name: str, status: str) -> None:
+        self.name = name
+        self.status = status
+        super().__init__(f"variant {name!r} is not ready (status: {status})")
+
+
+class InputTooLongError(EngineError, ValueError):
+    """A pair does not fit ``max_seq_len`` (and may not, or cannot, be truncated)."""
+
+    reason = "too_long"
+
+    def __init__(self, pair_index: int, length: int | None, limit: int, message: str) -> None:
+        self.pair_index = pair_index
+        self.length = length
+        self.limit = limit
+        super().__init__(message)
+
+
+class OverloadedError(EngineError):
+    """Refused at admission: the queue is full, or its backlog could not be served before the request's deadline."""
+
+    reason = "overloaded"
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
+
+
+class DeadlineExceededError(EngineError):
+    """The request's deadline passed before its pairs were computed; they were dropped, not run."""
+
+    reason = "deadline"
+
+
+class DrainingError(EngineError):
+    """The process is shutting down and takes no new work."""
+
+    reason = "draining"
+
+
+class InferenceError(EngineError, RuntimeError):
+    """The forward pass of a batch carrying this request failed; other batches are unaffected."""
+
+    reason = "inference"
