@@ -11,9 +11,10 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from app import __version__
 from app.api.errors import install_error_handlers
 from app.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from app.api.routes import health, predict, variants
+from app.api.routes import health, open_inference, predict, variants
 from app.api.security import ApiKeyMiddleware
 from app.engine.engine import Engine
 from app.settings import Settings
@@ -30,17 +31,19 @@ fine-tuned checkpoints into `model_store/` to serve real predictions.
 """
 
 
-def _publish_runtime_limits(app: FastAPI, settings: Settings) -> None:
-    """Put limits that are settings, not types (pairs per request), into the OpenAPI schema clients generate from."""
+def _complete_openapi(app: FastAPI, settings: Settings) -> None:
+    """Add to the generated OpenAPI what FastAPI cannot see: limits that are settings (pairs per request) and the
+    schemas of bodies parsed by hand (Open Inference Protocol infer)."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = generate()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for name, component in open_inference.openapi_components().items():
+                components.setdefault(name, component)
             for name in ("PairsRequest", "PairsBody"):
-                inputs = (
-                    schema.get("components", {}).get("schemas", {}).get(name, {}).get("properties", {}).get("inputs")
-                )
+                inputs = components.get(name, {}).get("properties", {}).get("inputs")
                 if inputs is not None:
                     inputs["maxItems"] = settings.max_pairs_per_request
             app.openapi_schema = schema
@@ -68,13 +71,13 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
 
     app = FastAPI(
         title="xnli-serve",
-        version="0.1.0",
+        version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
     )
     app.state.engine = engine
     app.state.settings = settings
-    _publish_runtime_limits(app, settings)
+    _complete_openapi(app, settings)
     install_error_handlers(app)
     # Starlette runs the middleware added last first: request ids and logs wrap everything, then CORS (so
     # preflights and 401s carry its headers), then auth, then the body limit nearest the routes.
@@ -100,4 +103,5 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     app.include_router(predict.router)
     app.include_router(variants.router)
     app.include_router(health.router)
+    app.include_router(open_inference.router)
     return app

@@ -39,12 +39,25 @@ class ApiError(Exception):
         self.details = details
 
 
-def error_response(error: ApiError) -> Response:
-    body: dict[str, Any] = {"type": error.error_type, "message": error.message}
-    if error.details:
-        body["details"] = error.details
+OIP_PREFIX = "/v2"
+
+
+def is_oip_path(path: str) -> bool:
+    return path == OIP_PREFIX or path.startswith(OIP_PREFIX + "/")
+
+
+def error_response(error: ApiError, path: str = "") -> Response:
+    """The native shape, or the Open Inference Protocol's ``{"error": "<message>"}`` under /v2."""
+    payload: dict[str, Any]
+    if is_oip_path(path):
+        payload = {"error": error.message}
+    else:
+        body: dict[str, Any] = {"type": error.error_type, "message": error.message}
+        if error.details:
+            body["details"] = error.details
+        payload = {"error": body}
     return Response(
-        orjson.dumps({"error": body}),
+        orjson.dumps(payload),
         status_code=error.status,
         media_type="application/json",
         headers=error.headers,
@@ -98,18 +111,20 @@ def _validation_details(error: RequestValidationError) -> list[dict[str, Any]]:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def _api_error(_: Request, error: ApiError) -> Response:
-        return error_response(error)
+    async def _api_error(request: Request, error: ApiError) -> Response:
+        return error_response(error, request.url.path)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, error: RequestValidationError) -> Response:
+    async def _validation_error(request: Request, error: RequestValidationError) -> Response:
         details = _validation_details(error)
         summary = "; ".join(f"{'.'.join(d['loc']) or 'body'}: {d['msg']}" for d in details[:5])
-        return error_response(ApiError(422, "validation_error", f"invalid request: {summary}", details=details))
+        status = 400 if is_oip_path(request.url.path) else 422  # the protocol answers malformed requests with 400
+        return error_response(
+            ApiError(status, "validation_error", f"invalid request: {summary}", details=details), request.url.path
+        )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, error: StarletteHTTPException) -> Response:
+    async def _http_error(request: Request, error: StarletteHTTPException) -> Response:
         error_type = _STATUS_TYPES.get(error.status_code, "http_error")
-        return error_response(
-            ApiError(error.status_code, error_type, str(error.detail), headers=dict(error.headers or {}))
-        )
+        api_error = ApiError(error.status_code, error_type, str(error.detail), headers=dict(error.headers or {}))
+        return error_response(api_error, request.url.path)

@@ -20,7 +20,18 @@ EXAMPLES = int(os.environ.get("XNLI_SERVE_FUZZ_EXAMPLES", "40"))
 SEED = os.environ.get("XNLI_SERVE_FUZZ_SEED", "20261126")
 
 
-def test_schema_fuzzing_finds_nothing(server: ServerProcess, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "selection",
+    [
+        pytest.param(["--exclude-path-regex", "/infer$"], id="native-and-metadata-all-checks"),
+        # Schema-valid tensors can still be semantically wrong (a FP32 premise, mismatched shapes): the protocol
+        # answers those with 400, so "schema-valid data must be accepted" does not apply to infer.
+        pytest.param(
+            ["--include-path-regex", "/infer$", "--exclude-checks", "positive_data_acceptance"], id="v2-infer"
+        ),
+    ],
+)
+def test_schema_fuzzing_finds_nothing(server: ServerProcess, tmp_path: Path, selection: list[str]) -> None:
     schemathesis = shutil.which("st") or shutil.which("schemathesis")
     assert schemathesis, "schemathesis is a dev dependency: pip install -e '.[dev]'"
     command = [
@@ -33,8 +44,11 @@ def test_schema_fuzzing_finds_nothing(server: ServerProcess, tmp_path: Path) -> 
         "all",
         "--max-examples",
         str(EXAMPLES),
+        # One worker: concurrent hypothesis draws in threads hit a CPython 3.11 `ast` thread-safety crash
+        # ("AST constructor recursion depth mismatch") inside the fuzzer itself.
         "--workers",
-        "2",
+        "1",
+        *selection,
     ]
     if SEED:
         command += ["--seed", SEED]

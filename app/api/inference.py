@@ -1,0 +1,124 @@
+"""What every prediction endpoint shares (native /predict and Open Inference Protocol infer): limits, the engine
+call, client-disconnect handling, error translation, request metrics and timing headers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+
+from fastapi import Request
+from starlette.responses import Response
+
+from app import metrics
+from app.api.errors import ApiError, from_engine
+from app.engine.engine import Engine, PredictionResult
+from app.engine.errors import EngineError
+from app.settings import Settings
+
+CLIENT_CLOSED = 499  # nginx's code for "the client went away first"; logged, never seen by a client
+
+
+def outcome_for(status: int) -> str:
+    """The `outcome` label of xnli_requests_total for an HTTP status."""
+    if status < 400:
+        return "success"
+    if status == 404:
+        return "not_found"
+    if status == 429:
+        return "overloaded"
+    if status == 503:
+        return "unavailable"
+    if status == CLIENT_CLOSED:
+        return "disconnected"
+    if status < 500:
+        return "client_error"
+    return "error"
+
+
+async def _client_disconnected(request: Request) -> None:
+    """Returns when the client closes the connection (the body has been read, so only http.disconnect is left)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _predict_unless_disconnected(
+    request: Request,
+    engine: Engine,
+    pairs: list[tuple[str, str]],
+    variant: str,
+    truncate: bool,
+    timeout_s: float | None,
+) -> PredictionResult | None:
+    """Run the prediction, but drop it (its queued pairs are then skipped) if the client hangs up first."""
+    prediction = asyncio.ensure_future(engine.predict(pairs, variant, truncate, timeout_s))
+    watcher = asyncio.ensure_future(_client_disconnected(request))
+    try:
+        await asyncio.wait((prediction, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not prediction.done():
+        prediction.cancel()
+        with contextlib.suppress(asyncio.CancelledError, EngineError):
+            await prediction
+        return None
+    return prediction.result()
+
+
+async def run_prediction(
+    request: Request,
+    variant: str | None,
+    extract_pairs: Callable[[], list[tuple[str, str]]],
+    render: Callable[[PredictionResult], bytes],
+    endpoint: str,
+    truncate: bool = True,
+    timeout_s: float | None = None,
+) -> Response:
+    """Resolve the variant, check limits, predict, and answer with ``render``'s body and the timing headers.
+
+    Raises ApiError for every failure, so each endpoint's error handler shapes the body its protocol expects.
+    """
+    started = time.perf_counter()
+    engine: Engine = request.app.state.engine
+    settings: Settings = request.app.state.settings
+    variant_label = metrics.UNKNOWN_VARIANT
+    status = 500
+    try:
+        variant_label = engine.resolve(variant).spec.name
+        pairs = extract_pairs()
+        if len(pairs) > settings.max_pairs_per_request:
+            raise ApiError(
+                413,
+                "too_many_pairs",
+                f"{len(pairs)} pairs in one request; "
+                f"the limit is max_pairs_per_request={settings.max_pairs_per_request}",
+            )
+        result = await _predict_unless_disconnected(request, engine, pairs, variant_label, truncate, timeout_s)
+        if result is None:
+            status = CLIENT_CLOSED
+            return Response(status_code=CLIENT_CLOSED)
+        status = 200
+    except ApiError as error:
+        status = error.status
+        raise
+    except EngineError as error:
+        api_error = from_engine(error)
+        status = api_error.status
+        raise api_error from None
+    finally:
+        metrics.REQUEST_DURATION.labels(variant_label, endpoint).observe(time.perf_counter() - started)
+        metrics.REQUESTS.labels(variant_label, outcome_for(status)).inc()
+    timings = result.timings
+    body = render(result)
+    return Response(
+        body,
+        media_type="application/json",
+        headers={
+            "X-Variant": result.variant,
+            "X-Tokenization-Time": f"{timings.tokenization_s * 1000:.3f}",
+            "X-Queue-Time": f"{timings.queue_s * 1000:.3f}",
+            "X-Inference-Time": f"{timings.inference_s * 1000:.3f}",
+            "X-Total-Time": f"{(time.perf_counter() - started) * 1000:.3f}",
+        },
+    )

@@ -1,0 +1,364 @@
+"""Open Inference Protocol (KServe v2, as spoken by Triton and MLServer) over the same engine as /predict.
+
+Each catalogue variant is a model with one version, "1". Inputs are two BYTES tensors, ``premise`` and
+``hypothesis``, of equal length; outputs are ``label`` (BYTES, [n]) and ``probabilities`` (FP32, [n, 3], columns in
+the order given by the ``label_order`` parameter). JSON tensors only: the binary tensor extension is refused with a
+clear 400. Errors are ``{"error": "<message>"}`` as the protocol specifies.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.responses import Response
+
+from app import __version__
+from app.api.errors import ApiError, from_engine
+from app.api.inference import run_prediction
+from app.engine.engine import Engine, PredictionResult, VariantRuntime, VariantStatus
+from app.engine.errors import UnknownVariantError
+from app.engine.labels import LABELS
+
+router = APIRouter(prefix="/v2", tags=["open inference protocol"])
+
+MODEL_VERSION = "1"
+INPUT_NAMES = ("premise", "hypothesis")
+OUTPUT_NAMES = ("label", "probabilities")
+LABEL_ORDER = ",".join(LABELS)
+Parameters = dict[str, bool | int | float | str]
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+    parameters: Parameters | None = None
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+    parameters: Parameters | None = None
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class Readiness(BaseModel):
+    name: str | None = None
+    ready: bool
+
+
+class Liveness(BaseModel):
+    live: bool
+
+
+class RequestInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: Parameters | None = None
+    data: list[Any]
+
+
+class RequestOutput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    parameters: Parameters | None = None
+
+
+class InferenceRequestBody(BaseModel):
+    """`parameters` may carry `truncate` (bool) and `timeout` (microseconds, as in Triton)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = None
+    parameters: Parameters | None = None
+    inputs: list[RequestInput] = Field(min_length=1)
+    outputs: list[RequestOutput] | None = None
+
+
+class ResponseOutput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: Parameters | None = None
+    data: list[Any]
+
+
+class InferenceResponseBody(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    parameters: Parameters | None = None
+    outputs: list[ResponseOutput]
+
+
+class OipError(BaseModel):
+    error: str
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": OipError, "description": description}
+    for status, description in (
+        (400, "Malformed request: wrong datatype, mismatched shapes, missing or unknown tensors."),
+        (404, "Unknown model or version."),
+        (413, "Too many pairs, or body too large."),
+        (429, "Overloaded; see Retry-After."),
+        (500, "The forward pass of this request's batch failed."),
+        (503, "Not ready, shutting down, or the deadline passed."),
+    )
+}
+
+
+def _bad_request(message: str) -> ApiError:
+    return ApiError(400, "invalid_inference_request", message)
+
+
+def _model(request: Request, name: str, version: str | None) -> VariantRuntime:
+    engine: Engine = request.app.state.engine
+    try:
+        runtime = engine.resolve(name)
+    except UnknownVariantError as error:
+        raise from_engine(error) from None
+    if version is not None and version != MODEL_VERSION:
+        raise ApiError(404, "unknown_version", f"model {name!r} has no version {version!r}; versions: {MODEL_VERSION}")
+    return runtime
+
+
+def _flatten(data: list[Any]) -> list[Any]:
+    """Row-major flattening: the protocol allows nested lists that mirror the shape."""
+    flat: list[Any] = []
+    for item in data:
+        if isinstance(item, list):
+            flat.extend(_flatten(item))
+        else:
+            flat.append(item)
+    return flat
+
+
+def _strings(tensor: RequestInput) -> list[str]:
+    if tensor.datatype != "BYTES":
+        raise _bad_request(f"input {tensor.name!r} has datatype {tensor.datatype}; expected BYTES")
+    shape = tensor.shape
+    if not shape or len(shape) > 2 or (len(shape) == 2 and shape[1] != 1) or any(dim < 0 for dim in shape):
+        raise _bad_request(f"input {tensor.name!r} has shape {shape}; expected [n] or [n, 1]")
+    values = _flatten(tensor.data)
+    if math.prod(shape) != len(values):
+        raise _bad_request(f"input {tensor.name!r} has shape {shape} but {len(values)} elements")
+    for index, value in enumerate(values):
+        if not isinstance(value, str):
+            raise _bad_request(f"input {tensor.name!r} element {index} is {type(value).__name__}; expected a string")
+        if not value.strip():
+            raise _bad_request(f"input {tensor.name!r} element {index} is empty")
+    return values
+
+
+def _pairs(body: InferenceRequestBody) -> list[tuple[str, str]]:
+    tensors: dict[str, RequestInput] = {}
+    for tensor in body.inputs:
+        if tensor.name not in INPUT_NAMES:
+            raise _bad_request(f"unexpected input {tensor.name!r}; inputs are {', '.join(INPUT_NAMES)}")
+        if tensor.name in tensors:
+            raise _bad_request(f"input {tensor.name!r} given twice")
+        tensors[tensor.name] = tensor
+    missing = [name for name in INPUT_NAMES if name not in tensors]
+    if missing:
+        raise _bad_request(f"missing input {missing[0]!r}; inputs are {', '.join(INPUT_NAMES)}")
+    premises = _strings(tensors["premise"])
+    hypotheses = _strings(tensors["hypothesis"])
+    if len(premises) != len(hypotheses):
+        raise _bad_request(f"premise has {len(premises)} elements but hypothesis has {len(hypotheses)}")
+    if not premises:
+        raise _bad_request("inputs are empty")
+    return list(zip(premises, hypotheses, strict=True))
+
+
+def _requested_outputs(body: InferenceRequestBody) -> tuple[str, ...]:
+    if not body.outputs:
+        return OUTPUT_NAMES
+    names = tuple(output.name for output in body.outputs)
+    unknown = [name for name in names if name not in OUTPUT_NAMES]
+    if unknown:
+        raise _bad_request(f"unknown output {unknown[0]!r}; outputs are {', '.join(OUTPUT_NAMES)}")
+    return names
+
+
+def _options(body: InferenceRequestBody) -> tuple[bool, float | None]:
+    parameters = body.parameters or {}
+    truncate = parameters.get("truncate", True)
+    if not isinstance(truncate, bool):
+        raise _bad_request("parameter 'truncate' must be a boolean")
+    timeout_us = parameters.get("timeout")
+    if timeout_us is not None and (isinstance(timeout_us, bool | str) or timeout_us <= 0):
+        raise _bad_request("parameter 'timeout' must be a positive number of microseconds")
+    return truncate, (timeout_us / 1e6 if timeout_us is not None else None)
+
+
+def _render(body: InferenceRequestBody, outputs: tuple[str, ...]) -> Callable[[PredictionResult], bytes]:
+    def render(result: PredictionResult) -> bytes:
+        probabilities = result.probabilities
+        count = len(probabilities)
+        tensors: list[dict[str, Any]] = []
+        for name in outputs:
+            if name == "label":
+                labels = [LABELS[index] for index in np.argmax(probabilities, axis=1).tolist()]
+                tensors.append({"name": "label", "datatype": "BYTES", "shape": [count], "data": labels})
+            else:
+                tensors.append(
+                    {
+                        "name": "probabilities",
+                        "datatype": "FP32",
+                        "shape": [count, len(LABELS)],
+                        "parameters": {"label_order": LABEL_ORDER},
+                        "data": probabilities.reshape(-1).tolist(),
+                    }
+                )
+        truncated = ",".join(str(index) for index, flag in enumerate(result.truncated) if flag)
+        response: dict[str, Any] = {
+            "model_name": result.variant,
+            "model_version": MODEL_VERSION,
+            "parameters": {"label_order": LABEL_ORDER, "truncated_pairs": truncated},
+            "outputs": tensors,
+        }
+        if body.id is not None:
+            response["id"] = body.id
+        return orjson.dumps(response)
+
+    return render
+
+
+def _model_metadata(runtime: VariantRuntime) -> ModelMetadata:
+    spec = runtime.spec
+    described = runtime.describe()
+    return ModelMetadata(
+        name=spec.name,
+        versions=[MODEL_VERSION],
+        platform="pytorch_transformers",
+        inputs=[TensorMetadata(name=name, datatype="BYTES", shape=[-1]) for name in INPUT_NAMES],
+        outputs=[
+            TensorMetadata(name="label", datatype="BYTES", shape=[-1]),
+            TensorMetadata(
+                name="probabilities", datatype="FP32", shape=[-1, len(LABELS)], parameters={"label_order": LABEL_ORDER}
+            ),
+        ],
+        parameters={
+            "label_order": LABEL_ORDER,
+            "base_model": spec.base_model,
+            "intermediate_task": spec.intermediate_task,
+            "device": described["device"],
+            "dtype": described["dtype"],
+            "untrained_demo": described["untrained"],
+        },
+    )
+
+
+@router.get("", response_model=ServerMetadata)
+async def server_metadata(request: Request) -> ServerMetadata:
+    return ServerMetadata(name="xnli-serve", version=__version__, extensions=[])
+
+
+@router.get("/health/live", response_model=Liveness, responses={503: {"model": Liveness}})
+async def server_live(request: Request) -> Response:
+    live = request.app.state.engine.live
+    return Response(
+        Liveness(live=live).model_dump_json(), status_code=200 if live else 503, media_type="application/json"
+    )
+
+
+@router.get("/health/ready", response_model=Readiness, responses={503: {"model": Readiness}})
+async def server_ready(request: Request) -> Response:
+    ready = request.app.state.engine.ready
+    return Response(
+        Readiness(ready=ready).model_dump_json(exclude_none=True),
+        status_code=200 if ready else 503,
+        media_type="application/json",
+    )
+
+
+@router.get("/models/{name}", response_model=ModelMetadata, responses=_ERRORS, response_model_exclude_none=True)
+@router.get(
+    "/models/{name}/versions/{version}",
+    response_model=ModelMetadata,
+    responses=_ERRORS,
+    response_model_exclude_none=True,
+)
+async def model_metadata(request: Request, name: str, version: str | None = None) -> ModelMetadata:
+    return _model_metadata(_model(request, name, version))
+
+
+@router.get("/models/{name}/ready", response_model=Readiness, responses=_ERRORS)
+@router.get("/models/{name}/versions/{version}/ready", response_model=Readiness, responses=_ERRORS)
+async def model_ready(request: Request, name: str, version: str | None = None) -> Response:
+    runtime = _model(request, name, version)
+    engine: Engine = request.app.state.engine
+    ready = runtime.status is VariantStatus.READY and engine.ready
+    return Response(
+        Readiness(name=runtime.spec.name, ready=ready).model_dump_json(),
+        status_code=200 if ready else 503,
+        media_type="application/json",
+    )
+
+
+# Protocol clients (tritonclient among them) post JSON without a Content-Type, so the body is parsed here rather than
+# by FastAPI's JSON-only body handling; the schema is still published.
+_REF = "#/components/schemas/{model}"
+_INFER_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": _REF.format(model="InferenceRequestBody")}}},
+    }
+}
+
+
+def openapi_components() -> dict[str, Any]:
+    """Schemas the hand-parsed infer body refers to, for the app to add to its OpenAPI components."""
+    schema = InferenceRequestBody.model_json_schema(ref_template=_REF)
+    components: dict[str, Any] = schema.pop("$defs", {})
+    components["InferenceRequestBody"] = schema
+    return components
+
+
+async def _read_body(request: Request) -> InferenceRequestBody:
+    if "inference-header-content-length" in request.headers:
+        raise _bad_request("the binary tensor extension is not supported; send JSON tensors")
+    raw = await request.body()
+    try:
+        return InferenceRequestBody.model_validate_json(raw)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        raise _bad_request(f"invalid inference request: {where}: {first['msg']}") from None
+
+
+@router.post("/models/{name}/infer", response_model=InferenceResponseBody, responses=_ERRORS, openapi_extra=_INFER_BODY)
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    response_model=InferenceResponseBody,
+    responses=_ERRORS,
+    openapi_extra=_INFER_BODY,
+)
+async def infer(request: Request, name: str, version: str | None = None) -> Response:
+    """Same engine, batching and metrics as /predict: v2 and native pairs share batches."""
+    runtime = _model(request, name, version)
+    body = await _read_body(request)
+    truncate, timeout_s = _options(body)
+    outputs = _requested_outputs(body)
+    return await run_prediction(
+        request, runtime.spec.name, lambda: _pairs(body), _render(body, outputs), "v2_infer", truncate, timeout_s
+    )
