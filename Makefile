@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 DEMO_SIZE ?= tiny
 
-.PHONY: serve test lint fuzz install install-dev demo-store clean
+.PHONY: serve test lint fuzz compare install install-dev demo-store clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ lint: install-dev
 
 test: install-dev lint
 	$(BIN)/pytest
+
+# Compare every demo variant under the same Locust load (starts its own server on a free port).
+COMPARE_ARGS ?= --users 1,8,32 --duration 20
+compare: demo-store install-dev
+	$(BIN)/python -m loadtests.compare $(COMPARE_ARGS)
 
 # Longer, unseeded schema fuzzing than CI's bounded run (nightly-style).
 fuzz: install-dev
