@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 DEMO_SIZE ?= tiny
 
-.PHONY: serve test lint fuzz compare install install-dev demo-store clean
+.PHONY: serve test lint fuzz compare evaluate install install-dev demo-store clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ test: install-dev lint
 COMPARE_ARGS ?= --users 1,8,32 --duration 20
 compare: demo-store install-dev
 	$(BIN)/python -m loadtests.compare $(COMPARE_ARGS)
+
+# XNLI accuracy and latency of every catalogue variant (the dev set sits beside the checkout).
+XNLI_DIR ?= ../shared/data/xnli
+evaluate: demo-store
+	$(BIN)/xnli-serve evaluate --data $(XNLI_DIR) --out reports/evaluation
 
 # Longer, unseeded schema fuzzing than CI's bounded run (nightly-style).
 fuzz: install-dev

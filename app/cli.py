@@ -81,6 +81,34 @@ def build_demo_store_command(
     print(f"built {len(made)} demo checkpoint(s) in {out}" if made else f"demo checkpoints already present in {out}")
 
 
+@cli.command()
+def evaluate(
+    data: Annotated[Path, typer.Option(help="XNLI-format folder, e.g. ../shared/data/xnli (one TSV per language).")],
+    out: Annotated[Path, typer.Option(help="Report folder.")] = Path("reports/evaluation"),
+    languages: Annotated[str | None, typer.Option(help="Comma-separated languages (default: all found).")] = None,
+    variants: Annotated[str | None, typer.Option(help="Comma-separated variants (default: all enabled).")] = None,
+    url: Annotated[str | None, typer.Option(help="Evaluate a running service over HTTP instead of in-process.")] = None,
+    catalogue: Annotated[Path, typer.Option(help="Catalogue for the in-process path.")] = Path(
+        "model_store/variants.toml"
+    ),
+    baseline: Annotated[str | None, typer.Option(help="Baseline variant (default: intermediate_task none).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Pairs per request.")] = 32,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight at once.")] = 4,
+    limit_per_language: Annotated[int | None, typer.Option(help="Use only the first N pairs of each language.")] = None,
+) -> None:
+    """Accuracy per language and latency of each variant on XNLI, with paired tests against the baseline."""
+    from app.evaluation.run import evaluate as run_evaluation
+    from app.logs import configure_logging
+
+    configure_logging("warning", "text")
+    split = [name.strip() for name in variants.split(",")] if variants else None
+    chosen_languages = [name.strip() for name in languages.split(",")] if languages else None
+    run_evaluation(
+        data, out, chosen_languages, split, url, catalogue, baseline, batch_size, concurrency, limit_per_language
+    )
+    print(f"report: {out / 'report.md'}")
+
+
 def main() -> None:
     cli()
 

@@ -1,0 +1,122 @@
+"""`xnli-serve evaluate`: every pair of an XNLI-format folder through each variant, then the report."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from app.engine.labels import LABELS
+from app.evaluation.collect import VariantScores, http_scorer, score
+from app.evaluation.report import VariantResult, build_results, write_report
+from app.xnli import read_xnli
+
+
+def choose_baseline(metadata: dict[str, dict[str, Any]], requested: str | None, default: str | None) -> str:
+    if requested:
+        if requested not in metadata:
+            raise ValueError(f"baseline {requested!r} is not among the evaluated variants {list(metadata)}")
+        return requested
+    no_intermediate = [name for name, meta in metadata.items() if meta.get("intermediate_task") in ("none", "", None)]
+    return no_intermediate[0] if no_intermediate else (default if default in metadata else next(iter(metadata)))
+
+
+async def _over_http(
+    url: str,
+    variants: list[str] | None,
+    pairs: list[Any],
+    batch_size: int,
+    concurrency: int,
+    progress: Callable[[str, int], Any],
+) -> tuple[dict[str, VariantScores], dict[str, dict[str, Any]], str]:
+    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+        catalogue = (await client.get("/variants")).json()
+        metadata = {entry["name"]: entry for entry in catalogue["variants"] if entry["status"] == "ready"}
+        chosen = variants or list(metadata)
+        missing = [name for name in chosen if name not in metadata]
+        if missing:
+            raise ValueError(f"variants not served at {url}: {missing}")
+        scores = {}
+        for variant in chosen:
+            scores[variant] = await score(
+                variant, pairs, http_scorer(client, variant), batch_size, concurrency, progress(variant, len(pairs))
+            )
+        return scores, {name: metadata[name] for name in chosen}, catalogue["default_variant"]
+
+
+async def _in_process(
+    catalogue_path: Path,
+    variants: list[str] | None,
+    pairs: list[Any],
+    batch_size: int,
+    concurrency: int,
+    progress: Callable[[str, int], Any],
+) -> tuple[dict[str, VariantScores], dict[str, dict[str, Any]], str]:
+    from app.engine.catalogue import load_catalogue
+    from app.engine.engine import Engine
+
+    engine = Engine(load_catalogue(catalogue_path, variants), request_timeout_s=3600)
+    engine.preflight()
+    await asyncio.to_thread(engine.load)
+    try:
+        chosen = [runtime.spec.name for runtime in engine.variants.values() if runtime.spec.enabled]
+        scores = {}
+        for variant in chosen:
+
+            async def scorer(chunk: list[tuple[str, str]], variant: str = variant) -> np.ndarray:
+                return (await engine.predict(chunk, variant)).probabilities
+
+            scores[variant] = await score(
+                variant, pairs, scorer, batch_size, concurrency, progress(variant, len(pairs))
+            )
+        metadata = {name: engine.variants[name].describe() for name in chosen}
+        return scores, metadata, engine.default_variant
+    finally:
+        engine.close()
+
+
+def evaluate(
+    data: Path,
+    out: Path,
+    languages: list[str] | None = None,
+    variants: list[str] | None = None,
+    url: str | None = None,
+    catalogue: Path = Path("model_store/variants.toml"),
+    baseline: str | None = None,
+    batch_size: int = 32,
+    concurrency: int = 4,
+    limit_per_language: int | None = None,
+    show_progress: bool = True,
+) -> list[VariantResult]:
+    pairs = read_xnli(data, languages, limit_per_language)
+    language_order = list(dict.fromkeys(pair.language for pair in pairs))
+    gold = np.array([LABELS.index(pair.label) for pair in pairs], dtype=np.int64)
+    pair_languages = np.array([pair.language for pair in pairs])
+
+    def progress(variant: str, total: int) -> Callable[[int], None]:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=variant, unit="pair", disable=not show_progress, leave=True)
+        return lambda count: bar.update(count)
+
+    if url:
+        collected = asyncio.run(_over_http(url.rstrip("/"), variants, pairs, batch_size, concurrency, progress))
+    else:
+        collected = asyncio.run(_in_process(catalogue, variants, pairs, batch_size, concurrency, progress))
+    scores, metadata, default = collected
+    chosen_baseline = choose_baseline(metadata, baseline, default)
+    results = build_results(scores, gold, pair_languages, language_order, metadata, chosen_baseline)
+    parameters = {
+        "data": str(data),
+        "path": f"HTTP {url}" if url else f"in-process ({catalogue})",
+        "pairs": len(pairs),
+        "batch_size": batch_size,
+        "concurrency": concurrency,
+        "limit_per_language": limit_per_language,
+    }
+    write_report(results, chosen_baseline, language_order, out, parameters)
+    return results

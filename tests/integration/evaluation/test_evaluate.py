@@ -1,0 +1,92 @@
+"""`xnli-serve evaluate` on the tiny demo store and a subset of the shared XNLI dev set."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from app.engine.labels import LABELS
+from app.evaluation.run import evaluate
+from app.xnli import read_xnli
+from tests.helpers import ServerProcess
+
+pytestmark = pytest.mark.integration
+
+LANGUAGES = ["en", "de", "zh"]
+LIMIT = 40
+
+
+def test_in_process_report_matches_the_engine_and_http_agrees(
+    server: ServerProcess, demo_catalogue: Path, xnli_dir: Path, tmp_path: Path
+) -> None:
+    variants = ["xlmr-mnli", "xlmr-hellaswag-mnli"]
+    local = evaluate(
+        xnli_dir, tmp_path / "local", LANGUAGES, variants, catalogue=demo_catalogue, limit_per_language=LIMIT,
+        show_progress=False,
+    )  # fmt: skip
+    remote = evaluate(
+        xnli_dir, tmp_path / "http", LANGUAGES, variants, url=server.base_url, limit_per_language=LIMIT,
+        show_progress=False,
+    )  # fmt: skip
+    pairs = read_xnli(xnli_dir, LANGUAGES, LIMIT)
+    # Direct computation from the engine's own predictions, through the plain HTTP /predict.
+    import httpx
+
+    for result in local:
+        predicted = []
+        for start in range(0, len(pairs), 32):
+            chunk = pairs[start : start + 32]
+            body = {
+                "variant": result.variant,
+                "inputs": [{"premise": p.premise, "hypothesis": p.hypothesis} for p in chunk],
+            }
+            predicted += [
+                row["label"] for row in httpx.post(f"{server.base_url}/predict", json=body).json()["predictions"]
+            ]
+        for language in LANGUAGES:
+            rows = [i for i, pair in enumerate(pairs) if pair.language == language]
+            expected = np.mean([predicted[i] == pairs[i].label for i in rows])
+            assert result.accuracy[language] == pytest.approx(expected)
+    for mine, theirs in zip(local, remote, strict=True):
+        assert mine.variant == theirs.variant
+        assert mine.accuracy == pytest.approx(theirs.accuracy)
+        assert mine.confusion == theirs.confusion
+    report = (tmp_path / "local" / "report.md").read_text(encoding="utf-8")
+    assert "UNTRAINED demo weights" in report
+    assert "| none | xlmr-mnli (untrained demo) |" in report
+    data = json.loads((tmp_path / "local" / "results.json").read_text(encoding="utf-8"))
+    assert data["baseline"] == "xlmr-mnli"
+    assert data["languages"] == LANGUAGES
+    assert set(data["variants"][1]["versus_baseline"]) == {*LANGUAGES, "all"}
+    for name in ("results.csv", "accuracy_heatmap.png", "accuracy_vs_latency.png"):
+        assert (tmp_path / "local" / name).stat().st_size > 0
+
+
+def test_label_mapping_end_to_end(demo_store: Path, xnli_dir: Path, tmp_path: Path) -> None:
+    """A checkpoint biased to always answer 'entailment', saved under another id2label order."""
+    folder = tmp_path / "always-entailment"
+    shutil.copytree(demo_store / "xlmr-mnli", folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True)
+    order = ["contradiction", "entailment", "neutral"]
+    model.config.id2label = dict(enumerate(order))
+    model.config.label2id = {label: index for index, label in enumerate(order)}
+    with torch.no_grad():
+        model.classifier.out_proj.weight.zero_()
+        model.classifier.out_proj.bias.copy_(torch.tensor([0.0, 20.0, 0.0]))
+    model.save_pretrained(folder)
+    catalogue = tmp_path / "variants.toml"
+    catalogue.write_text(f'[[variant]]\nname = "always-entailment"\npath = "{folder}"\n', encoding="utf-8")
+    results = evaluate(
+        xnli_dir, tmp_path / "report", ["fr", "sw"], catalogue=catalogue, limit_per_language=50, show_progress=False
+    )
+    pairs = read_xnli(xnli_dir, ["fr", "sw"], 50)
+    share = np.mean([pair.label == "entailment" for pair in pairs])
+    assert results[0].accuracy["all"] == pytest.approx(share)
+    predicted_column = results[0].confusion
+    assert [row[LABELS.index("entailment")] for row in predicted_column] == [sum(row) for row in predicted_column]
