@@ -1,0 +1,176 @@
+"""A real Prometheus scrapes a real xnli-serve; every dashboard query and recording rule must return data."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import yaml
+
+from tests.deploy_support import DEPLOY, dashboard_module, rule_files
+from tests.helpers import ServerProcess, free_port
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        shutil.which("prometheus") is None,
+        reason="prometheus binary not installed (apt-get install prometheus; .ci/run installs it)",
+    ),
+]
+
+RATE_WINDOW = "20s"
+# Panels whose data exists only on some hardware; each is named with the reason.
+HARDWARE_ONLY = {"CUDA memory allocated": "xnli_cuda_memory_allocated_bytes is exported only on CUDA replicas"}
+TRAFFIC_VARIANTS = ("xlmr-mnli", "xlmr-squad-mnli")
+
+
+@pytest.fixture(scope="module")
+def prometheus(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    folder = tmp_path_factory.mktemp("prometheus")
+    port = free_port()
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(path) for path in rule_files()],
+        "scrape_configs": [
+            {"job_name": "xnli-serve", "static_configs": [{"targets": [server.base_url.removeprefix("http://")]}]}
+        ],
+    }
+    (folder / "prometheus.yml").write_text(json.dumps(config), encoding="utf-8")
+    log = (folder / "prometheus.log").open("wb")
+    process = subprocess.Popen(
+        [
+            "prometheus",
+            f"--config.file={folder / 'prometheus.yml'}",
+            f"--storage.tsdb.path={folder / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        else:
+            raise TimeoutError((folder / "prometheus.log").read_text())
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+def query(prometheus: str, expression: str) -> list[dict[str, object]]:
+    response = httpx.get(f"{prometheus}/api/v1/query", params={"query": expression}, timeout=10).json()
+    assert response["status"] == "success", (expression, response)
+    result: list[dict[str, object]] = response["data"]["result"]
+    return result
+
+
+def finite(result: list[dict[str, object]]) -> bool:
+    return any(math.isfinite(float(sample["value"][1])) for sample in result)  # type: ignore[index]
+
+
+def send_traffic(server: ServerProcess, seconds: float) -> None:
+    async def client(http: httpx.AsyncClient, index: int, stop: float) -> None:
+        while time.monotonic() < stop:
+            variant = TRAFFIC_VARIANTS[index % 2]
+            await http.post(
+                "/predict", json={"premise": "Il pleut fort.", "hypothesis": "Le sol est sec.", "variant": variant}
+            )
+            await http.post(
+                "/predict",
+                json={
+                    "inputs": [{"premise": "Кошка спит.", "hypothesis": "Животное отдыхает."}] * 3,
+                    "variant": variant,
+                },
+            )
+        await http.post("/predict", json={"premise": "a", "hypothesis": "b", "variant": "ghost"})  # a 404
+
+    async def run() -> None:
+        stop = time.monotonic() + seconds
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
+            await asyncio.gather(*(client(http, index, stop) for index in range(8)))
+
+    asyncio.run(run())
+
+
+@pytest.fixture(scope="module")
+def scraped(prometheus: str, server: ServerProcess) -> str:
+    send_traffic(server, 8.0)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the rate windows need several scrapes that saw the traffic
+        samples = query(prometheus, 'count_over_time(up{job="xnli-serve"}[20s])')
+        if samples and float(samples[0]["value"][1]) >= 8:  # type: ignore[index]
+            break
+        time.sleep(0.5)
+    time.sleep(2.0)  # one more rule evaluation after the last scrape
+    return prometheus
+
+
+DASHBOARD = dashboard_module().build()
+PANEL_QUERIES = dashboard_module().expressions(DASHBOARD)
+
+
+@pytest.mark.parametrize(("title", "expression"), PANEL_QUERIES, ids=[f"{t}: {e[:60]}" for t, e in PANEL_QUERIES])
+def test_every_dashboard_query_returns_data(scraped: str, title: str, expression: str) -> None:
+    if title in HARDWARE_ONLY:
+        pytest.skip(HARDWARE_ONLY[title])
+    resolved = expression.replace("$variant", ".*").replace("$__rate_interval", RATE_WINDOW)
+    result = query(scraped, resolved)
+    assert result, f"{title!r} returns no series: {resolved}"
+    assert finite(result), f"{title!r} returns no finite value: {resolved}"
+
+
+def test_variant_template_variable_lists_the_variants(scraped: str) -> None:
+    values = httpx.get(f"{scraped}/api/v1/label/variant/values", params={"match[]": "xnli_variant_info"}).json()["data"]
+    assert set(TRAFFIC_VARIANTS) <= set(values)
+
+
+RECORDED = [
+    rule["record"]
+    for path in rule_files()
+    for group in yaml.safe_load(path.read_text(encoding="utf-8"))["groups"]
+    for rule in group["rules"]
+    if "record" in rule
+]
+
+
+@pytest.mark.parametrize("record", RECORDED)
+def test_every_recording_rule_returns_data(scraped: str, record: str) -> None:
+    result = query(scraped, record)
+    assert result, f"{record} has no series"
+    assert finite(result), f"{record} has no finite value"
+    variants = {sample["metric"]["variant"] for sample in result}  # type: ignore[index]
+    assert set(TRAFFIC_VARIANTS) <= variants
+
+
+def test_alert_rules_load_and_stay_quiet_for_a_healthy_service(scraped: str) -> None:
+    groups = httpx.get(f"{scraped}/api/v1/rules").json()["data"]["groups"]
+    alerts = {rule["name"]: rule for group in groups for rule in group["rules"] if rule["type"] == "alerting"}
+    assert set(alerts) == {
+        "XnliServeDown",
+        "XnliServeP99OverSlo",
+        "XnliServeQueueBacklog",
+        "XnliServeErrorRatioHigh",
+        "XnliServeOverloaded",
+    }
+    assert all(rule["health"] == "ok" for rule in alerts.values())
+    assert all(rule["state"] == "inactive" for rule in alerts.values())
+
+
+def test_compose_prometheus_config_uses_the_same_rules() -> None:
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text(encoding="utf-8"))
+    assert sorted(config["rule_files"]) == sorted(f"rules/{path.name}" for path in rule_files())
