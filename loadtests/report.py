@@ -118,11 +118,18 @@ def summary(results: list[LevelResult], comparisons: list[MedianDifference]) -> 
     same = [c for c in comparisons if architecture[c.first] == architecture[c.second]]
     if same:
         alike = sum(c.indistinguishable for c in same)
-        lines.append(
+        sentence = (
             f"Variants of the same architecture, dtype and device: {alike} of {len(same)} pairwise comparisons are "
-            "statistically indistinguishable in median latency (95% bootstrap interval of the difference contains 0), "
-            "as expected when only the weights differ."
+            "statistically indistinguishable in median latency (95% bootstrap interval of the difference contains 0)"
         )
+        if alike == len(same):
+            sentence += ", as expected when only the weights differ."
+        else:
+            sentence += (
+                "; the others differ although only the weights do, so run-to-run variation of the machine (variants "
+                "run one after another) is at least that large: lengthen --duration or repeat the comparison."
+            )
+        lines.append(sentence)
     differ = [c for c in comparisons if not c.indistinguishable]
     for comparison in sorted(differ, key=lambda c: -abs(c.relative))[:6]:
         direction = "slower" if comparison.difference_ms > 0 else "faster"
