@@ -39,6 +39,8 @@ lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/hadolint Dockerfile
+	$(BIN)/python deploy/grafana/dashboard.py --check
 
 test: install-dev lint
 	$(BIN)/pytest

@@ -1,0 +1,70 @@
+# syntax=docker/dockerfile:1
+# xnli-serve images. CPU: docker build --target cpu -t xnli-serve:cpu .   GPU: docker build --target gpu -t xnli-serve:gpu .
+# Weights are never baked in unless asked: mount a model store at /models (catalogue: /models/variants.toml), or
+# build with --build-arg BAKE_DEMO_STORE=tiny|base to include the untrained demo checkpoints.
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG CUDA_TORCH_IMAGE=pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+
+# ---- CPU: slim Python with the CPU build of torch ------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS cpu-build
+ARG TORCH_SPEC=torch==2.13.0
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+WORKDIR /src
+COPY deploy/docker/install.sh /src/deploy/docker/install.sh
+COPY pyproject.toml README.md /src/
+RUN sh /src/deploy/docker/install.sh /opt/venv /src deps "${TORCH_SPEC}" "${TORCH_INDEX_URL}"
+COPY app /src/app
+COPY loadtests /src/loadtests
+RUN sh /src/deploy/docker/install.sh /opt/venv /src app
+
+FROM ${PYTHON_IMAGE} AS cpu
+ARG BAKE_DEMO_STORE=""
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    HF_HUB_OFFLINE=1 \
+    XNLI_SERVE_HOST=0.0.0.0 \
+    XNLI_SERVE_PORT=8000 \
+    XNLI_SERVE_CATALOGUE=/models/variants.toml
+RUN groupadd --system --gid 10001 xnli && useradd --system --uid 10001 --gid xnli --home-dir /home/xnli --create-home xnli
+COPY --from=cpu-build /opt/venv /opt/venv
+RUN mkdir -p /models && if [ -n "${BAKE_DEMO_STORE}" ]; then xnli-serve build-demo-store --out /models --size "${BAKE_DEMO_STORE}"; fi \
+    && chown -R xnli:xnli /models
+USER 10001:10001
+VOLUME ["/models"]
+EXPOSE 8000
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=15s --timeout=3s --start-period=120s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health/live', timeout=2).status != 200)"]
+ENTRYPOINT ["xnli-serve", "serve"]
+
+# ---- GPU: the official PyTorch CUDA runtime image (torch preinstalled) ------------------------------------------
+FROM ${CUDA_TORCH_IMAGE} AS gpu-build
+WORKDIR /src
+COPY deploy/docker/install.sh /src/deploy/docker/install.sh
+COPY pyproject.toml README.md /src/
+# torch comes with the base image: an empty TORCH_SPEC keeps it; the venv sees it through system site-packages.
+RUN python3 -m venv --system-site-packages /opt/venv && sh /src/deploy/docker/install.sh /opt/venv /src deps ""
+COPY app /src/app
+COPY loadtests /src/loadtests
+RUN sh /src/deploy/docker/install.sh /opt/venv /src app
+
+FROM ${CUDA_TORCH_IMAGE} AS gpu
+ARG BAKE_DEMO_STORE=""
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    HF_HUB_OFFLINE=1 \
+    XNLI_SERVE_HOST=0.0.0.0 \
+    XNLI_SERVE_PORT=8000 \
+    XNLI_SERVE_CATALOGUE=/models/variants.toml
+RUN groupadd --system --gid 10001 xnli && useradd --system --uid 10001 --gid xnli --home-dir /home/xnli --create-home xnli
+COPY --from=gpu-build /opt/venv /opt/venv
+RUN mkdir -p /models && if [ -n "${BAKE_DEMO_STORE}" ]; then xnli-serve build-demo-store --out /models --size "${BAKE_DEMO_STORE}"; fi \
+    && chown -R xnli:xnli /models
+USER 10001:10001
+VOLUME ["/models"]
+EXPOSE 8000
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=15s --timeout=3s --start-period=180s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health/live', timeout=2).status != 200)"]
+ENTRYPOINT ["xnli-serve", "serve"]
