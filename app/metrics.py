@@ -56,6 +56,11 @@ BATCH_PADDING_RATIO = Histogram(
     ["variant"],
     buckets=PADDING_RATIO_BUCKETS,
 )
+COMPUTED_TOKENS = Counter(
+    "xnli_computed_tokens",
+    "Tokens the device computed, by kind: real (from pairs) or padding; padding share = padding / (real + padding).",
+    ["variant", "kind"],
+)
 REQUESTS = Counter(
     "xnli_requests",
     "Requests answered, by outcome (success, client_error, not_found, overloaded, unavailable, error).",

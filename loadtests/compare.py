@@ -15,12 +15,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +25,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from app.local_server import local_server
 from loadtests import report
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
@@ -193,43 +191,6 @@ def measure(
     )
 
 
-@contextmanager
-def local_server(catalogue: Path, folder: Path) -> Iterator[str]:
-    """Start `xnli-serve serve` on a free loopback port for the comparison, and stop it afterwards."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {
-        **os.environ,
-        "XNLI_SERVE_CATALOGUE": str(catalogue),
-        "XNLI_SERVE_PORT": str(port),
-        "XNLI_SERVE_HOST": "127.0.0.1",
-    }
-    log = (folder / "server.log").open("wb")
-    process = subprocess.Popen([sys.executable, "-m", "app", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"xnli-serve exited with {process.returncode}; see {folder / 'server.log'}")
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        else:
-            raise TimeoutError("xnli-serve did not become ready")
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
-        log.close()
-
-
 def compare(args: argparse.Namespace, url: str) -> list[LevelResult]:
     catalogue = httpx.get(f"{url}/variants", timeout=10).json()
     metadata = {entry["name"]: entry for entry in catalogue["variants"] if entry["status"] == "ready"}
@@ -296,8 +257,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.url:
         results = compare(args, args.url.rstrip("/"))
     else:
-        with local_server(args.catalogue, args.out) as url:
-            results = compare(args, url)
+        with local_server(args.catalogue, args.out / "server.log") as server:
+            results = compare(args, server.base_url)
     write_results(results, args.out)
     samples = report.load_samples(args.out / "locust")
     report.write_report(results, samples, args.out, vars(args))

@@ -3,87 +3,27 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+from app.local_server import LocalServer, free_port, local_server, server_command
+
+__all__ = ["ServerProcess", "free_port", "metric_value", "running_server", "server_command", "write_catalogue"]
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@dataclass
-class ServerProcess:
-    process: subprocess.Popen[bytes]
-    base_url: str
-    log_path: Path
-
-    def logs(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def wait_ready(self, timeout: float = 90.0, headers: dict[str, str] | None = None) -> list[int]:
-        """Poll /health/ready until 200; returns every status seen (connection failures as 0)."""
-        seen: list[int] = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.logs()}")
-            try:
-                status = httpx.get(f"{self.base_url}/health/ready", timeout=2.0, headers=headers).status_code
-            except httpx.TransportError:
-                status = 0
-            seen.append(status)
-            if status == 200:
-                return seen
-            time.sleep(0.005)
-        raise TimeoutError(f"server not ready after {timeout}s:\n{self.logs()}")
-
-
-def server_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "app", *args]
+ServerProcess = LocalServer
 
 
 @contextmanager
 def running_server(
     catalogue: Path, log_dir: Path, extra_env: dict[str, str] | None = None, wait: bool = True
 ) -> Iterator[ServerProcess]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "XNLI_SERVE_CATALOGUE": str(catalogue),
-        "XNLI_SERVE_HOST": "127.0.0.1",
-        "XNLI_SERVE_PORT": str(port),
-        "XNLI_SERVE_TORCH_THREADS": "1",
-        "PYTHONUNBUFFERED": "1",
-        **(extra_env or {}),
-    }
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"server-{port}.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(server_command("serve"), env=env, stdout=log_file, stderr=subprocess.STDOUT)
-    server = ServerProcess(process, f"http://127.0.0.1:{port}", log_path)
-    try:
-        if wait:
-            server.wait_ready()
+    """A real server for a test: one torch thread, so several test servers share the 2 cores politely."""
+    env = {"XNLI_SERVE_TORCH_THREADS": "1", **(extra_env or {})}
+    with local_server(catalogue, log_dir / f"server-{time.monotonic_ns()}.log", env, wait) as server:
         yield server
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _toml_value(value: object) -> str:

@@ -13,6 +13,27 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.logs import request_id_var
 
 access_log = logging.getLogger("xnli_serve.access")
+
+
+async def send_json_error(
+    send: Send, status: int, error_type: str, message: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """Answer from ASGI middleware, below FastAPI's handlers, in the same JSON error shape as the API."""
+    body = orjson.dumps({"error": {"type": error_type, "message": message}})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -53,18 +74,7 @@ class RequestContextMiddleware:
         except Exception:
             access_log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             if not response_started:
-                body = orjson.dumps({"error": {"type": "internal_error", "message": "internal server error"}})
-                await send_with_id(
-                    {
-                        "type": "http.response.start",
-                        "status": 500,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                        ],
-                    }
-                )
-                await send_with_id({"type": "http.response.body", "body": body})
+                await send_json_error(send_with_id, 500, "internal_error", "internal server error")
         finally:
             if scope.get("path") not in ("/metrics", "/health/live", "/health/ready"):
                 access_log.info(
@@ -85,21 +95,8 @@ class BodyLimitMiddleware:
         self.max_body_bytes = max_body_bytes
 
     async def _refuse(self, send: Send) -> None:
-        body = orjson.dumps(
-            {"error": {"type": "payload_too_large", "message": f"request body over {self.max_body_bytes} bytes"}}
-        )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        message = f"request body over {self.max_body_bytes} bytes"
+        await send_json_error(send, 413, "payload_too_large", message, [(b"connection", b"close")])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -10,8 +10,9 @@ import hashlib
 import hmac
 from collections.abc import Iterable
 
-import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.api.middleware import send_json_error
 
 DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
 HEALTH_PREFIXES = ("/health/",)
@@ -63,16 +64,4 @@ class ApiKeyMiddleware:
         missing = header is None
         message = "missing API key: send Authorization: Bearer <key>" if missing else "invalid API key"
         challenge = b'Bearer realm="xnli-serve"' if missing else b'Bearer realm="xnli-serve", error="invalid_token"'
-        body = orjson.dumps({"error": {"type": "unauthorized", "message": message}})
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"www-authenticate", challenge),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_json_error(send, 401, "unauthorized", message, [(b"www-authenticate", challenge)])

@@ -105,6 +105,7 @@ def catalogue_toml() -> str:
         "max_seq_len = 256      # longer pairs lose premise tokens (or get 422 with truncate=false)",
         "max_wait_ms = 0        # 0 = run as soon as the device is free; >0 waits to fill bigger batches",
         "max_queue_pairs = 1024 # pairs that may wait; beyond that requests get 429 with Retry-After",
+        "max_padding_ratio = 1.0  # cap on a batch's padding share; ~0.15 suits compute-bound CPUs",
         "enabled = true",
     ]
     for variant in DEMO_LINEUP:

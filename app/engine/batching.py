@@ -12,6 +12,7 @@ from app.engine.runner import padded_length
 class BatchLimits:
     max_batch_size: int
     max_batch_tokens: int
+    max_padding_ratio: float = 1.0  # 1.0 = no cap; lower keeps compute-bound devices (CPUs) from paying for padding
 
     @property
     def window(self) -> int:
@@ -29,7 +30,7 @@ def select_batch(lengths: Sequence[int], limits: BatchLimits) -> list[int]:
 
     The oldest pair (position 0) is always taken, so nothing starves. Around it the batch grows through the
     pairs of nearest length, adding whichever neighbour wastes the fewest padded tokens, while the batch stays
-    within ``max_batch_size`` pairs and ``max_batch_tokens`` padded tokens.
+    within ``max_batch_size`` pairs, ``max_batch_tokens`` padded tokens and ``max_padding_ratio`` of padding.
     """
     if not lengths:
         return []
@@ -39,6 +40,7 @@ def select_batch(lengths: Sequence[int], limits: BatchLimits) -> list[int]:
     low = high = head
     longest = lengths[0]
     count = 1
+    real = lengths[0]
     while count < limits.max_batch_size:
         options: list[tuple[int, int, int]] = []  # (added padding, arrival position, side)
         if low > 0:
@@ -50,13 +52,16 @@ def select_batch(lengths: Sequence[int], limits: BatchLimits) -> list[int]:
         grown = False
         for _, position, side in sorted(options):
             new_longest = max(longest, lengths[position])
-            if (count + 1) * padded_length(new_longest) <= limits.max_batch_tokens:
+            cost = (count + 1) * padded_length(new_longest)
+            padding = 1.0 - (real + lengths[position]) / cost
+            if cost <= limits.max_batch_tokens and padding <= limits.max_padding_ratio:
                 if side < 0:
                     low -= 1
                 else:
                     high += 1
                 longest = new_longest
                 count += 1
+                real += lengths[position]
                 grown = True
                 break
         if not grown:

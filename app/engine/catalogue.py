@@ -34,6 +34,9 @@ class ServingOptions(BaseModel):
     max_seq_len: int = Field(256, ge=8, le=8192)
     max_wait_ms: float = Field(0.0, ge=0.0, le=10_000.0)
     max_queue_pairs: int = Field(1024, ge=1, description="Pairs that may wait; requests beyond get 429.")
+    max_padding_ratio: float = Field(
+        1.0, gt=0.0, le=1.0, description="Largest share of padding a batch may carry (1 = no cap)."
+    )
     enabled: bool = True
 
     @field_validator("device")

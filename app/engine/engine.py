@@ -204,7 +204,7 @@ class Engine:
             queue = VariantQueue(
                 spec.name,
                 runner,
-                BatchLimits(spec.max_batch_size, spec.max_batch_tokens),
+                BatchLimits(spec.max_batch_size, spec.max_batch_tokens, spec.max_padding_ratio),
                 max_wait_ms=spec.max_wait_ms,
                 max_queue_pairs=spec.max_queue_pairs,
                 seconds_per_pair=seconds_per_pair,  # a first estimate for admission, refined by every batch
@@ -326,6 +326,7 @@ class Engine:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         deadline = started + timeout
+        runtime.worker.admit(runtime.queue, len(pairs), deadline)
         encoded = await loop.run_in_executor(self._tokenize_pool, runtime.encoder.encode, pairs, truncate)
         tokenized = time.perf_counter()
         metrics.TOKENIZATION_DURATION.labels(name).observe(tokenized - started)

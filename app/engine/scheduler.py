@@ -134,6 +134,8 @@ class VariantQueue:
         self._batch_size = metrics.BATCH_SIZE.labels(name)
         self._batch_tokens = metrics.BATCH_TOKENS.labels(name)
         self._padding = metrics.BATCH_PADDING_RATIO.labels(name)
+        self._real_tokens = metrics.COMPUTED_TOKENS.labels(name, "real")
+        self._padding_tokens = metrics.COMPUTED_TOKENS.labels(name, "padding")
         self._predictions = [metrics.PREDICTIONS.labels(name, label) for label in LABELS]
 
     def seconds_until_ready(self, now: float) -> float | None:
@@ -199,6 +201,8 @@ class VariantQueue:
         self._batch_size.observe(len(pairs))
         self._batch_tokens.observe(padded_tokens)
         self._padding.observe(1.0 - real_tokens / padded_tokens)
+        self._real_tokens.inc(real_tokens)
+        self._padding_tokens.inc(padded_tokens - real_tokens)
         for label_index, count in enumerate(np.bincount(probabilities.argmax(axis=1), minlength=len(LABELS))):
             if count:
                 self._predictions[label_index].inc(int(count))
@@ -232,27 +236,38 @@ class DeviceWorker:
     def alive(self) -> bool:
         return self._thread.is_alive() and self.failure is None
 
+    def _check_admission(self, queue: VariantQueue, count: int, deadline: float, now: float) -> None:
+        """Raise OverloadedError unless ``count`` more pairs fit the queue and can be computed before ``deadline``.
+
+        Caller holds the lock."""
+        if self.failure is not None:
+            raise InferenceError(f"device worker {self.device} is down: {self.failure!r}")
+        backlog = sum(other.backlog_seconds() for other in self.queues)
+        if len(queue.pairs) + count > queue.max_queue_pairs:
+            raise OverloadedError(
+                f"variant {queue.name!r} queue is full ({len(queue.pairs)} of {queue.max_queue_pairs} pairs "
+                f"waiting, this request adds {count})",
+                retry_after_s=max(backlog, 1.0),
+            )
+        expected = backlog + count * queue.seconds_per_pair
+        if now + expected > deadline:
+            raise OverloadedError(
+                f"variant {queue.name!r} cannot answer within the deadline: about {expected:.2f}s of work is "
+                f"queued on {self.device}, {max(0.0, deadline - now):.2f}s are left",
+                retry_after_s=max(backlog, 1.0),
+            )
+
+    def admit(self, queue: VariantQueue, count: int, deadline: float) -> None:
+        """Early refusal, before tokenizing: under overload, refused requests then cost almost no CPU."""
+        with self._condition:
+            self._check_admission(queue, count, deadline, time.perf_counter())
+
     def submit(self, queue: VariantQueue, request: InferenceRequest, sequences: Sequence[list[int]]) -> None:
         """Queue a request's pairs, or raise OverloadedError if they cannot be served in time."""
         pending = [PendingPair(request, index, ids) for index, ids in enumerate(sequences)]
         with self._condition:
-            if self.failure is not None:
-                raise InferenceError(f"device worker {self.device} is down: {self.failure!r}")
             now = time.perf_counter()
-            backlog = sum(other.backlog_seconds() for other in self.queues)
-            if len(queue.pairs) + len(pending) > queue.max_queue_pairs:
-                raise OverloadedError(
-                    f"variant {queue.name!r} queue is full ({len(queue.pairs)} of {queue.max_queue_pairs} pairs "
-                    f"waiting, this request adds {len(pending)})",
-                    retry_after_s=max(backlog, 1.0),
-                )
-            expected = backlog + len(pending) * queue.seconds_per_pair
-            if now + expected > request.deadline:
-                raise OverloadedError(
-                    f"variant {queue.name!r} cannot answer within the deadline: about {expected:.2f}s of work is "
-                    f"queued on {self.device}, {max(0.0, request.deadline - now):.2f}s are left",
-                    retry_after_s=max(backlog, 1.0),
-                )
+            self._check_admission(queue, len(pending), request.deadline, now)
             request.enqueued_at = now
             queue.put(pending)
             self._condition.notify()

@@ -14,6 +14,20 @@ from tests.helpers import free_port, running_server, server_command
 pytestmark = pytest.mark.integration
 
 
+def refused_start(catalogue: Path) -> subprocess.CompletedProcess[str]:
+    """Run `xnli-serve serve` on a catalogue that must be refused before the port opens (exit code 2)."""
+    result = subprocess.run(
+        server_command("serve", "--port", str(free_port())),
+        env={**os.environ, "XNLI_SERVE_CATALOGUE": str(catalogue)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    return result
+
+
 def test_ready_only_after_every_variant_is_warmed_up(demo_store: Path, tmp_path: Path) -> None:
     # Large warm-up shapes keep the loading window wide enough to observe.
     catalogue = tmp_path / "variants.toml"
@@ -59,15 +73,7 @@ def test_bad_catalogue_exits_before_serving(demo_store: Path, tmp_path: Path, mu
     text = text.replace('path = "', f'path = "{demo_store}/')
     catalogue = tmp_path / "variants.toml"
     catalogue.write_text(mutate(text), encoding="utf-8")  # type: ignore[operator]
-    result = subprocess.run(
-        server_command("serve", "--port", str(free_port())),
-        env={**os.environ, "XNLI_SERVE_CATALOGUE": str(catalogue)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 2
+    result = refused_start(catalogue)
     assert "xnli-serve: cannot start:" in result.stderr
     assert message in result.stderr
 
@@ -83,15 +89,7 @@ def test_unmappable_labels_exit_before_serving(demo_store: Path, tmp_path: Path)
     (folder / "config.json").write_text(config, encoding="utf-8")
     catalogue = tmp_path / "variants.toml"
     catalogue.write_text(f'[[variant]]\nname = "generic"\npath = "{folder}"\n', encoding="utf-8")
-    result = subprocess.run(
-        server_command("serve", "--port", str(free_port())),
-        env={**os.environ, "XNLI_SERVE_CATALOGUE": str(catalogue)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 2
+    result = refused_start(catalogue)
     assert "variant 'generic': labels cannot be mapped by name" in result.stderr
 
 
@@ -101,13 +99,5 @@ def test_fault_injection_is_refused_unless_enabled(demo_store: Path, tmp_path: P
         f'[[variant]]\nname = "faulty"\npath = "{demo_store}/xlmr-mnli"\nfaults = {{ fail_every = 1 }}\n',
         encoding="utf-8",
     )
-    result = subprocess.run(
-        server_command("serve", "--port", str(free_port())),
-        env={**os.environ, "XNLI_SERVE_CATALOGUE": str(catalogue)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 2
+    result = refused_start(catalogue)
     assert "variant 'faulty': declares [variant.faults] but fault injection is disabled" in result.stderr

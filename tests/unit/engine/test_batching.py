@@ -53,20 +53,32 @@ def test_window_limits_lookahead() -> None:
     assert 16 not in chosen
 
 
+def test_padding_cap_keeps_mismatched_lengths_apart() -> None:
+    lengths = [40, 8, 38, 16, 39]
+    uncapped = select_batch(lengths, BatchLimits(max_batch_size=8, max_batch_tokens=10_000))
+    capped = select_batch(lengths, BatchLimits(max_batch_size=8, max_batch_tokens=10_000, max_padding_ratio=0.15))
+    assert sorted(uncapped) == [0, 1, 2, 3, 4]
+    assert sorted(capped) == [0, 2, 4]  # 117 real tokens in 3 x 40 padded: 2.5% padding
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     lengths=st.lists(st.integers(min_value=1, max_value=256), min_size=1, max_size=300),
     max_batch_size=st.integers(min_value=1, max_value=64),
     extra_tokens=st.integers(min_value=0, max_value=4096),
+    max_padding_ratio=st.sampled_from([1.0, 0.5, 0.15]),
 )
-def test_invariants(lengths: list[int], max_batch_size: int, extra_tokens: int) -> None:
-    limits = BatchLimits(max_batch_size=max_batch_size, max_batch_tokens=256 + extra_tokens)
+def test_invariants(lengths: list[int], max_batch_size: int, extra_tokens: int, max_padding_ratio: float) -> None:
+    limits = BatchLimits(max_batch_size, 256 + extra_tokens, max_padding_ratio)
     chosen = select_batch(lengths, limits)
     assert 0 in chosen
     assert len(set(chosen)) == len(chosen)
     assert all(0 <= position < min(len(lengths), limits.window) for position in chosen)
     assert len(chosen) <= max_batch_size
-    assert batch_cost([lengths[position] for position in chosen]) <= limits.max_batch_tokens
+    chosen_lengths = [lengths[position] for position in chosen]
+    assert batch_cost(chosen_lengths) <= limits.max_batch_tokens
+    if len(chosen) > 1:
+        assert 1 - sum(chosen_lengths) / batch_cost(chosen_lengths) <= max_padding_ratio
 
 
 @pytest.mark.parametrize("count", [1, 31, 32, 33, 200])

@@ -1,0 +1,82 @@
+"""The limit: tokenize + forward + softmax in-process, no HTTP, no batcher, at batch sizes 1..64.
+
+python -m benchmarks.engine --catalogue /tmp/store-base/variants.toml --variant xlmr-mnli --pairs 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import DEFAULT_XNLI, machine, mixed_pairs, percentiles, print_machine, write_json
+
+
+def measure_engine(
+    catalogue: Path,
+    variant: str,
+    pairs: list[tuple[str, str]],
+    batch_sizes: list[int],
+    torch_threads: int | None = None,
+) -> dict[str, Any]:
+    import torch
+    from transformers.utils import logging as transformers_logging
+
+    from app.engine.catalogue import load_catalogue
+    from app.engine.model_store import inspect_checkpoint, load_checkpoint
+    from app.engine.runner import TorchRunner
+    from app.engine.tokenization import PairEncoder
+    from app.settings import Settings
+
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    torch.set_num_threads(torch_threads or Settings().torch_threads)
+    spec = load_catalogue(catalogue, [variant]).get(variant)
+    info = inspect_checkpoint(spec)
+    loaded = load_checkpoint(info)
+    encoder = PairEncoder(loaded.backend_tokenizer, spec.max_seq_len)
+    runner = TorchRunner(loaded.model, info.device, loaded.pad_token_id, info.label_permutation)
+    runner.forward(encoder.encode(pairs[:8]).ids)  # first-call overheads out of the way
+    rows = []
+    for batch_size in batch_sizes:
+        latencies = []
+        started = time.perf_counter()
+        for start in range(0, len(pairs), batch_size):
+            began = time.perf_counter()
+            probabilities = runner.forward(encoder.encode(pairs[start : start + batch_size]).ids)
+            if info.device.type == "cuda":
+                torch.cuda.synchronize()
+            assert probabilities.shape[1] == 3
+            latencies.append(time.perf_counter() - began)
+        elapsed = time.perf_counter() - started
+        row = {"batch_size": batch_size, "pairs_per_s": len(pairs) / elapsed, **percentiles(latencies)}
+        rows.append(row)
+        print(
+            f"engine {variant} batch {batch_size:3d}: {row['pairs_per_s']:8.1f} pairs/s, "
+            f"batch p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms",
+            flush=True,
+        )
+    best = max(rows, key=lambda row: row["pairs_per_s"])
+    print(f"engine {variant} best: {best['pairs_per_s']:.1f} pairs/s at batch {best['batch_size']}", flush=True)
+    return {"variant": variant, "device": str(info.device), "dtype": str(info.dtype), "rows": rows, "best": best}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.engine", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--catalogue", type=Path, default=Path("model_store/variants.toml"))
+    parser.add_argument("--variant", default="xlmr-mnli")
+    parser.add_argument("--data", type=Path, default=DEFAULT_XNLI)
+    parser.add_argument("--pairs", type=int, default=256)
+    parser.add_argument("--batch-sizes", default="1,2,4,8,16,32,64")
+    parser.add_argument("--out", type=Path, default=None, help="JSON results")
+    args = parser.parse_args(argv)
+    info = machine()
+    print_machine(info)
+    result = measure_engine(
+        args.catalogue, args.variant, mixed_pairs(args.data, args.pairs), [int(b) for b in args.batch_sizes.split(",")]
+    )
+    write_json(args.out, {"machine": info, "engine": result})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""The service against its own limit, measured in the same run on the same pairs.
+
+    python -m benchmarks.service --catalogue /tmp/store-base/variants.toml --variant xlmr-mnli \
+        --fair-variant xlmr-squad-mnli --out benchmarks/results/cpu-base.json
+
+Runs, in order: the engine limit in-process (benchmarks.engine); then a real `xnli-serve serve` on loopback driven by
+an asynchronous HTTP client: closed loop at increasing concurrency with single-pair and 16-pair requests, open loop at
+fixed arrival rates, the HTTP floor (GET /health/live on the same app stack), and, with --fair-variant, two variants
+on one device under equal load. Prints every figure with its ratio to the engine limit and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from app.local_server import local_server
+from benchmarks.common import DEFAULT_XNLI, machine, mixed_pairs, percentiles, print_machine, write_json
+from benchmarks.engine import measure_engine
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = {}
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def delta(before: dict[Any, float], after: dict[Any, float], name: str, **labels: str) -> float:
+    wanted = set(labels.items())
+    return sum(value - before.get(key, 0.0) for key, value in after.items() if key[0] == name and wanted <= set(key[1]))
+
+
+async def closed_loop(
+    url: str,
+    pairs: list[tuple[str, str]],
+    variants: list[str],
+    concurrency: int,
+    pairs_per_request: int,
+    seconds: float,
+) -> dict[str, Any]:
+    latencies: list[float] = []
+    per_variant = dict.fromkeys(variants, 0)
+    errors = 0
+    stop = time.perf_counter() + seconds
+
+    async def client(index: int, http: httpx.AsyncClient) -> None:
+        nonlocal errors
+        position = index * 97
+        variant = variants[index % len(variants)]
+        while time.perf_counter() < stop:
+            chunk = [pairs[(position + k) % len(pairs)] for k in range(pairs_per_request)]
+            position += pairs_per_request
+            body: dict[str, Any] = {"variant": variant}
+            if pairs_per_request == 1:
+                body.update(premise=chunk[0][0], hypothesis=chunk[0][1])
+            else:
+                body["inputs"] = [{"premise": p, "hypothesis": h} for p, h in chunk]
+            began = time.perf_counter()
+            try:
+                response = await http.post("/predict", json=body)
+            except httpx.TransportError:  # e.g. a keep-alive connection the server closed while we backed off
+                errors += 1
+                continue
+            if response.status_code == 200:
+                latencies.append(time.perf_counter() - began)
+                per_variant[variant] += pairs_per_request
+            else:
+                errors += 1
+                if response.status_code == 429:  # a well-behaved client backs off as told
+                    await asyncio.sleep(min(float(response.headers.get("retry-after", "1")), 5.0))
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(index, http) for index in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return {
+        "concurrency": concurrency,
+        "pairs_per_request": pairs_per_request,
+        "requests_per_s": len(latencies) / elapsed,
+        "pairs_per_s": len(latencies) * pairs_per_request / elapsed,
+        "errors": errors,
+        "per_variant_pairs_per_s": {name: count / elapsed for name, count in per_variant.items()},
+        **percentiles(latencies),
+    }
+
+
+async def open_loop(
+    url: str, pairs: list[tuple[str, str]], variant: str, rate: float, seconds: float
+) -> dict[str, Any]:
+    latencies: list[float] = []
+    statuses: list[int] = []
+
+    async def one(http: httpx.AsyncClient, pair: tuple[str, str]) -> None:
+        began = time.perf_counter()
+        response = await http.post("/predict", json={"premise": pair[0], "hypothesis": pair[1], "variant": variant})
+        statuses.append(response.status_code)
+        if response.status_code == 200:
+            latencies.append(time.perf_counter() - began)
+
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
+        tasks = []
+        started = time.perf_counter()
+        for index in range(int(rate * seconds)):
+            await asyncio.sleep(max(0.0, started + index / rate - time.perf_counter()))
+            tasks.append(asyncio.ensure_future(one(http, pairs[index % len(pairs)])))
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - started
+    return {
+        "offered_per_s": rate,
+        "achieved_per_s": len(latencies) / elapsed,
+        "refused": sum(status == 429 for status in statuses),
+        **(percentiles(latencies) if latencies else {}),
+    }
+
+
+async def http_floor(url: str, concurrency: int, seconds: float) -> dict[str, Any]:
+    latencies: list[float] = []
+    stop = time.perf_counter() + seconds
+
+    async def client(http: httpx.AsyncClient) -> None:
+        while time.perf_counter() < stop:
+            began = time.perf_counter()
+            await http.get("/health/live")
+            latencies.append(time.perf_counter() - began)
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return {"concurrency": concurrency, "requests_per_s": len(latencies) / elapsed, **percentiles(latencies)}
+
+
+def show(label: str, row: dict[str, Any], limit: float | None = None) -> None:
+    ratio = f", {row['pairs_per_s'] / limit:.0%} of the engine limit" if limit and "pairs_per_s" in row else ""
+    numbers = ", ".join(
+        f"{key} {value:.2f}" if isinstance(value, float) else f"{key} {value}"
+        for key, value in row.items()
+        if key != "per_variant_pairs_per_s"
+    )
+    print(f"{label}: {numbers}{ratio}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.service", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--catalogue", type=Path, default=Path("model_store/variants.toml"))
+    parser.add_argument("--variant", default="xlmr-mnli")
+    parser.add_argument(
+        "--fair-variant", default=None, help="A second variant on the same device, for the fair-share run"
+    )
+    parser.add_argument("--data", type=Path, default=DEFAULT_XNLI)
+    parser.add_argument("--pairs", type=int, default=256)
+    parser.add_argument("--concurrency", default="1,8,32,64")
+    parser.add_argument("--rates", default="", help="Open-loop arrival rates (requests/s), e.g. 5,10")
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--engine-batch-sizes", default="1,2,4,8,16,32,64")
+    parser.add_argument("--skip-engine", action="store_true")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    info = machine()
+    print_machine(info)
+    pairs = mixed_pairs(args.data, args.pairs)
+    report: dict[str, Any] = {"machine": info, "variant": args.variant}
+    limit = None
+    if not args.skip_engine:
+        engine = measure_engine(
+            args.catalogue, args.variant, pairs, [int(b) for b in args.engine_batch_sizes.split(",")]
+        )
+        report["engine"] = engine
+        limit = engine["best"]["pairs_per_s"]
+        gc.collect()
+
+    variants = [args.variant] + ([args.fair_variant] if args.fair_variant else [])
+    env = {"XNLI_SERVE_VARIANTS": ",".join(variants), "XNLI_SERVE_LOG_LEVEL": "warning"}
+    log = Path(os.environ.get("TMPDIR", "/tmp")) / "xnli-bench-server.log"
+    with local_server(args.catalogue, log, env) as running:
+        url = running.base_url
+        asyncio.run(closed_loop(url, pairs, [args.variant], 4, 1, 3.0))  # warm-up, discarded
+        closed = []
+        for pairs_per_request in (1, 16):
+            for concurrency in [int(c) for c in args.concurrency.split(",")]:
+                before = scrape(url)
+                row = asyncio.run(closed_loop(url, pairs, [args.variant], concurrency, pairs_per_request, args.seconds))
+                after = scrape(url)
+                padded = delta(before, after, "xnli_computed_tokens_total", variant=args.variant)
+                padding = delta(before, after, "xnli_computed_tokens_total", variant=args.variant, kind="padding")
+                batches = delta(before, after, "xnli_batch_size_count", variant=args.variant)
+                row["padding_share"] = padding / padded if padded else 0.0
+                row["mean_batch_size"] = (
+                    delta(before, after, "xnli_batch_size_sum", variant=args.variant) / batches if batches else 0.0
+                )
+                if limit:
+                    row["ratio_to_engine"] = row["pairs_per_s"] / limit
+                closed.append(row)
+                show(f"service closed loop x{pairs_per_request} c={concurrency}", row, limit)
+        report["closed_loop"] = closed
+        report["open_loop"] = []
+        for rate in [float(r) for r in args.rates.split(",") if r]:
+            row = asyncio.run(open_loop(url, pairs, args.variant, rate, args.seconds))
+            report["open_loop"].append(row)
+            show(f"service open loop {rate:g}/s", row)
+        floor = [asyncio.run(http_floor(url, concurrency, min(args.seconds, 10.0))) for concurrency in (1, 32)]
+        report["http_floor"] = floor
+        for row in floor:
+            show(f"HTTP floor (GET /health/live) c={row['concurrency']}", row)
+        if args.fair_variant:
+            concurrency = max(int(c) for c in args.concurrency.split(","))
+            row = asyncio.run(closed_loop(url, pairs, variants, concurrency, 1, args.seconds))
+            total = sum(row["per_variant_pairs_per_s"].values())
+            row["shares"] = (
+                {name: value / total for name, value in row["per_variant_pairs_per_s"].items()} if total else {}
+            )
+            report["fair_share"] = row
+            print(f"fair share at c={concurrency}: {row['shares']}", flush=True)
+    write_json(args.out, report)
+
+
+if __name__ == "__main__":
+    main()

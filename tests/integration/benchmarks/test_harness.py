@@ -1,0 +1,46 @@
+"""The benchmark harness runs end to end on the tiny store (a smoke run; the figures themselves live in RESULTS.md)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def test_engine_and_service_benchmarks_write_their_figures(
+    demo_catalogue: Path, xnli_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "service.json"
+    command = [
+        sys.executable, "-m", "benchmarks.service", "--catalogue", str(demo_catalogue), "--variant", "xlmr-mnli",
+        "--fair-variant", "xlmr-squad-mnli", "--data", str(xnli_dir), "--pairs", "64", "--concurrency", "1,4",
+        "--seconds", "2", "--engine-batch-sizes", "1,8", "--rates", "20", "--out", str(out),
+    ]  # fmt: skip
+    completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=True)
+    assert "machine: cpu=" in completed.stdout
+    report = json.loads(out.read_text(encoding="utf-8"))
+    assert [row["batch_size"] for row in report["engine"]["rows"]] == [1, 8]
+    limit = report["engine"]["best"]["pairs_per_s"]
+    for row in report["closed_loop"]:
+        assert row["errors"] == 0
+        assert row["ratio_to_engine"] == pytest.approx(row["pairs_per_s"] / limit)
+        assert 0.0 <= row["padding_share"] < 1.0
+    assert {row["pairs_per_request"] for row in report["closed_loop"]} == {1, 16}
+    assert report["open_loop"][0]["offered_per_s"] == 20
+    assert report["http_floor"][0]["requests_per_s"] > 0
+    assert sum(report["fair_share"]["shares"].values()) == pytest.approx(1.0)
+    summary = subprocess.run(
+        [sys.executable, "-m", "benchmarks.summary", str(out)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "service.json" in summary.stdout
