@@ -268,9 +268,6 @@ class Engine:
         """False once loading failed or a device worker died: the process should be restarted."""
         return self.load_error is None and all(worker.alive for worker in self._workers.values())
 
-    def pending_pairs(self) -> int:
-        return sum(worker.pending_pairs() for worker in self._workers.values())
-
     def resolve(self, name: str | None) -> VariantRuntime:
         runtime = self.variants.get(name or self.default_variant)
         if runtime is None or not runtime.spec.enabled:

@@ -272,10 +272,6 @@ class DeviceWorker:
             queue.put(pending)
             self._condition.notify()
 
-    def pending_pairs(self) -> int:
-        with self._condition:
-            return sum(len(queue.pairs) for queue in self.queues)
-
     def stop(self, timeout: float | None = None) -> None:
         """Finish what is queued, then end the thread."""
         with self._condition:
