@@ -24,7 +24,7 @@ def test_sigterm_drains_accepted_requests_and_exits_zero(demo_store: Path, tmp_p
     )
     env = {"XNLI_SERVE_ENABLE_FAULT_INJECTION": "true", "XNLI_SERVE_DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S)}
     with running_server(catalogue, tmp_path, extra_env=env) as server:
-        sent_before_sigterm: list[tuple[float, int | str]] = []  # (send time, status or error) for every request
+        sent: list[tuple[float, int | str]] = []  # (send time, status, "503 <error type>" or transport error)
         readiness: list[tuple[float, int | str]] = []
         sigterm_at = 0.0
 
@@ -34,10 +34,12 @@ def test_sigterm_drains_accepted_requests_and_exits_zero(demo_store: Path, tmp_p
                 try:
                     response = await http.post("/predict", json={**PAIR, "variant": "steady"})
                     outcome: int | str = response.status_code
+                    if response.status_code != 200:
+                        outcome = f"{response.status_code} {response.json()['error']['type']}"
                 except httpx.TransportError as error:
                     outcome = type(error).__name__
-                sent_before_sigterm.append((started, outcome))
-                if not isinstance(outcome, int) or outcome == 503:
+                sent.append((started, outcome))
+                if outcome != 200:
                     return
 
         async def watch_readiness(http: httpx.AsyncClient) -> None:
@@ -69,12 +71,18 @@ def test_sigterm_drains_accepted_requests_and_exits_zero(demo_store: Path, tmp_p
 
     assert exit_code == 0, server.logs()
     assert exited_at - sigterm_at < DRAIN_TIMEOUT_S + 3
-    before = [outcome for started, outcome in sent_before_sigterm if started < sigterm_at]
-    after = [outcome for started, outcome in sent_before_sigterm if started >= sigterm_at]
-    assert before.count(200) > 12
-    assert set(before) == {200}, before  # everything accepted before SIGTERM was answered
+    # A request sent just before SIGTERM may reach the server after it (and be refused): only requests sent well
+    # before it are certainly accepted. Nothing the server accepted may fail: the only refusal is "503 draining",
+    # given at admission, and connections fail only for requests sent after SIGTERM.
+    certainly_accepted = [outcome for started, outcome in sent if started < sigterm_at - 0.5]
+    after = [outcome for started, outcome in sent if started >= sigterm_at]
+    assert certainly_accepted.count(200) > 12
+    assert set(certainly_accepted) == {200}, certainly_accepted
+    assert {outcome for _, outcome in sent} - {200, "503 draining"} <= {
+        outcome for outcome in after if isinstance(outcome, str) and not outcome[0].isdigit()
+    }, sent
     assert after, "load kept coming after SIGTERM"
-    assert all(outcome == 503 or isinstance(outcome, str) for outcome in after), after
+    assert all(outcome != 200 for started, outcome in sent if started > sigterm_at + 0.2), sent
     statuses = [status for _, status in readiness]
     assert statuses[0] == 503, statuses  # readiness flipped while the listener still answered
     assert isinstance(statuses[-1], str), statuses  # ... and only then did the listener close
