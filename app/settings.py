@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(
         30.0, gt=0, description="Server-wide deadline of a request; a request's timeout_ms may only shorten it."
     )
+    keep_alive_s: float = Field(
+        75.0,
+        gt=0,
+        description="Idle keep-alive timeout. Longer than clients' and load balancers' own (often 60 s), so the "
+        "server never closes a connection a client is about to reuse (that race surfaces as a reset request).",
+    )
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted (413 beyond).")
     drain_timeout_s: float = Field(
         30.0, ge=0, description="On SIGTERM, how long accepted requests may take to finish before the process exits."

@@ -69,5 +69,6 @@ def run_server(settings: Settings, engine: Engine) -> None:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
+        timeout_keep_alive=int(settings.keep_alive_s),
     )
     DrainingServer(config, engine, settings.drain_timeout_s).run()
