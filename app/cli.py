@@ -46,6 +46,7 @@ def serve(
             torch_threads=settings.torch_threads,
             request_timeout_s=settings.request_timeout_s,
             allow_faults=settings.enable_fault_injection,
+            export_cache_dir=settings.export_cache_dir,
         )
         engine.preflight()
     except (CatalogueError, CheckpointError) as error:

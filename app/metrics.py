@@ -71,7 +71,7 @@ QUEUE_DEPTH = Gauge("xnli_queue_depth", "Pairs waiting in the variant's queue.",
 VARIANT_INFO = Gauge(
     "xnli_variant_info",
     "Catalogue metadata of each loaded variant (value 1).",
-    ["variant", "base_model", "intermediate_task", "device", "dtype"],
+    ["variant", "base_model", "intermediate_task", "device", "dtype", "backend", "quantization"],
 )
 REQUEST_FAILURES = Counter(
     "xnli_request_failures",

@@ -51,7 +51,13 @@ class Settings(BaseSettings):
         description="Threads that tokenize requests before they are queued.",
     )
     torch_threads: int = Field(
-        default_factory=_physical_cores, ge=1, description="torch intra-op threads on CPU (physical cores)."
+        default_factory=_physical_cores,
+        ge=1,
+        description="torch and ONNX Runtime intra-op threads on CPU (physical cores).",
+    )
+    export_cache_dir: Path | None = Field(
+        None,
+        description="Where ONNX exports are cached; unset = beside each checkpoint (set it for read-only volumes).",
     )
     request_timeout_s: float = Field(
         30.0, gt=0, description="Server-wide deadline of a request; a request's timeout_ms may only shorten it."

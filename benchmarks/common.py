@@ -17,6 +17,14 @@ from app.xnli import read_xnli
 DEFAULT_XNLI = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "xnli"
 
 
+def _onnxruntime_version() -> str | None:
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    return str(onnxruntime.__version__)
+
+
 def machine() -> dict[str, Any]:
     import torch
 
@@ -33,10 +41,19 @@ def machine() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        "onnxruntime": _onnxruntime_version(),
         "python": platform.python_version(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
     return info
+
+
+def resident_mb(pid: int | str = "self") -> float:
+    """Resident memory (VmRSS) of a process in MB; what a model costs the host once loaded."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
 
 
 def print_machine(info: dict[str, Any]) -> None:

@@ -6,11 +6,12 @@ python -m benchmarks.engine --catalogue /tmp/store-base/variants.toml --variant 
 from __future__ import annotations
 
 import argparse
+import gc
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import DEFAULT_XNLI, machine, mixed_pairs, percentiles, print_machine, write_json
+from benchmarks.common import DEFAULT_XNLI, machine, mixed_pairs, percentiles, print_machine, resident_mb, write_json
 
 
 def measure_engine(
@@ -23,19 +24,20 @@ def measure_engine(
     import torch
     from transformers.utils import logging as transformers_logging
 
+    from app.engine.backends import prepare_variant
     from app.engine.catalogue import load_catalogue
-    from app.engine.model_store import inspect_checkpoint, load_checkpoint
-    from app.engine.runner import TorchRunner
-    from app.engine.tokenization import PairEncoder
+    from app.engine.model_store import inspect_checkpoint
     from app.settings import Settings
 
     transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    torch.set_num_threads(torch_threads or Settings().torch_threads)
+    threads = torch_threads or Settings().torch_threads
+    torch.set_num_threads(threads)
     spec = load_catalogue(catalogue, [variant]).get(variant)
     info = inspect_checkpoint(spec)
-    loaded = load_checkpoint(info)
-    encoder = PairEncoder(loaded.backend_tokenizer, spec.max_seq_len)
-    runner = TorchRunner(loaded.model, info.device, loaded.pad_token_id, info.label_permutation)
+    prepared = prepare_variant(info, threads=threads)  # torch or ONNX Runtime, exactly as the service runs it
+    encoder, runner = prepared.encoder, prepared.runner
+    gc.collect()
+    rss_mb = resident_mb()
     runner.forward(encoder.encode(pairs[:8]).ids)  # first-call overheads out of the way
     rows = []
     for batch_size in batch_sizes:
@@ -58,7 +60,18 @@ def measure_engine(
         )
     best = max(rows, key=lambda row: row["pairs_per_s"])
     print(f"engine {variant} best: {best['pairs_per_s']:.1f} pairs/s at batch {best['batch_size']}", flush=True)
-    return {"variant": variant, "device": str(info.device), "dtype": str(info.dtype), "rows": rows, "best": best}
+    print(f"engine {variant}: resident memory after load {rss_mb:.0f} MB", flush=True)
+    return {
+        "variant": variant,
+        "device": str(info.device),
+        "dtype": str(info.dtype),
+        "backend": spec.backend,
+        "quantization": spec.quantization,
+        "rss_mb_after_load": round(rss_mb, 1),
+        "accuracy_guard": prepared.guard.describe() if prepared.guard else None,
+        "rows": rows,
+        "best": best,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

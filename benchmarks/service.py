@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 
 from app.local_server import local_server
-from benchmarks.common import DEFAULT_XNLI, machine, mixed_pairs, percentiles, print_machine, write_json
+from benchmarks.common import DEFAULT_XNLI, machine, mixed_pairs, percentiles, print_machine, resident_mb, write_json
 from benchmarks.engine import measure_engine
 
 
@@ -189,6 +189,8 @@ def main(argv: list[str] | None = None) -> None:
     log = Path(os.environ.get("TMPDIR", "/tmp")) / "xnli-bench-server.log"
     with local_server(args.catalogue, log, env) as running:
         url = running.base_url
+        report["server_rss_mb_after_load"] = round(resident_mb(running.process.pid), 1)
+        print(f"server resident memory after load: {report['server_rss_mb_after_load']:.0f} MB", flush=True)
         asyncio.run(closed_loop(url, pairs, [args.variant], 4, 1, 3.0))  # warm-up, discarded
         closed = []
         for pairs_per_request in (1, 16):

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from app.engine.catalogue import runtime_label
+
 if TYPE_CHECKING:
     from loadtests.compare import LevelResult
 
@@ -87,7 +89,7 @@ def pairwise(results: list[LevelResult], samples: dict[str, list[float]]) -> lis
 
 def _architecture(result: LevelResult) -> tuple[Any, ...]:
     metadata = result.metadata
-    return (metadata.get("base_model"), metadata.get("dtype"), metadata.get("device"), metadata.get("parameters"))
+    return (metadata.get("base_model"), runtime_label(metadata), metadata.get("device"), metadata.get("parameters"))
 
 
 def summary(results: list[LevelResult], comparisons: list[MedianDifference]) -> list[str]:
@@ -119,7 +121,7 @@ def summary(results: list[LevelResult], comparisons: list[MedianDifference]) -> 
     if same:
         alike = sum(c.indistinguishable for c in same)
         sentence = (
-            f"Variants of the same architecture, dtype and device: {alike} of {len(same)} pairwise comparisons are "
+            f"Variants of the same architecture, runtime and device: {alike} of {len(same)} pairwise comparisons are "
             "statistically indistinguishable in median latency (95% bootstrap interval of the difference contains 0)"
         )
         if alike == len(same):
@@ -228,7 +230,7 @@ def _tables(results: list[LevelResult]) -> list[tuple[str, str, list[list[str]]]
         meta = rows[0].metadata
         caption = (
             f"intermediate task: {meta.get('intermediate_task')}, base model: {meta.get('base_model')}, "
-            f"dtype: {meta.get('dtype')}, device: {meta.get('device')}, parameters: {meta.get('parameters')}"
+            f"runs as: {runtime_label(meta)}, device: {meta.get('device')}, parameters: {meta.get('parameters')}"
             + (", UNTRAINED demo weights" if meta.get("untrained") else "")
         )
         body = [[fmt.format(getattr(row, key)) for key, _, fmt in COLUMNS] for row in rows]

@@ -14,7 +14,7 @@ import shutil
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from app.engine.model_store import DEMO_MARKER
 
@@ -28,6 +28,10 @@ SHAPES: dict[str, dict[str, int]] = {
     "tiny": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128},
     "base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
 }
+# A 2-layer encoder at XLM-R's init (std 0.02) gives almost the same [CLS] vector for every input (between-input
+# std 0.004 of a 0.8 magnitude); a wider init makes the tiny demo's answers depend on what it reads.
+INITIALIZER_RANGE = {"tiny": 0.2, "base": 0.02}
+HEAD_LOGIT_SCALE = 2.0  # spread of the calibrated head's logits across inputs: varied, not saturated, answers
 
 # Public checkpoints disagree on label order; one demo variant uses another order so the by-name mapping is
 # exercised in every run.
@@ -51,6 +55,36 @@ DEMO_LINEUP: tuple[DemoVariant, ...] = (
     DemoVariant("xlmr-multitask-mnli", "multitask", "Multi-task intermediate training, then MNLI.", 44),
 )
 DEFAULT_VARIANT = DEMO_LINEUP[0].name
+
+
+@dataclass(frozen=True)
+class DemoDeployment:
+    """A demo checkpoint run another way: compared like any intermediate-task variant."""
+
+    name: str
+    checkpoint: str
+    backend: str
+    quantization: str
+    description: str
+    guard: tuple[float, float] | None = None  # (min_top1_agreement, max_probability_diff) when not the defaults
+
+
+# Int8 tolerances measured on the demo's random weights (base: top-1 agreement 0.92, max |dp| 0.27 on this AVX2
+# CPU): random encoders leave little margin between inputs, so int8 noise moves them more than it moves a trained
+# checkpoint. Keep the defaults (0.95 / 0.10) for real checkpoints.
+DEMO_DEPLOYMENTS: tuple[DemoDeployment, ...] = (
+    DemoDeployment(
+        "xlmr-mnli-onnx", "xlmr-mnli", "onnxruntime", "none", "The baseline checkpoint run by ONNX Runtime (float32)."
+    ),
+    DemoDeployment(
+        "xlmr-mnli-onnx-int8",
+        "xlmr-mnli",
+        "onnxruntime",
+        "int8-dynamic",
+        "The baseline checkpoint run by ONNX Runtime with int8 dynamic quantization (CPU).",
+        guard=(0.85, 0.35),
+    ),
+)
 DEMO_NOTICE = "UNTRAINED demo weights built by `xnli-serve build-demo-store`: predictions are random."
 
 
@@ -87,6 +121,35 @@ def train_tokenizer(vocab_size: int = 4000) -> object:
     return XLMRobertaTokenizer(vocab=vocab)
 
 
+def calibrate_random_head(model: Any, tokenizer: Any) -> None:
+    """Rescale the random classification head on our sample pairs so answers vary with the input.
+
+    A random head on a random encoder puts every input deep in one label's corner (probability 1.0 for all of them),
+    which hides every difference a backend or precision makes. Centring and scaling each layer on the sample pairs
+    keeps the weights random (accuracy stays at chance) but makes the probabilities input-dependent and graded, so
+    side-by-side variants disagree and the accuracy guard compares something real.
+    """
+    import torch
+
+    rows = sample_pairs()
+    encoded = tokenizer(
+        [premise for _, premise, _, _ in rows],
+        [hypothesis for _, _, hypothesis, _ in rows],
+        padding=True,
+        return_tensors="pt",
+    )
+    head = model.classifier
+    with torch.no_grad():
+        features = model.roberta(**encoded).last_hidden_state[:, 0]
+        for layer, scale in ((head.dense, 1.0), (head.out_proj, HEAD_LOGIT_SCALE)):
+            layer.weight.normal_(0.0, 1.0)
+            outputs = features @ layer.weight.T
+            spread = outputs.std(0).clamp_min(1e-6)
+            layer.weight.mul_((scale / spread)[:, None])
+            layer.bias.copy_(-(outputs.mean(0) * scale / spread))
+            features = torch.tanh(layer(features)) if layer is head.dense else layer(features)
+
+
 def catalogue_toml() -> str:
     """The catalogue for the demo line-up; `model_store/variants.toml` is exactly this text (a test checks)."""
     lines = [
@@ -106,6 +169,11 @@ def catalogue_toml() -> str:
         "max_wait_ms = 0        # 0 = run as soon as the device is free; >0 waits to fill bigger batches",
         "max_queue_pairs = 1024 # pairs that may wait; beyond that requests get 429 with Retry-After",
         "max_padding_ratio = 1.0  # cap on a batch's padding share; ~0.15 suits compute-bound CPUs",
+        'backend = "torch"      # torch, or onnxruntime (exported once, cached beside the checkpoint)',
+        'quantization = "none"  # none, or int8-dynamic (onnxruntime, CPU)',
+        "accuracy_guard = true  # non-fp32 variants must agree with torch fp32 on the probe pairs to serve",
+        "min_top1_agreement = 0.95  # guard: share of probe pairs with the same top label as torch fp32",
+        "max_probability_diff = 0.10  # guard: largest probability difference from torch fp32",
         "enabled = true",
     ]
     for variant in DEMO_LINEUP:
@@ -118,6 +186,23 @@ def catalogue_toml() -> str:
             f'intermediate_task = "{variant.intermediate_task}"',
             f'description = "{variant.description} Demo checkpoint: untrained weights."',
         ]
+    for deployment in DEMO_DEPLOYMENTS:
+        lines += [
+            "",
+            "[[variant]]",
+            f'name = "{deployment.name}"',
+            f'path = "{deployment.checkpoint}"',
+            'base_model = "xlm-roberta-base"',
+            'intermediate_task = "none"',
+            f'backend = "{deployment.backend}"',
+            f'quantization = "{deployment.quantization}"',
+        ]
+        if deployment.guard is not None:
+            lines += [
+                f"min_top1_agreement = {deployment.guard[0]}  # demo weights are random: see README, 'Backends'",
+                f"max_probability_diff = {deployment.guard[1]}",
+            ]
+        lines.append(f'description = "{deployment.description} Demo checkpoint: untrained weights."')
     return "\n".join(lines) + "\n"
 
 
@@ -166,14 +251,11 @@ def build_demo_store(
             num_hidden_layers=SHAPES[size]["num_hidden_layers"],
             num_attention_heads=SHAPES[size]["num_attention_heads"],
             intermediate_size=SHAPES[size]["intermediate_size"],
+            initializer_range=INITIALIZER_RANGE[size],
         )
         model = XLMRobertaForSequenceClassification(config)
         model.train(False)
-        # Default init (std 0.02) gives ~uniform outputs for every input; a wider random head makes the untrained
-        # variants disagree visibly, which is what a demo of side-by-side variants needs.
-        with torch.no_grad():
-            model.classifier.dense.weight.normal_(0.0, 0.3)
-            model.classifier.out_proj.weight.normal_(0.0, 1.0)
+        calibrate_random_head(model, tokenizer)
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)  # type: ignore[attr-defined]
         marker = {

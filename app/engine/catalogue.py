@@ -7,6 +7,7 @@ A variant is a checkpoint plus how it is run. ``[defaults]`` holds serving knobs
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +17,15 @@ VARIANT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 PAD_MULTIPLE = 8
 
 DType = Literal["auto", "float32", "float16", "bfloat16"]
+Backend = Literal["torch", "onnxruntime"]
+Quantization = Literal["none", "int8-dynamic"]
+
+
+def runtime_label(metadata: Mapping[str, Any]) -> str:
+    """How a variant computes, for reports that read `/variants`: "torch float32", "onnxruntime int8-dynamic"."""
+    backend = metadata.get("backend", "torch")
+    quantization = metadata.get("quantization", "none")
+    return f"{backend} {quantization if quantization not in (None, 'none') else metadata.get('dtype')}"
 
 
 class CatalogueError(ValueError):
@@ -37,6 +47,17 @@ class ServingOptions(BaseModel):
     max_padding_ratio: float = Field(
         1.0, gt=0.0, le=1.0, description="Largest share of padding a batch may carry (1 = no cap)."
     )
+    backend: Backend = Field("torch", description="What runs the checkpoint: torch, or ONNX Runtime on an export.")
+    quantization: Quantization = Field("none", description="int8-dynamic: ONNX Runtime int8 linear layers (CPU).")
+    accuracy_guard: bool = Field(
+        True, description="Compare every non-reference variant (not torch fp32) with torch fp32 at load."
+    )
+    min_top1_agreement: float = Field(
+        0.95, ge=0.0, le=1.0, description="Guard: share of probe pairs whose top label equals torch fp32's."
+    )
+    max_probability_diff: float = Field(
+        0.10, ge=0.0, le=1.0, description="Guard: largest |p - p_fp32| over probe pairs and labels."
+    )
     enabled: bool = True
 
     @field_validator("device")
@@ -53,6 +74,23 @@ class ServingOptions(BaseModel):
             raise ValueError(
                 f"max_batch_tokens ({self.max_batch_tokens}) must hold one sequence of max_seq_len "
                 f"{self.max_seq_len} padded to {longest}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _backend_supports_the_precision(self) -> ServingOptions:
+        if self.quantization == "int8-dynamic":
+            if self.backend != "onnxruntime":
+                raise ValueError(
+                    "quantization 'int8-dynamic' needs backend = 'onnxruntime' (torch's eager dynamic quantization, "
+                    "torch.ao, is deprecated and not offered)"
+                )
+            if self.device.startswith("cuda"):
+                raise ValueError("quantization 'int8-dynamic' runs on CPU only; set device = 'cpu' or 'auto'")
+        if self.backend == "onnxruntime" and self.dtype not in ("auto", "float32"):
+            raise ValueError(
+                f"backend 'onnxruntime' runs float32 exports (or int8 via quantization); dtype {self.dtype!r} is "
+                "offered by backend 'torch'"
             )
         return self
 

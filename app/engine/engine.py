@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ import numpy.typing as npt
 import torch
 
 from app import metrics
+from app.engine.backends import PreparedVariant, is_reference, prepare_variant
 from app.engine.batching import BatchLimits
 from app.engine.catalogue import Catalogue, VariantSpec
 from app.engine.errors import (
@@ -33,14 +35,8 @@ from app.engine.errors import (
     VariantNotReadyError,
 )
 from app.engine.faults import FaultInjectingRunner
-from app.engine.model_store import (
-    CheckpointError,
-    CheckpointInfo,
-    dtype_name,
-    inspect_checkpoint,
-    load_checkpoint,
-)
-from app.engine.runner import BatchRunner, TorchRunner, padded_length
+from app.engine.model_store import CheckpointError, CheckpointInfo, dtype_name, inspect_checkpoint
+from app.engine.runner import BatchRunner, padded_length
 from app.engine.scheduler import DeviceWorker, InferenceRequest, VariantQueue
 from app.engine.tokenization import PairEncoder
 
@@ -83,6 +79,8 @@ class VariantRuntime:
     worker: DeviceWorker | None = None
     parameters: int | None = None
     attention: str | None = None
+    execution: dict[str, Any] = field(default_factory=dict)
+    guard: dict[str, Any] | None = None
     warmup: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
@@ -101,6 +99,10 @@ class VariantRuntime:
             "error": self.error,
             "device": str(info.device) if info else spec.device,
             "dtype": dtype_name(info.dtype) if info else spec.dtype,
+            "backend": spec.backend,
+            "quantization": spec.quantization,
+            "execution": self.execution,
+            "accuracy_guard": self.guard,
             "parameters": self.parameters,
             "attention": self.attention,
             "max_batch_size": spec.max_batch_size,
@@ -122,6 +124,14 @@ def warmup_shapes(spec: VariantSpec) -> list[tuple[int, int]]:
     return sorted({(widest_rows, widest_width), (longest_rows, longest)})
 
 
+def _guard_status(info: CheckpointInfo, prepared: PreparedVariant) -> dict[str, Any]:
+    if prepared.guard is not None:
+        return {"status": "passed", **prepared.guard.describe()}
+    if is_reference(info):
+        return {"status": "reference", "reference": "this variant is torch float32, the reference itself"}
+    return {"status": "disabled", "reference": None}
+
+
 class Engine:
     def __init__(
         self,
@@ -131,6 +141,7 @@ class Engine:
         torch_threads: int | None = None,
         request_timeout_s: float = 30.0,
         allow_faults: bool = False,
+        export_cache_dir: Path | None = None,
     ) -> None:
         self.catalogue = catalogue
         self.default_variant = catalogue.default_variant
@@ -144,6 +155,7 @@ class Engine:
         self._lock = threading.Lock()
         self.request_timeout_s = request_timeout_s
         self.allow_faults = allow_faults
+        self.export_cache_dir = export_cache_dir
         self.load_error: str | None = None
         self.draining = False
         self.inflight = 0
@@ -181,26 +193,29 @@ class Engine:
             runtime.status = VariantStatus.LOADING
             info = runtime.info or inspect_checkpoint(spec)
             runtime.info = info
-            loaded = load_checkpoint(info)
-            runtime.parameters = loaded.parameters
-            runtime.attention = loaded.attention
-            runtime.encoder = PairEncoder(loaded.backend_tokenizer, spec.max_seq_len)
-            torch_runner = TorchRunner(loaded.model, info.device, loaded.pad_token_id, info.label_permutation)
+            prepared = prepare_variant(
+                info, threads=self._torch_threads or torch.get_num_threads(), export_cache_dir=self.export_cache_dir
+            )
+            runtime.parameters = prepared.parameters
+            runtime.attention = prepared.attention
+            runtime.encoder = prepared.encoder
+            runtime.execution = prepared.execution
+            runtime.guard = _guard_status(info, prepared)
             runtime.status = VariantStatus.WARMING_UP
             started = time.perf_counter()
             shapes = warmup_shapes(spec)
             seconds_per_pair = 0.0
             for rows, width in shapes:
                 shape_started = time.perf_counter()
-                torch_runner.warm_up(rows, width)
+                prepared.runner.warm_up(rows, width)
                 seconds_per_pair = max(seconds_per_pair, (time.perf_counter() - shape_started) / rows)
             runtime.warmup = {
                 "shapes": [list(shape) for shape in shapes],
                 "seconds": round(time.perf_counter() - started, 4),
             }
-            runner: BatchRunner = torch_runner
+            runner: BatchRunner = prepared.runner
             if spec.faults is not None:
-                runner = FaultInjectingRunner(torch_runner, spec.faults)
+                runner = FaultInjectingRunner(prepared.runner, spec.faults)
             queue = VariantQueue(
                 spec.name,
                 runner,
@@ -213,7 +228,13 @@ class Engine:
             runtime.worker = self._worker_for(str(info.device))
             runtime.worker.add_queue(queue)
             metrics.VARIANT_INFO.labels(
-                spec.name, spec.base_model, spec.intermediate_task, str(info.device), dtype_name(info.dtype)
+                spec.name,
+                spec.base_model,
+                spec.intermediate_task,
+                str(info.device),
+                dtype_name(info.dtype),
+                spec.backend,
+                spec.quantization,
             ).set(1)
             runtime.status = VariantStatus.READY
             log.info("variant %s ready (warm-up %s in %.3fs)", spec.name, shapes, runtime.warmup["seconds"])

@@ -53,13 +53,28 @@ class LoadedCheckpoint:
     attention: str
 
 
+def _onnxruntime_has_cuda() -> bool:
+    from app.engine.onnx_backend import cuda_provider_available
+
+    return cuda_provider_available()
+
+
 def resolve_device(spec: VariantSpec) -> torch.device:
     if spec.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        gpu = torch.cuda.is_available()
+        if spec.backend == "onnxruntime":  # int8 kernels are CPU-only; CUDA needs the onnxruntime-gpu build
+            gpu = gpu and spec.quantization == "none" and _onnxruntime_has_cuda()
+        return torch.device("cuda" if gpu else "cpu")
     device = torch.device(spec.device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise CheckpointError(spec.name, f"device {spec.device!r} requested but CUDA is not available here")
+        if spec.backend == "onnxruntime" and not _onnxruntime_has_cuda():
+            raise CheckpointError(
+                spec.name,
+                f"device {spec.device!r} with backend 'onnxruntime' needs ONNX Runtime's CUDA provider "
+                "(install onnxruntime-gpu instead of onnxruntime)",
+            )
         index = device.index or 0
         if index >= torch.cuda.device_count():
             raise CheckpointError(
@@ -70,6 +85,9 @@ def resolve_device(spec: VariantSpec) -> torch.device:
 
 
 def resolve_dtype(spec: VariantSpec, device: torch.device) -> torch.dtype:
+    """The precision torch runs in; ONNX variants are exported from float32 (int8 comes from quantization)."""
+    if spec.backend == "onnxruntime":
+        return torch.float32
     if spec.dtype == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     return _DTYPES[spec.dtype]
@@ -113,8 +131,15 @@ def inspect_checkpoint(spec: VariantSpec) -> CheckpointInfo:
     return CheckpointInfo(spec, config, permutation, device, resolve_dtype(spec, device), demo)
 
 
-def load_checkpoint(info: CheckpointInfo) -> LoadedCheckpoint:
-    """Load weights and tokenizer from the local folder only (no hub access, ever)."""
+def load_checkpoint(
+    info: CheckpointInfo, dtype: torch.dtype | None = None, device: torch.device | None = None
+) -> LoadedCheckpoint:
+    """Load weights and tokenizer from the local folder only (no hub access, ever).
+
+    ``dtype``/``device`` override the variant's own, for the float32 reference the accuracy guard compares against.
+    """
+    dtype = dtype or info.dtype
+    device = device or info.device
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     spec = info.spec
@@ -133,24 +158,24 @@ def load_checkpoint(info: CheckpointInfo) -> LoadedCheckpoint:
     try:
         try:
             model = AutoModelForSequenceClassification.from_pretrained(
-                spec.path, local_files_only=True, dtype=info.dtype, attn_implementation=attention
+                spec.path, local_files_only=True, dtype=dtype, attn_implementation=attention
             )
         except (ValueError, ImportError):
             attention = "eager"
             model = AutoModelForSequenceClassification.from_pretrained(
-                spec.path, local_files_only=True, dtype=info.dtype, attn_implementation=attention
+                spec.path, local_files_only=True, dtype=dtype, attn_implementation=attention
             )
     except Exception as error:
         raise CheckpointError(spec.name, f"cannot load model weights from {spec.path}: {error}") from None
-    model = model.to(info.device).eval()
+    model = model.to(device).eval()
     model.requires_grad_(False)
     parameters = sum(parameter.numel() for parameter in model.parameters())
     log.info(
         "loaded variant %s: %d parameters on %s as %s (%s attention)",
         spec.name,
         parameters,
-        info.device,
-        dtype_name(info.dtype),
+        device,
+        dtype_name(dtype),
         attention,
     )
     return LoadedCheckpoint(info, model, backend, int(pad_token_id), parameters, attention)

@@ -24,6 +24,30 @@ class BatchRunner(Protocol):
     def forward(self, sequences: Sequence[Sequence[int]]) -> npt.NDArray[np.float32]: ...
 
 
+class WarmableRunner(BatchRunner, Protocol):
+    """A backend the engine loads: it can also run a full-size dummy batch before traffic arrives."""
+
+    def warm_up(self, rows: int, width: int) -> None: ...
+
+
+def collate(
+    sequences: Sequence[Sequence[int]], pad_token_id: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Right-pad into one (n, L) block with a single masked scatter instead of a Python loop per row."""
+    lengths = np.fromiter((len(sequence) for sequence in sequences), dtype=np.int64, count=len(sequences))
+    width = padded_length(int(lengths.max()))
+    mask = np.arange(width, dtype=np.int64)[None, :] < lengths[:, None]
+    input_ids = np.full((len(sequences), width), pad_token_id, dtype=np.int64)
+    input_ids[mask] = np.fromiter(itertools.chain.from_iterable(sequences), dtype=np.int64, count=int(lengths.sum()))
+    return input_ids, mask.astype(np.int64)
+
+
+def warm_up_inputs(rows: int, width: int, pad_token_id: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """A full (rows, width) batch of non-pad tokens: the most work a batch of that shape can ask for."""
+    filler = 0 if pad_token_id != 0 else 1
+    return np.full((rows, width), filler, dtype=np.int64), np.ones((rows, width), dtype=np.int64)
+
+
 class TorchRunner:
     """Collates, runs and post-processes on the model's device; one host copy back per batch."""
 
@@ -40,17 +64,6 @@ class TorchRunner:
         self._permutation = torch.tensor(list(label_permutation), dtype=torch.long, device=device)
         self._pin = device.type == "cuda"
 
-    def collate(self, sequences: Sequence[Sequence[int]]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-        """Right-pad into one (n, L) block with a single masked scatter instead of a Python loop per row."""
-        lengths = np.fromiter((len(sequence) for sequence in sequences), dtype=np.int64, count=len(sequences))
-        width = padded_length(int(lengths.max()))
-        mask = np.arange(width, dtype=np.int64)[None, :] < lengths[:, None]
-        input_ids = np.full((len(sequences), width), self.pad_token_id, dtype=np.int64)
-        input_ids[mask] = np.fromiter(
-            itertools.chain.from_iterable(sequences), dtype=np.int64, count=int(lengths.sum())
-        )
-        return input_ids, mask.astype(np.int64)
-
     def _to_device(self, array: npt.NDArray[np.int64]) -> torch.Tensor:
         tensor = torch.from_numpy(array)
         if self._pin:
@@ -60,7 +73,7 @@ class TorchRunner:
     @torch.inference_mode()
     def forward(self, sequences: Sequence[Sequence[int]]) -> npt.NDArray[np.float32]:
         """Probabilities in the service's label order, shape (n, 3)."""
-        input_ids, attention_mask = self.collate(sequences)
+        input_ids, attention_mask = collate(sequences, self.pad_token_id)
         return self.forward_tensors(input_ids, attention_mask)
 
     @torch.inference_mode()
@@ -74,8 +87,6 @@ class TorchRunner:
 
     def warm_up(self, rows: int, width: int) -> None:
         """Run a full-size dummy batch so allocator growth and kernel selection happen before traffic."""
-        filler = 0 if self.pad_token_id != 0 else 1
-        input_ids = np.full((rows, width), filler, dtype=np.int64)
-        self.forward_tensors(input_ids, np.ones((rows, width), dtype=np.int64))
+        self.forward_tensors(*warm_up_inputs(rows, width, self.pad_token_id))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

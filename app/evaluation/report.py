@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from app.engine.catalogue import runtime_label
 from app.engine.labels import LABELS
 from app.evaluation.stats import PairedComparison, confusion_matrix, pareto_front
 
@@ -101,14 +102,15 @@ def summary(results: list[VariantResult], baseline: str, language_order: list[st
         )
     groups: dict[tuple[Any, ...], list[VariantResult]] = {}
     for result in results:
-        key = tuple(result.metadata.get(name) for name in ("base_model", "dtype", "device", "parameters"))
+        meta = result.metadata
+        key = (meta.get("base_model"), runtime_label(meta), meta.get("device"), meta.get("parameters"))
         groups.setdefault(key, []).append(result)
     for key, members in groups.items():
         if len(members) > 1:
             p50s = [member.latency_p50_ms for member in members]
             spread = (max(p50s) - min(p50s)) / min(p50s) if min(p50s) else 0.0
             lines.append(
-                f"Same architecture and dtype ({key[0]}, {key[1]}, {key[2]}): {len(members)} variants, "
+                f"Same architecture and runtime ({key[0]}, {key[1]}, {key[2]}): {len(members)} variants, "
                 f"request p50 from {min(p50s):.1f} to {max(p50s):.1f} ms ({spread:.0%} spread)."
             )
     front = pareto_front([(result.latency_p50_ms, result.accuracy["avg"]) for result in results])
@@ -179,7 +181,8 @@ def write_report(
     )
     with (folder / "results.csv").open("w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["variant", "intermediate_task", "base_model", "dtype", "device", *language_order, "avg", "all",
+        writer.writerow(["variant", "intermediate_task", "base_model", "dtype", "backend", "quantization", "device",
+                         *language_order, "avg", "all",
                          "latency_p50_ms", "latency_p95_ms", "pairs_per_s"])  # fmt: skip
         for result in results:
             meta = result.metadata
@@ -189,6 +192,8 @@ def write_report(
                     meta.get("intermediate_task"),
                     meta.get("base_model"),
                     meta.get("dtype"),
+                    meta.get("backend", "torch"),
+                    meta.get("quantization", "none"),
                     meta.get("device"),
                 ]
                 + [f"{result.accuracy[column]:.6f}" for column in [*language_order, "avg", "all"]]
@@ -204,12 +209,12 @@ def write_report(
     ]
     lines += ["## Summary", "", *[f"- {sentence}" for sentence in summary(results, baseline, language_order)], ""]
     lines += ["## Accuracy (%) and latency", ""]
-    header = ["intermediate task", "variant", "base model", "dtype", *columns, "p50 ms", "p95 ms", "pairs/s"]
+    header = ["intermediate task", "variant", "base model", "runs as", *columns, "p50 ms", "p95 ms", "pairs/s"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for result in sorted(results, key=lambda r: str(r.metadata.get("intermediate_task"))):
         meta = result.metadata
         name = result.variant + (" (untrained demo)" if meta.get("untrained") else "")
-        cells = [str(meta.get("intermediate_task")), name, str(meta.get("base_model")), str(meta.get("dtype"))]
+        cells = [str(meta.get("intermediate_task")), name, str(meta.get("base_model")), runtime_label(meta)]
         cells += [f"{result.accuracy[column] * 100:.1f}" for column in columns]
         cells += [f"{result.latency_p50_ms:.1f}", f"{result.latency_p95_ms:.1f}", f"{result.pairs_per_s:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.demo.build_store import DEMO_LINEUP
+from app.demo.build_store import DEMO_DEPLOYMENTS, DEMO_LINEUP
 from tests.helpers import ServerProcess
 
 pytestmark = pytest.mark.integration
@@ -95,8 +95,9 @@ def test_variants_metadata_flags_untrained_demo_weights(server: ServerProcess) -
     assert body["default_variant"] == "xlmr-mnli"
     assert "UNTRAINED" in body["notice"]
     by_name = {variant["name"]: variant for variant in body["variants"]}
-    assert set(by_name) == {variant.name for variant in DEMO_LINEUP}
-    for demo, entry in zip(DEMO_LINEUP, by_name.values(), strict=True):
+    assert set(by_name) == {variant.name for variant in DEMO_LINEUP} | {variant.name for variant in DEMO_DEPLOYMENTS}
+    for demo in DEMO_LINEUP:
+        entry = by_name[demo.name]
         assert entry["intermediate_task"] == demo.intermediate_task
         assert (entry["status"], entry["device"], entry["dtype"]) == ("ready", "cpu", "float32")
         assert (entry["demo"], entry["untrained"]) == (True, True)
@@ -182,6 +183,8 @@ def test_metric_families_carry_the_variant_label(server: ServerProcess) -> None:
         "intermediate_task": "hellaswag",
         "device": "cpu",
         "dtype": "float32",
+        "backend": "torch",
+        "quantization": "none",
     }
     outcomes = {s.labels["outcome"] for s in samples["xnli_requests"] if s.name == "xnli_requests_total"}
     assert "success" in outcomes

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from app.demo.build_store import DEMO_LINEUP
+from app.demo.build_store import DEMO_DEPLOYMENTS, DEMO_LINEUP
 from app.engine.catalogue import CatalogueError, load_catalogue
 from tests.conftest import REPO_ROOT
 
@@ -23,9 +23,20 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_committed_catalogue_lists_the_demo_lineup() -> None:
     catalogue = load_catalogue(REPO_ROOT / "model_store" / "variants.toml")
-    assert [variant.name for variant in catalogue.variants] == [variant.name for variant in DEMO_LINEUP]
+    assert [variant.name for variant in catalogue.variants] == [variant.name for variant in DEMO_LINEUP] + [
+        deployment.name for deployment in DEMO_DEPLOYMENTS
+    ]
     assert catalogue.default_variant == "xlmr-mnli"
     assert {variant.intermediate_task for variant in catalogue.variants} == {"none", "squad", "hellaswag", "multitask"}
+    ways = {(variant.path.name, variant.backend, variant.quantization) for variant in catalogue.variants}
+    assert {("xlmr-mnli", "torch", "none"), ("xlmr-mnli", "onnxruntime", "none")} <= ways
+    assert ("xlmr-mnli", "onnxruntime", "int8-dynamic") in ways  # one checkpoint, three ways to run it
+
+
+def test_backend_and_guard_defaults(tmp_path: Path) -> None:
+    (variant,) = load_catalogue(write(tmp_path, VALID_VARIANT)).variants
+    assert (variant.backend, variant.quantization, variant.accuracy_guard) == ("torch", "none", True)
+    assert (variant.min_top1_agreement, variant.max_probability_diff) == (0.95, 0.10)
 
 
 def test_defaults_are_inherited_and_overridden(tmp_path: Path) -> None:
@@ -86,6 +97,18 @@ def test_subset_keeps_only_named_variants(tmp_path: Path) -> None:
         (VALID_VARIANT + VALID_VARIANT, "repeated: ['first']"),
         (VALID_VARIANT + "enabled = false\n", "no enabled variant"),
         ('default_variant = "ghost"\n' + VALID_VARIANT, "default_variant 'ghost' is not an enabled variant"),
+        (VALID_VARIANT + 'backend = "tensorflow"\n', "variant 'first': backend"),
+        (VALID_VARIANT + 'quantization = "int4"\n', "variant 'first': quantization"),
+        (VALID_VARIANT + 'quantization = "int8-dynamic"\n', "needs backend = 'onnxruntime'"),
+        (
+            VALID_VARIANT + 'backend = "onnxruntime"\nquantization = "int8-dynamic"\ndevice = "cuda"\n',
+            "runs on CPU only",
+        ),
+        (
+            VALID_VARIANT + 'backend = "onnxruntime"\ndtype = "float16"\n',
+            "dtype 'float16' is offered by backend 'torch'",
+        ),
+        (VALID_VARIANT + "min_top1_agreement = 1.5\n", "variant 'first': min_top1_agreement"),
     ],
 )
 def test_bad_catalogue_fails_with_one_clear_message(tmp_path: Path, text: str, expected: str) -> None:

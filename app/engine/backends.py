@@ -1,0 +1,99 @@
+"""Turn a checkpoint into the runner a variant asks for (torch at its precision, or ONNX Runtime) and guard it.
+
+Every variant that is not torch fp32 is compared with torch fp32 on the probe set before it may serve, so a broken
+export, a lossy quantization or an fp16 overflow is a start-up error, not a silent accuracy loss in production.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from app.engine.accuracy_guard import GuardReport, compare, probe_sequences, run_probe
+from app.engine.model_store import CheckpointError, CheckpointInfo, load_checkpoint
+from app.engine.onnx_backend import OnnxRunner, default_cache_root, ensure_export
+from app.engine.runner import TorchRunner, WarmableRunner
+from app.engine.tokenization import PairEncoder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedVariant:
+    runner: WarmableRunner
+    encoder: PairEncoder
+    parameters: int
+    attention: str
+    execution: dict[str, Any] = field(default_factory=dict)
+    guard: GuardReport | None = None
+
+
+def is_reference(info: CheckpointInfo) -> bool:
+    """Torch at full precision: what every other way of running a checkpoint is checked against."""
+    spec = info.spec
+    return spec.backend == "torch" and spec.quantization == "none" and info.dtype == torch.float32
+
+
+def prepare_variant(info: CheckpointInfo, *, threads: int, export_cache_dir: Path | None = None) -> PreparedVariant:
+    spec = info.spec
+    guarded = spec.accuracy_guard and not is_reference(info)
+    if spec.backend == "torch" and not guarded:
+        loaded = load_checkpoint(info)
+        runner = TorchRunner(loaded.model, info.device, loaded.pad_token_id, info.label_permutation)
+        encoder = PairEncoder(loaded.backend_tokenizer, spec.max_seq_len)
+        return PreparedVariant(runner, encoder, loaded.parameters, loaded.attention)
+
+    # The float32 model is the reference (and, for ONNX, the export's source); ONNX variants keep it on the CPU
+    # only as long as loading takes.
+    reference_device = info.device if spec.backend == "torch" else torch.device("cpu")
+    loaded = load_checkpoint(info, dtype=torch.float32, device=reference_device)
+    encoder = PairEncoder(loaded.backend_tokenizer, spec.max_seq_len)
+    reference_runner = TorchRunner(loaded.model, reference_device, loaded.pad_token_id, info.label_permutation)
+    probes = probe_sequences(encoder) if guarded else []
+    reference = run_probe(reference_runner, probes) if guarded else None
+
+    execution: dict[str, Any] = {}
+    served: WarmableRunner
+    if spec.backend == "torch":
+        model = loaded.model.to(info.dtype)
+        served = TorchRunner(model, info.device, loaded.pad_token_id, info.label_permutation)
+    else:
+        cache_root = default_cache_root(spec.path, export_cache_dir)
+        artifact = ensure_export(spec.path, cache_root, lambda: loaded.model, spec.quantization)
+        started = time.perf_counter()
+        onnx_runner = OnnxRunner(artifact.path, str(info.device), threads, loaded.pad_token_id, info.label_permutation)
+        execution = {
+            "providers": onnx_runner.providers,
+            "export": artifact.describe(),
+            "session_seconds": round(time.perf_counter() - started, 3),
+        }
+        log.info(
+            "variant %s: ONNX %s (%s, %s) on %s",
+            spec.name,
+            spec.quantization,
+            artifact.path,
+            "reused" if artifact.reused else f"exported in {artifact.seconds:.1f}s",
+            onnx_runner.providers[0],
+        )
+        served = onnx_runner
+
+    report = None
+    if reference is not None:
+        candidate = run_probe(served, probes)
+        reference_name = f"torch float32 on {reference_device}"
+        report = compare(spec, reference_name, reference, candidate)
+        log.info(
+            "variant %s accuracy guard vs %s: top-1 agreement %.4f, max probability difference %.5f",
+            spec.name,
+            reference_name,
+            report.top1_agreement,
+            report.max_probability_diff,
+        )
+        if not report.passed:
+            raise CheckpointError(spec.name, report.failure())
+    return PreparedVariant(served, encoder, loaded.parameters, loaded.attention, execution, report)
