@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,30 +26,52 @@ def batch_cost(lengths: Sequence[int]) -> int:
     return len(lengths) * padded_length(max(lengths)) if lengths else 0
 
 
-def select_batch(lengths: Sequence[int], limits: BatchLimits) -> list[int]:
+def _oldest_request(lengths: Sequence[int], owners: Sequence[object] | None, limits: BatchLimits) -> list[int]:
+    """The oldest request's waiting pairs that fit one batch, in arrival order (the oldest pair if owners unknown)."""
+    if owners is None:
+        return [0]
+    seed: list[int] = []
+    longest = 0
+    for position in range(len(lengths)):
+        if owners[position] is not owners[0]:
+            continue
+        new_longest = max(longest, lengths[position])
+        if seed and (
+            len(seed) >= limits.max_batch_size or (len(seed) + 1) * padded_length(new_longest) > limits.max_batch_tokens
+        ):
+            break
+        seed.append(position)
+        longest = new_longest
+    return seed
+
+
+def select_batch(lengths: Sequence[int], limits: BatchLimits, owners: Sequence[object] | None = None) -> list[int]:
     """Pick the next batch from waiting pairs given in arrival order; returns their positions.
 
-    The oldest pair (position 0) is always taken, so nothing starves. Around it the batch grows through the
-    pairs of nearest length, adding whichever neighbour wastes the fewest padded tokens, while the batch stays
-    within ``max_batch_size`` pairs, ``max_batch_tokens`` padded tokens and ``max_padding_ratio`` of padding.
+    The oldest request's waiting pairs (``owners`` names each pair's request; without it, the oldest pair) are always
+    taken, as many as fit, so requests finish in arrival order: under overload a multi-pair request is completed
+    before its deadline instead of every request advancing a little and all of them expiring half computed. Around
+    them the batch grows through the pairs of nearest length, adding whichever neighbour wastes the fewest padded
+    tokens, while the batch stays within ``max_batch_size`` pairs, ``max_batch_tokens`` padded tokens and
+    ``max_padding_ratio`` of padding.
     """
     if not lengths:
         return []
     window = min(len(lengths), limits.window)
-    order = sorted(range(window), key=lambda position: (lengths[position], position))
-    head = order.index(0)
-    low = high = head
-    longest = lengths[0]
-    count = 1
-    real = lengths[0]
+    seed = _oldest_request(lengths[:window], owners[:window] if owners is not None else None, limits)
+    chosen = set(seed)
+    longest = max(lengths[position] for position in seed)
+    count = len(seed)
+    real = sum(lengths[position] for position in seed)
+    rest = sorted((position for position in range(window) if position not in chosen), key=lambda p: (lengths[p], p))
+    up = bisect.bisect_right([lengths[position] for position in rest], longest)  # first candidate longer than the batch
+    down = up - 1  # longest candidate that adds no width
     while count < limits.max_batch_size:
         options: list[tuple[int, int, int]] = []  # (added padding, arrival position, side)
-        if low > 0:
-            shorter = order[low - 1]
-            options.append((longest - lengths[shorter], shorter, -1))
-        if high < window - 1:
-            longer = order[high + 1]
-            options.append((count * (lengths[longer] - longest), longer, +1))
+        if down >= 0:
+            options.append((longest - lengths[rest[down]], rest[down], -1))
+        if up < len(rest):
+            options.append((count * (lengths[rest[up]] - longest), rest[up], +1))
         grown = False
         for _, position, side in sorted(options):
             new_longest = max(longest, lengths[position])
@@ -56,9 +79,10 @@ def select_batch(lengths: Sequence[int], limits: BatchLimits) -> list[int]:
             padding = 1.0 - (real + lengths[position]) / cost
             if cost <= limits.max_batch_tokens and padding <= limits.max_padding_ratio:
                 if side < 0:
-                    low -= 1
+                    down -= 1
                 else:
-                    high += 1
+                    up += 1
+                chosen.add(position)
                 longest = new_longest
                 count += 1
                 real += lengths[position]
@@ -66,4 +90,4 @@ def select_batch(lengths: Sequence[int], limits: BatchLimits) -> list[int]:
                 break
         if not grown:
             break
-    return order[low : high + 1]
+    return sorted(chosen, key=lambda position: (lengths[position], position))

@@ -176,7 +176,7 @@ class VariantQueue:
                 dropped[request.abandon_reason] = dropped.get(request.abandon_reason, 0) + 1
             else:
                 window.append(pair)
-        chosen = select_batch([pair.length for pair in window], self.limits)
+        chosen = select_batch([pair.length for pair in window], self.limits, [pair.request for pair in window])
         chosen_positions = set(chosen)
         self.pairs.extendleft(
             reversed([pair for position, pair in enumerate(window) if position not in chosen_positions])

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import random
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -85,3 +87,51 @@ def test_invariants(lengths: list[int], max_batch_size: int, extra_tokens: int, 
 def test_full_batches_when_enough_equal_pairs_wait(count: int) -> None:
     chosen = select_batch([24] * count, BatchLimits(max_batch_size=32, max_batch_tokens=32 * 24))
     assert len(chosen) == min(count, 32)
+
+
+def test_oldest_request_is_finished_first() -> None:
+    # Request A (positions 0-3) has mixed lengths; requests B and C bring pairs that would group better with A's first.
+    owners = ["A", "A", "A", "A", "B", "B", "C", "C"]
+    lengths = [40, 12, 90, 33, 40, 40, 40, 41]
+    chosen = select_batch(lengths, BatchLimits(max_batch_size=4, max_batch_tokens=100_000), owners)
+    assert sorted(chosen) == [0, 1, 2, 3]  # without owners the batch would be the four pairs of length ~40
+    assert sorted(select_batch(lengths, BatchLimits(max_batch_size=4, max_batch_tokens=100_000))) == [0, 4, 5, 6]
+
+
+def test_oldest_request_larger_than_a_batch_fills_it_in_arrival_order() -> None:
+    owners = ["A"] * 6 + ["B"] * 2
+    chosen = select_batch([20] * 8, BatchLimits(max_batch_size=4, max_batch_tokens=100_000), owners)
+    assert sorted(chosen) == [0, 1, 2, 3]
+
+
+def test_room_left_by_the_oldest_request_goes_to_nearest_lengths() -> None:
+    owners = ["A", "A", "B", "C", "D"]
+    lengths = [30, 32, 200, 31, 8]
+    chosen = select_batch(
+        lengths, BatchLimits(max_batch_size=4, max_batch_tokens=100_000, max_padding_ratio=0.2), owners
+    )
+    assert sorted(chosen) == [0, 1, 3]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    sizes=st.lists(st.integers(min_value=1, max_value=20), min_size=1, max_size=30),
+    seed=st.integers(min_value=0, max_value=2**16),
+    max_batch_size=st.integers(min_value=1, max_value=64),
+    max_padding_ratio=st.sampled_from([1.0, 0.5, 0.15]),
+)
+def test_invariants_with_requests(sizes: list[int], seed: int, max_batch_size: int, max_padding_ratio: float) -> None:
+    rng = random.Random(seed)
+    owners = [request for request, size in enumerate(sizes) for _ in range(size)]
+    lengths = [rng.randint(1, 256) for _ in owners]
+    limits = BatchLimits(max_batch_size, 256 * max_batch_size, max_padding_ratio)
+    chosen = select_batch(lengths, limits, owners)
+    window = min(len(lengths), limits.window)
+    oldest = [position for position in range(window) if owners[position] == 0]
+    assert len(set(chosen)) == len(chosen)
+    assert all(0 <= position < window for position in chosen)
+    assert len(chosen) <= max_batch_size
+    assert batch_cost([lengths[position] for position in chosen]) <= limits.max_batch_tokens
+    assert oldest[: min(len(oldest), max_batch_size)] == sorted(
+        set(oldest) & set(chosen)
+    )  # oldest first, as many as fit
