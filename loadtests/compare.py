@@ -221,12 +221,14 @@ def compare(args: argparse.Namespace, url: str) -> list[LevelResult]:
                 url, variant, mode, level, args.duration, raw, args.pairs_per_request, args.xnli_dir, args.languages
             )
             entry = metadata[variant]
-            result.metadata = {
-                key: entry.get(key)
-                for key in ("intermediate_task", "base_model", "dtype", "device", "parameters", "untrained")
-            }
+            result.metadata = {key: entry.get(key) for key in REPORTED_METADATA}
             results.append(result)
     return results
+
+
+REPORTED_METADATA = (
+    "intermediate_task", "base_model", "dtype", "backend", "quantization", "device", "parameters", "untrained",
+)  # fmt: skip
 
 
 def write_results(results: list[LevelResult], folder: Path) -> None:

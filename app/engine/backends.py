@@ -6,6 +6,9 @@ export, a lossy quantization or an fp16 overflow is a start-up error, not a sile
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import logging
 import time
 from dataclasses import dataclass, field
@@ -96,4 +99,15 @@ def prepare_variant(info: CheckpointInfo, *, threads: int, export_cache_dir: Pat
         )
         if not report.passed:
             raise CheckpointError(spec.name, report.failure())
-    return PreparedVariant(served, encoder, loaded.parameters, loaded.attention, execution, report)
+    prepared = PreparedVariant(served, encoder, loaded.parameters, loaded.attention, execution, report)
+    if spec.backend != "torch":
+        del loaded, reference_runner
+        release_freed_memory()  # the float32 torch model was only needed for the export and the guard
+    return prepared
+
+
+def release_freed_memory() -> None:
+    """Collect the torch model's reference cycles and hand freed heap back to the OS (glibc keeps it otherwise)."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: the process reuses the memory instead
+        ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -26,68 +26,57 @@ def batch_cost(lengths: Sequence[int]) -> int:
     return len(lengths) * padded_length(max(lengths)) if lengths else 0
 
 
-def _oldest_request(lengths: Sequence[int], owners: Sequence[object] | None, limits: BatchLimits) -> list[int]:
-    """The oldest request's waiting pairs that fit one batch, in arrival order (the oldest pair if owners unknown)."""
-    if owners is None:
-        return [0]
-    seed: list[int] = []
-    longest = 0
-    for position in range(len(lengths)):
-        if owners[position] is not owners[0]:
-            continue
-        new_longest = max(longest, lengths[position])
-        if seed and (
-            len(seed) >= limits.max_batch_size or (len(seed) + 1) * padded_length(new_longest) > limits.max_batch_tokens
-        ):
-            break
-        seed.append(position)
-        longest = new_longest
-    return seed
+@dataclass(slots=True)
+class _Batch:
+    chosen: set[int]
+    longest: int
+    real: int
 
 
-def select_batch(lengths: Sequence[int], limits: BatchLimits, owners: Sequence[object] | None = None) -> list[int]:
-    """Pick the next batch from waiting pairs given in arrival order; returns their positions.
-
-    The oldest request's waiting pairs (``owners`` names each pair's request; without it, the oldest pair) are always
-    taken, as many as fit, so requests finish in arrival order: under overload a multi-pair request is completed
-    before its deadline instead of every request advancing a little and all of them expiring half computed. Around
-    them the batch grows through the pairs of nearest length, adding whichever neighbour wastes the fewest padded
-    tokens, while the batch stays within ``max_batch_size`` pairs, ``max_batch_tokens`` padded tokens and
-    ``max_padding_ratio`` of padding.
-    """
-    if not lengths:
-        return []
-    window = min(len(lengths), limits.window)
-    seed = _oldest_request(lengths[:window], owners[:window] if owners is not None else None, limits)
-    chosen = set(seed)
-    longest = max(lengths[position] for position in seed)
-    count = len(seed)
-    real = sum(lengths[position] for position in seed)
-    rest = sorted((position for position in range(window) if position not in chosen), key=lambda p: (lengths[p], p))
-    up = bisect.bisect_right([lengths[position] for position in rest], longest)  # first candidate longer than the batch
-    down = up - 1  # longest candidate that adds no width
-    while count < limits.max_batch_size:
+def _grow(batch: _Batch, candidates: list[int], lengths: Sequence[int], limits: BatchLimits) -> None:
+    """Add candidates nearest in length to the batch, cheapest padding first, until a limit stops it."""
+    rest = sorted(candidates, key=lambda position: (lengths[position], position))
+    up = bisect.bisect_left([lengths[position] for position in rest], batch.longest)  # equal length, oldest first
+    down = up - 1  # the longest shorter candidate
+    while len(batch.chosen) < limits.max_batch_size:
+        count = len(batch.chosen)
         options: list[tuple[int, int, int]] = []  # (added padding, arrival position, side)
         if down >= 0:
-            options.append((longest - lengths[rest[down]], rest[down], -1))
+            options.append((batch.longest - lengths[rest[down]], rest[down], -1))
         if up < len(rest):
-            options.append((count * (lengths[rest[up]] - longest), rest[up], +1))
-        grown = False
+            options.append((count * (lengths[rest[up]] - batch.longest), rest[up], +1))
         for _, position, side in sorted(options):
-            new_longest = max(longest, lengths[position])
+            new_longest = max(batch.longest, lengths[position])
             cost = (count + 1) * padded_length(new_longest)
-            padding = 1.0 - (real + lengths[position]) / cost
+            padding = 1.0 - (batch.real + lengths[position]) / cost
             if cost <= limits.max_batch_tokens and padding <= limits.max_padding_ratio:
                 if side < 0:
                     down -= 1
                 else:
                     up += 1
-                chosen.add(position)
-                longest = new_longest
-                count += 1
-                real += lengths[position]
-                grown = True
+                batch.chosen.add(position)
+                batch.longest = new_longest
+                batch.real += lengths[position]
                 break
-        if not grown:
-            break
-    return sorted(chosen, key=lambda position: (lengths[position], position))
+        else:
+            return
+
+
+def select_batch(lengths: Sequence[int], limits: BatchLimits, owners: Sequence[object] | None = None) -> list[int]:
+    """Pick the next batch from waiting pairs given in arrival order; returns their positions.
+
+    The oldest pair (position 0) is always taken, so nothing starves. The batch grows first through the other
+    waiting pairs of the oldest request (``owners`` names each pair's request), then through everything else in the
+    window; each time through the pairs of nearest length, adding whichever wastes the fewest padded tokens, while
+    the batch stays within ``max_batch_size`` pairs, ``max_batch_tokens`` padded tokens and ``max_padding_ratio`` of
+    padding. Finishing the oldest request first means that under overload a multi-pair request completes before its
+    deadline, instead of every request advancing a little and all of them expiring half computed.
+    """
+    if not lengths:
+        return []
+    window = min(len(lengths), limits.window)
+    batch = _Batch({0}, lengths[0], lengths[0])
+    if owners is not None:
+        _grow(batch, [position for position in range(1, window) if owners[position] is owners[0]], lengths, limits)
+    _grow(batch, [position for position in range(1, window) if position not in batch.chosen], lengths, limits)
+    return sorted(batch.chosen, key=lambda position: (lengths[position], position))

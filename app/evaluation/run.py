@@ -9,9 +9,10 @@ from typing import Any
 
 import httpx
 import numpy as np
+import numpy.typing as npt
 
 from app.engine.labels import LABELS
-from app.evaluation.collect import VariantScores, http_scorer, score
+from app.evaluation.collect import Scorer, VariantScores, http_scorer, score
 from app.evaluation.report import VariantResult, build_results, write_report
 from app.xnli import read_xnli
 
@@ -23,6 +24,22 @@ def choose_baseline(metadata: dict[str, dict[str, Any]], requested: str | None, 
         return requested
     no_intermediate = [name for name, meta in metadata.items() if meta.get("intermediate_task") in ("none", "", None)]
     return no_intermediate[0] if no_intermediate else (default if default in metadata else next(iter(metadata)))
+
+
+async def _score_each(
+    chosen: list[str],
+    scorer_for: Callable[[str], Scorer],
+    pairs: list[Any],
+    batch_size: int,
+    concurrency: int,
+    progress: Callable[[str, int], Any],
+) -> dict[str, VariantScores]:
+    """One variant at a time, so each one's latency is measured without the others competing for the device."""
+    scores = {}
+    for variant in chosen:
+        bar = progress(variant, len(pairs))
+        scores[variant] = await score(variant, pairs, scorer_for(variant), batch_size, concurrency, bar)
+    return scores
 
 
 async def _over_http(
@@ -40,11 +57,9 @@ async def _over_http(
         missing = [name for name in chosen if name not in metadata]
         if missing:
             raise ValueError(f"variants not served at {url}: {missing}")
-        scores = {}
-        for variant in chosen:
-            scores[variant] = await score(
-                variant, pairs, http_scorer(client, variant), batch_size, concurrency, progress(variant, len(pairs))
-            )
+        scores = await _score_each(
+            chosen, lambda variant: http_scorer(client, variant), pairs, batch_size, concurrency, progress
+        )
         return scores, {name: metadata[name] for name in chosen}, catalogue["default_variant"]
 
 
@@ -64,15 +79,14 @@ async def _in_process(
     await asyncio.to_thread(engine.load)
     try:
         chosen = [runtime.spec.name for runtime in engine.variants.values() if runtime.spec.enabled]
-        scores = {}
-        for variant in chosen:
 
-            async def scorer(chunk: list[tuple[str, str]], variant: str = variant) -> np.ndarray:
+        def engine_scorer(variant: str) -> Scorer:
+            async def scorer(chunk: list[tuple[str, str]]) -> npt.NDArray[np.float32]:
                 return (await engine.predict(chunk, variant)).probabilities
 
-            scores[variant] = await score(
-                variant, pairs, scorer, batch_size, concurrency, progress(variant, len(pairs))
-            )
+            return scorer
+
+        scores = await _score_each(chosen, engine_scorer, pairs, batch_size, concurrency, progress)
         metadata = {name: engine.variants[name].describe() for name in chosen}
         return scores, metadata, engine.default_variant
     finally:

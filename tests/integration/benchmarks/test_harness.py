@@ -44,3 +44,25 @@ def test_engine_and_service_benchmarks_write_their_figures(
         check=True,
     )
     assert "service.json" in summary.stdout
+
+
+def test_backend_comparison_measures_each_way_of_running_one_checkpoint(
+    demo_catalogue: Path, xnli_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "backends.json"
+    command = [
+        sys.executable, "-m", "benchmarks.backends", "--catalogue", str(demo_catalogue),
+        "--variants", "xlmr-mnli,xlmr-mnli-onnx,xlmr-mnli-onnx-int8", "--data", str(xnli_dir), "--pairs", "32",
+        "--batch-sizes", "1,8", "--out", str(out),
+    ]  # fmt: skip
+    completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=True)
+    results = json.loads(out.read_text(encoding="utf-8"))["backends"]
+    assert [(result["backend"], result["quantization"]) for result in results] == [
+        ("torch", "none"), ("onnxruntime", "none"), ("onnxruntime", "int8-dynamic"),
+    ]  # fmt: skip
+    assert results[0]["accuracy_guard"] is None  # torch fp32 is the reference
+    assert all(result["accuracy_guard"]["passed"] for result in results[1:])
+    assert all(result["rss_mb_after_load"] > 0 for result in results)
+    assert "| xlmr-mnli | torch float32 |" in completed.stdout
+    assert "| xlmr-mnli-onnx-int8 | onnxruntime int8-dynamic |" in completed.stdout
+    assert "(1.00x)" in completed.stdout  # the reference against itself

@@ -25,7 +25,7 @@ LIMIT = 40
 def test_in_process_report_matches_the_engine_and_http_agrees(
     server: ServerProcess, demo_catalogue: Path, xnli_dir: Path, tmp_path: Path
 ) -> None:
-    variants = ["xlmr-mnli", "xlmr-hellaswag-mnli"]
+    variants = ["xlmr-mnli", "xlmr-hellaswag-mnli", "xlmr-mnli-onnx-int8"]  # an int8 deployment beside the others
     local = evaluate(
         xnli_dir, tmp_path / "local", LANGUAGES, variants, catalogue=demo_catalogue, limit_per_language=LIMIT,
         show_progress=False,
@@ -59,7 +59,8 @@ def test_in_process_report_matches_the_engine_and_http_agrees(
         assert mine.confusion == theirs.confusion
     report = (tmp_path / "local" / "report.md").read_text(encoding="utf-8")
     assert "UNTRAINED demo weights" in report
-    assert "| none | xlmr-mnli (untrained demo) |" in report
+    assert "| none | xlmr-mnli (untrained demo) | xlm-roberta-base | torch float32 |" in report
+    assert "| none | xlmr-mnli-onnx-int8 (untrained demo) | xlm-roberta-base | onnxruntime int8-dynamic |" in report
     data = json.loads((tmp_path / "local" / "results.json").read_text(encoding="utf-8"))
     assert data["baseline"] == "xlmr-mnli"
     assert data["languages"] == LANGUAGES

@@ -76,7 +76,7 @@ def test_compare_end_to_end(server: ServerProcess, tmp_path: Path) -> None:
     out = tmp_path / "report"
     compare.main(
         [
-            "--url", server.base_url, "--variants", "xlmr-mnli,xlmr-hellaswag-mnli", "--users", "1,4",
+            "--url", server.base_url, "--variants", "xlmr-mnli,xlmr-mnli-onnx-int8", "--users", "1,4",
             "--duration", "3", "--warmup", "1", "--out", str(out),
         ]
     )  # fmt: skip
@@ -92,7 +92,7 @@ def test_compare_end_to_end(server: ServerProcess, tmp_path: Path) -> None:
         assert (out / name).stat().st_size > 0, name
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert [(row["variant"], row["offered"]) for row in results] == [
-        ("xlmr-mnli", 1.0), ("xlmr-mnli", 4.0), ("xlmr-hellaswag-mnli", 1.0), ("xlmr-hellaswag-mnli", 4.0),
+        ("xlmr-mnli", 1.0), ("xlmr-mnli", 4.0), ("xlmr-mnli-onnx-int8", 1.0), ("xlmr-mnli-onnx-int8", 4.0),
     ]  # fmt: skip
     for row in results:
         locust_row = stats(out / "locust" / f"{row['variant']}-users-{row['offered']:g}")[
@@ -103,11 +103,12 @@ def test_compare_end_to_end(server: ServerProcess, tmp_path: Path) -> None:
         assert row["p99_ms"] == float(locust_row["99%"])
         assert row["requests_per_s"] == pytest.approx(float(locust_row["Requests/s"]))
         assert row["mean_batch_size"] >= 1.0
-        assert row["metadata"]["intermediate_task"] in {"none", "hellaswag"}
+        assert row["metadata"]["backend"] in {"torch", "onnxruntime"}
     with (out / "results.csv").open(encoding="utf-8", newline="") as handle:
         assert len(list(csv.DictReader(handle))) == 4
     report = (out / "report.md").read_text(encoding="utf-8")
     assert "## Summary" in report
-    assert "intermediate task: hellaswag" in report
+    assert "runs as: torch float32" in report
+    assert "runs as: onnxruntime int8-dynamic" in report  # a deployment variant compared like any other
     first = results[0]
     assert f"| {first['offered']:g} | {first['requests_per_s']:.1f} |" in report

@@ -98,10 +98,17 @@ def test_oldest_request_is_finished_first() -> None:
     assert sorted(select_batch(lengths, BatchLimits(max_batch_size=4, max_batch_tokens=100_000))) == [0, 4, 5, 6]
 
 
-def test_oldest_request_larger_than_a_batch_fills_it_in_arrival_order() -> None:
+def test_oldest_request_larger_than_a_batch_fills_it_oldest_first() -> None:
     owners = ["A"] * 6 + ["B"] * 2
     chosen = select_batch([20] * 8, BatchLimits(max_batch_size=4, max_batch_tokens=100_000), owners)
     assert sorted(chosen) == [0, 1, 2, 3]
+
+
+def test_oldest_request_respects_the_padding_cap() -> None:
+    owners = ["A", "A", "A", "B", "B"]
+    lengths = [40, 8, 39, 40, 40]
+    capped = BatchLimits(max_batch_size=8, max_batch_tokens=10_000, max_padding_ratio=0.15)
+    assert sorted(select_batch(lengths, capped, owners)) == [0, 2, 3, 4]  # A's short pair waits for its own batch
 
 
 def test_room_left_by_the_oldest_request_goes_to_nearest_lengths() -> None:
@@ -132,6 +139,9 @@ def test_invariants_with_requests(sizes: list[int], seed: int, max_batch_size: i
     assert all(0 <= position < window for position in chosen)
     assert len(chosen) <= max_batch_size
     assert batch_cost([lengths[position] for position in chosen]) <= limits.max_batch_tokens
-    assert oldest[: min(len(oldest), max_batch_size)] == sorted(
-        set(oldest) & set(chosen)
-    )  # oldest first, as many as fit
+    assert 0 in chosen
+    chosen_lengths = [lengths[position] for position in chosen]
+    if len(chosen) > 1:
+        assert 1 - sum(chosen_lengths) / batch_cost(chosen_lengths) <= max_padding_ratio
+    if max_padding_ratio == 1.0:  # nothing but the batch size stops the oldest request
+        assert len(set(oldest) & set(chosen)) == min(len(oldest), max_batch_size)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from app.demo.build_store import DEMO_DEPLOYMENTS, DEMO_LINEUP
-from app.engine.catalogue import CatalogueError, load_catalogue
+from app.engine.catalogue import CatalogueError, load_catalogue, runtime_label
 from tests.conftest import REPO_ROOT
 
 VALID_VARIANT = """
@@ -128,3 +128,16 @@ def test_missing_catalogue_file(tmp_path: Path) -> None:
 def test_subset_naming_unknown_variant(tmp_path: Path) -> None:
     with pytest.raises(CatalogueError, match=r"XNLI_SERVE_VARIANTS names unknown variants \['ghost'\]"):
         load_catalogue(write(tmp_path, VALID_VARIANT), only=["ghost"])
+
+
+@pytest.mark.parametrize(
+    ("metadata", "label"),
+    [
+        ({"backend": "torch", "quantization": "none", "dtype": "bfloat16"}, "torch bfloat16"),
+        ({"backend": "onnxruntime", "quantization": "none", "dtype": "float32"}, "onnxruntime float32"),
+        ({"backend": "onnxruntime", "quantization": "int8-dynamic", "dtype": "float32"}, "onnxruntime int8-dynamic"),
+        ({"dtype": "float16"}, "torch float16"),  # metadata from a server older than backends
+    ],
+)
+def test_runtime_label_tells_reports_how_a_variant_computes(metadata: dict[str, str], label: str) -> None:
+    assert runtime_label(metadata) == label

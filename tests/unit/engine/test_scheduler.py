@@ -12,8 +12,8 @@ import numpy.typing as npt
 import pytest
 
 from app.engine.batching import BatchLimits
-from app.engine.errors import InferenceError
-from app.engine.scheduler import DeviceWorker, InferenceRequest, VariantQueue
+from app.engine.errors import DeadlineExceededError, InferenceError, OverloadedError
+from app.engine.scheduler import ADMISSION_HEADROOM, DeviceWorker, InferenceRequest, PendingPair, VariantQueue
 
 
 class RecordingRunner:
@@ -153,3 +153,37 @@ async def test_abandoned_request_is_not_computed(worker: DeviceWorker) -> None:
     await asyncio.wait_for(asyncio.gather(blocker.future, kept.future), 5)
     assert runner.computed == [1, 4]
     assert queue.pairs == type(queue.pairs)()
+
+
+def test_admission_counts_queued_pairs_and_the_running_batch(worker: DeviceWorker) -> None:
+    queue = add_queue(worker, RecordingRunner("a", []))
+    queue.seconds_per_pair = 0.1
+    now = time.perf_counter()
+    worker.admit(queue, 10, now + 10 * 0.1 / ADMISSION_HEADROOM + 0.05)  # 1 s of work fits 80% of 1.3 s
+    with pytest.raises(OverloadedError, match="cannot answer within the deadline"):
+        worker.admit(queue, 10, now + 1.1)  # 1 s of work does not fit 80% of 1.1 s
+    worker._busy_until = time.perf_counter() + 5.0  # a batch of 5 s is running
+    with pytest.raises(OverloadedError) as raised:
+        worker.admit(queue, 1, time.perf_counter() + 5.5)
+    assert raised.value.retry_after_s >= 4.0
+
+
+async def test_request_that_cannot_finish_in_time_is_dropped_before_compute(worker: DeviceWorker) -> None:
+    journal: list[tuple[str, int]] = []
+    gate = threading.Event()
+    runner = RecordingRunner("a", journal, gate)
+    queue = add_queue(worker, runner, max_batch_size=2)
+    worker.start()
+    blocker = submit(worker, queue, [1])
+    await asyncio.sleep(0.05)
+    queue.seconds_per_pair = 1.0  # each pair takes a second from now on
+    hopeless = InferenceRequest(4, asyncio.get_running_loop(), deadline=time.perf_counter() + 3.0)
+    with worker._condition:  # queued behind admission's back: 4 s of work cannot fit 3 s
+        hopeless.enqueued_at = time.perf_counter()
+        queue.put([PendingPair(hopeless, index, [token, 5, 6]) for index, token in enumerate((2, 3, 4, 5))])
+    kept = submit(worker, queue, [6])
+    gate.set()
+    await asyncio.wait_for(asyncio.gather(blocker.future, kept.future), 5)
+    with pytest.raises(DeadlineExceededError, match="deadline cannot be met: 4 pairs left"):
+        await asyncio.wait_for(hopeless.future, 5)
+    assert runner.computed == [1, 6]
