@@ -17,6 +17,8 @@ def main(paths: list[str]) -> None:
     print("|---" * 9 + "|")
     for path in paths:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
+        if "closed_loop" not in data:
+            continue  # not a service run (e.g. benchmarks.backends, which prints its own table)
         engine = data.get("engine", {})
         best = engine.get("best", {})
         empty: dict[str, Any] = {}

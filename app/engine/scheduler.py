@@ -35,8 +35,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Weight of the newest batch in the seconds-per-pair estimate that admission control uses.
-_RATE_SMOOTHING = 0.2
+# Weight of the newest batch in the seconds-per-pair estimate that admission control uses: it rises fast and falls
+# slowly, because under-estimating admits work that then expires after being computed (bigger batches cost more per
+# pair on a CPU), while over-estimating only answers a few more 429s.
+_RATE_RISE = 0.5
+_RATE_FALL = 0.1
 # Admit only work expected to finish within this share of the time a request has left: the estimate is an average
 # and batches vary, so admitting right up to the deadline makes the last requests in line expire after their pairs
 # were computed (measured: base CPU, 16 clients x 16 pairs, most requests expired at 27 s of a 30 s deadline).
@@ -198,10 +201,9 @@ class VariantQueue:
         self, pairs: Sequence[PendingPair], elapsed: float, probabilities: npt.NDArray[np.float32]
     ) -> None:
         sample = elapsed / len(pairs)
+        weight = _RATE_RISE if sample > self.seconds_per_pair else _RATE_FALL
         self.seconds_per_pair = (
-            sample
-            if self.seconds_per_pair <= 0
-            else (1 - _RATE_SMOOTHING) * self.seconds_per_pair + _RATE_SMOOTHING * sample
+            sample if self.seconds_per_pair <= 0 else (1 - weight) * self.seconds_per_pair + weight * sample
         )
         real_tokens = sum(pair.length for pair in pairs)
         padded_tokens = len(pairs) * padded_length(max(pair.length for pair in pairs))
