@@ -288,6 +288,10 @@ class OnnxRunner:
         # threads between batches would take CPU from both.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
+        # The CPU arena keeps the largest activations ever seen (the warm-up's full batch) for the process's life:
+        # measured on the base demo, 1691 MB resident with it, 896 MB without, at the same speed (b1 6.1 vs 5.9
+        # pairs/s, b4 3.7 vs 3.9, within run-to-run noise).
+        options.enable_cpu_mem_arena = False
         self.session = onnxruntime.InferenceSession(str(model_path), options, providers=execution_providers(device))
         self.providers = self.session.get_providers()
         self.pad_token_id = pad_token_id
