@@ -12,6 +12,7 @@ import torch
 
 from app.engine.catalogue import VariantSpec
 from app.engine.labels import LabelMappingError, label_permutation
+from app.engine.onnx_backend import cuda_provider_available
 
 log = logging.getLogger(__name__)
 
@@ -53,23 +54,17 @@ class LoadedCheckpoint:
     attention: str
 
 
-def _onnxruntime_has_cuda() -> bool:
-    from app.engine.onnx_backend import cuda_provider_available
-
-    return cuda_provider_available()
-
-
 def resolve_device(spec: VariantSpec) -> torch.device:
     if spec.device == "auto":
         gpu = torch.cuda.is_available()
         if spec.backend == "onnxruntime":  # int8 kernels are CPU-only; CUDA needs the onnxruntime-gpu build
-            gpu = gpu and spec.quantization == "none" and _onnxruntime_has_cuda()
+            gpu = gpu and spec.quantization == "none" and cuda_provider_available()
         return torch.device("cuda" if gpu else "cpu")
     device = torch.device(spec.device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise CheckpointError(spec.name, f"device {spec.device!r} requested but CUDA is not available here")
-        if spec.backend == "onnxruntime" and not _onnxruntime_has_cuda():
+        if spec.backend == "onnxruntime" and not cuda_provider_available():
             raise CheckpointError(
                 spec.name,
                 f"device {spec.device!r} with backend 'onnxruntime' needs ONNX Runtime's CUDA provider "

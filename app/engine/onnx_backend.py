@@ -9,6 +9,7 @@ a temporary folder, because a finished export is moved into place in one rename.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -54,18 +55,38 @@ class OnnxArtifact:
         return {"path": str(self.path), "key": self.key, "reused": self.reused, "seconds": round(self.seconds, 3)}
 
 
-def checkpoint_fingerprint(folder: Path) -> str:
-    """SHA-256 over the files that define the network (config and weights), names included."""
-    digest = hashlib.sha256()
-    files = sorted(
+def _network_files(folder: Path) -> list[Path]:
+    """The files that define the network: config and weights (not the tokenizer, not our cache folder)."""
+    return sorted(
         path
         for path in folder.iterdir()
         if path.is_file()
         and (path.name == "config.json" or path.suffix in WEIGHT_SUFFIXES or path.name.endswith(".index.json"))
     )
-    for path in files:
-        digest.update(path.name.encode() + b"\0")
-        with path.open("rb") as handle:
+
+
+def checkpoint_signature(folder: Path) -> tuple[tuple[str, int, int], ...]:
+    """Name, size and modification time of each network file: cheap to read, changes whenever the weights do."""
+    return tuple(
+        (path.name, stat.st_size, stat.st_mtime_ns) for path in _network_files(folder) for stat in [path.stat()]
+    )
+
+
+def checkpoint_fingerprint(folder: Path) -> str:
+    """SHA-256 over the network's files, names included; hashed once per process while they are unchanged.
+
+    Several variants may run one checkpoint (the demo's fp32 and int8 ONNX variants do), and a large checkpoint takes
+    seconds to hash, so the digest is remembered against the files' signature.
+    """
+    return _hash_files(folder, checkpoint_signature(folder))
+
+
+@functools.lru_cache(maxsize=64)
+def _hash_files(folder: Path, signature: tuple[tuple[str, int, int], ...]) -> str:
+    digest = hashlib.sha256()
+    for name, _, _ in signature:
+        digest.update(name.encode() + b"\0")
+        with (folder / name).open("rb") as handle:
             while chunk := handle.read(1 << 22):
                 digest.update(chunk)
     return digest.hexdigest()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,29 +26,13 @@ def choose_baseline(metadata: dict[str, dict[str, Any]], requested: str | None, 
     return no_intermediate[0] if no_intermediate else (default if default in metadata else next(iter(metadata)))
 
 
-async def _score_each(
-    chosen: list[str],
-    scorer_for: Callable[[str], Scorer],
-    pairs: list[Any],
-    batch_size: int,
-    concurrency: int,
-    progress: Callable[[str, int], Any],
-) -> dict[str, VariantScores]:
-    """One variant at a time, so each one's latency is measured without the others competing for the device."""
-    scores = {}
-    for variant in chosen:
-        bar = progress(variant, len(pairs))
-        scores[variant] = await score(variant, pairs, scorer_for(variant), batch_size, concurrency, bar)
-    return scores
+# Scores the chosen variants, one at a time, with a scorer made for each: the HTTP and in-process paths differ only
+# in the scorer.
+ScoreEach = Callable[[list[str], Callable[[str], Scorer]], Awaitable[dict[str, VariantScores]]]
 
 
 async def _over_http(
-    url: str,
-    variants: list[str] | None,
-    pairs: list[Any],
-    batch_size: int,
-    concurrency: int,
-    progress: Callable[[str, int], Any],
+    url: str, variants: list[str] | None, score_each: ScoreEach
 ) -> tuple[dict[str, VariantScores], dict[str, dict[str, Any]], str]:
     async with httpx.AsyncClient(base_url=url, timeout=600) as client:
         catalogue = (await client.get("/variants")).json()
@@ -57,19 +41,12 @@ async def _over_http(
         missing = [name for name in chosen if name not in metadata]
         if missing:
             raise ValueError(f"variants not served at {url}: {missing}")
-        scores = await _score_each(
-            chosen, lambda variant: http_scorer(client, variant), pairs, batch_size, concurrency, progress
-        )
+        scores = await score_each(chosen, lambda variant: http_scorer(client, variant))
         return scores, {name: metadata[name] for name in chosen}, catalogue["default_variant"]
 
 
 async def _in_process(
-    catalogue_path: Path,
-    variants: list[str] | None,
-    pairs: list[Any],
-    batch_size: int,
-    concurrency: int,
-    progress: Callable[[str, int], Any],
+    catalogue_path: Path, variants: list[str] | None, score_each: ScoreEach
 ) -> tuple[dict[str, VariantScores], dict[str, dict[str, Any]], str]:
     from app.engine.catalogue import load_catalogue
     from app.engine.engine import Engine
@@ -86,7 +63,7 @@ async def _in_process(
 
             return scorer
 
-        scores = await _score_each(chosen, engine_scorer, pairs, batch_size, concurrency, progress)
+        scores = await score_each(chosen, engine_scorer)
         metadata = {name: engine.variants[name].describe() for name in chosen}
         return scores, metadata, engine.default_variant
     finally:
@@ -111,16 +88,20 @@ def evaluate(
     gold = np.array([LABELS.index(pair.label) for pair in pairs], dtype=np.int64)
     pair_languages = np.array([pair.language for pair in pairs])
 
-    def progress(variant: str, total: int) -> Callable[[int], None]:
+    async def score_each(chosen: list[str], scorer_for: Callable[[str], Scorer]) -> dict[str, VariantScores]:
+        """One variant at a time, so each one's latency is measured without the others competing for the device."""
         from tqdm import tqdm
 
-        bar = tqdm(total=total, desc=variant, unit="pair", disable=not show_progress, leave=True)
-        return lambda count: bar.update(count)
+        scores = {}
+        for variant in chosen:
+            bar = tqdm(total=len(pairs), desc=variant, unit="pair", disable=not show_progress, leave=True)
+            scores[variant] = await score(variant, pairs, scorer_for(variant), batch_size, concurrency, bar.update)
+        return scores
 
     if url:
-        collected = asyncio.run(_over_http(url.rstrip("/"), variants, pairs, batch_size, concurrency, progress))
+        collected = asyncio.run(_over_http(url.rstrip("/"), variants, score_each))
     else:
-        collected = asyncio.run(_in_process(catalogue, variants, pairs, batch_size, concurrency, progress))
+        collected = asyncio.run(_in_process(catalogue, variants, score_each))
     scores, metadata, default = collected
     chosen_baseline = choose_baseline(metadata, baseline, default)
     results = build_results(scores, gold, pair_languages, language_order, metadata, chosen_baseline)
