@@ -25,7 +25,9 @@ LIMIT = 40
 def test_in_process_report_matches_the_engine_and_http_agrees(
     server: ServerProcess, demo_catalogue: Path, xnli_dir: Path, tmp_path: Path
 ) -> None:
-    variants = ["xlmr-mnli", "xlmr-hellaswag-mnli", "xlmr-mnli-onnx-int8"]  # an int8 deployment beside the others
+    # An ONNX deployment beside the others. Not the int8 one here: dynamic quantization scales activations per batch,
+    # so its answers depend on which pairs share a batch and cannot equal another path's pair for pair.
+    variants = ["xlmr-mnli", "xlmr-hellaswag-mnli", "xlmr-mnli-onnx"]
     local = evaluate(
         xnli_dir, tmp_path / "local", LANGUAGES, variants, catalogue=demo_catalogue, limit_per_language=LIMIT,
         show_progress=False,
@@ -60,7 +62,7 @@ def test_in_process_report_matches_the_engine_and_http_agrees(
     report = (tmp_path / "local" / "report.md").read_text(encoding="utf-8")
     assert "UNTRAINED demo weights" in report
     assert "| none | xlmr-mnli (untrained demo) | xlm-roberta-base | torch float32 |" in report
-    assert "| none | xlmr-mnli-onnx-int8 (untrained demo) | xlm-roberta-base | onnxruntime int8-dynamic |" in report
+    assert "| none | xlmr-mnli-onnx (untrained demo) | xlm-roberta-base | onnxruntime float32 |" in report
     data = json.loads((tmp_path / "local" / "results.json").read_text(encoding="utf-8"))
     assert data["baseline"] == "xlmr-mnli"
     assert data["languages"] == LANGUAGES
