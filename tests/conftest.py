@@ -30,3 +30,11 @@ def xnli_dir() -> Path:
     if not XNLI_DIR.is_dir():
         pytest.skip(f"XNLI dev set not found at {XNLI_DIR} (it sits beside the checkout in CI)")
     return XNLI_DIR
+
+
+@pytest.fixture(scope="session")
+def checkpoint_layouts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One tiny checkpoint written in every layout of tests/checkpoint_layouts.py (SentencePiece-only among them)."""
+    from tests.checkpoint_layouts import build_layouts
+
+    return build_layouts(tmp_path_factory.mktemp("checkpoint_layouts"))

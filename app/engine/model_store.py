@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,7 +24,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 DEMO_MARKER = "xnli_serve_demo.json"
-TOKENIZER_FILES = ("tokenizer.json", "sentencepiece.bpe.model", "tokenizer.model")
+# A fast tokenizer's own file, or a SentencePiece model that transformers converts to one (XLM-R's classic layout).
+FAST_TOKENIZER_FILE = "tokenizer.json"
+SENTENCEPIECE_FILES = ("sentencepiece.bpe.model", "tokenizer.model")
+TOKENIZER_FILES = (FAST_TOKENIZER_FILE, *SENTENCEPIECE_FILES)
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -42,6 +48,8 @@ class CheckpointInfo:
     device: torch.device
     dtype: torch.dtype
     demo: dict[str, Any] | None
+    backend_tokenizer: Any  # the fast (Rust) `tokenizers.Tokenizer`, loaded before the port opens
+    pad_token_id: int
 
 
 @dataclass(frozen=True)
@@ -93,7 +101,10 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def inspect_checkpoint(spec: VariantSpec) -> CheckpointInfo:
-    """Everything that can be checked without loading weights, so a bad catalogue fails before the port opens."""
+    """Everything that can be checked without loading weights, so a bad catalogue fails before the port opens.
+
+    Reads the config and loads the tokenizer (converting a SentencePiece model when there is no tokenizer.json).
+    """
     from transformers import AutoConfig
 
     folder = spec.path
@@ -118,37 +129,125 @@ def inspect_checkpoint(spec: VariantSpec) -> CheckpointInfo:
         permutation = label_permutation(config.id2label)
     except LabelMappingError as error:
         raise CheckpointError(spec.name, f"labels cannot be mapped by name: {error}") from None
+    backend_tokenizer, pad_token_id = load_fast_tokenizer(spec, config)
     device = resolve_device(spec)
     demo = None
     marker = folder / DEMO_MARKER
     if marker.is_file():
         demo = json.loads(marker.read_text(encoding="utf-8"))
-    return CheckpointInfo(spec, config, permutation, device, resolve_dtype(spec, device), demo)
+    return CheckpointInfo(
+        spec, config, permutation, device, resolve_dtype(spec, device), demo, backend_tokenizer, pad_token_id
+    )
+
+
+def load_fast_tokenizer(spec: VariantSpec, config: Any) -> tuple[Any, int]:
+    """The checkpoint's fast (Rust) tokenizer and its pad id; any problem is a CheckpointError saying what is missing.
+
+    Without tokenizer.json, transformers converts ``sentencepiece.bpe.model`` (needs the sentencepiece and protobuf
+    packages). A tokenizer that only loads as a slow (Python) one is refused: the batcher tokenizes with the Rust
+    tokenizer in a thread pool, off the GIL, and cannot run a Python tokenizer.
+    """
+    from transformers import AutoTokenizer
+
+    folder = spec.path
+    with _transformers_warnings() as warnings:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        except Exception as error:
+            raise CheckpointError(spec.name, _tokenizer_problem(folder, error, warnings)) from None
+    for warning in warnings:
+        log.warning("variant %s: tokenizer: %s", spec.name, warning)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not getattr(tokenizer, "is_fast", False):
+        raise CheckpointError(
+            spec.name,
+            f"the tokenizer in {folder} loads only as a slow Python tokenizer ({type(tokenizer).__name__}); the "
+            "service needs a fast (Rust) one: save a tokenizer.json beside the model, or name a tokenizer_class with "
+            "a fast version in tokenizer_config.json (XLMRobertaTokenizer for XLM-R)",
+        )
+    if not (folder / FAST_TOKENIZER_FILE).is_file():
+        log.info(
+            "variant %s: converted %s to a fast tokenizer (write tokenizer.json with save_pretrained to skip this)",
+            spec.name,
+            next(name for name in SENTENCEPIECE_FILES if (folder / name).is_file()),
+        )
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else config.pad_token_id
+    if pad_token_id is None:
+        raise CheckpointError(spec.name, "tokenizer and config define no pad token")
+    vocab_size = getattr(config, "vocab_size", None)
+    if vocab_size is not None and len(tokenizer) > vocab_size:
+        raise CheckpointError(
+            spec.name,
+            f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {vocab_size}: "
+            "tokenizer and weights do not belong together",
+        )
+    return backend, int(pad_token_id)
+
+
+def _tokenizer_problem(folder: Path, error: Exception, warnings: list[str]) -> str:
+    """Why the tokenizer did not load, in words a user can act on (transformers' own error may name tiktoken)."""
+    from transformers.utils.import_utils import is_protobuf_available, is_sentencepiece_available
+
+    sentencepiece_file = next((folder / name for name in SENTENCEPIECE_FILES if (folder / name).is_file()), None)
+    if sentencepiece_file is not None and not (folder / FAST_TOKENIZER_FILE).is_file():
+        missing = [
+            package
+            for package, available in (
+                ("sentencepiece", is_sentencepiece_available()),
+                ("protobuf", is_protobuf_available()),
+            )
+            if not available
+        ]
+        if missing:
+            return (
+                f"cannot convert {sentencepiece_file} to a fast tokenizer: the {' and '.join(missing)} "
+                f"package{'s are' if len(missing) > 1 else ' is'} not installed (pip install {' '.join(missing)})"
+            )
+        import sentencepiece
+
+        try:
+            sentencepiece.SentencePieceProcessor(model_file=str(sentencepiece_file))
+        except Exception as unreadable:
+            return f"{sentencepiece_file} is not a readable SentencePiece model ({unreadable}); copy it again"
+    said = f" (transformers said: {' / '.join(warnings)})" if warnings else ""
+    return f"cannot load tokenizer from {folder}: {type(error).__name__}: {error}{said}"
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self, messages: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.messages = messages
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(" ".join(record.getMessage().split()))
+
+
+@contextmanager
+def _transformers_warnings() -> Iterator[list[str]]:
+    """Hold transformers' warnings back, so a failure is one message and a success logs them under the variant."""
+    logger = logging.getLogger("transformers")
+    messages: list[str] = []
+    saved = logger.handlers[:], logger.propagate
+    logger.handlers[:] = [_ListHandler(messages)]
+    logger.propagate = False
+    try:
+        yield messages
+    finally:
+        logger.handlers[:], logger.propagate = saved
 
 
 def load_checkpoint(
     info: CheckpointInfo, dtype: torch.dtype | None = None, device: torch.device | None = None
 ) -> LoadedCheckpoint:
-    """Load weights and tokenizer from the local folder only (no hub access, ever).
+    """Load weights from the local folder only (no hub access, ever); the tokenizer came with ``info``.
 
     ``dtype``/``device`` override the variant's own, for the float32 reference the accuracy guard compares against.
     """
     dtype = dtype or info.dtype
     device = device or info.device
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
 
     spec = info.spec
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(spec.path, local_files_only=True)
-    except Exception as error:
-        raise CheckpointError(spec.name, f"cannot load tokenizer from {spec.path}: {error}") from None
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        raise CheckpointError(spec.name, "needs a fast tokenizer (tokenizer.json); re-save it with transformers")
-    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else info.config.pad_token_id
-    if pad_token_id is None:
-        raise CheckpointError(spec.name, "tokenizer and config define no pad token")
-
     attention = "sdpa"
     try:
         try:
@@ -173,4 +272,4 @@ def load_checkpoint(
         dtype_name(dtype),
         attention,
     )
-    return LoadedCheckpoint(info, model, backend, int(pad_token_id), parameters, attention)
+    return LoadedCheckpoint(info, model, info.backend_tokenizer, info.pad_token_id, parameters, attention)
