@@ -168,7 +168,11 @@ class Engine:
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
     def preflight(self) -> None:
-        """Check every enabled variant's checkpoint without loading weights; raises the first CheckpointError."""
+        """Check every enabled variant's checkpoint without loading weights; raises the first CheckpointError.
+
+        Reads each config and loads each fast tokenizer (converting a SentencePiece-only one), so a missing or broken
+        tokenizer stops `xnli-serve serve` with exit code 2 before the port opens, like unmappable labels do.
+        """
         for runtime in self.variants.values():
             if runtime.spec.enabled:
                 if runtime.spec.faults is not None and not self.allow_faults:
