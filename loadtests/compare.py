@@ -1,13 +1,20 @@
-"""Compare variants as deployed: the same Locust load against each variant in turn, at several load levels.
+"""Compare variants as deployed, under the same Locust load, with verdicts that survive machine drift.
 
     python -m loadtests.compare --users 1,8,32 --duration 30 --out reports/compare
     python -m loadtests.compare --url http://127.0.0.1:8000 --variants xlmr-mnli,xlmr-squad-mnli --rates 20,60
+    python -m loadtests.compare --mode capacity --users 32 --block-seconds 2 --rounds 6
 
-Variants run one at a time so they do not compete. Each (variant, level) is a headless Locust run after a discarded
-warm-up run; its Locust CSV stats and the service's Prometheus histograms for the same window are collected. The
-report folder gets report.md, report.html, results.csv, results.json and PNG plots, with a summary at the top that
-is computed from the data (which variants are statistically indistinguishable in latency, which differ and by how
-much).
+Interleaved (the default): at each load level every variant runs in the same time window; each Locust user cycles
+through its own seeded shuffle of the variants, so drift, noise and order effects fall on all of them alike. The
+window is cut into time blocks, each block gives one median latency per variant, and each pair of variants gets a
+verdict (faster / slower / equivalent within --margin / inconclusive) from the paired block differences.
+
+Capacity (``--mode capacity``): what one variant sustains alone. Variants run one at a time in short alternating
+blocks (A B C, B C A, C A B, ...: at least 3 rounds, every variant in every position equally often), and throughput
+and median latency are compared as paired differences within rounds.
+
+The report folder gets report.md, report.html, results.csv, results.json (per-variant rows and a ``comparisons``
+list) and PNG plots, with a summary computed from the data.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import subprocess
 import sys
 import time
@@ -26,23 +34,27 @@ import httpx
 import numpy as np
 
 from app.local_server import local_server
-from loadtests import report
+from loadtests import report, stats
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
+GUARD_FRACTION = 0.15  # capacity blocks: the first part of a block is discarded (the previous variant drains)
 
 
 @dataclass
 class LevelResult:
-    """One (variant, load level) run: Locust's numbers and the service's own for the same window."""
+    """One variant at one load level: what the clients saw and the service's own numbers for the same window."""
 
     variant: str
     mode: str  # "users" (closed loop) or "rate" (fixed arrival rate, requests/s)
     offered: float
+    design: str  # "interleaved" (all variants in one window) or "capacity" (alternating blocks, variant alone)
     requests: int
     failures: int
     error_rate: float
+    window_s: float  # seconds the variant's requests were measured over
     requests_per_s: float
     pairs_per_s: float
+    share: float  # of all requests in the window (interleaved: ~1/number of variants)
     p50_ms: float
     p90_ms: float
     p95_ms: float
@@ -57,16 +69,74 @@ class LevelResult:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class Samples:
+    """Every request of one measured Locust run (from the locustfile's --samples-file)."""
+
+    variants: list[str]
+    start: np.ndarray  # epoch seconds at send
+    variant: np.ndarray  # index into variants
+    latency_ms: np.ndarray
+    queue_ms: np.ndarray
+    inference_ms: np.ndarray
+    ok: np.ndarray  # bool
+    block: np.ndarray  # blocks schedule: block index; interleaved: -1
+    schedule_start: float | None
+    block_seconds: float
+    block_order: list[str]
+
+    @classmethod
+    def read(cls, path: Path) -> Samples:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        rows = np.array(document["rows"], dtype=np.float64).reshape(-1, len(document["columns"]))
+        column = {name: rows[:, index] for index, name in enumerate(document["columns"])}
+        return cls(
+            variants=document["variants"],
+            start=column["start"],
+            variant=column["variant"].astype(np.int64),
+            latency_ms=column["latency_ms"],
+            queue_ms=column["queue_ms"],
+            inference_ms=column["inference_ms"],
+            ok=column["ok"] > 0,
+            block=column["block"].astype(np.int64),
+            schedule_start=document["schedule_start"],
+            block_seconds=float(document["block_seconds"]),
+            block_order=document["block_order"],
+        )
+
+    def subset(self, keep: np.ndarray) -> Samples:
+        return Samples(
+            self.variants,
+            self.start[keep],
+            self.variant[keep],
+            self.latency_ms[keep],
+            self.queue_ms[keep],
+            self.inference_ms[keep],
+            self.ok[keep],
+            self.block[keep],
+            self.schedule_start,
+            self.block_seconds,
+            self.block_order,
+        )
+
+    def measured(self) -> Samples:
+        """Capacity blocks without their first GUARD_FRACTION (requests still draining from the previous variant);
+        interleaved runs whole."""
+        if self.schedule_start is None or not self.block_order:
+            return self
+        into_block = self.start - self.schedule_start - self.block * self.block_seconds
+        return self.subset((self.block >= 0) & (into_block >= GUARD_FRACTION * self.block_seconds))
+
+
 def parse_levels(text: str) -> list[float]:
     return [float(item) for item in text.split(",") if item.strip()]
 
 
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def scrape(client: httpx.Client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = httpx.get(f"{url}/metrics", timeout=10).text
     samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-    for family in text_string_to_metric_families(text):
+    for family in text_string_to_metric_families(client.get("/metrics").text):
         for sample in family.samples:
             samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return samples
@@ -82,148 +152,189 @@ def delta(before: dict[Any, float], after: dict[Any, float], name: str, **labels
     return total
 
 
-def read_locust_stats(prefix: Path) -> dict[tuple[str, str], dict[str, str]]:
-    with Path(f"{prefix}_stats.csv").open(encoding="utf-8", newline="") as handle:
-        return {(row["Type"], row["Name"]): row for row in csv.DictReader(handle)}
+@dataclass(frozen=True)
+class LoadSettings:
+    url: str
+    variants: list[str]
+    mode: str
+    pairs_per_request: int
+    xnli_dir: str | None
+    languages: str | None
+    api_key: str
 
 
 def run_locust(
-    url: str,
-    variant: str,
-    mode: str,
-    level: float,
-    seconds: float,
-    prefix: Path,
-    pairs_per_request: int,
-    xnli_dir: str | None,
-    languages: str | None,
-) -> None:
-    users = int(level) if mode == "users" else max(1, min(200, int(np.ceil(level))))
+    load: LoadSettings, level: float, seconds: float, prefix: Path, seed: int, block_order: list[str] | None = None,
+    block_seconds: float = 0.0,
+) -> None:  # fmt: skip
+    users = int(level) if load.mode == "users" else max(1, min(200, int(np.ceil(level))))
     command = [
-        sys.executable,
-        "-m",
-        "locust",
-        "-f",
-        str(LOCUSTFILE),
-        "--headless",
-        "--host",
-        url,
-        "-u",
-        str(users),
-        "-r",
-        str(users),
-        "-t",
-        f"{max(1, round(seconds))}s",
-        "--stop-timeout",
-        "10",
-        "--csv",
-        str(prefix),
-        "--only-summary",
-        "--exit-code-on-error",
-        "0",
-        "--variants",
-        variant,
-        "--pairs-per-request",
-        str(pairs_per_request),
-        "--samples-file",
-        f"{prefix}_samples.json",
-        "--loglevel",
-        "WARNING",
-    ]
-    if mode == "rate":
+        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", load.url,
+        "-u", str(users), "-r", str(users), "-t", f"{max(1, round(seconds))}s", "--stop-timeout", "10",
+        "--csv", str(prefix), "--only-summary", "--exit-code-on-error", "0",
+        "--variants", ",".join(load.variants), "--pairs-per-request", str(load.pairs_per_request),
+        "--samples-file", f"{prefix}_samples.json", "--seed", str(seed), "--loglevel", "WARNING",
+    ]  # fmt: skip
+    if block_order:
+        command += [
+            "--schedule",
+            "blocks",
+            "--block-order",
+            ",".join(block_order),
+            "--block-seconds",
+            f"{block_seconds}",
+        ]
+    if load.mode == "rate":
         command += ["--arrival-rate", str(level)]
-    if xnli_dir:
-        command += ["--xnli-dir", xnli_dir]
-    if languages:
-        command += ["--languages", languages]
-    subprocess.run(command, check=True, capture_output=True, timeout=seconds + 120)
+    if load.xnli_dir:
+        command += ["--xnli-dir", load.xnli_dir]
+    if load.languages:
+        command += ["--languages", load.languages]
+    env = {**os.environ, "XNLI_SERVE_API_KEY": load.api_key}  # not on the command line, where `ps` shows it
+    completed = subprocess.run(command, capture_output=True, timeout=seconds + 120, env=env, text=True)
+    if completed.returncode != 0:
+        raise SystemExit(f"locust failed ({completed.returncode}):\n{completed.stderr[-3000:]}")
 
 
-def measure(
-    url: str,
-    variant: str,
-    mode: str,
-    level: float,
-    seconds: float,
-    folder: Path,
-    pairs_per_request: int,
-    xnli_dir: str | None,
-    languages: str | None,
-) -> LevelResult:
-    prefix = folder / f"{variant}-{mode}-{level:g}"
-    before = scrape(url)
-    run_locust(url, variant, mode, level, seconds, prefix, pairs_per_request, xnli_dir, languages)
-    after = scrape(url)
-    stats = read_locust_stats(prefix)
-    name = f"{variant} /predict" if pairs_per_request == 1 else f"{variant} /predict x{pairs_per_request}"
-    post = stats[("POST", name)]
-    requests = int(post["Request Count"])
-    failures = int(post["Failure Count"])
-
-    def average(kind: str) -> float:
-        row = stats.get((kind, variant))
-        return float(row["Average Response Time"]) if row else 0.0
-
-    queue_sum = delta(before, after, "xnli_queue_duration_seconds_sum", variant=variant)
-    request_sum = delta(before, after, "xnli_request_duration_seconds_sum", variant=variant)
-    batches = delta(before, after, "xnli_batch_size_count", variant=variant)
-    padding_sum = delta(before, after, "xnli_batch_padding_ratio_sum", variant=variant)
-    return LevelResult(
-        variant=variant,
-        mode=mode,
-        offered=level,
-        requests=requests,
-        failures=failures,
-        error_rate=failures / requests if requests else 0.0,
-        requests_per_s=float(post["Requests/s"]),
-        pairs_per_s=float(post["Requests/s"]) * pairs_per_request,
-        p50_ms=float(post["50%"]),
-        p90_ms=float(post["90%"]),
-        p95_ms=float(post["95%"]),
-        p99_ms=float(post["99%"]),
-        mean_ms=float(post["Average Response Time"]),
-        queue_ms=average("queue"),
-        inference_ms=average("inference"),
-        other_ms=average("other"),
-        queue_share=queue_sum / request_sum if request_sum else 0.0,
-        mean_batch_size=delta(before, after, "xnli_batch_size_sum", variant=variant) / batches if batches else 0.0,
-        padding_ratio=padding_sum / batches if batches else 0.0,
-    )
-
-
-def compare(args: argparse.Namespace, url: str) -> list[LevelResult]:
-    catalogue = httpx.get(f"{url}/variants", timeout=10).json()
-    metadata = {entry["name"]: entry for entry in catalogue["variants"] if entry["status"] == "ready"}
-    variants = [name.strip() for name in args.variants.split(",") if name.strip()] if args.variants else list(metadata)
-    unknown = [name for name in variants if name not in metadata]
-    if unknown:
-        raise SystemExit(f"variants not served at {url}: {unknown}")
-    mode, levels = ("rate", parse_levels(args.rates)) if args.rates else ("users", parse_levels(args.users))
-    raw = args.out / "locust"
-    raw.mkdir(parents=True, exist_ok=True)
+def variant_results(
+    load: LoadSettings, level: float, design: str, samples: Samples, before: dict[Any, float], after: dict[Any, float]
+) -> list[LevelResult]:
+    """Per-variant numbers from the measured requests, and the service's histograms over the same run."""
     results = []
-    for variant in variants:
-        if args.warmup > 0:  # discarded: first batches, allocator growth, connection set-up
-            run_locust(
-                url,
-                variant,
-                mode,
-                levels[0],
-                args.warmup,
-                raw / f"{variant}-warmup",
-                args.pairs_per_request,
-                args.xnli_dir,
-                args.languages,
+    measured = samples.measured()
+    total = len(measured.start)
+    for index, variant in enumerate(samples.variants):
+        mine = measured.subset(measured.variant == index)
+        good = mine.subset(mine.ok)
+        if design == "capacity":
+            blocks = sum(1 for name in samples.block_order if name == variant)
+            window = blocks * samples.block_seconds * (1 - GUARD_FRACTION)
+        else:
+            window = float(measured.start.max() - measured.start.min()) if total > 1 else 0.0
+        latencies = good.latency_ms if len(good.latency_ms) else np.array([np.nan])
+        p50, p90, p95, p99 = (float(value) for value in np.percentile(latencies, [50, 90, 95, 99]))
+        queue_sum = delta(before, after, "xnli_queue_duration_seconds_sum", variant=variant)
+        request_sum = delta(before, after, "xnli_request_duration_seconds_sum", variant=variant)
+        batches = delta(before, after, "xnli_batch_size_count", variant=variant)
+        padding_sum = delta(before, after, "xnli_batch_padding_ratio_sum", variant=variant)
+        requests = len(mine.start)
+        failures = int(np.sum(~mine.ok))
+        rate = len(good.start) / window if window else 0.0
+        results.append(
+            LevelResult(
+                variant=variant,
+                mode=load.mode,
+                offered=level,
+                design=design,
+                requests=requests,
+                failures=failures,
+                error_rate=failures / requests if requests else 0.0,
+                window_s=window,
+                requests_per_s=rate,
+                pairs_per_s=rate * load.pairs_per_request,
+                share=requests / total if total else 0.0,
+                p50_ms=p50,
+                p90_ms=p90,
+                p95_ms=p95,
+                p99_ms=p99,
+                mean_ms=float(np.mean(latencies)),
+                queue_ms=float(np.mean(good.queue_ms)) if len(good.start) else 0.0,
+                inference_ms=float(np.mean(good.inference_ms)) if len(good.start) else 0.0,
+                other_ms=float(np.mean(np.maximum(0.0, good.latency_ms - good.queue_ms - good.inference_ms)))
+                if len(good.start)
+                else 0.0,
+                queue_share=queue_sum / request_sum if request_sum else 0.0,
+                mean_batch_size=delta(before, after, "xnli_batch_size_sum", variant=variant) / batches
+                if batches
+                else 0.0,
+                padding_ratio=padding_sum / batches if batches else 0.0,
             )
-        for level in levels:
-            print(f"{variant}: {mode}={level:g} for {args.duration:g}s", flush=True)
-            result = measure(
-                url, variant, mode, level, args.duration, raw, args.pairs_per_request, args.xnli_dir, args.languages
-            )
-            entry = metadata[variant]
-            result.metadata = {key: entry.get(key) for key in REPORTED_METADATA}
-            results.append(result)
+        )
     return results
+
+
+def level_comparisons(
+    design: str, level: float, samples: Samples, margin: float, alpha: float, block_seconds: float | None,
+    pairs_per_request: int,
+) -> list[stats.Comparison]:  # fmt: skip
+    """The verdicts of one level: interleaved time blocks, or alternating blocks paired by round."""
+    measured = samples.measured()
+    good = measured.subset(measured.ok)
+    if design == "interleaved":
+        return stats.compare_interleaved(
+            samples.variants, level, good.start, good.variant, good.latency_ms, margin, alpha, block_seconds
+        )
+    n_blocks = len(samples.block_order)
+    medians, _ = stats.grouped_quantile(good.latency_ms, good.block, n_blocks, 0.5)
+    completed = np.bincount(good.block, minlength=n_blocks)[:n_blocks].astype(np.float64)
+    throughput = completed * pairs_per_request / (samples.block_seconds * (1 - GUARD_FRACTION))
+    throughput[completed < stats.MIN_PER_BLOCK] = np.nan
+    medians[completed < stats.MIN_PER_BLOCK] = np.nan
+    order = samples.block_order
+    return [
+        *stats.compare_rounds(
+            samples.variants, level, "pairs_per_s", stats.round_values(order, samples.variants, list(throughput)),
+            margin, alpha, higher_is_better=True,
+        ),
+        *stats.compare_rounds(
+            samples.variants, level, "p50_ms", stats.round_values(order, samples.variants, list(medians)), margin, alpha
+        ),
+    ]  # fmt: skip
+
+
+@dataclass
+class Outcome:
+    """Everything one compare run produced: per-variant rows, verdicts, and the raw samples per level (for plots)."""
+
+    results: list[LevelResult]
+    comparisons: list[stats.Comparison]
+    samples: dict[float, Samples]
+
+
+def compare(args: argparse.Namespace, url: str) -> Outcome:
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    with httpx.Client(base_url=url, timeout=10, headers=headers) as client:
+        listing = client.get("/variants")
+        if listing.status_code in (401, 403):
+            raise SystemExit(f"{url} refused the API key ({listing.status_code}): pass --api-key or XNLI_SERVE_API_KEY")
+        listing.raise_for_status()
+        catalogue = listing.json()
+        metadata = {entry["name"]: entry for entry in catalogue["variants"] if entry["status"] == "ready"}
+        variants = (
+            [name.strip() for name in args.variants.split(",") if name.strip()] if args.variants else list(metadata)
+        )
+        unknown = [name for name in variants if name not in metadata]
+        if unknown:
+            raise SystemExit(f"variants not served at {url}: {unknown}")
+        mode, levels = ("rate", parse_levels(args.rates)) if args.rates else ("users", parse_levels(args.users))
+        load = LoadSettings(url, variants, mode, args.pairs_per_request, args.xnli_dir, args.languages, args.api_key)
+        design = args.mode
+        metrics = 2 if design == "capacity" else 1
+        alpha = (1 - args.confidence) / stats.comparisons_in(len(variants), len(levels), metrics)
+        rounds = args.rounds or stats.default_rounds(len(variants))
+        raw = args.out / "locust"
+        raw.mkdir(parents=True, exist_ok=True)
+        if args.warmup > 0:  # discarded: first batches, allocator growth, connection set-up; every variant
+            run_locust(load, levels[0], args.warmup, raw / "warmup", args.seed)
+        outcome = Outcome([], [], {})
+        for number, level in enumerate(levels):
+            prefix = raw / f"{design}-{mode}-{level:g}"
+            order = stats.balanced_block_order(variants, rounds) if design == "capacity" else None
+            seconds = len(order) * args.block_seconds + 1 if order else args.duration
+            print(f"{design} {mode}={level:g}: {', '.join(variants)} for {seconds:g}s", flush=True)
+            before = scrape(client)
+            run_locust(load, level, seconds, prefix, args.seed + number, order, args.block_seconds)
+            after = scrape(client)
+            samples = Samples.read(Path(f"{prefix}_samples.json"))
+            outcome.samples[level] = samples
+            for result in variant_results(load, level, design, samples, before, after):
+                result.metadata = {key: metadata[result.variant].get(key) for key in REPORTED_METADATA}
+                outcome.results.append(result)
+            outcome.comparisons += level_comparisons(
+                design, level, samples, args.margin, alpha, args.analysis_block_seconds or None, args.pairs_per_request
+            )
+    outcome.results.sort(key=lambda result: (variants.index(result.variant), result.offered))
+    return outcome
 
 
 REPORTED_METADATA = (
@@ -231,14 +342,20 @@ REPORTED_METADATA = (
 )  # fmt: skip
 
 
-def write_results(results: list[LevelResult], folder: Path) -> None:
-    rows = [asdict(result) for result in results]
-    (folder / "results.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
+def write_results(outcome: Outcome, folder: Path, parameters: dict[str, Any]) -> None:
+    rows = [asdict(result) for result in outcome.results]
+    comparisons = [asdict(comparison) for comparison in outcome.comparisons]
+    document = {"parameters": parameters, "results": rows, "comparisons": comparisons}
+    (folder / "results.json").write_text(json.dumps(document, indent=2, default=str), encoding="utf-8")
     flat = [{**{k: v for k, v in row.items() if k != "metadata"}, **row["metadata"]} for row in rows]
     with (folder / "results.csv").open("w", encoding="utf-8", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(flat[0]))
         writer.writeheader()
         writer.writerows(flat)
+    with (folder / "comparisons.csv").open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(comparisons[0]) if comparisons else [])
+        writer.writeheader()
+        writer.writerows(comparisons)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -246,25 +363,54 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--url", help="A running xnli-serve; default: start one from --catalogue on a free port")
     parser.add_argument("--catalogue", type=Path, default=Path("model_store/variants.toml"))
     parser.add_argument("--variants", default="", help="Comma-separated (default: every ready variant)")
+    parser.add_argument(
+        "--mode",
+        choices=("interleaved", "capacity"),
+        default="interleaved",
+        help="interleaved: all variants in one window (latency); capacity: each alone in alternating blocks",
+    )
     parser.add_argument("--users", default="1,8,32", help="Closed-loop user counts (the load levels)")
     parser.add_argument("--rates", default="", help="Fixed arrival rates in requests/s instead of --users")
-    parser.add_argument("--duration", type=float, default=20.0, help="Seconds measured per level")
-    parser.add_argument("--warmup", type=float, default=3.0, help="Seconds of discarded load per variant")
+    parser.add_argument("--duration", type=float, default=20.0, help="Seconds measured per level (interleaved)")
+    parser.add_argument("--warmup", type=float, default=3.0, help="Seconds of discarded load (all variants)")
+    parser.add_argument("--block-seconds", type=float, default=2.0, help="Capacity: length of one variant's block")
+    parser.add_argument(
+        "--rounds", type=int, default=0, help="Capacity: rounds of blocks (default: >= 3, a multiple of the variants)"
+    )
+    parser.add_argument(
+        "--analysis-block-seconds",
+        type=float,
+        default=0.0,
+        help="Interleaved: length of the time blocks the window is cut into (default: from the data, up to 30 blocks "
+        f"of about {stats.TARGET_PER_BLOCK} requests per variant)",
+    )
+    parser.add_argument("--margin", type=float, default=0.05, help="Equivalence margin, share of a's level")
+    parser.add_argument("--confidence", type=float, default=0.95, help="For the whole report (Bonferroni-shared)")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the users' variant shuffles")
     parser.add_argument("--pairs-per-request", type=int, default=1)
     parser.add_argument("--xnli-dir", default=None, help="XNLI-format folder for payloads (default: shipped sample)")
     parser.add_argument("--languages", default=None)
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("XNLI_SERVE_API_KEY", ""),
+        help="Bearer key for a service that requires one (default: $XNLI_SERVE_API_KEY)",
+    )
     parser.add_argument("--out", type=Path, default=Path("reports") / time.strftime("compare-%Y%m%d-%H%M%S"))
     args = parser.parse_args(argv)
+    if args.mode == "capacity" and args.rounds and args.rounds < 3:
+        parser.error("--rounds must be at least 3")
     args.out.mkdir(parents=True, exist_ok=True)
     if args.url:
-        results = compare(args, args.url.rstrip("/"))
+        outcome = compare(args, args.url.rstrip("/"))
     else:
         with local_server(args.catalogue, args.out / "server.log") as server:
-            results = compare(args, server.base_url)
-    write_results(results, args.out)
-    samples = report.load_samples(args.out / "locust")
-    report.write_report(results, samples, args.out, vars(args))
+            outcome = compare(args, server.base_url)
+    parameters = {key: value for key, value in vars(args).items() if key != "api_key"}
+    write_results(outcome, args.out, parameters)
+    report.write_report(outcome.results, outcome.comparisons, outcome.samples, args.out, parameters)
     print(f"report: {args.out / 'report.md'}")
+    for line in report.verdict_lines(outcome.comparisons, report.unit_of(outcome.results)):
+        print(f"  {line}")
 
 
 if __name__ == "__main__":

@@ -2,22 +2,31 @@
 
     locust -f loadtests/locustfile.py --headless --host http://127.0.0.1:8000 -u 16 -r 16 -t 60s \
         --variants xlmr-mnli,xlmr-squad-mnli [--pairs-per-request 16] [--arrival-rate 50] \
-        [--xnli-dir ../shared/data/xnli --languages de,ar,zh]
+        [--xnli-dir ../shared/data/xnli --languages de,ar,zh] [--api-key KEY]
+
+With several variants, every user cycles through its own seeded shuffle of them (``--seed``; a fresh shuffle each
+cycle), so all variants share one time window and any drift of the machine falls on all of them alike.
+``--schedule blocks --block-order a,b,b,a --block-seconds 2`` instead sends every user's requests to one variant at a
+time, block after block from the moment all users have started (capacity of a variant alone; the order comes from
+``loadtests.compare``). ``--samples-file`` keeps every request (send time, variant, latency, server split, block).
 
 Request names carry the variant (``xlmr-mnli /predict``) so Locust's statistics split by variant. Each answer's
 ``X-Queue-Time`` and ``X-Inference-Time`` headers are recorded as extra entries (type ``queue`` and ``inference``),
 and the rest of the client-side latency as ``other`` (HTTP, serialization, tokenization), so a report can say where
 the time went. ``--arrival-rate`` paces users to a fixed total request rate that does not slow down when answers do
 (an open-model schedule: a late request is sent at once rather than postponed), so coordinated omission does not
-hide latency. For a step ramp add ``loadtests/shapes.py`` to ``-f``.
+hide latency. For a step ramp add ``loadtests/shapes.py`` to ``-f``. ``--api-key`` (default: the environment variable
+``XNLI_SERVE_API_KEY``) is sent as ``Authorization: Bearer <key>`` to a service that requires one.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import os
+import random
 import time
-from collections import defaultdict
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import gevent
@@ -28,7 +37,9 @@ from locust.stats import CSV_STATS_INTERVAL_SEC
 from app.xnli import LabelledPair
 from loadtests.pairs import load_pairs
 
-_samples: dict[str, list[float]] = defaultdict(list)
+SAMPLE_COLUMNS = ("start", "variant", "latency_ms", "queue_ms", "inference_ms", "ok", "block")
+_samples: list[tuple[float, int, float, float, float, int, int]] = []
+_schedule_start: list[float] = []  # when every user had started (blocks schedule)
 
 
 @events.init_command_line_parser.add_listener
@@ -48,14 +59,29 @@ def _arguments(parser: Any) -> None:
         "--arrival-rate", type=float, default=0.0, help="Total requests/s across users (0 = closed loop)"
     )
     group.add_argument(
-        "--samples-file", default="", help="Write every request's latency (ms) per name to this JSON file"
+        "--samples-file", default="", help="Write every request (time, variant, latency ms, ...) to this JSON file"
+    )
+    group.add_argument(
+        "--schedule",
+        choices=("interleave", "blocks"),
+        default="interleave",
+        help="interleave: each user cycles its own shuffled variant order; blocks: all users on one variant at a time",
+    )
+    group.add_argument("--seed", type=int, default=0, help="Seed of the per-user variant shuffles")
+    group.add_argument("--block-order", default="", help="blocks schedule: the variant of each block, comma-separated")
+    group.add_argument("--block-seconds", type=float, default=2.0, help="blocks schedule: length of a block")
+    parser.add_argument(  # the parser's own add_argument: it masks secrets, a group's does not
+        "--api-key",
+        default=os.environ.get("XNLI_SERVE_API_KEY", ""),
+        is_secret=True,
+        help="Sent as Authorization: Bearer <key> (default: $XNLI_SERVE_API_KEY)",
     )
 
 
-@events.request.add_listener
-def _record_sample(request_type: str, name: str, response_time: float, exception: Any, **_: Any) -> None:
-    if exception is None and request_type == "POST":
-        _samples[name].append(response_time)
+@events.spawning_complete.add_listener
+def _start_schedule(user_count: int, **_: Any) -> None:
+    if not _schedule_start:
+        _schedule_start.append(time.time())
 
 
 @events.test_stop.add_listener
@@ -69,26 +95,65 @@ def _let_the_csv_writer_catch_up(environment: Environment, **_: Any) -> None:
 @events.quitting.add_listener
 def _write_samples(environment: Environment, **_: Any) -> None:
     path = environment.parsed_options.samples_file if environment.parsed_options else ""
-    if path:
+    options = environment.parsed_options
+    if path and options is not None:
+        document = {
+            "columns": SAMPLE_COLUMNS,
+            "variants": XnliUser.variant_names(options.variants),
+            "schedule": options.schedule,
+            "schedule_start": _schedule_start[0] if _schedule_start else None,
+            "block_seconds": options.block_seconds,
+            "block_order": [name.strip() for name in options.block_order.split(",") if name.strip()],
+            "rows": _samples,
+        }
         with open(path, "w", encoding="utf-8") as handle:
-            json.dump(_samples, handle)
+            json.dump(document, handle)
+
+
+def shuffled_cycles(count: int, generator: random.Random) -> Iterator[int]:
+    """Variant indices, each cycle of ``count`` a fresh shuffle: balanced within every cycle, unpredictable order."""
+    while True:
+        order = list(range(count))
+        generator.shuffle(order)
+        yield from order
 
 
 class XnliUser(HttpUser):
     """Posts premise/hypothesis pairs, cycling through the pair pool and the chosen variants."""
 
     _pairs: ClassVar[list[LabelledPair]] = []
+    _numbers: ClassVar[Iterator[int]] = itertools.count()
+
+    @staticmethod
+    def variant_names(option: str) -> list[str]:
+        return [name.strip() for name in option.split(",") if name.strip()] or ["default"]
 
     def on_start(self) -> None:
         options = self.environment.parsed_options
         if not XnliUser._pairs:
             XnliUser._pairs = load_pairs(options.xnli_dir or None, options.languages or None)
-        self.variants = [name.strip() for name in options.variants.split(",") if name.strip()] or [None]
-        offset = id(self) % len(XnliUser._pairs)
+        number = next(XnliUser._numbers)
+        self.names = self.variant_names(options.variants)
+        offset = (number * 7919) % len(XnliUser._pairs)
         self.pair_cycle = itertools.islice(itertools.cycle(XnliUser._pairs), offset, None)
-        self.variant_cycle = itertools.cycle(self.variants)
+        self.variant_cycle = shuffled_cycles(len(self.names), random.Random(f"{options.seed}:{number}"))
+        self.block_order = [self.names.index(name) for name in options.block_order.split(",") if name.strip()]
+        if options.schedule == "blocks" and not self.block_order:
+            raise ValueError("--schedule blocks needs --block-order")
         self.pairs_per_request = max(1, options.pairs_per_request)
+        self.headers = {"Authorization": f"Bearer {options.api_key}"} if options.api_key else {}
         self.next_send = time.monotonic()
+
+    def next_variant(self) -> tuple[int, int] | None:
+        """(variant index, block index); None while the blocks schedule waits to start or after its last block."""
+        options = self.environment.parsed_options
+        assert options is not None
+        if options.schedule != "blocks":
+            return next(self.variant_cycle), -1
+        if not _schedule_start:
+            return None
+        block = int((time.time() - _schedule_start[0]) // options.block_seconds)
+        return (self.block_order[block], block) if block < len(self.block_order) else None
 
     def wait_time(self) -> float:
         """Open-model pacing when --arrival-rate is set: fixed send times, never pushed back by slow answers."""
@@ -101,25 +166,32 @@ class XnliUser(HttpUser):
 
     @task
     def predict(self) -> None:
-        variant = next(self.variant_cycle)
+        chosen_variant = self.next_variant()
+        if chosen_variant is None:
+            gevent.sleep(0.02)
+            return
+        variant, block = chosen_variant
         chosen = [next(self.pair_cycle) for _ in range(self.pairs_per_request)]
         if self.pairs_per_request == 1:
             body: dict[str, Any] = {"premise": chosen[0].premise, "hypothesis": chosen[0].hypothesis}
         else:
             body = {"inputs": [{"premise": pair.premise, "hypothesis": pair.hypothesis} for pair in chosen]}
-        if variant is not None:
-            body["variant"] = variant
-        label = variant or "default"
+        label = self.names[variant]
+        if self.environment.parsed_options.variants.strip():
+            body["variant"] = label
         name = f"{label} /predict" if self.pairs_per_request == 1 else f"{label} /predict x{self.pairs_per_request}"
+        sent = time.time()
         started = time.perf_counter()
-        with self.client.post("/predict", json=body, name=name, catch_response=True) as response:
+        with self.client.post("/predict", json=body, name=name, headers=self.headers, catch_response=True) as response:
             elapsed_ms = (time.perf_counter() - started) * 1000
             if response.status_code != 200:
                 response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
+                _samples.append((sent, variant, elapsed_ms, 0.0, 0.0, 0, block))
                 return
             queue_ms = float(response.headers.get("x-queue-time", 0.0))
             inference_ms = float(response.headers.get("x-inference-time", 0.0))
             response.success()
+        _samples.append((sent, variant, elapsed_ms, queue_ms, inference_ms, 1, block))
         for kind, value in (
             ("queue", queue_ms),
             ("inference", inference_ms),

@@ -1,0 +1,344 @@
+"""Statistics for comparing variants under load, from block-level data (no Locust, no I/O: unit-testable).
+
+Latencies measured one after another are not independent samples: the machine drifts (thermal, caches, other
+processes), shifts level, and consecutive requests share its state. So nothing here resamples single requests.
+
+- **Interleaved** runs (the default) send every variant's requests in one time window. The window is cut into time
+  blocks; each block gives one median per variant, and the per-block differences ``b - a`` are the data. Drift and
+  level shifts move both medians of a block alike and cancel in the difference.
+- **Alternating blocks** (capacity in isolation) run one variant at a time in short blocks, A B C, B C A, C A B, ...
+  (every variant in every position equally often); each round gives one difference ``b - a``.
+
+The mean difference gets a Student t interval over the blocks (widened by the lag-1 autocorrelation of the
+differences when it is positive). Each pair gets one verdict, stated as b relative to a:
+
+- ``equivalent``: the two one-sided tests (TOST) place the difference within +-margin of a's level;
+- ``faster`` / ``slower``: the interval excludes 0 (and the difference is not within the margin);
+- ``inconclusive``: neither (or fewer than ``MIN_BLOCKS`` blocks).
+
+``alpha`` is shared by every comparison of a report (Bonferroni), so a report that makes m claims still has at most a
+5% chance of calling any pair of identical variants faster or slower.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from statistics import NormalDist
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+VERDICTS = ("faster", "slower", "equivalent", "inconclusive")
+MIN_BLOCKS = 3  # fewer blocks give no verdict
+MIN_PER_BLOCK = 5  # requests a variant needs in a block for that block's median to count
+MAX_BLOCKS = 30
+TARGET_PER_BLOCK = 12  # interleaved runs: blocks are made this full (per variant) when the run allows it
+
+
+# --- Student t quantiles (no SciPy): regularized incomplete beta by continued fraction, safeguarded Newton ----------
+
+
+def _beta_continued_fraction(a: float, b: float, x: float) -> float:
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    result = d
+    for m in range(1, 500):
+        m2 = 2 * m
+        for numerator in (
+            m * (b - m) * x / ((a - 1.0 + m2) * (a + m2)),
+            -(a + m) * (a + b + m) * x / ((a + m2) * (a + 1.0 + m2)),
+        ):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            result *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return result
+
+
+def _incomplete_beta(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta function I_x(a, b)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _beta_continued_fraction(a, b, x) / a
+    return 1.0 - front * _beta_continued_fraction(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, df: float) -> float:
+    tail = 0.5 * _incomplete_beta(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t > 0 else tail
+
+
+def _t_pdf(t: float, df: float) -> float:
+    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+    return math.exp(log_norm - (df + 1) / 2 * math.log1p(t * t / df))
+
+
+@lru_cache(maxsize=4096)
+def t_ppf(p: float, df: float) -> float:
+    """Quantile of Student's t with ``df`` (> 0, need not be whole) degrees of freedom, for 0.5 <= p < 1."""
+    if not 0.5 <= p < 1.0 or df <= 0:
+        raise ValueError(f"t_ppf needs 0.5 <= p < 1 and df > 0, got p={p}, df={df}")
+    if p == 0.5:
+        return 0.0
+    low, high = 0.0, 1.0
+    while t_cdf(high, df) < p:
+        low, high = high, high * 2.0
+    z = NormalDist().inv_cdf(p)  # Cornish-Fisher start, then Newton kept inside the bracket
+    t = z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df * df)
+    t = t if low < t < high else (low + high) / 2
+    for _ in range(100):
+        error = t_cdf(t, df) - p
+        if abs(error) < 1e-13:
+            break
+        if error > 0:
+            high = t
+        else:
+            low = t
+        step = t - error / _t_pdf(t, df)
+        t = step if low < step < high else (low + high) / 2
+        if high - low < 1e-12 * max(1.0, t):
+            break
+    return t
+
+
+# --- block-level data ---------------------------------------------------------------------------------------------
+
+
+def grouped_quantile(values: FloatArray, groups: IntArray, n_groups: int, q: float) -> tuple[FloatArray, IntArray]:
+    """The ``q`` quantile (linear interpolation, like numpy's default) of ``values`` per group code, and the counts;
+    NaN for empty groups. Vectorised: one sort for all groups."""
+    counts = np.bincount(groups, minlength=n_groups).astype(np.int64)
+    order = np.lexsort((values, groups))
+    ordered = values[order]
+    starts = np.cumsum(counts) - counts
+    position = (np.maximum(counts, 1) - 1) * q
+    below = np.floor(position).astype(np.int64)
+    fraction = position - below
+    above = np.minimum(below + 1, np.maximum(counts, 1) - 1)
+    result = np.full(n_groups, np.nan)
+    filled = counts > 0
+    lo = ordered[(starts + below)[filled]]
+    hi = ordered[(starts + above)[filled]]
+    result[filled] = lo + (hi - lo) * fraction[filled]
+    return result, counts
+
+
+def block_count(
+    times: FloatArray,
+    variant_codes: IntArray,
+    n_variants: int,
+    block_seconds: float | None = None,
+    target_per_block: int = TARGET_PER_BLOCK,
+    max_blocks: int = MAX_BLOCKS,
+) -> int:
+    """How many equal time blocks to cut an interleaved window into: ``block_seconds`` long if given, else as many as
+    keep about ``target_per_block`` requests of the least-sent variant in each (at most ``max_blocks``)."""
+    if len(times) == 0:
+        return 0
+    if block_seconds:
+        span = float(times.max() - times.min())
+        return max(1, round(span / block_seconds))
+    fewest = int(np.bincount(variant_codes, minlength=n_variants).min())
+    return max(1, min(max_blocks, fewest // target_per_block))
+
+
+def interleaved_block_medians(
+    times: FloatArray, variant_codes: IntArray, values: FloatArray, n_variants: int, n_blocks: int, q: float = 0.5
+) -> FloatArray:
+    """(n_blocks, n_variants) medians (or ``q`` quantiles) over equal time blocks of one shared window; NaN where a
+    variant has fewer than MIN_PER_BLOCK requests in a block."""
+    start, end = float(times.min()), float(times.max())
+    width = (end - start) / n_blocks if end > start else 1.0
+    blocks = np.minimum(((times - start) / width).astype(np.int64), n_blocks - 1)
+    quantiles, counts = grouped_quantile(values, blocks * n_variants + variant_codes, n_blocks * n_variants, q)
+    quantiles[counts < MIN_PER_BLOCK] = np.nan
+    return quantiles.reshape(n_blocks, n_variants)
+
+
+def balanced_block_order(variants: Sequence[str], rounds: int) -> list[str]:
+    """Alternating blocks for capacity runs: round r runs the variants rotated by r (A B C, B C A, C A B, ...), so over
+    a multiple of len(variants) rounds every variant sits in every position equally often and a linear drift
+    favours none."""
+    k = len(variants)
+    return [variants[(r + position) % k] for r in range(rounds) for position in range(k)]
+
+
+def default_rounds(n_variants: int, minimum: int = 3) -> int:
+    """The smallest multiple of the number of variants that is at least ``minimum`` (balanced order)."""
+    return max(n_variants, math.ceil(minimum / n_variants) * n_variants)
+
+
+def round_values(
+    order: Sequence[str], variants: Sequence[str], block_values: Sequence[float]
+) -> FloatArray:  # (rounds, variants)
+    """One value per executed block (in ``order``) -> a (rounds, variants) table; NaN for blocks not run."""
+    k = len(variants)
+    table = np.full((len(order) // k, k), np.nan)
+    for index, (variant, value) in enumerate(zip(order, block_values, strict=True)):
+        if index // k < table.shape[0]:
+            table[index // k, variants.index(variant)] = value
+    return table
+
+
+# --- verdicts -----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Verdict:
+    verdict: str
+    difference: float  # mean over blocks of (b - a)
+    ci_low: float  # two-sided (1 - alpha) interval of the difference
+    ci_high: float
+    baseline: float  # a's level: mean over the same blocks
+    margin: float  # absolute equivalence margin used (margin fraction x baseline)
+    blocks: int
+    autocorrelation: float  # lag-1 autocorrelation of the block differences (0 when too few blocks to say)
+
+    @property
+    def relative(self) -> float:
+        return self.difference / self.baseline if self.baseline else math.nan
+
+
+def paired_verdict(
+    a: FloatArray,
+    b: FloatArray,
+    margin: float = 0.05,
+    alpha: float = 0.05,
+    higher_is_better: bool = False,
+) -> Verdict:
+    """Verdict on b against a from one value per block each (same blocks, NaN = missing, dropped pairwise)."""
+    keep = np.isfinite(a) & np.isfinite(b)
+    a, b = a[keep], b[keep]
+    n = len(a)
+    baseline = float(np.mean(a)) if n else math.nan
+    absolute_margin = margin * abs(baseline) if n else math.nan
+    if n < 2:
+        return Verdict("inconclusive", math.nan, math.nan, math.nan, baseline, absolute_margin, n, 0.0)
+    differences = b - a
+    mean = float(np.mean(differences))
+    spread = float(np.std(differences, ddof=1))
+    rho = 0.0
+    if n >= 8 and spread > 0:
+        centred = differences - mean
+        rho = float(np.clip(np.sum(centred[1:] * centred[:-1]) / np.sum(centred * centred), 0.0, 0.9))
+    effective = max(2.0, n * (1 - rho) / (1 + rho))
+    error = spread / math.sqrt(effective)
+    df = effective - 1
+    half = t_ppf(1 - alpha / 2, df) * error
+    low, high = mean - half, mean + half
+    tost_half = t_ppf(1 - alpha, df) * error  # the (1 - 2 alpha) interval used by the two one-sided tests
+    if n < MIN_BLOCKS:
+        verdict = "inconclusive"
+    elif -absolute_margin < mean - tost_half and mean + tost_half < absolute_margin:
+        verdict = "equivalent"
+    elif low > 0 or high < 0:
+        worse = (mean > 0) != higher_is_better
+        verdict = "slower" if worse else "faster"
+    else:
+        verdict = "inconclusive"
+    return Verdict(verdict, mean, low, high, baseline, absolute_margin, n, rho)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One verdict of a report: how ``b`` compares with ``a`` on ``metric`` at one load ``level``."""
+
+    a: str
+    b: str
+    metric: str
+    level: float
+    verdict: str
+    difference: float  # b - a, in the metric's unit
+    ci_low: float
+    ci_high: float
+    relative: float  # difference / a's level
+    baseline: float
+    margin: float
+    blocks: int
+    confidence: float  # of [ci_low, ci_high], after the Bonferroni share
+    design: str  # "interleaved time blocks" or "alternating blocks (rounds)"
+
+
+def comparison(a: str, b: str, metric: str, level: float, verdict: Verdict, alpha: float, design: str) -> Comparison:
+    return Comparison(
+        a=a,
+        b=b,
+        metric=metric,
+        level=level,
+        verdict=verdict.verdict,
+        difference=verdict.difference,
+        ci_low=verdict.ci_low,
+        ci_high=verdict.ci_high,
+        relative=verdict.relative,
+        baseline=verdict.baseline,
+        margin=verdict.margin,
+        blocks=verdict.blocks,
+        confidence=1 - alpha,
+        design=design,
+    )
+
+
+INTERLEAVED = "interleaved time blocks"
+ALTERNATING = "alternating blocks (rounds)"
+
+
+def compare_interleaved(
+    names: Sequence[str],
+    level: float,
+    times: FloatArray,
+    variant_codes: IntArray,
+    latencies_ms: FloatArray,
+    margin: float = 0.05,
+    alpha: float = 0.05,
+    block_seconds: float | None = None,
+) -> list[Comparison]:
+    """Every pair (a before b in ``names``) on median latency, from one interleaved window."""
+    n_blocks = block_count(times, variant_codes, len(names), block_seconds)
+    medians = (
+        interleaved_block_medians(times, variant_codes, latencies_ms, len(names), n_blocks)
+        if n_blocks
+        else np.full((0, len(names)), np.nan)
+    )
+    results = []
+    for i, first in enumerate(names):
+        for j in range(i + 1, len(names)):
+            verdict = paired_verdict(medians[:, i], medians[:, j], margin, alpha)
+            results.append(comparison(first, names[j], "p50_ms", level, verdict, alpha, INTERLEAVED))
+    return results
+
+
+def compare_rounds(
+    names: Sequence[str],
+    level: float,
+    metric: str,
+    table: FloatArray,
+    margin: float = 0.05,
+    alpha: float = 0.05,
+    higher_is_better: bool = False,
+) -> list[Comparison]:
+    """Every pair on one metric from a (rounds, variants) table of alternating blocks: paired by round."""
+    results = []
+    for i, first in enumerate(names):
+        for j in range(i + 1, len(names)):
+            verdict = paired_verdict(table[:, i], table[:, j], margin, alpha, higher_is_better)
+            results.append(comparison(first, names[j], metric, level, verdict, alpha, ALTERNATING))
+    return results
+
+
+def comparisons_in(n_variants: int, n_levels: int, n_metrics: int) -> int:
+    """How many verdicts a report states: the Bonferroni divisor."""
+    return max(1, n_variants * (n_variants - 1) // 2 * n_levels * n_metrics)
