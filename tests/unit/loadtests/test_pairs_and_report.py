@@ -93,7 +93,7 @@ def test_report_files_and_no_single_point_lines(
 
     def plot(self: matplotlib.axes.Axes, *args: Any, **kwargs: Any) -> Any:
         drawn = original(self, *args, **kwargs)
-        lines.extend(len(line.get_xdata()) for line in drawn)
+        lines.extend(np.size(line.get_xdata()) for line in drawn)
         return drawn
 
     monkeypatch.setattr(matplotlib.axes.Axes, "plot", plot)
