@@ -64,10 +64,26 @@ def serve(
 def build_demo_store_command(
     out: Annotated[Path, typer.Option(help="Model store folder to write into.")] = Path("model_store"),
     size: Annotated[
-        str, typer.Option(help="tiny (tests, quick start) or base (XLM-R base encoder, 12 x 768).")
+        str,
+        typer.Option(
+            help="tiny (tests, quick start), base (XLM-R base encoder, 12 x 768) or large (XLM-R large, 24 x 1024)."
+        ),
     ] = "tiny",
     force: Annotated[bool, typer.Option(help="Rebuild checkpoints that already exist.")] = False,
     variant: Annotated[list[str] | None, typer.Option(help="Build only these demo variants (repeatable).")] = None,
+    tokenizer_corpus: Annotated[
+        Path | None,
+        typer.Option(
+            help="Train the tokenizer on this XNLI-format folder (e.g. ../shared/data/xnli) for realistic lengths "
+            "(default: the shipped sample pairs)."
+        ),
+    ] = None,
+    tokenizer_from: Annotated[
+        Path | None, typer.Option(help="Reuse the tokenizer of this existing checkpoint folder instead of training.")
+    ] = None,
+    vocab_size: Annotated[
+        int | None, typer.Option(help="Tokenizer pieces (default 16000 with a corpus, 4000 for the sample pairs).")
+    ] = None,
 ) -> None:
     """Write UNTRAINED demo XLM-R checkpoints (random predictions) and a catalogue if the folder has none."""
     from app.logs import configure_logging
@@ -78,7 +94,19 @@ def build_demo_store_command(
     if size not in SHAPES:
         print(f"xnli-serve: --size must be one of {sorted(SHAPES)}", file=sys.stderr)
         raise typer.Exit(2)
-    made = build_demo_store(out, size=size, force=force, variants=variant)  # type: ignore[arg-type]
+    try:
+        made = build_demo_store(
+            out,
+            size=size,  # type: ignore[arg-type]
+            force=force,
+            variants=variant,
+            tokenizer_corpus=tokenizer_corpus,
+            tokenizer_from=tokenizer_from,
+            vocab_size=vocab_size,
+        )
+    except (ValueError, OSError) as error:  # XnliFormatError is a ValueError
+        print(f"xnli-serve: build-demo-store: {error}", file=sys.stderr)
+        raise typer.Exit(2) from None
     print(f"built {len(made)} demo checkpoint(s) in {out}" if made else f"demo checkpoints already present in {out}")
 
 

@@ -20,17 +20,26 @@ from app.engine.model_store import DEMO_MARKER
 
 log = logging.getLogger(__name__)
 
-Size = Literal["tiny", "base"]
+Size = Literal["tiny", "base", "large"]
 
-# Encoder shapes: "base" has XLM-R base's encoder (12 x 768) so latency is realistic; its embedding table is
-# smaller (the demo vocabulary), which changes memory, not compute per token.
+# Encoder shapes: "base" and "large" have XLM-R base's (12 x 768) and large's (24 x 1024, the model the
+# intermediate-task study fine-tuned) encoders so latency is realistic; their embedding tables are smaller (the demo
+# vocabulary), which changes memory, not compute per token.
 SHAPES: dict[str, dict[str, int]] = {
     "tiny": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128},
     "base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
+    "large": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096},
 }
 # A 2-layer encoder at XLM-R's init (std 0.02) gives almost the same [CLS] vector for every input (between-input
 # std 0.004 of a 0.8 magnitude); a wider init makes the tiny demo's answers depend on what it reads.
-INITIALIZER_RANGE = {"tiny": 0.2, "base": 0.02}
+INITIALIZER_RANGE = {"tiny": 0.2, "base": 0.02, "large": 0.02}
+
+# Vocabulary sizes. The sample pairs are too few for more than ~1,100 pieces, so the quick-start tokenizer cuts an
+# XNLI pair into 91 tokens on average (p95 167), where XLM-R's own gives roughly 50-65. Trained on the XNLI dev set
+# (15 languages, 37,350 pairs), 16,000 pieces give 58.3 tokens per pair (p50 56, p95 96; 8,000: 69.9; 24,000: 53.1).
+SAMPLE_VOCAB_SIZE = 4000
+CORPUS_VOCAB_SIZE = 16000
+MIN_VOCAB_SIZE = 100
 HEAD_LOGIT_SCALE = 2.0  # spread of the calibrated head's logits across inputs: varied, not saturated, answers
 
 # Public checkpoints disagree on label order; one demo variant uses another order so the by-name mapping is
@@ -99,13 +108,27 @@ def sample_pairs() -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def train_tokenizer(vocab_size: int = 4000) -> object:
-    """An XLM-R tokenizer (SentencePiece-style unigram, XLM-R special tokens and pair template) trained locally."""
+def corpus_sentences(corpus: Path) -> list[str]:
+    """Every premise and hypothesis of an XNLI-format folder (one TSV per language), for training the tokenizer."""
+    from app.xnli import read_xnli
+
+    return [sentence for pair in read_xnli(corpus) for sentence in (pair.premise, pair.hypothesis)]
+
+
+def train_tokenizer(vocab_size: int = SAMPLE_VOCAB_SIZE, sentences: list[str] | None = None) -> Any:
+    """An XLM-R tokenizer (SentencePiece-style unigram, XLM-R special tokens and pair template) trained locally.
+
+    On ``sentences`` (e.g. :func:`corpus_sentences`), else on the shipped sample pairs. The vocabulary may come out
+    smaller than ``vocab_size`` when the sentences hold fewer distinct pieces.
+    """
     import orjson
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
     from transformers import XLMRobertaTokenizer
 
-    sentences = [sentence for _, premise, hypothesis, _ in sample_pairs() for sentence in (premise, hypothesis)]
+    if sentences is None:
+        sentences = [sentence for _, premise, hypothesis, _ in sample_pairs() for sentence in (premise, hypothesis)]
+    if not sentences:
+        raise ValueError("no sentences to train the demo tokenizer on")
     unigram = Tokenizer(models.Unigram())
     unigram.normalizer = normalizers.NFKC()
     unigram.pre_tokenizer = pre_tokenizers.Metaspace()
@@ -206,19 +229,83 @@ def catalogue_toml() -> str:
     return "\n".join(lines) + "\n"
 
 
+def demo_config(size: Size, vocab_size: int, label_order: tuple[str, str, str] = SERVICE_ORDER) -> Any:
+    """The ``XLMRobertaConfig`` of a demo checkpoint of ``size`` (no weights are made)."""
+    from transformers import XLMRobertaConfig
+
+    if size not in SHAPES:
+        raise ValueError(f"unknown demo size {size!r}; choose from {sorted(SHAPES)}")
+    return XLMRobertaConfig(
+        vocab_size=vocab_size,
+        max_position_embeddings=514,
+        type_vocab_size=1,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        id2label=dict(enumerate(label_order)),
+        label2id={label: index for index, label in enumerate(label_order)},
+        initializer_range=INITIALIZER_RANGE[size],
+        hidden_size=SHAPES[size]["hidden_size"],
+        num_hidden_layers=SHAPES[size]["num_hidden_layers"],
+        num_attention_heads=SHAPES[size]["num_attention_heads"],
+        intermediate_size=SHAPES[size]["intermediate_size"],
+    )
+
+
+def demo_tokenizer(
+    tokenizer_corpus: Path | None = None, tokenizer_from: Path | None = None, vocab_size: int | None = None
+) -> tuple[Any, dict[str, Any]]:
+    """The demo tokenizer and how it was made (recorded in each checkpoint's demo marker).
+
+    Trained on the shipped sample pairs by default (quick start, tests); on an XNLI-format folder with
+    ``tokenizer_corpus`` (realistic lengths for benchmarks); or loaded from an existing checkpoint folder with
+    ``tokenizer_from`` (e.g. the base store's, so a large store needs no second training).
+    """
+    if vocab_size is not None and vocab_size < MIN_VOCAB_SIZE:
+        raise ValueError(f"vocabulary size {vocab_size} is too small: at least {MIN_VOCAB_SIZE} pieces")
+    if tokenizer_corpus is not None and tokenizer_from is not None:
+        raise ValueError("give a tokenizer corpus or a checkpoint to take the tokenizer from, not both")
+    if tokenizer_from is not None:
+        from transformers import AutoTokenizer
+
+        if vocab_size is not None:
+            raise ValueError("the vocabulary size is the checkpoint's when the tokenizer is taken from one")
+        tokenizer: Any = AutoTokenizer.from_pretrained(tokenizer_from, local_files_only=True)
+        marker_path = tokenizer_from / DEMO_MARKER
+        source: dict[str, Any] = {}
+        if marker_path.is_file():
+            source = dict(json.loads(marker_path.read_text(encoding="utf-8")).get("tokenizer", {}))
+        source["copied_from"] = str(tokenizer_from)
+        source["vocab_size"] = len(tokenizer)
+        return tokenizer, source
+    if tokenizer_corpus is not None:
+        tokenizer = train_tokenizer(vocab_size or CORPUS_VOCAB_SIZE, corpus_sentences(tokenizer_corpus))
+        return tokenizer, {"trained_on": f"corpus {tokenizer_corpus.resolve()}", "vocab_size": len(tokenizer)}
+    tokenizer = train_tokenizer(vocab_size or SAMPLE_VOCAB_SIZE)
+    return tokenizer, {"trained_on": "sample pairs", "vocab_size": len(tokenizer)}
+
+
 def build_demo_store(
     out: Path,
     size: Size = "tiny",
     force: bool = False,
     variants: list[str] | None = None,
+    tokenizer_corpus: Path | None = None,
+    tokenizer_from: Path | None = None,
+    vocab_size: int | None = None,
 ) -> list[Path]:
-    """Write the demo checkpoints under ``out`` (and a catalogue if ``out`` has none); returns the folders made."""
+    """Write the demo checkpoints under ``out`` (and a catalogue if ``out`` has none); returns the folders made.
+
+    ``tokenizer_corpus``, ``tokenizer_from`` and ``vocab_size`` choose the tokenizer (see :func:`demo_tokenizer`).
+    """
     import torch
-    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+    from transformers import XLMRobertaForSequenceClassification
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
+    if size not in SHAPES:
+        raise ValueError(f"unknown demo size {size!r}; choose from {sorted(SHAPES)}")
     lineup = [variant for variant in DEMO_LINEUP if not variants or variant.name in variants]
     unknown = sorted(set(variants or []) - {variant.name for variant in DEMO_LINEUP})
     if unknown:
@@ -231,40 +318,26 @@ def build_demo_store(
     todo = [variant for variant in lineup if force or not (out / variant.name / "config.json").is_file()]
     if not todo:
         return []
-    tokenizer = train_tokenizer()
+    tokenizer, tokenizer_source = demo_tokenizer(tokenizer_corpus, tokenizer_from, vocab_size)
     made = []
     for variant in todo:
         folder = out / variant.name
         if folder.exists():
             shutil.rmtree(folder)
         torch.manual_seed(variant.seed)
-        config = XLMRobertaConfig(
-            vocab_size=len(tokenizer),  # type: ignore[arg-type]
-            max_position_embeddings=514,
-            type_vocab_size=1,
-            pad_token_id=1,
-            bos_token_id=0,
-            eos_token_id=2,
-            id2label=dict(enumerate(variant.label_order)),
-            label2id={label: index for index, label in enumerate(variant.label_order)},
-            hidden_size=SHAPES[size]["hidden_size"],
-            num_hidden_layers=SHAPES[size]["num_hidden_layers"],
-            num_attention_heads=SHAPES[size]["num_attention_heads"],
-            intermediate_size=SHAPES[size]["intermediate_size"],
-            initializer_range=INITIALIZER_RANGE[size],
-        )
-        model = XLMRobertaForSequenceClassification(config)
+        model = XLMRobertaForSequenceClassification(demo_config(size, len(tokenizer), variant.label_order))
         model.train(False)
         calibrate_random_head(model, tokenizer)
         model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)  # type: ignore[attr-defined]
+        tokenizer.save_pretrained(folder)
         marker = {
             "untrained": True,
             "size": size,
             "seed": variant.seed,
+            "tokenizer": tokenizer_source,
             "notice": DEMO_NOTICE,
         }
         (folder / DEMO_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
-        log.info("built demo variant %s (%s) in %s", variant.name, size, folder)
+        log.info("built demo variant %s (%s, tokenizer %s) in %s", variant.name, size, tokenizer_source, folder)
         made.append(folder)
     return made
