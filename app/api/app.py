@@ -14,7 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from app import __version__
 from app.api.errors import install_error_handlers
 from app.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from app.api.routes import health, open_inference, predict, variants
+from app.api.routes import health, open_inference, pages, predict, variants
 from app.api.security import ApiKeyMiddleware
 from app.engine.engine import Engine
 from app.settings import Settings
@@ -74,6 +74,9 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # /docs and /redoc are served by app.api.routes.pages from assets shipped in a package, not a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.engine = engine
     app.state.settings = settings
@@ -104,4 +107,5 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     app.include_router(variants.router)
     app.include_router(health.router)
     app.include_router(open_inference.router)
+    pages.install_pages(app, api_keys=bool(keys))
     return app

@@ -13,8 +13,14 @@ from collections.abc import Iterable
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.middleware import send_json_error
+from app.api.routes import pages
 
-DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
+DOCS_PATHS = (pages.DOCS_URL, pages.DOCS_OAUTH2_REDIRECT_URL, pages.REDOC_URL, "/openapi.json")
+DOCS_PREFIXES = (pages.DOCS_ASSETS_URL + "/",)
+# The playground page and its assets hold no data (always public, so a browser can open it and type a key); the
+# API calls it makes need the key like any other client's.
+PAGE_PATHS = ("/", pages.PLAYGROUND_URL)
+PAGE_PREFIXES = (pages.PLAYGROUND_ASSETS_URL + "/",)
 HEALTH_PREFIXES = ("/health/",)
 
 
@@ -35,8 +41,12 @@ class ApiKeyMiddleware:
         self._digests = [digest(key) for key in keys]
         if not self._digests:
             raise ValueError("ApiKeyMiddleware needs at least one key")
-        self._public_exact = set(DOCS_PATHS if public_docs else ()) | ({"/metrics"} if public_metrics else set())
-        self._public_prefixes = HEALTH_PREFIXES if public_health else ()
+        self._public_exact = (
+            set(PAGE_PATHS) | set(DOCS_PATHS if public_docs else ()) | ({"/metrics"} if public_metrics else set())
+        )
+        self._public_prefixes = (
+            PAGE_PREFIXES + (DOCS_PREFIXES if public_docs else ()) + (HEALTH_PREFIXES if public_health else ())
+        )
 
     def is_public(self, path: str) -> bool:
         return path in self._public_exact or path.startswith(self._public_prefixes)
