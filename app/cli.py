@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from app.settings import Settings
+from app.settings import KeySourceError, Settings, is_loopback
 
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help="Serve multilingual NLI (XLM-R) variants.")
 log = logging.getLogger("xnli_serve")
@@ -35,28 +35,37 @@ def serve(
     configure_logging(settings.log_level, settings.log_format)
 
     from app.api.server import run_server
-    from app.engine.catalogue import CatalogueError, load_catalogue
+    from app.engine.catalogue import CatalogueError, check_request_limit, load_catalogue
     from app.engine.engine import Engine
     from app.engine.model_store import CheckpointError
 
     try:
+        keys = settings.load_api_keys()
+    except (OSError, KeySourceError) as error:
+        print(f"xnli-serve: cannot start: API keys: {error}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    try:
+        variant_catalogue = load_catalogue(settings.catalogue, settings.variants)
+        check_request_limit(variant_catalogue, settings.max_pairs_per_request)
         engine = Engine(
-            load_catalogue(settings.catalogue, settings.variants),
+            variant_catalogue,
             tokenization_workers=settings.tokenization_workers,
             torch_threads=settings.torch_threads,
             request_timeout_s=settings.request_timeout_s,
             allow_faults=settings.enable_fault_injection,
             export_cache_dir=settings.export_cache_dir,
+            max_tokenizing_pairs=settings.max_tokenizing_pairs,
         )
         engine.preflight()
     except (CatalogueError, CheckpointError) as error:
         print(f"xnli-serve: cannot start: {error}", file=sys.stderr)
         raise typer.Exit(2) from None
-    try:
-        settings.load_api_keys()
-    except OSError as error:
-        print(f"xnli-serve: cannot start: API key file: {error}", file=sys.stderr)
-        raise typer.Exit(2) from None
+    if not keys and not is_loopback(settings.host):
+        log.warning(
+            "serving on %s with no API key: every route is open to whoever reaches this address "
+            "(set XNLI_SERVE_API_KEYS or XNLI_SERVE_API_KEY_FILE)",
+            settings.host,
+        )
     run_server(settings, engine)
 
 

@@ -34,11 +34,21 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+# Control characters in a logged value (a request path with %0A decodes to a newline) would forge log lines.
+_CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in [*range(0x20), 0x7F]} | {0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"}
+
+
 class TextFormatter(logging.Formatter):
+    """One line per message: control characters in the message are escaped (tracebacks keep their lines)."""
+
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        escaped = message.translate(_CONTROL_ESCAPES)
+        if escaped != message:
+            record = logging.makeLogRecord({**record.__dict__, "msg": escaped, "args": None})
         text = super().format(record)
         request_id = request_id_var.get()
         return f"{text} [request_id={request_id}]" if request_id else text

@@ -2,20 +2,51 @@
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_CATALOGUE = Path("model_store") / "variants.toml"
 
 
-def _physical_cores() -> int:
-    """Cores for torch's intra-op pool: hyper-threads only add contention to matrix kernels."""
+def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """CPUs a container's quota allows (cgroup v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us``), rounded up; None if none.
+
+    ``os.cpu_count()`` sees the node's cores: a pod limited to 4 CPUs on a 64-core node would otherwise start 64
+    tokenizer and torch threads, which the quota then throttles.
+    """
     try:
-        cores = set()
+        quota, _, period = (root / "cpu.max").read_text(encoding="ascii").strip().partition(" ")
+        if quota != "max":
+            return max(1, math.ceil(int(quota) / int(period or "100000")))
+        return None
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text(encoding="ascii"))
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text(encoding="ascii"))
+    except (OSError, ValueError):
+        return None
+    return max(1, math.ceil(quota_us / period_us)) if quota_us > 0 and period_us > 0 else None
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by the container's CPU quota."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    limit = cgroup_cpu_limit()
+    return max(1, min(count, limit) if limit is not None else count)
+
+
+def _physical_cores() -> int:
+    """Cores for torch's intra-op pool: hyper-threads only add contention to matrix kernels; never more than the
+    container may use."""
+    cores = set()
+    try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
             physical_id = core_id = ""
             for line in cpuinfo:
@@ -24,11 +55,23 @@ def _physical_cores() -> int:
                 elif line.startswith("core id"):
                     core_id = line.split(":", 1)[1].strip()
                     cores.add((physical_id, core_id))
-        if cores:
-            return len(cores)
     except OSError:
         pass
-    return os.cpu_count() or 1
+    return min(len(cores), available_cpus()) if cores else available_cpus()
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address is reachable only from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class KeySourceError(ValueError):
+    """An API key source was configured but yields no key: starting would leave every route open."""
 
 
 class Settings(BaseSettings):
@@ -46,14 +89,20 @@ class Settings(BaseSettings):
     )
     max_pairs_per_request: int = Field(64, ge=1, description="Pairs one /predict call may carry (413 beyond).")
     tokenization_workers: int = Field(
-        default_factory=lambda: max(1, os.cpu_count() or 1),
+        default_factory=available_cpus,
         ge=1,
-        description="Threads that tokenize requests before they are queued.",
+        description="Threads that tokenize requests before they are queued (default: CPUs the container may use).",
+    )
+    max_tokenizing_pairs: int = Field(
+        1024,
+        ge=1,
+        description="Pairs that may wait for the tokenizer threads; requests beyond get 429 instead of queueing "
+        "behind a burst.",
     )
     torch_threads: int = Field(
         default_factory=_physical_cores,
         ge=1,
-        description="torch and ONNX Runtime intra-op threads on CPU (physical cores).",
+        description="torch and ONNX Runtime intra-op threads on CPU (physical cores, at most the CPU quota).",
     )
     export_cache_dir: Path | None = Field(
         None,
@@ -72,10 +121,14 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(
         30.0, ge=0, description="On SIGTERM, how long accepted requests may take to finish before the process exits."
     )
-    api_keys: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Bearer keys that may call protected routes (comma-separated)."
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Bearer keys that may call protected routes (comma-separated). Set but empty refuses to start.",
     )
-    api_key_file: Path | None = Field(None, description="File with one API key per line (blank lines, # comments).")
+    api_key_file: Path | None = Field(
+        None,
+        description="File with one API key per line (blank lines, # comments); a file with no key refuses to start.",
+    )
     public_health: bool = Field(True, description="/health/* need no key.")
     public_metrics: bool = Field(True, description="/metrics needs no key.")
     public_docs: bool = Field(True, description="/docs, /redoc and /openapi.json need no key.")
@@ -94,11 +147,21 @@ class Settings(BaseSettings):
         return value
 
     def load_api_keys(self) -> list[str]:
-        """Keys from the setting and the key file together."""
-        keys = list(self.api_keys)
+        """Keys from the setting and the key file together.
+
+        Fails closed: a configured source that yields no key (an empty or comments-only file, ``API_KEYS=","``)
+        raises KeySourceError instead of silently serving every route without authentication.
+        """
+        keys = [key.get_secret_value() for key in self.api_keys]
+        if "api_keys" in self.model_fields_set and not keys:
+            raise KeySourceError("XNLI_SERVE_API_KEYS is set but holds no key")
         if self.api_key_file is not None:
-            for line in self.api_key_file.read_text(encoding="utf-8").splitlines():
-                line = line.strip()
-                if line and not line.startswith("#"):
-                    keys.append(line)
+            from_file = [
+                line.strip()
+                for line in self.api_key_file.read_text(encoding="utf-8").splitlines()
+                if line.strip() and not line.strip().startswith("#")
+            ]
+            if not from_file:
+                raise KeySourceError(f"the API key file {self.api_key_file} holds no key")
+            keys += from_file
         return keys

@@ -13,10 +13,12 @@ from starlette.responses import Response
 
 from app.engine.errors import (
     DeadlineExceededError,
+    DeadlineTooShortError,
     DrainingError,
     InferenceError,
     InputTooLongError,
     OverloadedError,
+    RequestTooLargeError,
     UnknownVariantError,
     VariantNotReadyError,
 )
@@ -76,6 +78,12 @@ def from_engine(error: Exception) -> ApiError:
             "input_too_long",
             str(error),
             details=[{"pair": error.pair_index, "tokens": error.length, "limit": error.limit}],
+        )
+    if isinstance(error, RequestTooLargeError):
+        return ApiError(413, "too_many_pairs", str(error), details=[{"limit": error.limit}])
+    if isinstance(error, DeadlineTooShortError):
+        return ApiError(
+            422, "deadline_too_short", str(error), details=[{"minimum_ms": round(error.minimum_s * 1000, 3)}]
         )
     if isinstance(error, OverloadedError):
         return ApiError(429, "overloaded", str(error), headers={"Retry-After": str(math.ceil(error.retry_after_s))})

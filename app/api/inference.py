@@ -12,11 +12,10 @@ from starlette.responses import Response
 
 from app import metrics
 from app.api.errors import ApiError, from_engine
+from app.api.middleware import CLIENT_CLOSED
 from app.engine.engine import Engine, PredictionResult
 from app.engine.errors import EngineError
 from app.settings import Settings
-
-CLIENT_CLOSED = 499  # nginx's code for "the client went away first"; logged, never seen by a client
 
 
 def outcome_for(status: int) -> str:
@@ -34,6 +33,10 @@ def outcome_for(status: int) -> str:
     if status < 500:
         return "client_error"
     return "error"
+
+
+def too_many_pairs(count: int, limit: int) -> ApiError:
+    return ApiError(413, "too_many_pairs", f"{count} pairs in one request; the limit is max_pairs_per_request={limit}")
 
 
 async def _cancel_on_disconnect(request: Request, handler: asyncio.Task[object], hung_up: list[bool]) -> None:
@@ -94,12 +97,7 @@ async def run_prediction(
         variant_label = engine.resolve(variant).spec.name
         pairs = extract_pairs()
         if len(pairs) > settings.max_pairs_per_request:
-            raise ApiError(
-                413,
-                "too_many_pairs",
-                f"{len(pairs)} pairs in one request; "
-                f"the limit is max_pairs_per_request={settings.max_pairs_per_request}",
-            )
+            raise too_many_pairs(len(pairs), settings.max_pairs_per_request)
         result = await _predict_unless_disconnected(request, engine, pairs, variant_label, truncate, timeout_s)
         if result is None:
             status = CLIENT_CLOSED

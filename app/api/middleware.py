@@ -8,11 +8,13 @@ import time
 import uuid
 
 import orjson
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.logs import request_id_var
 
 access_log = logging.getLogger("xnli_serve.access")
+CLIENT_CLOSED = 499  # nginx's code for "the client went away first"; logged, never seen by a client
 
 
 async def send_json_error(
@@ -71,6 +73,14 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except ClientDisconnect:
+            # The client left while its body was being read (or was cut off at the body limit, already answered
+            # 413): nobody waits for an answer, and it is not a fault of the service.
+            if not response_started:
+                status = CLIENT_CLOSED
+            access_log.info(
+                "client left before its request body was read: %s %s", scope.get("method"), scope.get("path")
+            )
         except Exception:
             access_log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             if not response_started:

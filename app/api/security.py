@@ -64,7 +64,9 @@ class ApiKeyMiddleware:
         return matched
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.is_public(scope.get("path", "")) or scope.get("method") == "OPTIONS":
+        # No exemption for OPTIONS: CORS preflights are answered by CORSMiddleware, which runs before this one
+        # when origins are configured; any other OPTIONS request needs a key like every other method.
+        if scope["type"] != "http" or self.is_public(scope.get("path", "")):
             await self.app(scope, receive, send)
             return
         header = next((value for name, value in scope.get("headers", ()) if name == b"authorization"), None)

@@ -83,7 +83,7 @@ def prepare_variant(info: CheckpointInfo, *, threads: int, export_cache_dir: Pat
         served = TorchRunner(model, info.device, loaded.pad_token_id, info.label_permutation)
     else:
         cache_root = default_cache_root(spec.path, export_cache_dir)
-        artifact = ensure_export(spec.path, cache_root, lambda: loaded.model, spec.quantization)
+        artifact = ensure_export(spec.path, cache_root, lambda: loaded.model, spec.quantization, hold=True)
         started = time.perf_counter()
         onnx_runner = OnnxRunner(artifact.path, str(info.device), threads, loaded.pad_token_id, info.label_permutation)
         execution = {

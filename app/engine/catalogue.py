@@ -43,7 +43,9 @@ class ServingOptions(BaseModel):
     max_batch_tokens: int = Field(8192, ge=8)
     max_seq_len: int = Field(256, ge=8, le=8192)
     max_wait_ms: float = Field(0.0, ge=0.0, le=10_000.0)
-    max_queue_pairs: int = Field(1024, ge=1, description="Pairs that may wait; requests beyond get 429.")
+    max_queue_pairs: int = Field(
+        1024, ge=1, description="Pairs that may wait; requests beyond get 429, a request larger than this 413."
+    )
     max_padding_ratio: float = Field(
         1.0, gt=0.0, le=1.0, description="Largest share of padding a batch may carry (1 = no cap)."
     )
@@ -200,3 +202,17 @@ def load_catalogue(path: Path, only: list[str] | None = None) -> Catalogue:
             f"catalogue {path}: default_variant {default_variant!r} is not an enabled variant (enabled: {enabled})"
         )
     return Catalogue(source=path, default_variant=default_variant, variants=tuple(variants))
+
+
+def check_request_limit(catalogue: Catalogue, max_pairs_per_request: int) -> None:
+    """A request the API accepts must fit every variant's queue, or it would be refused however idle the service."""
+    small = [
+        f"{variant.name} ({variant.max_queue_pairs})"
+        for variant in catalogue.variants
+        if variant.enabled and variant.max_queue_pairs < max_pairs_per_request
+    ]
+    if small:
+        raise CatalogueError(
+            f"catalogue {catalogue.source}: max_pairs_per_request={max_pairs_per_request} exceeds max_queue_pairs of "
+            f"{', '.join(small)}: raise max_queue_pairs or lower XNLI_SERVE_MAX_PAIRS_PER_REQUEST"
+        )

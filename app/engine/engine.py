@@ -31,6 +31,7 @@ from app.engine.errors import (
     DeadlineExceededError,
     DrainingError,
     EngineError,
+    OverloadedError,
     UnknownVariantError,
     VariantNotReadyError,
 )
@@ -38,7 +39,7 @@ from app.engine.faults import FaultInjectingRunner
 from app.engine.model_store import CheckpointError, CheckpointInfo, dtype_name, inspect_checkpoint
 from app.engine.runner import BatchRunner, padded_length
 from app.engine.scheduler import DeviceWorker, InferenceRequest, VariantQueue
-from app.engine.tokenization import PairEncoder
+from app.engine.tokenization import EncodedPairs, PairEncoder
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,7 @@ class Engine:
         request_timeout_s: float = 30.0,
         allow_faults: bool = False,
         export_cache_dir: Path | None = None,
+        max_tokenizing_pairs: int = 1024,
     ) -> None:
         self.catalogue = catalogue
         self.default_variant = catalogue.default_variant
@@ -155,6 +157,8 @@ class Engine:
                 runtime.status = VariantStatus.DISABLED
         self._workers: dict[str, DeviceWorker] = {}
         self._tokenize_pool = ThreadPoolExecutor(tokenization_workers, thread_name_prefix="tokenize")
+        self.max_tokenizing_pairs = max_tokenizing_pairs
+        self._tokenizing_pairs = 0  # pairs handed to the pool and not yet tokenized (only touched on the event loop)
         self._torch_threads = torch_threads
         self._lock = threading.Lock()
         self.request_timeout_s = request_timeout_s
@@ -337,6 +341,25 @@ class Engine:
             if self.inflight == 0:
                 self._idle.set()
 
+    async def _tokenize(self, encoder: PairEncoder, pairs: Sequence[tuple[str, str]], truncate: bool) -> EncodedPairs:
+        """Small requests on the event loop, larger ones in the pool, whose backlog is bounded: past
+        ``max_tokenizing_pairs`` waiting pairs a request is refused (429) instead of waiting behind a burst."""
+        if sum(len(premise) + len(hypothesis) for premise, hypothesis in pairs) <= INLINE_TOKENIZATION_CHARS:
+            return encoder.encode(pairs, truncate)
+        if self._tokenizing_pairs + len(pairs) > self.max_tokenizing_pairs:
+            raise OverloadedError(
+                f"the tokenization backlog is full ({self._tokenizing_pairs} pairs waiting, at most "
+                f"{self.max_tokenizing_pairs})",
+                retry_after_s=1.0,
+            )
+        self._tokenizing_pairs += len(pairs)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._tokenize_pool, encoder.encode, pairs, truncate
+            )
+        finally:
+            self._tokenizing_pairs -= len(pairs)
+
     async def _predict(
         self, runtime: VariantRuntime, pairs: Sequence[tuple[str, str]], truncate: bool, timeout_s: float | None
     ) -> PredictionResult:
@@ -352,16 +375,15 @@ class Engine:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         deadline = started + timeout
-        runtime.worker.admit(runtime.queue, len(pairs), deadline)
-        if sum(len(premise) + len(hypothesis) for premise, hypothesis in pairs) <= INLINE_TOKENIZATION_CHARS:
-            encoded = runtime.encoder.encode(pairs, truncate)
-        else:
-            encoded = await loop.run_in_executor(self._tokenize_pool, runtime.encoder.encode, pairs, truncate)
-        tokenized = time.perf_counter()
-        metrics.TOKENIZATION_DURATION.labels(name).observe(tokenized - started)
-
-        request = InferenceRequest(len(encoded.ids), loop, deadline)
-        runtime.worker.submit(runtime.queue, request, encoded.ids)
+        reservation = runtime.worker.admit(runtime.queue, len(pairs), deadline)
+        try:
+            encoded = await self._tokenize(runtime.encoder, pairs, truncate)
+            tokenized = time.perf_counter()
+            metrics.TOKENIZATION_DURATION.labels(name).observe(tokenized - started)
+            request = InferenceRequest(len(encoded.ids), loop, deadline)
+            runtime.worker.submit(runtime.queue, request, encoded.ids, reservation)
+        finally:
+            runtime.worker.release(reservation)  # a no-op once submit turned it into queued pairs
         try:
             async with asyncio.timeout_at(loop.time() + max(0.0, deadline - time.perf_counter())):
                 await request.future

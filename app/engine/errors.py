@@ -54,6 +54,26 @@ class OverloadedError(EngineError):
         super().__init__(message)
 
 
+class RequestTooLargeError(EngineError):
+    """More pairs in one request than the variant's queue may ever hold: no amount of waiting would admit it."""
+
+    reason = "too_large"
+
+    def __init__(self, message: str, limit: int) -> None:
+        self.limit = limit
+        super().__init__(message)
+
+
+class DeadlineTooShortError(EngineError):
+    """The request's own deadline is shorter than its pairs take even on an idle device: a client error, not load."""
+
+    reason = "deadline_too_short"
+
+    def __init__(self, message: str, minimum_s: float) -> None:
+        self.minimum_s = minimum_s
+        super().__init__(message)
+
+
 class DeadlineExceededError(EngineError):
     """The request's deadline passed before its pairs were computed; they were dropped, not run."""
 

@@ -3,8 +3,8 @@
 Exports are slow (seconds for base, a minute for large), so they are cached under ``<checkpoint>/.xnli-serve-onnx/``
 (or ``XNLI_SERVE_EXPORT_CACHE_DIR``) in a folder named by a key over everything that decides the result: the
 checkpoint's bytes, the exporter's and ONNX Runtime's versions, this module's recipe and the quantization. A changed
-checkpoint or an upgraded exporter gets a new key (and the stale folder is removed); a crash mid-export leaves only
-a temporary folder, because a finished export is moved into place in one rename.
+checkpoint or an upgraded exporter gets a new key (and the stale folder is removed unless another process still
+serves it); ``export_cache`` makes this safe for several processes sharing one cache.
 """
 
 from __future__ import annotations
@@ -13,10 +13,6 @@ import functools
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
-import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -27,6 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from app.engine import export_cache
 from app.engine.catalogue import Quantization
 from app.engine.runner import collate, warm_up_inputs
 
@@ -35,7 +32,6 @@ log = logging.getLogger(__name__)
 EXPORT_RECIPE = 1  # bump whenever the export or quantization steps below change what they write
 CACHE_FOLDER = ".xnli-serve-onnx"
 MODEL_FILE = "model.onnx"
-MANIFEST_FILE = "manifest.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 INPUT_NAMES = ("input_ids", "attention_mask")
 
@@ -118,33 +114,6 @@ def default_cache_root(checkpoint: Path, override: Path | None) -> Path:
     return override / f"{checkpoint.name}-{hashlib.sha256(str(checkpoint).encode()).hexdigest()[:8]}"
 
 
-def _read_manifest(folder: Path) -> dict[str, Any] | None:
-    try:
-        manifest: dict[str, Any] = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return manifest if (folder / MODEL_FILE).is_file() else None
-
-
-def _publish(staging: Path, target: Path) -> None:
-    """Move a finished export into place in one rename; if another process won the race, keep theirs."""
-    try:
-        os.rename(staging, target)
-    except OSError:
-        if _read_manifest(target) is None:
-            raise
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _prune(root: Path, keep: set[str], kind: str) -> None:
-    """Remove cached exports of the same kind made from an older checkpoint or exporter."""
-    for folder in root.iterdir():
-        manifest = _read_manifest(folder) if folder.is_dir() else None
-        if manifest is not None and manifest.get("kind") == kind and folder.name not in keep:
-            shutil.rmtree(folder, ignore_errors=True)
-            log.info("removed stale ONNX export %s", folder)
-
-
 def _export_float32(model: Any, destination: Path) -> None:
     import torch
 
@@ -211,27 +180,11 @@ def _quiet_logs() -> Iterator[None]:
         logging.disable(logging.NOTSET)
 
 
-def _build(root: Path, key: str, manifest: dict[str, Any], write: Callable[[Path], None]) -> OnnxArtifact:
-    target = root / key
-    started = time.perf_counter()
-    if _read_manifest(target) is not None:
-        return OnnxArtifact(target / MODEL_FILE, key, reused=True, seconds=time.perf_counter() - started)
-    if target.exists():  # an unfinished or foreign folder under our key: not trusted
-        shutil.rmtree(target)
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
-    try:
-        write(staging / MODEL_FILE)
-        seconds = time.perf_counter() - started
-        (staging / MANIFEST_FILE).write_text(
-            json.dumps({**manifest, "seconds": round(seconds, 3)}, indent=2) + "\n", encoding="utf-8"
-        )
-        _publish(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    _prune(root, {key}, str(manifest["kind"]))
-    return OnnxArtifact(target / MODEL_FILE, key, reused=False, seconds=seconds)
+def _build(
+    root: Path, key: str, manifest: dict[str, Any], write: Callable[[Path], None], keep_held: bool
+) -> OnnxArtifact:
+    built = export_cache.build(root, key, manifest, lambda staging: write(staging / MODEL_FILE), keep_held=keep_held)
+    return OnnxArtifact(built.folder / MODEL_FILE, key, built.reused, built.seconds)
 
 
 def ensure_export(
@@ -239,10 +192,12 @@ def ensure_export(
     cache_root: Path,
     load_float32_model: Callable[[], Any],
     quantization: Quantization,
+    hold: bool = False,
 ) -> OnnxArtifact:
     """The ONNX file for ``checkpoint`` (quantized if asked), reusing the cache when it is up to date.
 
     int8 is derived from the float32 export, so a float32 and an int8 variant of one checkpoint share one export.
+    ``hold``: this process will serve the result, which no process may prune while it runs (export_cache.hold).
     """
     fingerprint = checkpoint_fingerprint(checkpoint)
     versions = exporter_versions()
@@ -255,8 +210,11 @@ def ensure_export(
         except Exception as error:
             raise ExportError(f"ONNX export of {checkpoint} failed: {type(error).__name__}: {error}") from error
 
-    float32 = _build(cache_root, float32_key, {**float32_parts, "checkpoint": str(checkpoint)}, export)
-    if quantization == "none":
+    quantized = quantization != "none"
+    float32 = _build(
+        cache_root, float32_key, {**float32_parts, "checkpoint": str(checkpoint)}, export, keep_held=hold or quantized
+    )
+    if not quantized:
         return float32
 
     weight_type = int8_weight_type()
@@ -269,7 +227,10 @@ def ensure_export(
         except Exception as error:
             raise ExportError(f"int8 quantization of {float32.path} failed: {type(error).__name__}: {error}") from error
 
-    int8 = _build(cache_root, int8_key, {**int8_parts, "checkpoint": str(checkpoint)}, quantize)
+    try:
+        int8 = _build(cache_root, int8_key, {**int8_parts, "checkpoint": str(checkpoint)}, quantize, keep_held=hold)
+    finally:
+        export_cache.release(float32.path.parent)  # held only while int8 was derived from it
     return OnnxArtifact(int8.path, int8.key, int8.reused and float32.reused, float32.seconds + int8.seconds)
 
 

@@ -26,7 +26,13 @@ import torch
 
 from app import metrics
 from app.engine.batching import BatchLimits, select_batch
-from app.engine.errors import DeadlineExceededError, InferenceError, OverloadedError
+from app.engine.errors import (
+    DeadlineExceededError,
+    DeadlineTooShortError,
+    InferenceError,
+    OverloadedError,
+    RequestTooLargeError,
+)
 from app.engine.labels import LABELS
 from app.engine.runner import padded_length
 
@@ -116,8 +122,24 @@ class PendingPair:
         self.length = len(ids)
 
 
+class Reservation:
+    """Room held in a queue for a request that was admitted but is still being tokenized.
+
+    Admission counts it like queued pairs, so a burst of large requests cannot all pass admission while none of
+    them is queued yet. Released when the pairs are queued, or when the request fails or goes away first.
+    """
+
+    __slots__ = ("count", "queue", "released")
+
+    def __init__(self, queue: VariantQueue, count: int) -> None:
+        self.queue = queue
+        self.count = count
+        self.released = False
+
+
 class VariantQueue:
-    """Pairs waiting for one variant. Only touched under its device worker's lock."""
+    """Pairs waiting for one variant. The device worker's lock guards ``pairs`` and ``reserved_pairs``; the worker
+    thread alone updates the cost model and metrics (``record_batch``) outside it."""
 
     def __init__(
         self,
@@ -135,6 +157,7 @@ class VariantQueue:
         self.max_queue_pairs = max_queue_pairs
         self.seconds_per_pair = seconds_per_pair  # smoothed device time per pair, for admission and Retry-After
         self.pairs: deque[PendingPair] = deque()
+        self.reserved_pairs = 0  # admitted, still being tokenized
         self.batches_run = 0
         self._depth = metrics.QUEUE_DEPTH.labels(name)
         self._inference = metrics.INFERENCE_DURATION.labels(name)
@@ -154,7 +177,7 @@ class VariantQueue:
         return max(0.0, self.pairs[0].request.enqueued_at + self.max_wait_s - now)
 
     def backlog_seconds(self) -> float:
-        return len(self.pairs) * self.seconds_per_pair
+        return (len(self.pairs) + self.reserved_pairs) * self.seconds_per_pair
 
     def put(self, pairs: Sequence[PendingPair]) -> None:
         self.pairs.extend(pairs)
@@ -248,16 +271,31 @@ class DeviceWorker:
         return self._thread.is_alive() and self.failure is None
 
     def _check_admission(self, queue: VariantQueue, count: int, deadline: float, now: float) -> None:
-        """Raise OverloadedError unless ``count`` more pairs fit the queue and can be computed before ``deadline``.
+        """Raise unless ``count`` more pairs fit the queue and can be computed before ``deadline``.
 
-        Caller holds the lock."""
+        RequestTooLargeError and DeadlineTooShortError say the request could never be admitted, however idle the
+        device (the client must change it); OverloadedError says it cannot be admitted now. Caller holds the lock."""
         if self.failure is not None:
             raise InferenceError(f"device worker {self.device} is down: {self.failure!r}")
+        if count > queue.max_queue_pairs:
+            raise RequestTooLargeError(
+                f"{count} pairs in one request; variant {queue.name!r} queues at most "
+                f"max_queue_pairs={queue.max_queue_pairs}: split the request",
+                limit=queue.max_queue_pairs,
+            )
+        minimum_s = count * queue.seconds_per_pair / ADMISSION_HEADROOM
+        if deadline - now < minimum_s:
+            raise DeadlineTooShortError(
+                f"a deadline of {max(0.0, deadline - now) * 1000:.3f} ms is too short for {count} pair(s) of "
+                f"variant {queue.name!r} even on an idle device; the minimum is about {minimum_s * 1000:.1f} ms",
+                minimum_s=minimum_s,
+            )
         backlog = sum(other.backlog_seconds() for other in self.queues) + max(0.0, self._busy_until - now)
-        if len(queue.pairs) + count > queue.max_queue_pairs:
+        waiting = len(queue.pairs) + queue.reserved_pairs
+        if waiting + count > queue.max_queue_pairs:
             raise OverloadedError(
-                f"variant {queue.name!r} queue is full ({len(queue.pairs)} of {queue.max_queue_pairs} pairs "
-                f"waiting, this request adds {count})",
+                f"variant {queue.name!r} queue is full ({waiting} of {queue.max_queue_pairs} pairs "
+                f"waiting or being tokenized, this request adds {count})",
                 retry_after_s=max(backlog, 1.0),
             )
         expected = backlog + count * queue.seconds_per_pair
@@ -269,15 +307,40 @@ class DeviceWorker:
                 retry_after_s=max(backlog, 1.0),
             )
 
-    def admit(self, queue: VariantQueue, count: int, deadline: float) -> None:
-        """Early refusal, before tokenizing: under overload, refused requests then cost almost no CPU."""
+    def admit(self, queue: VariantQueue, count: int, deadline: float) -> Reservation:
+        """Early refusal, before tokenizing (refused requests then cost almost no CPU); admitted pairs hold their
+        room until ``submit`` or ``release``."""
         with self._condition:
             self._check_admission(queue, count, deadline, time.perf_counter())
+            queue.reserved_pairs += count
+            return Reservation(queue, count)
 
-    def submit(self, queue: VariantQueue, request: InferenceRequest, sequences: Sequence[list[int]]) -> None:
-        """Queue a request's pairs, or raise OverloadedError if they cannot be served in time."""
+    def release(self, reservation: Reservation) -> None:
+        """Give back an admitted request's room (it failed or went away before its pairs were queued)."""
+        if reservation.released:  # only ever set to True, under the lock: the common path takes no lock
+            return
+        with self._condition:
+            self._release(reservation)
+
+    @staticmethod
+    def _release(reservation: Reservation) -> None:
+        if not reservation.released:
+            reservation.released = True
+            reservation.queue.reserved_pairs -= reservation.count
+
+    def submit(
+        self,
+        queue: VariantQueue,
+        request: InferenceRequest,
+        sequences: Sequence[list[int]],
+        reservation: Reservation | None = None,
+    ) -> None:
+        """Queue a request's pairs (turning its reservation into queued pairs), or raise if they cannot be served in
+        time: tokenizing took some of the time the request had."""
         pending = [PendingPair(request, index, ids) for index, ids in enumerate(sequences)]
         with self._condition:
+            if reservation is not None:
+                self._release(reservation)
             now = time.perf_counter()
             self._check_admission(queue, len(pending), request.deadline, now)
             request.enqueued_at = now
@@ -344,16 +407,15 @@ class DeviceWorker:
     def _run_batch(self, queue: VariantQueue, batch: list[PendingPair]) -> None:
         self._batch_counter += 1
         batch_id = self._batch_counter
-        requests = {id(pair.request): pair.request for pair in batch}.values()
+        requests = list({id(pair.request): pair.request for pair in batch}.values())
         started = time.perf_counter()
         self._busy_until = started + len(batch) * queue.seconds_per_pair
         try:
             probabilities = self._forward(queue, [pair.ids for pair in batch])
+            if probabilities.shape != (len(batch), len(LABELS)):
+                raise ValueError(f"the runner returned shape {probabilities.shape} for {len(batch)} pairs")
         except Exception as error:
-            log.exception("forward pass failed for variant %s (batch of %d pairs)", queue.name, len(batch))
-            failure = InferenceError(f"inference failed for variant {queue.name!r}: {type(error).__name__}: {error}")
-            for request in requests:
-                request.fail(failure)
+            self._fail_batch(queue, batch, requests, error)
             return
         except BaseException as error:
             for request in requests:
@@ -362,16 +424,39 @@ class DeviceWorker:
         finished = time.perf_counter()
         elapsed = finished - started
         queue.batches_run += 1
-        for pair, row in zip(batch, probabilities, strict=True):
-            request = pair.request
-            request.probabilities[pair.index] = row
-            if request.last_batch != batch_id:
-                request.last_batch = batch_id
-                request.compute_s += elapsed
-            request.remaining -= 1
-            if request.remaining == 0:
-                request.complete(finished)
-        queue.record_batch(batch, elapsed, probabilities)
+        try:
+            for pair, row in zip(batch, probabilities, strict=True):
+                request = pair.request
+                request.probabilities[pair.index] = row
+                if request.last_batch != batch_id:
+                    request.last_batch = batch_id
+                    request.compute_s += elapsed
+                request.remaining -= 1
+                if request.remaining == 0:
+                    request.complete(finished)
+        except Exception as error:  # answering must not take the worker down: fail what is still unanswered
+            self._fail_batch(queue, batch, [request for request in requests if request.remaining > 0], error)
+            return
+        try:
+            queue.record_batch(batch, elapsed, probabilities)
+        except Exception:  # every request is answered; only bookkeeping was lost
+            log.exception("recording batch metrics failed for variant %s; the worker goes on", queue.name)
+
+    def _fail_batch(
+        self, queue: VariantQueue, batch: list[PendingPair], requests: list[InferenceRequest], error: Exception
+    ) -> None:
+        """The batch's requests fail with a 500; the worker and every other batch go on."""
+        log.error(
+            "inference failed for variant %s (batch of %d pairs): %s: %s",
+            queue.name,
+            len(batch),
+            type(error).__name__,
+            error,
+            exc_info=error,
+        )
+        failure = InferenceError(f"inference failed for variant {queue.name!r}: {type(error).__name__}: {error}")
+        for request in requests:
+            request.fail(failure)
 
     def _fail_everything(self, error: BaseException) -> None:
         with self._condition:

@@ -8,7 +8,6 @@ clear 400. Errors are ``{"error": "<message>"}`` as the protocol specifies.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +19,7 @@ from starlette.responses import Response
 
 from app import __version__
 from app.api.errors import ApiError, from_engine
-from app.api.inference import run_prediction
+from app.api.inference import run_prediction, too_many_pairs
 from app.engine.engine import Engine, PredictionResult, VariantRuntime, VariantStatus
 from app.engine.errors import UnknownVariantError
 from app.engine.labels import LABELS
@@ -89,8 +88,8 @@ class InferenceRequestBody(BaseModel):
 
     id: str | None = None
     parameters: Parameters | None = None
-    inputs: list[RequestInput] = Field(min_length=1)
-    outputs: list[RequestOutput] | None = None
+    inputs: list[RequestInput] = Field(min_length=1, max_length=len(INPUT_NAMES))
+    outputs: list[RequestOutput] | None = Field(None, max_length=len(OUTPUT_NAMES))
 
 
 class ResponseOutput(BaseModel):
@@ -141,26 +140,44 @@ def _model(request: Request, name: str, version: str | None) -> VariantRuntime:
     return runtime
 
 
-def _flatten(data: list[Any]) -> list[Any]:
-    """Row-major flattening: the protocol allows nested lists that mirror the shape."""
+def _flatten(data: list[Any], limit: int) -> list[Any] | None:
+    """Row-major flattening (the protocol allows nested lists that mirror the shape); None past ``limit`` elements,
+    so an oversized or lying tensor costs no more than ``limit`` steps."""
     flat: list[Any] = []
-    for item in data:
-        if isinstance(item, list):
-            flat.extend(_flatten(item))
+    pending = [iter(data)]
+    while pending:
+        item = next(pending[-1], _END)
+        if item is _END:
+            pending.pop()
+        elif isinstance(item, list):
+            if len(pending) >= 2:  # [n] and [n, 1] nest at most one list deep
+                return None
+            pending.append(iter(item))
+        elif len(flat) == limit:
+            return None
         else:
             flat.append(item)
     return flat
 
 
-def _strings(tensor: RequestInput) -> list[str]:
+_END = object()
+
+
+def _strings(tensor: RequestInput, max_pairs: int) -> list[str]:
+    """The tensor's strings; shapes and element counts are checked before any per-element work."""
     if tensor.datatype != "BYTES":
         raise _bad_request(f"input {tensor.name!r} has datatype {tensor.datatype}; expected BYTES")
     shape = tensor.shape
     if not shape or len(shape) > 2 or (len(shape) == 2 and shape[1] != 1) or any(dim < 0 for dim in shape):
         raise _bad_request(f"input {tensor.name!r} has shape {shape}; expected [n] or [n, 1]")
-    values = _flatten(tensor.data)
-    if math.prod(shape) != len(values):
-        raise _bad_request(f"input {tensor.name!r} has shape {shape} but {len(values)} elements")
+    count = shape[0]
+    if count > max_pairs:
+        raise too_many_pairs(count, max_pairs)
+    if len(tensor.data) != count:
+        raise _bad_request(f"input {tensor.name!r} has shape {shape} but {len(tensor.data)} rows")
+    values = _flatten(tensor.data, count)
+    if values is None or len(values) != count:
+        raise _bad_request(f"input {tensor.name!r} has shape {shape} but its data does not match it")
     for index, value in enumerate(values):
         if not isinstance(value, str):
             raise _bad_request(f"input {tensor.name!r} element {index} is {type(value).__name__}; expected a string")
@@ -169,7 +186,7 @@ def _strings(tensor: RequestInput) -> list[str]:
     return values
 
 
-def _pairs(body: InferenceRequestBody) -> list[tuple[str, str]]:
+def _pairs(body: InferenceRequestBody, max_pairs: int) -> list[tuple[str, str]]:
     tensors: dict[str, RequestInput] = {}
     for tensor in body.inputs:
         if tensor.name not in INPUT_NAMES:
@@ -180,23 +197,30 @@ def _pairs(body: InferenceRequestBody) -> list[tuple[str, str]]:
     missing = [name for name in INPUT_NAMES if name not in tensors]
     if missing:
         raise _bad_request(f"missing input {missing[0]!r}; inputs are {', '.join(INPUT_NAMES)}")
-    premises = _strings(tensors["premise"])
-    hypotheses = _strings(tensors["hypothesis"])
-    if len(premises) != len(hypotheses):
-        raise _bad_request(f"premise has {len(premises)} elements but hypothesis has {len(hypotheses)}")
+    premise, hypothesis = tensors["premise"], tensors["hypothesis"]
+    if premise.shape[:1] != hypothesis.shape[:1]:
+        raise _bad_request(f"premise has shape {premise.shape} but hypothesis has shape {hypothesis.shape}")
+    premises = _strings(premise, max_pairs)
+    hypotheses = _strings(hypothesis, max_pairs)
     if not premises:
         raise _bad_request("inputs are empty")
     return list(zip(premises, hypotheses, strict=True))
 
 
 def _requested_outputs(body: InferenceRequestBody) -> tuple[str, ...]:
+    """Each output at most once: a response never grows with how often a client names an output."""
     if not body.outputs:
         return OUTPUT_NAMES
     names = tuple(output.name for output in body.outputs)
     unknown = [name for name in names if name not in OUTPUT_NAMES]
     if unknown:
         raise _bad_request(f"unknown output {unknown[0]!r}; outputs are {', '.join(OUTPUT_NAMES)}")
+    if len(set(names)) != len(names):
+        raise _bad_request(f"output named more than once in {list(names)}")
     return names
+
+
+MAX_TIMEOUT_US = 3_600_000_000  # one hour, as /predict's timeout_ms allows
 
 
 def _options(body: InferenceRequestBody) -> tuple[bool, float | None]:
@@ -205,9 +229,14 @@ def _options(body: InferenceRequestBody) -> tuple[bool, float | None]:
     if not isinstance(truncate, bool):
         raise _bad_request("parameter 'truncate' must be a boolean")
     timeout_us = parameters.get("timeout")
-    if timeout_us is not None and (isinstance(timeout_us, bool | str) or timeout_us <= 0):
-        raise _bad_request("parameter 'timeout' must be a positive number of microseconds")
-    return truncate, (timeout_us / 1e6 if timeout_us is not None else None)
+    if timeout_us is None:
+        return truncate, None
+    if (
+        isinstance(timeout_us, bool | str)
+        or not 0 < timeout_us <= MAX_TIMEOUT_US  # NaN fails this too; a huge int never reaches float()
+    ):
+        raise _bad_request(f"parameter 'timeout' must be a number of microseconds in (0, {MAX_TIMEOUT_US}]")
+    return truncate, timeout_us / 1e6
 
 
 def _render(body: InferenceRequestBody, outputs: tuple[str, ...]) -> Callable[[PredictionResult], bytes]:
@@ -359,6 +388,13 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     body = await _read_body(request)
     truncate, timeout_s = _options(body)
     outputs = _requested_outputs(body)
+    max_pairs = request.app.state.settings.max_pairs_per_request
     return await run_prediction(
-        request, runtime.spec.name, lambda: _pairs(body), _render(body, outputs), "v2_infer", truncate, timeout_s
+        request,
+        runtime.spec.name,
+        lambda: _pairs(body, max_pairs),
+        _render(body, outputs),
+        "v2_infer",
+        truncate,
+        timeout_s,
     )

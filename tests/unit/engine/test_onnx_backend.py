@@ -19,8 +19,9 @@ from app.engine import onnx_backend
 from app.engine.accuracy_guard import probe_sequences, run_probe
 from app.engine.catalogue import load_catalogue
 from app.engine.engine import Engine, VariantStatus
+from app.engine.export_cache import MANIFEST_FILE
 from app.engine.model_store import CheckpointError, inspect_checkpoint, load_checkpoint
-from app.engine.onnx_backend import MANIFEST_FILE, OnnxRunner, checkpoint_fingerprint, ensure_export
+from app.engine.onnx_backend import OnnxRunner, checkpoint_fingerprint, ensure_export
 from app.engine.runner import TorchRunner
 from app.engine.tokenization import PairEncoder
 from tests.helpers import write_catalogue
@@ -155,7 +156,8 @@ def test_onnx_runner_matches_torch_in_the_service_label_order(checkpoint: Path, 
 
 
 def corrupt_label_rows(model_path: Path) -> None:
-    """An export whose classifier rows are rotated: a wrong graph that still loads and runs."""
+    """An export whose classifier rows are rotated: a wrong graph that still loads and runs, published with a
+    manifest that matches it (as a faulty exporter would have written it)."""
     model = onnx.load(str(model_path))
     for initializer in model.graph.initializer:
         if initializer.name == "classifier.out_proj.weight":
@@ -166,6 +168,14 @@ def corrupt_label_rows(model_path: Path) -> None:
     else:
         raise AssertionError("no classifier weight in the export")
     onnx.save_model(model, str(model_path), save_as_external_data=True, location=model_path.name + ".data")
+    refresh_manifest(model_path)
+
+
+def refresh_manifest(model_path: Path) -> None:
+    manifest_path = model_path.parent / MANIFEST_FILE
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    manifest["files"] = {name: (model_path.parent / name).stat().st_size for name in manifest["files"]}
+    manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
 
 
 @pytest.mark.parametrize(

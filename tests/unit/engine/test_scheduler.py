@@ -12,7 +12,13 @@ import numpy.typing as npt
 import pytest
 
 from app.engine.batching import BatchLimits
-from app.engine.errors import DeadlineExceededError, InferenceError, OverloadedError
+from app.engine.errors import (
+    DeadlineExceededError,
+    DeadlineTooShortError,
+    InferenceError,
+    OverloadedError,
+    RequestTooLargeError,
+)
 from app.engine.scheduler import ADMISSION_HEADROOM, DeviceWorker, InferenceRequest, PendingPair, VariantQueue
 
 
@@ -161,7 +167,7 @@ def test_admission_counts_queued_pairs_and_the_running_batch(worker: DeviceWorke
     now = time.perf_counter()
     worker.admit(queue, 10, now + 10 * 0.1 / ADMISSION_HEADROOM + 0.05)  # 1 s of work fits 80% of 1.3 s
     with pytest.raises(OverloadedError, match="cannot answer within the deadline"):
-        worker.admit(queue, 10, now + 1.1)  # 1 s of work does not fit 80% of 1.1 s
+        worker.admit(queue, 1, now + 1.3)  # alone it would fit; behind the first request's 1 s it does not
     worker._busy_until = time.perf_counter() + 5.0  # a batch of 5 s is running
     with pytest.raises(OverloadedError) as raised:
         worker.admit(queue, 1, time.perf_counter() + 5.5)
@@ -187,3 +193,83 @@ async def test_request_that_cannot_finish_in_time_is_dropped_before_compute(work
     with pytest.raises(DeadlineExceededError, match="deadline cannot be met: 4 pairs left"):
         await asyncio.wait_for(hopeless.future, 5)
     assert runner.computed == [1, 6]
+
+
+def test_request_larger_than_the_queue_is_too_large_not_overloaded(worker: DeviceWorker) -> None:
+    queue = VariantQueue("a", RecordingRunner("a", []), BatchLimits(32, 100_000), max_queue_pairs=10)
+    worker.add_queue(queue)
+    with pytest.raises(RequestTooLargeError, match="queues at most max_queue_pairs=10") as raised:
+        worker.admit(queue, 11, time.perf_counter() + 30)  # the queue is empty: waiting would never help
+    assert raised.value.limit == 10
+    worker.admit(queue, 10, time.perf_counter() + 30)
+
+
+def test_deadline_shorter_than_an_idle_device_needs_is_a_client_error(worker: DeviceWorker) -> None:
+    queue = add_queue(worker, RecordingRunner("a", []))
+    queue.seconds_per_pair = 0.01
+    with pytest.raises(DeadlineTooShortError, match=r"the minimum is about 25\.0 ms") as raised:
+        worker.admit(queue, 2, time.perf_counter() + 0.000001)
+    assert raised.value.minimum_s == pytest.approx(2 * 0.01 / ADMISSION_HEADROOM)
+    worker.admit(queue, 2, time.perf_counter() + 0.05)
+
+
+def test_admitted_requests_hold_room_while_they_are_tokenized(worker: DeviceWorker) -> None:
+    queue = add_queue(worker, RecordingRunner("a", []))
+    queue.seconds_per_pair = 0.1
+    deadline = time.perf_counter() + 10.5  # 8.4 s admissible: 80 pairs, not 96
+    reservations = [worker.admit(queue, 16, deadline) for _ in range(5)]
+    assert queue.reserved_pairs == 80
+    assert not queue.pairs  # nothing is queued yet, and still the sixth burst request is refused
+    with pytest.raises(OverloadedError, match="cannot answer within the deadline"):
+        worker.admit(queue, 16, deadline)
+    worker.release(reservations[0])
+    worker.release(reservations[0])  # releasing twice gives the room back once
+    assert queue.reserved_pairs == 64
+    worker.admit(queue, 16, deadline)
+
+
+async def test_reservation_turns_into_queued_pairs(worker: DeviceWorker) -> None:
+    queue = add_queue(worker, RecordingRunner("a", []))
+    reservation = worker.admit(queue, 2, time.perf_counter() + 30)
+    request = InferenceRequest(2, asyncio.get_running_loop(), time.perf_counter() + 30)
+    worker.submit(queue, request, [[1, 5], [2, 5]], reservation)
+    assert (queue.reserved_pairs, len(queue.pairs)) == (0, 2)
+    worker.release(reservation)
+    assert queue.reserved_pairs == 0
+
+
+class ShortRunner(RecordingRunner):
+    """A broken runner: one row short for every batch."""
+
+    def forward(self, sequences: Sequence[Sequence[int]]) -> npt.NDArray[np.float32]:
+        return super().forward(sequences)[1:]
+
+
+async def test_a_fault_after_the_forward_pass_fails_the_batch_and_keeps_the_worker(worker: DeviceWorker) -> None:
+    short = add_queue(worker, ShortRunner("short", []))
+    fine = add_queue(worker, RecordingRunner("fine", []))
+    worker.start()
+    with pytest.raises(InferenceError, match=r"returned shape \(1, 3\) for 2 pairs"):
+        await asyncio.wait_for(submit(worker, short, [1, 2]).future, 5)
+    answered = submit(worker, fine, [7])
+    await asyncio.wait_for(answered.future, 5)
+    assert worker.alive
+    assert answered.probabilities[0, 0] == 7
+
+
+async def test_failing_bookkeeping_keeps_the_answer_and_the_worker(
+    worker: DeviceWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue = add_queue(worker, RecordingRunner("a", []))
+
+    def broken_record_batch(*args: object) -> None:
+        raise ValueError("metrics backend exploded")
+
+    monkeypatch.setattr(queue, "record_batch", broken_record_batch)
+    worker.start()
+    first = submit(worker, queue, [3])
+    await asyncio.wait_for(first.future, 5)
+    second = submit(worker, queue, [4])
+    await asyncio.wait_for(second.future, 5)
+    assert worker.alive
+    assert (first.probabilities[0, 0], second.probabilities[0, 0]) == (3, 4)
