@@ -151,7 +151,10 @@
     const list = el("dl", { class: "timings" });
     for (const [header, name] of TIMINGS) {
       const value = result.headers.get(header);
-      list.append(el("dt", { text: name }), el("dd", { "data-header": header, text: value === null ? "–" : `${value} ms` }));
+      list.append(
+        el("dt", { title: `${header} response header`, text: name }),
+        el("dd", { "data-header": header, text: value === null ? "–" : `${value} ms` }),
+      );
     }
     list.append(el("dt", { text: "round trip" }), el("dd", { text: `${result.roundTripMs.toFixed(1)} ms` }));
     return list;
@@ -337,6 +340,9 @@
     byId("single-form").addEventListener("submit", submitSingle);
     byId("batch-form").addEventListener("submit", submitBatch);
     byId("api-key-apply").addEventListener("click", loadVariants);
+    byId("api-key").addEventListener("keydown", (event) => {
+      if (event.key === "Enter") loadVariants();
+    });
     byId("reload-variants").addEventListener("click", loadVariants);
     for (const radio of document.querySelectorAll('input[name="mode"]')) radio.addEventListener("change", switchMode);
     switchMode();
