@@ -88,27 +88,12 @@ def write_sentencepiece_tokenizer(folder: Path, model: bytes) -> None:
 def tiny_classifier(tokenizer: Any) -> Any:
     """A tiny untrained XLM-R classifier in joeddav's label order, head calibrated so answers vary with the input."""
     import torch
-    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+    from transformers import XLMRobertaForSequenceClassification
 
-    from app.demo.build_store import INITIALIZER_RANGE, JODDAV_ORDER, SHAPES, calibrate_random_head
+    from app.demo.build_store import JODDAV_ORDER, calibrate_random_head, demo_config
 
     torch.manual_seed(19)
-    config = XLMRobertaConfig(
-        vocab_size=len(tokenizer),
-        max_position_embeddings=514,
-        type_vocab_size=1,
-        pad_token_id=1,
-        bos_token_id=0,
-        eos_token_id=2,
-        id2label=dict(enumerate(JODDAV_ORDER)),
-        label2id={label: index for index, label in enumerate(JODDAV_ORDER)},
-        hidden_size=SHAPES["tiny"]["hidden_size"],
-        num_hidden_layers=SHAPES["tiny"]["num_hidden_layers"],
-        num_attention_heads=SHAPES["tiny"]["num_attention_heads"],
-        intermediate_size=SHAPES["tiny"]["intermediate_size"],
-        initializer_range=INITIALIZER_RANGE["tiny"],
-    )
-    model = XLMRobertaForSequenceClassification(config)
+    model = XLMRobertaForSequenceClassification(demo_config("tiny", len(tokenizer), JODDAV_ORDER))
     model.train(False)
     calibrate_random_head(model, tokenizer)
     return model
