@@ -20,7 +20,18 @@ PROTECTED = [
     ("GET", "/variants", None, 200),
     ("GET", "/variants/xlmr-mnli", None, 200),
 ]
-PUBLIC = ["/health/live", "/health/ready", "/metrics", "/docs", "/openapi.json"]
+PUBLIC = [
+    "/health/live",
+    "/health/ready",
+    "/metrics",
+    "/docs",
+    "/redoc",
+    "/static/docs/swagger-ui-bundle.js",
+    "/openapi.json",
+    "/",
+    "/playground",
+    "/static/playground/playground.js",
+]
 
 
 @pytest.fixture(scope="module")
