@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from app.settings import KeySourceError, Settings, is_loopback
+from app.settings import KeySourceError, Settings
 
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help="Serve multilingual NLI (XLM-R) variants.")
 log = logging.getLogger("xnli_serve")
@@ -29,6 +29,11 @@ def serve(
         if value is not None
     }
     settings = Settings(**overrides)
+    try:
+        keys = settings.load_api_keys()
+    except (OSError, KeySourceError) as error:
+        print(f"xnli-serve: cannot start: API keys: {error}", file=sys.stderr)
+        raise typer.Exit(2) from None
 
     from app.logs import configure_logging
 
@@ -39,11 +44,6 @@ def serve(
     from app.engine.engine import Engine
     from app.engine.model_store import CheckpointError
 
-    try:
-        keys = settings.load_api_keys()
-    except (OSError, KeySourceError) as error:
-        print(f"xnli-serve: cannot start: API keys: {error}", file=sys.stderr)
-        raise typer.Exit(2) from None
     try:
         variant_catalogue = load_catalogue(settings.catalogue, settings.variants)
         check_request_limit(variant_catalogue, settings.max_pairs_per_request)
@@ -60,12 +60,8 @@ def serve(
     except (CatalogueError, CheckpointError) as error:
         print(f"xnli-serve: cannot start: {error}", file=sys.stderr)
         raise typer.Exit(2) from None
-    if not keys and not is_loopback(settings.host):
-        log.warning(
-            "serving on %s with no API key: every route is open to whoever reaches this address "
-            "(set XNLI_SERVE_API_KEYS or XNLI_SERVE_API_KEY_FILE)",
-            settings.host,
-        )
+    if (warning := settings.exposure_warning(keys)) is not None:
+        log.warning(warning)
     run_server(settings, engine)
 
 

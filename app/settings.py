@@ -146,6 +146,15 @@ class Settings(BaseSettings):
             return [name.strip() for name in value.split(",") if name.strip()]
         return value
 
+    def exposure_warning(self, keys: list[str]) -> str | None:
+        """What to warn about when the service listens beyond this machine with no key."""
+        if keys or is_loopback(self.host):
+            return None
+        return (
+            f"serving on {self.host} with no API key: every route is open to whoever reaches this address "
+            "(set XNLI_SERVE_API_KEYS or XNLI_SERVE_API_KEY_FILE)"
+        )
+
     def load_api_keys(self) -> list[str]:
         """Keys from the setting and the key file together.
 

@@ -14,11 +14,11 @@ from tests.helpers import free_port, running_server, server_command
 pytestmark = pytest.mark.integration
 
 
-def refused_start(catalogue: Path) -> subprocess.CompletedProcess[str]:
+def refused_start(catalogue: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run `xnli-serve serve` on a catalogue that must be refused before the port opens (exit code 2)."""
     result = subprocess.run(
         server_command("serve", "--port", str(free_port())),
-        env={**os.environ, "XNLI_SERVE_CATALOGUE": str(catalogue)},
+        env={**os.environ, "XNLI_SERVE_CATALOGUE": str(catalogue), **(env or {})},
         capture_output=True,
         text=True,
         timeout=120,
@@ -101,3 +101,36 @@ def test_fault_injection_is_refused_unless_enabled(demo_store: Path, tmp_path: P
     )
     result = refused_start(catalogue)
     assert "variant 'faulty': declares [variant.faults] but fault injection is disabled" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("key_file", "keys", "message"),
+    [
+        pytest.param("", None, "the API key file {file} holds no key", id="empty-file"),
+        pytest.param("# operators\n\n   \n# nobody yet\n", None, "the API key file {file} holds no key", id="comments"),
+        pytest.param(None, ",", "XNLI_SERVE_API_KEYS is set but holds no key", id="comma-only"),
+        pytest.param(None, "", "XNLI_SERVE_API_KEYS is set but holds no key", id="empty-setting"),
+    ],
+)
+def test_a_key_source_without_keys_stops_start_up(
+    demo_catalogue: Path, tmp_path: Path, key_file: str | None, keys: str | None, message: str
+) -> None:
+    """Fails closed: before, each of these started with every route open."""
+    env: dict[str, str] = {}
+    file = tmp_path / "keys.txt"
+    if key_file is not None:
+        file.write_text(key_file, encoding="utf-8")
+        env["XNLI_SERVE_API_KEY_FILE"] = str(file)
+    if keys is not None:
+        env["XNLI_SERVE_API_KEYS"] = keys
+    result = refused_start(demo_catalogue, env)
+    assert result.stderr.strip() == f"xnli-serve: cannot start: API keys: {message.format(file=file)}"
+
+
+def test_requests_must_fit_every_variant_queue(demo_store: Path, tmp_path: Path) -> None:
+    catalogue = tmp_path / "variants.toml"
+    catalogue.write_text(
+        f'[[variant]]\nname = "narrow"\npath = "{demo_store}/xlmr-mnli"\nmax_queue_pairs = 16\n', encoding="utf-8"
+    )
+    result = refused_start(catalogue)
+    assert "max_pairs_per_request=64 exceeds max_queue_pairs of narrow (16)" in result.stderr

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from app.demo.build_store import sample_pairs
 from app.engine.catalogue import load_catalogue
 from app.engine.engine import Engine, warmup_shapes
-from app.engine.errors import InferenceError, UnknownVariantError, VariantNotReadyError
+from app.engine.errors import InferenceError, OverloadedError, UnknownVariantError, VariantNotReadyError
 from app.engine.labels import LABELS
 
 
@@ -125,3 +127,31 @@ async def test_inference_error_surfaces(engine: Engine) -> None:
     with pytest.raises(InferenceError, match="device fell over"):
         await engine.predict([("a", "b")], "xlmr-squad-mnli")
     assert (await engine.predict([("a", "b")], "xlmr-mnli")).probabilities.shape == (1, 3)
+
+
+async def test_tokenization_backlog_is_bounded_and_admission_counts_it(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime = engine.variants["xlmr-mnli"]
+    assert runtime.encoder is not None
+    assert runtime.queue is not None
+    gate = threading.Event()
+    encode = runtime.encoder.encode
+
+    def slow_encode(*args: Any) -> Any:
+        gate.wait(10)
+        return encode(*args)
+
+    monkeypatch.setattr(runtime.encoder, "encode", slow_encode)
+    monkeypatch.setattr(engine, "max_tokenizing_pairs", 6)
+    long_pair = ("Ein sehr langer Satz über das Wetter in den Bergen. " * 20, "Es regnet.")  # goes to the pool
+    waiting = [asyncio.ensure_future(engine.predict([long_pair] * 3, "xlmr-mnli")) for _ in range(2)]
+    await asyncio.sleep(0.05)
+    assert runtime.queue.reserved_pairs == 6  # admitted and held while they are tokenized
+    with pytest.raises(OverloadedError, match=r"tokenization backlog is full \(6 pairs waiting, at most 6\)"):
+        await engine.predict([long_pair], "xlmr-mnli")
+    assert runtime.queue.reserved_pairs == 6  # the refused request gave its room back
+    gate.set()
+    results = await asyncio.wait_for(asyncio.gather(*waiting), 10)
+    assert [len(result.probabilities) for result in results] == [3, 3]
+    assert runtime.queue.reserved_pairs == 0
