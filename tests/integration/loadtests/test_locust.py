@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from loadtests import compare
-from tests.helpers import ServerProcess
+from tests.helpers import ServerProcess, running_server, write_catalogue
 
 pytestmark = pytest.mark.integration
 
@@ -81,34 +84,141 @@ def test_compare_end_to_end(server: ServerProcess, tmp_path: Path) -> None:
         ]
     )  # fmt: skip
     for name in (
-        "report.md",
-        "report.html",
-        "results.csv",
-        "results.json",
-        "latency.png",
-        "throughput.png",
-        "breakdown.png",
-    ):
+        "report.md", "report.html", "results.csv", "results.json", "comparisons.csv", "latency_ecdf.png",
+        "latency_over_time.png", "latency.png", "throughput.png", "breakdown.png", "verdicts.png",
+    ):  # fmt: skip
         assert (out / name).stat().st_size > 0, name
-    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    document = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    results = document["results"]
     assert [(row["variant"], row["offered"]) for row in results] == [
         ("xlmr-mnli", 1.0), ("xlmr-mnli", 4.0), ("xlmr-mnli-onnx-int8", 1.0), ("xlmr-mnli-onnx-int8", 4.0),
     ]  # fmt: skip
-    for row in results:
-        locust_row = stats(out / "locust" / f"{row['variant']}-users-{row['offered']:g}")[
-            ("POST", f"{row['variant']} /predict")
-        ]
-        assert row["requests"] == int(locust_row["Request Count"])
-        assert row["p50_ms"] == float(locust_row["50%"])
-        assert row["p99_ms"] == float(locust_row["99%"])
-        assert row["requests_per_s"] == pytest.approx(float(locust_row["Requests/s"]))
-        assert row["mean_batch_size"] >= 1.0
-        assert row["metadata"]["backend"] in {"torch", "onnxruntime"}
+    for level in (1, 4):
+        run = compare.Samples.read(out / "locust" / f"interleaved-users-{level}_samples.json")
+        locust_rows = stats(out / "locust" / f"interleaved-users-{level}")
+        mine = [row for row in results if row["offered"] == level]
+        assert sum(row["share"] for row in mine) == pytest.approx(1.0)
+        for row in mine:
+            count = int(np.sum(run.variant == run.variants.index(row["variant"])))
+            assert row["requests"] == count == int(locust_rows[("POST", f"{row['variant']} /predict")]["Request Count"])
+            assert 0.3 < row["share"] < 0.7  # one window, variants shuffled per user: about half each
+            assert row["p50_ms"] <= row["p99_ms"]
+            assert row["mean_batch_size"] >= 1.0
+            assert row["metadata"]["backend"] in {"torch", "onnxruntime"}
+    assert [(c["a"], c["b"], c["metric"], c["level"]) for c in document["comparisons"]] == [
+        ("xlmr-mnli", "xlmr-mnli-onnx-int8", "p50_ms", 1.0), ("xlmr-mnli", "xlmr-mnli-onnx-int8", "p50_ms", 4.0),
+    ]  # fmt: skip
+    for comparison in document["comparisons"]:
+        assert comparison["verdict"] in {"faster", "slower", "equivalent", "inconclusive"}
+        assert comparison["ci_low"] <= comparison["difference"] <= comparison["ci_high"]
+        assert comparison["confidence"] == pytest.approx(1 - 0.05 / 2)  # two verdicts share the 5%
     with (out / "results.csv").open(encoding="utf-8", newline="") as handle:
         assert len(list(csv.DictReader(handle))) == 4
     report = (out / "report.md").read_text(encoding="utf-8")
     assert "## Summary" in report
+    assert "## Verdicts" in report
     assert "runs as: torch float32" in report
     assert "runs as: onnxruntime int8-dynamic" in report  # a deployment variant compared like any other
     first = results[0]
-    assert f"| {first['offered']:g} | {first['requests_per_s']:.1f} |" in report
+    assert (
+        f"| {first['offered']:g} | {first['requests']} | {first['share']:.0%} | {first['requests_per_s']:.1f} |"
+        in report
+    )
+
+
+def verdicts(out: Path) -> list[dict[str, object]]:
+    comparisons: list[dict[str, object]] = json.loads((out / "results.json").read_text(encoding="utf-8"))["comparisons"]
+    return comparisons
+
+
+@pytest.fixture(scope="module")
+def same_checkpoint_server(demo_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """Four names for one checkpoint; one of them made slower by a known delay on every forward pass."""
+    folder = tmp_path_factory.mktemp("same")
+    variants: list[dict[str, object]] = [{"name": name} for name in ("a1", "a2", "a3")]
+    variants.append({"name": "delayed", "faults": {"delay_ms": 30}})
+    catalogue = write_catalogue(folder / "variants.toml", demo_store, variants)
+    with running_server(catalogue, folder, extra_env={"XNLI_SERVE_ENABLE_FAULT_INJECTION": "true"}) as server:
+        yield server
+
+
+def test_a_a_comparison_finds_no_difference(same_checkpoint_server: ServerProcess, tmp_path: Path) -> None:
+    """Three names for one checkpoint: the tool must not call any of them faster or slower. At the default 95% that
+    may happen in up to 5% of runs by design; this test asks for 99% so that it fails for a broken tool, not by luck."""
+    out = tmp_path / "aa"
+    compare.main(
+        ["--url", same_checkpoint_server.base_url, "--variants", "a1,a2,a3", "--users", "4", "--duration", "6",
+         "--warmup", "1", "--confidence", "0.99", "--out", str(out)]
+    )  # fmt: skip
+    found = verdicts(out)
+    assert [(c["a"], c["b"]) for c in found] == [("a1", "a2"), ("a1", "a3"), ("a2", "a3")]
+    assert {c["verdict"] for c in found} <= {"equivalent", "inconclusive"}, found
+    assert all(int(str(c["blocks"])) >= 3 for c in found)
+
+
+def test_a_b_comparison_reports_a_known_delay_as_slower(same_checkpoint_server: ServerProcess, tmp_path: Path) -> None:
+    out = tmp_path / "ab"
+    compare.main(
+        ["--url", same_checkpoint_server.base_url, "--variants", "a1,delayed", "--users", "4", "--duration", "5",
+         "--warmup", "1", "--out", str(out)]
+    )  # fmt: skip
+    (found,) = verdicts(out)
+    assert (found["a"], found["b"], found["metric"], found["verdict"]) == ("a1", "delayed", "p50_ms", "slower")
+    assert 0 < float(str(found["ci_low"])) <= float(str(found["difference"]))
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert "delayed is slower than a1 in median latency" in report
+
+
+def test_capacity_mode_runs_alternating_blocks(same_checkpoint_server: ServerProcess, tmp_path: Path) -> None:
+    out = tmp_path / "capacity"
+    compare.main(
+        [
+            "--url", same_checkpoint_server.base_url, "--variants", "a1,delayed", "--mode", "capacity", "--users", "4",
+            "--block-seconds", "1",
+            "--warmup", "1", "--out", str(out),
+        ]
+    )  # fmt: skip
+    run = compare.Samples.read(out / "locust" / "capacity-users-4_samples.json")
+    assert run.block_order == ["a1", "delayed", "delayed", "a1", "a1", "delayed", "delayed", "a1"]
+    for block, name in enumerate(run.block_order):  # every request went to its block's variant
+        assert set(run.variant[run.block == block].tolist()) <= {run.variants.index(name)}
+    found = {c["metric"]: c for c in verdicts(out)}
+    assert set(found) == {"pairs_per_s", "p50_ms"}
+    assert {c["blocks"] for c in found.values()} == {4}  # rounds
+    # The delayed variant sustains less and answers later; the sign must never come out the other way.
+    assert float(str(found["pairs_per_s"]["difference"])) < 0
+    assert found["pairs_per_s"]["verdict"] in {"slower", "inconclusive"}
+    assert float(str(found["p50_ms"]["difference"])) > 0
+    assert found["p50_ms"]["verdict"] in {"slower", "inconclusive"}
+    document = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    rates = {row["variant"]: row["pairs_per_s"] for row in document["results"]}
+    assert rates["delayed"] < rates["a1"]
+
+
+def test_locust_sends_the_api_key(demo_store: Path, tmp_path: Path) -> None:
+    catalogue = write_catalogue(tmp_path / "variants.toml", demo_store, [{"name": "xlmr-mnli"}])
+    with running_server(catalogue, tmp_path, extra_env={"XNLI_SERVE_API_KEYS": "s3cret-key"}) as server:
+        results = {}
+        for label, key in (("with", "s3cret-key"), ("without", "")):
+            prefix = tmp_path / label
+            command = [
+                sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", server.base_url,
+                "-u", "2", "-r", "2", "-t", "2s", "--csv", str(prefix), "--only-summary", "--exit-code-on-error", "0",
+            ]  # fmt: skip
+            env = {**os.environ, "XNLI_SERVE_API_KEY": key}
+            subprocess.run(command, check=True, capture_output=True, timeout=120, env=env)
+            results[label] = stats(prefix)[("POST", "default /predict")]
+        assert int(results["with"]["Request Count"]) > 0
+        assert int(results["with"]["Failure Count"]) == 0
+        assert int(results["without"]["Failure Count"]) == int(results["without"]["Request Count"]) > 0
+        out = tmp_path / "compare"
+        compare.main(
+            ["--url", server.base_url, "--variants", "xlmr-mnli", "--users", "2", "--duration", "2", "--warmup", "0",
+             "--api-key", "s3cret-key", "--out", str(out)]
+        )  # fmt: skip
+        (row,) = json.loads((out / "results.json").read_text(encoding="utf-8"))["results"]
+        assert row["requests"] > 0
+        assert row["failures"] == 0
+        assert "s3cret-key" not in (out / "results.json").read_text(encoding="utf-8")
+        with pytest.raises(SystemExit, match="refused the API key"):
+            compare.main(["--url", server.base_url, "--api-key", "wrong", "--out", str(tmp_path / "refused")])
