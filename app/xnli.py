@@ -140,11 +140,11 @@ def _json_lines_file(path: Path) -> Iterator[LabelledPair]:
                 translations = dict(
                     zip(hypothesis.get("language", []), hypothesis.get("translation", []), strict=False)
                 )
-                for language in _xnli_order(set(premise) & set(translations)):
-                    yield LabelledPair(language, str(premise[language]), str(translations[language]), label)
+                for code in _xnli_order(set(premise) & set(translations)):
+                    yield LabelledPair(code, str(premise[code]), str(translations[code]), label)
                 continue
             language = record.get("language") or record.get("lang") or from_name
-            if not language:
+            if not isinstance(language, str) or not language:
                 raise XnliFormatError(
                     f"{where}: no language: add a language field or put one language code in the file name "
                     "(e.g. xnli-de-validation.jsonl)"
