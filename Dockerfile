@@ -3,8 +3,10 @@
 # Weights are never baked in unless asked: mount a model store at /models (catalogue: /models/variants.toml), or
 # build with --build-arg BAKE_DEMO_STORE=tiny|base to include the untrained demo checkpoints.
 
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
-ARG CUDA_TORCH_IMAGE=pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+# Base image pinned by digest (tag python:3.11.10-slim-bookworm, the multi-arch index). The digest was read from a
+# public record and could not be pulled on the machine that wrote this line (no registry access there); check it with
+# `docker buildx imagetools inspect python:3.11.10-slim-bookworm` when you bump it.
+ARG PYTHON_IMAGE=python:3.11.10-slim-bookworm@sha256:5148c0e4bbb64271bca1d3322360ebf4bfb7564507ae32dd639322e4952a6b16
 
 # ---- CPU: slim Python with the CPU build of torch ------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS cpu-build
@@ -12,8 +14,9 @@ ARG TORCH_SPEC=torch==2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 WORKDIR /src
 COPY deploy/docker/install.sh /src/deploy/docker/install.sh
+COPY deploy/requirements/cpu.lock /src/deploy/requirements/cpu.lock
 COPY pyproject.toml README.md /src/
-RUN sh /src/deploy/docker/install.sh /opt/venv /src deps "${TORCH_SPEC}" "${TORCH_INDEX_URL}"
+RUN sh /src/deploy/docker/install.sh /opt/venv /src deps "${TORCH_SPEC}" "${TORCH_INDEX_URL}" /src/deploy/requirements/cpu.lock
 COPY app /src/app
 COPY loadtests /src/loadtests
 RUN sh /src/deploy/docker/install.sh /opt/venv /src app
@@ -38,18 +41,20 @@ HEALTHCHECK --interval=15s --timeout=3s --start-period=120s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health/live', timeout=2).status != 200)"]
 ENTRYPOINT ["xnli-serve", "serve"]
 
-# ---- GPU: the official PyTorch CUDA runtime image (torch preinstalled) ------------------------------------------
-FROM ${CUDA_TORCH_IMAGE} AS gpu-build
+# ---- GPU: the same slim Python; PyPI's Linux torch wheel is the CUDA build and brings the CUDA runtime libraries --
+# (the host needs only the NVIDIA driver and container toolkit). torch is in gpu.lock, at the CPU image's version:
+# transformers >= 5 disables torch older than 2.6, so a base image with an older torch could not load any model.
+FROM ${PYTHON_IMAGE} AS gpu-build
 WORKDIR /src
 COPY deploy/docker/install.sh /src/deploy/docker/install.sh
+COPY deploy/requirements/gpu.lock /src/deploy/requirements/gpu.lock
 COPY pyproject.toml README.md /src/
-# torch comes with the base image: an empty TORCH_SPEC keeps it; the venv sees it through system site-packages.
-RUN python3 -m venv --system-site-packages /opt/venv && sh /src/deploy/docker/install.sh /opt/venv /src deps ""
+RUN sh /src/deploy/docker/install.sh /opt/venv /src deps "" "" /src/deploy/requirements/gpu.lock
 COPY app /src/app
 COPY loadtests /src/loadtests
 RUN sh /src/deploy/docker/install.sh /opt/venv /src app
 
-FROM ${CUDA_TORCH_IMAGE} AS gpu
+FROM ${PYTHON_IMAGE} AS gpu
 ARG BAKE_DEMO_STORE=""
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

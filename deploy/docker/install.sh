@@ -1,14 +1,17 @@
 #!/bin/sh
 # Installs xnli-serve into a virtual environment exactly as the container images do (the Dockerfile runs this;
 # tests/integration/deploy/test_image_install.py runs it too, so the image's install path is exercised without Docker).
-#   install.sh VENV SOURCE_DIR [deps|app] [TORCH_SPEC] [TORCH_INDEX_URL]
-#     deps: third-party dependencies only (the cached image layer); app: the project itself, without dependencies.
+#   install.sh VENV SOURCE_DIR [deps|app] [TORCH_SPEC] [TORCH_INDEX_URL] [LOCK]
+#     deps: third-party dependencies only (the cached image layer), exactly as LOCK pins them, every file checked
+#       against its SHA-256 (default: deploy/requirements/cpu.lock; TORCH_SPEC is installed first, since the CPU
+#       lock leaves torch to PyTorch's CPU index); app: the project itself, without dependencies.
 set -eu
 venv=$1
 source_dir=$2
 step=${3:-deps}
-torch_spec=${4:-torch==2.13.0}
+torch_spec=${4-torch==2.13.0}  # an empty TORCH_SPEC (the GPU image: torch is in its lock) installs none
 torch_index=${5:-}
+lock=${6:-$source_dir/deploy/requirements/cpu.lock}
 
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
@@ -25,14 +28,7 @@ case "$step" in
         "$pip" install --no-cache-dir --quiet "$torch_spec"
       fi
     fi
-    # The runtime dependencies from pyproject.toml, without the project (its source is not copied yet).
-    "$venv/bin/python" - "$source_dir/pyproject.toml" > /tmp/xnli-serve-requirements.txt <<'PY'
-import sys, tomllib
-with open(sys.argv[1], "rb") as handle:
-    print("\n".join(tomllib.load(handle)["project"]["dependencies"]))
-PY
-    "$pip" install --no-cache-dir --quiet -r /tmp/xnli-serve-requirements.txt
-    rm -f /tmp/xnli-serve-requirements.txt
+    "$pip" install --no-cache-dir --quiet --require-hashes --no-deps -r "$lock"
     ;;
   app)
     "$pip" install --no-cache-dir --quiet --no-deps "$source_dir"

@@ -76,6 +76,10 @@ def test_rendered_overlay_validates_and_is_consistent(kustomization: str) -> Non
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
         assert pod["securityContext"]["runAsNonRoot"] is True
         drain = next(int(env["value"]) for env in container["env"] if env["name"] == "XNLI_SERVE_DRAIN_TIMEOUT_S")
+        for threads in ("XNLI_SERVE_TORCH_THREADS", "XNLI_SERVE_TOKENIZATION_WORKERS", "OMP_NUM_THREADS"):
+            source = next(env for env in container["env"] if env["name"] == threads)["valueFrom"]["resourceFieldRef"]
+            assert source["resource"] == "requests.cpu"
+            assert container["resources"]["requests"]["cpu"]  # so the thread counts follow the pod, not the node
         pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
         assert pod["terminationGracePeriodSeconds"] > drain + pre_stop
         volumes = {volume["name"]: volume for volume in pod["volumes"]}
