@@ -4,6 +4,10 @@ Drive it from the API, a test or a benchmark alike:
 
     engine = Engine(load_catalogue(path)); engine.preflight(); engine.load()
     result = await engine.predict([("premise", "hypothesis")], variant="xlmr-mnli")
+
+While it serves, the model repository methods change what it serves: ``await engine.load_variant(name)`` re-reads
+that name's catalogue entry and loads it beside the version serving now, then switches to it at once;
+``await engine.unload_variant(name)`` stops admitting its requests, lets accepted ones finish and frees its memory.
 """
 
 from __future__ import annotations
@@ -24,15 +28,17 @@ import numpy.typing as npt
 import torch
 
 from app import metrics
-from app.engine.backends import PreparedVariant, is_reference, prepare_variant
+from app.engine.backends import PreparedVariant, is_reference, prepare_variant, release_freed_memory
 from app.engine.batching import BatchLimits
-from app.engine.catalogue import Catalogue, VariantSpec
+from app.engine.catalogue import Catalogue, CatalogueError, VariantSpec, load_catalogue
 from app.engine.errors import (
     DeadlineExceededError,
     DrainingError,
     EngineError,
     OverloadedError,
+    RepositoryBusyError,
     UnknownVariantError,
+    VariantLoadError,
     VariantNotReadyError,
 )
 from app.engine.faults import FaultInjectingRunner
@@ -55,6 +61,23 @@ class VariantStatus(StrEnum):
     READY = "ready"
     FAILED = "failed"
     DISABLED = "disabled"
+    UNLOADING = "unloading"  # replaced or unloaded: admits nothing, finishes what it accepted
+    UNLOADED = "unloaded"
+
+
+class RepositoryState(StrEnum):
+    """A variant's state in the model repository index (the Open Inference Protocol's names)."""
+
+    READY = "READY"
+    UNAVAILABLE = "UNAVAILABLE"
+    LOADING = "LOADING"
+
+
+@dataclass(frozen=True, slots=True)
+class RepositoryEntry:
+    name: str
+    state: RepositoryState
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +110,9 @@ class VariantRuntime:
     execution: dict[str, Any] = field(default_factory=dict)
     guard: dict[str, Any] | None = None
     warmup: dict[str, Any] = field(default_factory=dict)
+    active: int = 0  # requests inside the engine that resolved to this runtime (an unload waits for them)
+    info_labels: tuple[str, ...] | None = None  # its xnli_variant_info labels while it serves
+    drained: asyncio.Event | None = None  # made when it is retired; set once ``active`` falls to 0
 
     def describe(self) -> dict[str, Any]:
         """Catalogue metadata plus what loading found; what `/variants` shows."""
@@ -129,6 +155,13 @@ def warmup_shapes(spec: VariantSpec) -> list[tuple[int, int]]:
     return sorted({(widest_rows, widest_width), (longest_rows, longest)})
 
 
+def free_memory() -> None:
+    """After a variant was let go: collect its model, return freed heap to the OS, and CUDA's cache to the device."""
+    release_freed_memory()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def _guard_status(info: CheckpointInfo, prepared: PreparedVariant) -> dict[str, Any]:
     if prepared.guard is not None:
         return {"status": "passed", **prepared.guard.describe()}
@@ -168,6 +201,11 @@ class Engine:
         self.draining = False
         self.inflight = 0
         self._idle = asyncio.Event()
+        self.started = False  # start-up loading finished (or failed): the repository may change variants
+        self._loading: set[str] = set()
+        self._unloading: set[str] = set()
+        self._load_failures: dict[str, str] = {}  # the last failed repository load of a name, until one succeeds
+        self._repository_tasks: set[asyncio.Task[Any]] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -179,13 +217,16 @@ class Engine:
         """
         for runtime in self.variants.values():
             if runtime.spec.enabled:
-                if runtime.spec.faults is not None and not self.allow_faults:
-                    raise CheckpointError(
-                        runtime.spec.name,
-                        "declares [variant.faults] but fault injection is disabled "
-                        "(set XNLI_SERVE_ENABLE_FAULT_INJECTION=true, for tests only)",
-                    )
+                self._check_faults(runtime.spec)
                 runtime.info = inspect_checkpoint(runtime.spec)
+
+    def _check_faults(self, spec: VariantSpec) -> None:
+        if spec.faults is not None and not self.allow_faults:
+            raise CheckpointError(
+                spec.name,
+                "declares [variant.faults] but fault injection is disabled "
+                "(set XNLI_SERVE_ENABLE_FAULT_INJECTION=true, for tests only)",
+            )
 
     def load(self) -> None:
         """Load, warm up and start serving every enabled variant (blocking; the API runs it in a thread)."""
@@ -198,6 +239,8 @@ class Engine:
         except Exception as error:
             self.load_error = str(error)
             raise
+        finally:
+            self.started = True
 
     def _load_variant(self, runtime: VariantRuntime) -> None:
         spec = runtime.spec
@@ -239,7 +282,7 @@ class Engine:
             runtime.queue = queue
             runtime.worker = self._worker_for(str(info.device))
             runtime.worker.add_queue(queue)
-            metrics.VARIANT_INFO.labels(
+            runtime.info_labels = (
                 spec.name,
                 spec.base_model,
                 spec.intermediate_task,
@@ -247,7 +290,8 @@ class Engine:
                 dtype_name(info.dtype),
                 spec.backend,
                 spec.quantization,
-            ).set(1)
+            )
+            metrics.VARIANT_INFO.labels(*runtime.info_labels).set(1)
             runtime.status = VariantStatus.READY
             log.info("variant %s ready (warm-up %s in %.3fs)", spec.name, shapes, runtime.warmup["seconds"])
         except CheckpointError as error:
@@ -305,8 +349,181 @@ class Engine:
         runtime = self.variants.get(name or self.default_variant)
         if runtime is None or not runtime.spec.enabled:
             served = [runtime.spec.name for runtime in self.variants.values() if runtime.spec.enabled]
-            raise UnknownVariantError(str(name), served)
+            raise UnknownVariantError(str(name or self.default_variant), served)
         return runtime
+
+    def variant_ready(self, name: str) -> bool:
+        """This variant alone serves now (others may be loading, reloading or failed): per-model readiness."""
+        runtime = self.variants.get(name)
+        return (
+            runtime is not None
+            and runtime.spec.enabled
+            and runtime.status is VariantStatus.READY
+            and self.live
+            and not self.draining
+        )
+
+    # -- model repository: index, load (or reload) and unload variants while serving ----------------------------
+
+    def catalogue_entry(self, name: str) -> VariantSpec:
+        """``name``'s entry as the catalogue file says now (it may have been edited since start-up), enabled.
+
+        Raises CatalogueError when the file cannot be used, UnknownVariantError when it has no such entry.
+        """
+        catalogue = load_catalogue(self.catalogue.source)
+        try:
+            spec = catalogue.get(name)
+        except KeyError:
+            raise UnknownVariantError(name, [variant.name for variant in catalogue.variants]) from None
+        return spec.model_copy(update={"enabled": True})  # an explicit load serves it, whatever `enabled` says
+
+    def repository_index(self) -> list[RepositoryEntry]:
+        """Every variant the engine knows and every entry of the catalogue file, with its state and why."""
+        names = list(dict.fromkeys([*self.variants, *self._loading, *self._load_failures]))
+        try:
+            names += [spec.name for spec in load_catalogue(self.catalogue.source).variants if spec.name not in names]
+        except CatalogueError as error:
+            log.warning("repository index lists loaded variants only: %s", error)
+        return [self._repository_entry(name) for name in names]
+
+    def _repository_entry(self, name: str) -> RepositoryEntry:
+        runtime = self.variants.get(name)
+        failure = self._load_failures.get(name)
+        serving = runtime is not None and runtime.spec.enabled and runtime.status is VariantStatus.READY
+        if serving:
+            notes = ["a new version is loading"] if name in self._loading else []
+            notes += [f"the last load failed, this version still serves: {failure}"] if failure else []
+            return RepositoryEntry(name, RepositoryState.READY, "; ".join(notes))
+        if name in self._loading:
+            return RepositoryEntry(name, RepositoryState.LOADING, "loading")
+        if name in self._unloading:
+            return RepositoryEntry(name, RepositoryState.UNAVAILABLE, "unloading: accepted requests are finishing")
+        if failure:
+            return RepositoryEntry(name, RepositoryState.UNAVAILABLE, f"the last load failed: {failure}")
+        if runtime is None:
+            return RepositoryEntry(name, RepositoryState.UNAVAILABLE, "in the catalogue, not loaded")
+        status = runtime.status
+        if status in (VariantStatus.PENDING, VariantStatus.LOADING, VariantStatus.WARMING_UP):
+            return RepositoryEntry(name, RepositoryState.LOADING, str(status))
+        reasons = {
+            VariantStatus.FAILED: f"loading failed: {runtime.error}",
+            VariantStatus.DISABLED: "disabled in the catalogue, not loaded",
+            VariantStatus.UNLOADED: "unloaded",
+        }
+        return RepositoryEntry(name, RepositoryState.UNAVAILABLE, reasons.get(status, str(status)))
+
+    def _claim(self, name: str) -> None:
+        """Refuse a repository change that would race another one (or start-up, or shutdown)."""
+        if self.draining:
+            raise DrainingError("the service is shutting down and changes no variant")
+        if not self.started:
+            raise RepositoryBusyError("start-up is still loading the catalogue's variants; try again when it is ready")
+        if name in self._loading or name in self._unloading:
+            doing = "loaded" if name in self._loading else "unloaded"
+            raise RepositoryBusyError(f"variant {name!r} is being {doing} already; try again when that has finished")
+
+    async def _run_to_completion(self, work: Any) -> Any:
+        """Run a repository change as its own task: a caller that goes away does not leave it half done."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._repository_tasks.add(task)
+        task.add_done_callback(self._repository_tasks.discard)
+        return await asyncio.shield(task)
+
+    async def load_variant(self, name: str, *, min_queue_pairs: int = 1) -> VariantRuntime:
+        """Load (or reload) ``name`` from its catalogue entry as the file says now, then serve it.
+
+        The new version is loaded, guarded and warmed up in a thread while the old one (if any) serves; then every
+        request resolved from that moment on goes to the new version, and the old one finishes what it accepted and
+        is freed. ``min_queue_pairs``: the largest request the API accepts, which the variant's queue must hold.
+        A failure raises VariantLoadError (or UnknownVariantError) and leaves what served before serving.
+        """
+        self._claim(name)
+        self._loading.add(name)
+        return await self._run_to_completion(self._load_and_switch(name, min_queue_pairs))  # type: ignore[no-any-return]
+
+    async def _load_and_switch(self, name: str, min_queue_pairs: int) -> VariantRuntime:
+        try:
+            try:
+                runtime = await asyncio.to_thread(self._prepare_runtime, name, min_queue_pairs)
+            except (CatalogueError, CheckpointError) as error:
+                self._load_failures[name] = str(error)
+                unexpected = error.__cause__ is not None and not isinstance(error.__cause__, CheckpointError)
+                log.error("loading variant %s failed, nothing changed: %s", name, error)
+                await asyncio.to_thread(release_freed_memory)
+                raise VariantLoadError(name, str(error), server_fault=unexpected) from error
+            old = self.variants.get(name)
+            self.variants[name] = runtime  # the switch: requests resolved from now on run the new version
+            self._load_failures.pop(name, None)
+            log.info("variant %s now serves %s", name, runtime.spec.path)
+            if old is not None:
+                await self._retire(old, keep_labels=runtime.info_labels)
+            return runtime
+        finally:
+            self._loading.discard(name)
+
+    def _prepare_runtime(self, name: str, min_queue_pairs: int) -> VariantRuntime:
+        """Runs in a thread: a complete new runtime, queued on its device but not yet reachable by requests."""
+        spec = self.catalogue_entry(name)
+        if spec.max_queue_pairs < min_queue_pairs:
+            raise CheckpointError(
+                name,
+                f"max_queue_pairs={spec.max_queue_pairs} is below max_pairs_per_request={min_queue_pairs}: "
+                "requests the API accepts would never fit its queue",
+            )
+        self._check_faults(spec)
+        runtime = VariantRuntime(spec)
+        self._load_variant(runtime)
+        return runtime
+
+    async def unload_variant(self, name: str) -> None:
+        """Stop admitting requests for ``name``, let those accepted finish, then free its memory.
+
+        Unloading a catalogue entry that is not loaded does nothing; a name neither loaded nor in the catalogue
+        raises UnknownVariantError.
+        """
+        runtime = self.variants.get(name)
+        if runtime is None:
+            self.catalogue_entry(name)  # raises UnknownVariantError unless the catalogue names it
+            return
+        self._claim(name)
+        self._unloading.add(name)
+        await self._run_to_completion(self._unload(name, runtime))
+
+    async def _unload(self, name: str, runtime: VariantRuntime) -> None:
+        try:
+            self.variants[name] = VariantRuntime(
+                runtime.spec.model_copy(update={"enabled": False}), status=VariantStatus.UNLOADED
+            )
+            self._load_failures.pop(name, None)
+            await self._retire(runtime, keep_labels=None)
+            metrics.QUEUE_DEPTH.remove(name)  # a gauge of a variant that is gone; counters keep their history
+            log.info("variant %s unloaded", name)
+        finally:
+            self._unloading.discard(name)
+
+    async def _retire(self, runtime: VariantRuntime, keep_labels: tuple[str, ...] | None) -> None:
+        """Stop a runtime that requests can no longer resolve to: wait for the requests it accepted (each is bounded
+        by its deadline), take its queue off the device, drop its labels and free its model."""
+        runtime.status = VariantStatus.UNLOADING
+        runtime.drained = asyncio.Event()
+        if runtime.active:
+            try:
+                async with asyncio.timeout(self.request_timeout_s + 5.0):  # every request ends by its deadline
+                    await runtime.drained.wait()
+            except TimeoutError:
+                log.warning("variant %s: %d requests still inside after the drain", runtime.spec.name, runtime.active)
+        if runtime.worker is not None and runtime.queue is not None:
+            runtime.worker.remove_queue(runtime.queue, "unloaded" if keep_labels is None else "replaced")
+        if runtime.info_labels is not None and runtime.info_labels != keep_labels:
+            metrics.VARIANT_INFO.remove(*runtime.info_labels)
+        runtime.status = VariantStatus.UNLOADED
+        runtime.info_labels = None
+        if not runtime.active:  # nothing uses it any more: let go of the model, its runner and tokenizer
+            runtime.queue = None
+            runtime.worker = None
+            runtime.encoder = None
+            runtime.info = None
+        await asyncio.to_thread(free_memory)
 
     # -- inference ---------------------------------------------------------------------------------------------
 
@@ -326,6 +543,7 @@ class Engine:
         runtime = self.resolve(variant)
         name = runtime.spec.name
         self.inflight += 1
+        runtime.active += 1
         metrics.INFLIGHT_REQUESTS.inc()
         try:
             return await self._predict(runtime, pairs, truncate, timeout_s)
@@ -337,6 +555,9 @@ class Engine:
             raise
         finally:
             self.inflight -= 1
+            runtime.active -= 1
+            if runtime.active == 0 and runtime.drained is not None:
+                runtime.drained.set()
             metrics.INFLIGHT_REQUESTS.dec()
             if self.inflight == 0:
                 self._idle.set()

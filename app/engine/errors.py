@@ -90,3 +90,24 @@ class InferenceError(EngineError, RuntimeError):
     """The forward pass of a batch carrying this request failed; other batches are unaffected."""
 
     reason = "inference"
+
+
+class VariantLoadError(EngineError):
+    """A repository load failed (catalogue entry, checkpoint, labels, accuracy guard); what served before still does.
+
+    ``server_fault`` is True when the load broke for a reason the catalogue entry does not explain (an unexpected
+    exception while loading), False when the entry or its checkpoint is at fault.
+    """
+
+    reason = "load_failed"
+
+    def __init__(self, name: str, message: str, server_fault: bool = False) -> None:
+        self.name = name
+        self.server_fault = server_fault
+        super().__init__(message)
+
+
+class RepositoryBusyError(EngineError):
+    """The variant is already being loaded or unloaded, or start-up is still loading the catalogue."""
+
+    reason = "busy"

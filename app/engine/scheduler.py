@@ -32,6 +32,7 @@ from app.engine.errors import (
     InferenceError,
     OverloadedError,
     RequestTooLargeError,
+    VariantNotReadyError,
 )
 from app.engine.labels import LABELS
 from app.engine.runner import padded_length
@@ -50,6 +51,16 @@ _RATE_FALL = 0.1
 # and batches vary, so admitting right up to the deadline makes the last requests in line expire after their pairs
 # were computed (measured: base CPU, 16 clients x 16 pairs, most requests expired at 27 s of a 30 s deadline).
 ADMISSION_HEADROOM = 0.8
+
+
+class UnloadedRunner:
+    """Stands in for the runner of a queue taken off its worker, so that the queue no longer holds the model."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def forward(self, sequences: Sequence[Sequence[int]]) -> npt.NDArray[np.float32]:
+        raise InferenceError(f"variant {self.name!r} was unloaded")
 
 
 class WorkerKilled(BaseException):
@@ -159,6 +170,7 @@ class VariantQueue:
         self.pairs: deque[PendingPair] = deque()
         self.reserved_pairs = 0  # admitted, still being tokenized
         self.batches_run = 0
+        self.retired = False  # removed from its worker (variant unloaded or replaced): admits nothing more
         self._depth = metrics.QUEUE_DEPTH.labels(name)
         self._inference = metrics.INFERENCE_DURATION.labels(name)
         self._batch_size = metrics.BATCH_SIZE.labels(name)
@@ -263,6 +275,21 @@ class DeviceWorker:
         with self._condition:
             self.queues.append(queue)
 
+    def remove_queue(self, queue: VariantQueue, reason: str = "unloaded") -> int:
+        """Stop serving ``queue`` (its variant was unloaded or replaced); returns how many requests still had pairs in
+        it, which fail (after a drain these are only abandoned ones). A batch already running finishes."""
+        with self._condition:
+            queue.retired = True
+            if queue in self.queues:
+                self.queues.remove(queue)
+            leftover = queue.clear()
+            # The worker thread may still hold this queue in a local variable until its next batch: drop the model
+            # here, not when the queue object goes.
+            queue.runner = UnloadedRunner(queue.name)
+        for request in leftover:
+            request.fail(InferenceError(f"variant {queue.name!r} was {reason} before this request's pairs ran"))
+        return len(leftover)
+
     def start(self) -> None:
         self._thread.start()
 
@@ -277,6 +304,8 @@ class DeviceWorker:
         device (the client must change it); OverloadedError says it cannot be admitted now. Caller holds the lock."""
         if self.failure is not None:
             raise InferenceError(f"device worker {self.device} is down: {self.failure!r}")
+        if queue.retired:
+            raise VariantNotReadyError(queue.name, "unloaded")
         if count > queue.max_queue_pairs:
             raise RequestTooLargeError(
                 f"{count} pairs in one request; variant {queue.name!r} queues at most "
