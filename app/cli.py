@@ -55,6 +55,10 @@ def serve(
             allow_faults=settings.enable_fault_injection,
             export_cache_dir=settings.export_cache_dir,
             max_tokenizing_pairs=settings.max_tokenizing_pairs,
+            traffic_seed=settings.traffic_seed,
+            shadow_max_queue_pairs=settings.shadow_max_queue_pairs,
+            shadow_timeout_s=settings.shadow_timeout_s,
+            shadow_max_client_backlog_s=settings.shadow_busy_backlog_ms / 1000.0,
         )
         engine.preflight()
     except (CatalogueError, CheckpointError) as error:
@@ -117,7 +121,13 @@ def build_demo_store_command(
 
 @cli.command()
 def evaluate(
-    data: Annotated[Path, typer.Option(help="XNLI-format folder, e.g. ../shared/data/xnli (one TSV per language).")],
+    data: Annotated[
+        Path,
+        typer.Option(
+            help="XNLI data: a folder of per-language TSVs (e.g. ../shared/data/xnli), the XNLI 1.0 file "
+            "xnli.dev.tsv / xnli.test.tsv, or Hugging Face xnli JSON lines (a .jsonl file or a folder of them)."
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="Report folder.")] = Path("reports/evaluation"),
     languages: Annotated[str | None, typer.Option(help="Comma-separated languages (default: all found).")] = None,
     variants: Annotated[str | None, typer.Option(help="Comma-separated variants (default: all enabled).")] = None,
@@ -129,17 +139,32 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(help="Pairs per request.")] = 32,
     concurrency: Annotated[int, typer.Option(help="Requests in flight at once.")] = 4,
     limit_per_language: Annotated[int | None, typer.Option(help="Use only the first N pairs of each language.")] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            help="With --url: sent as Authorization: Bearer <key> to a service that requires one.",
+            envvar="XNLI_SERVE_API_KEY",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Accuracy per language and latency of each variant on XNLI, with paired tests against the baseline."""
+    from app.evaluation.collect import EvaluationError
     from app.evaluation.run import evaluate as run_evaluation
     from app.logs import configure_logging
+    from app.xnli import XnliFormatError
 
     configure_logging("warning", "text")
     split = [name.strip() for name in variants.split(",")] if variants else None
     chosen_languages = [name.strip() for name in languages.split(",")] if languages else None
-    run_evaluation(
-        data, out, chosen_languages, split, url, catalogue, baseline, batch_size, concurrency, limit_per_language
-    )
+    try:
+        run_evaluation(
+            data, out, chosen_languages, split, url, catalogue, baseline, batch_size, concurrency, limit_per_language,
+            api_key=api_key,
+        )  # fmt: skip
+    except (EvaluationError, XnliFormatError) as error:
+        print(f"xnli-serve evaluate: {error}", file=sys.stderr)
+        raise typer.Exit(2) from None
     print(f"report: {out / 'report.md'}")
 
 

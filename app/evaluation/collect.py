@@ -15,6 +15,11 @@ from app.engine.labels import LABELS
 from app.xnli import LabelledPair
 
 
+class EvaluationError(ValueError):
+    """The evaluation cannot run as asked (no such variant, the service refused or is unreachable); the message says
+    why and what to do."""
+
+
 @dataclass
 class VariantScores:
     variant: str
@@ -66,7 +71,8 @@ def http_scorer(client: httpx.AsyncClient, variant: str) -> Scorer:
             if response.status_code != 429:  # overload is transient: honour Retry-After and try again
                 break
             await asyncio.sleep(min(5.0, float(response.headers.get("retry-after", "1"))) * (1 + attempt / 10))
-        response.raise_for_status()
+        if response.status_code != 200:
+            raise EvaluationError(f"{variant}: /predict answered {response.status_code}: {response.text[:300]}")
         predictions = response.json()["predictions"]
         return np.array([[row["scores"][label] for label in LABELS] for row in predictions], dtype=np.float32)
 

@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from app.engine.labels import LABELS
-from app.evaluation.collect import Scorer, VariantScores, http_scorer, score
+from app.evaluation.collect import EvaluationError, Scorer, VariantScores, http_scorer, score
 from app.evaluation.report import VariantResult, build_results, write_report
 from app.xnli import read_xnli
 
@@ -20,7 +20,7 @@ from app.xnli import read_xnli
 def choose_baseline(metadata: dict[str, dict[str, Any]], requested: str | None, default: str | None) -> str:
     if requested:
         if requested not in metadata:
-            raise ValueError(f"baseline {requested!r} is not among the evaluated variants {list(metadata)}")
+            raise EvaluationError(f"baseline {requested!r} is not among the evaluated variants {list(metadata)}")
         return requested
     no_intermediate = [name for name, meta in metadata.items() if meta.get("intermediate_task") in ("none", "", None)]
     return no_intermediate[0] if no_intermediate else (default if default in metadata else next(iter(metadata)))
@@ -32,15 +32,27 @@ ScoreEach = Callable[[list[str], Callable[[str], Scorer]], Awaitable[dict[str, V
 
 
 async def _over_http(
-    url: str, variants: list[str] | None, score_each: ScoreEach
+    url: str, variants: list[str] | None, score_each: ScoreEach, api_key: str | None = None
 ) -> tuple[dict[str, VariantScores], dict[str, dict[str, Any]], str]:
-    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
-        catalogue = (await client.get("/variants")).json()
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    async with httpx.AsyncClient(base_url=url, timeout=600, headers=headers) as client:
+        try:
+            listing = await client.get("/variants")
+        except httpx.TransportError as error:
+            raise EvaluationError(f"cannot reach {url}: {error}") from None
+        if listing.status_code in (401, 403):
+            advice = "the key was refused" if api_key else "it requires an API key"
+            raise EvaluationError(
+                f"{url} answered {listing.status_code}: {advice}; pass --api-key or set XNLI_SERVE_API_KEY"
+            )
+        if listing.status_code != 200:
+            raise EvaluationError(f"{url}/variants answered {listing.status_code}: {listing.text[:300]}")
+        catalogue = listing.json()
         metadata = {entry["name"]: entry for entry in catalogue["variants"] if entry["status"] == "ready"}
         chosen = variants or list(metadata)
         missing = [name for name in chosen if name not in metadata]
         if missing:
-            raise ValueError(f"variants not served at {url}: {missing}")
+            raise EvaluationError(f"variants not served at {url}: {missing}")
         scores = await score_each(chosen, lambda variant: http_scorer(client, variant))
         return scores, {name: metadata[name] for name in chosen}, catalogue["default_variant"]
 
@@ -82,6 +94,7 @@ def evaluate(
     concurrency: int = 4,
     limit_per_language: int | None = None,
     show_progress: bool = True,
+    api_key: str | None = None,
 ) -> list[VariantResult]:
     pairs = read_xnli(data, languages, limit_per_language)
     language_order = list(dict.fromkeys(pair.language for pair in pairs))
@@ -99,7 +112,7 @@ def evaluate(
         return scores
 
     if url:
-        collected = asyncio.run(_over_http(url.rstrip("/"), variants, score_each))
+        collected = asyncio.run(_over_http(url.rstrip("/"), variants, score_each, api_key))
     else:
         collected = asyncio.run(_in_process(catalogue, variants, score_each))
     scores, metadata, default = collected

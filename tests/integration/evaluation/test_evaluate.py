@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -93,3 +94,65 @@ def test_label_mapping_end_to_end(demo_store: Path, xnli_dir: Path, tmp_path: Pa
     assert results[0].accuracy["all"] == pytest.approx(share)
     predicted_column = results[0].confusion
     assert [row[LABELS.index("entailment")] for row in predicted_column] == [sum(row) for row in predicted_column]
+
+
+OUR_PAIRS = [  # written for this test: (language, premise, hypothesis, label)
+    ("en", "The bakery opens at six.", "Bread can be bought early.", "entailment"),
+    ("en", "The bakery opens at six.", "The bakery never opens.", "contradiction"),
+    ("en", "The bakery opens at six.", "The bakery sells cakes too.", "neutral"),
+    ("en", "A child is flying a kite.", "Someone is outdoors.", "entailment"),
+    ("de", "Der Bus hat Verspätung.", "Der Bus ist pünktlich.", "contradiction"),
+    ("de", "Der Bus hat Verspätung.", "Der Fahrer ist krank.", "neutral"),
+    ("de", "Die Katze schläft.", "Ein Tier ruht sich aus.", "entailment"),
+]
+
+
+def write_both_formats(folder: Path) -> tuple[Path, Path]:
+    header = ["language", "gold_label", "sentence1_binary_parse", "sentence2_binary_parse", "sentence1", "sentence2"]
+    rows = ["\t".join(header)] + [f"{lang}\t{label}\t( a )\t( b )\t{p}\t{h}" for lang, p, h, label in OUR_PAIRS]
+    official = folder / "xnli.test.tsv"
+    official.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    lines = [
+        json.dumps({"premise": p, "hypothesis": h, "label": LABELS.index(label), "language": lang}, ensure_ascii=False)
+        for lang, p, h, label in OUR_PAIRS
+    ]
+    exported = folder / "xnli-export.jsonl"
+    exported.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return official, exported
+
+
+def test_keyed_service_and_both_distribution_formats(demo_store: Path, tmp_path: Path) -> None:
+    """`evaluate --url` against a service that requires a key: a clear refusal without it, the report with it (from
+    --api-key or XNLI_SERVE_API_KEY); the XNLI 1.0 file and the Hugging Face JSON lines give the same answers."""
+    from typer.testing import CliRunner
+
+    from app.cli import cli
+    from tests.helpers import running_server, write_catalogue
+
+    official, exported = write_both_formats(tmp_path)
+    catalogue = write_catalogue(tmp_path / "variants.toml", demo_store, [{"name": "xlmr-mnli"}])
+    with running_server(catalogue, tmp_path, extra_env={"XNLI_SERVE_API_KEYS": "eval-key"}) as server:
+
+        def run(data: Path, out: str, *extra: str, env: dict[str, str] | None = None) -> Any:
+            arguments = ["evaluate", "--data", str(data), "--url", server.base_url, "--out", str(tmp_path / out)]
+            return CliRunner().invoke(cli, [*arguments, *extra], env=env)
+
+        refused = run(official, "refused", env={"XNLI_SERVE_API_KEY": ""})
+        assert refused.exit_code == 2
+        assert "answered 401: it requires an API key; pass --api-key or set XNLI_SERVE_API_KEY" in refused.output
+        wrong = run(official, "wrong", "--api-key", "not-the-key")
+        assert wrong.exit_code == 2
+        assert "the key was refused" in wrong.output
+        assert "Traceback" not in refused.output + wrong.output
+        from_env = run(official, "official", env={"XNLI_SERVE_API_KEY": "eval-key"})
+        assert from_env.exit_code == 0, from_env.output
+        from_option = run(exported, "exported", "--api-key", "eval-key")
+        assert from_option.exit_code == 0, from_option.output
+    first = json.loads((tmp_path / "official" / "results.json").read_text(encoding="utf-8"))
+    second = json.loads((tmp_path / "exported" / "results.json").read_text(encoding="utf-8"))
+    assert first["languages"] == second["languages"] == ["en", "de"]
+    assert first["parameters"]["pairs"] == len(OUR_PAIRS)
+    assert first["variants"][0]["accuracy"] == second["variants"][0]["accuracy"]
+    assert first["variants"][0]["confusion"] == second["variants"][0]["confusion"]
+    assert sum(map(sum, first["variants"][0]["confusion"])) == len(OUR_PAIRS)
+    assert "eval-key" not in (tmp_path / "official" / "results.json").read_text(encoding="utf-8")
