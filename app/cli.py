@@ -55,6 +55,10 @@ def serve(
             allow_faults=settings.enable_fault_injection,
             export_cache_dir=settings.export_cache_dir,
             max_tokenizing_pairs=settings.max_tokenizing_pairs,
+            traffic_seed=settings.traffic_seed,
+            shadow_max_queue_pairs=settings.shadow_max_queue_pairs,
+            shadow_timeout_s=settings.shadow_timeout_s,
+            shadow_max_client_backlog_s=settings.shadow_busy_backlog_ms / 1000.0,
         )
         engine.preflight()
     except (CatalogueError, CheckpointError) as error:

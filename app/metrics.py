@@ -12,6 +12,8 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from app.xnli import XNLI_LANGUAGES
+
 # 0.1 ms .. ~29 s in 1.5x steps (TEI uses the same ratio): fine enough for sub-millisecond HTTP overhead
 # and for multi-second queues under overload.
 DURATION_BUCKETS: tuple[float, ...] = tuple(round(1e-4 * 1.5**k, 7) for k in range(32))
@@ -66,7 +68,11 @@ REQUESTS = Counter(
     "Requests answered, by outcome (success, client_error, not_found, overloaded, unavailable, error).",
     ["variant", "outcome"],
 )
-PREDICTIONS = Counter("xnli_predictions", "Pairs predicted, by top label.", ["variant", "label"])
+PREDICTIONS = Counter(
+    "xnli_predictions",
+    "Pairs predicted for clients, by top label and the request's `language` (see LANGUAGE_LABELS).",
+    ["variant", "label", "language"],
+)
 QUEUE_DEPTH = Gauge("xnli_queue_depth", "Pairs waiting in the variant's queue.", ["variant"])
 VARIANT_INFO = Gauge(
     "xnli_variant_info",
@@ -87,6 +93,67 @@ DROPPED_PAIRS = Counter(
 BATCH_SPLITS = Counter("xnli_batch_splits", "Batches split in halves after running out of device memory.", ["variant"])
 INFLIGHT_REQUESTS = Gauge("xnli_inflight_requests", "Requests inside the engine (tokenizing, queued or computing).")
 UNKNOWN_VARIANT = "_unknown"
+
+# Live traffic between variants. Requests naming no variant are split by the catalogue's [traffic] weights; shadows
+# run a sampled share of a primary's pairs on a candidate. A candidate's client series above (request, queue,
+# inference, batch, predictions) never include its shadow work, which has the xnli_shadow_* series below.
+ROUTED_REQUESTS = Counter(
+    "xnli_routed_requests",
+    "Requests by how their variant was chosen: explicit (named by the client), split (weighted draw), sticky "
+    "(X-Routing-Key hashed onto the split) or default (no split configured).",
+    ["variant", "route"],
+)
+PRIORITY_REQUESTS = Counter(
+    "xnli_priority_requests",
+    "Requests the engine took, by priority class (interactive or batch).",
+    ["variant", "priority"],
+)
+SHADOW_SAMPLED_PAIRS = Counter(
+    "xnli_shadow_sampled_pairs",
+    "Pairs of a primary chosen to be shadowed on a candidate; each is later compared or dropped.",
+    ["primary", "candidate"],
+)
+SHADOW_PAIRS = Counter(
+    "xnli_shadow_pairs",
+    "Shadowed pairs compared, by the primary's and the candidate's top label (the flip matrix) and language.",
+    ["primary", "candidate", "primary_label", "candidate_label", "language"],
+)
+PROBABILITY_DIFF_BUCKETS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
+SHADOW_PROBABILITY_DIFF = Histogram(
+    "xnli_shadow_probability_diff",
+    "Per shadowed pair, the largest absolute difference between the primary's and the candidate's probabilities.",
+    ["primary", "candidate"],
+    buckets=PROBABILITY_DIFF_BUCKETS,
+)
+SHADOW_DROPPED_PAIRS = Counter(
+    "xnli_shadow_dropped_pairs",
+    "Sampled pairs never compared, by reason: busy (client work queued), queue_full, expired, draining, "
+    "not_ready, unavailable, too_long, failed, error.",
+    ["primary", "candidate", "reason"],
+)
+SHADOW_QUEUE_DEPTH = Gauge("xnli_shadow_queue_depth", "Shadow pairs waiting in the variant's shadow lane.", ["variant"])
+SHADOW_INFERENCE_DURATION = Histogram(
+    "xnli_shadow_inference_duration_seconds",
+    "Time of one shadow batch on the device (the candidate's shadow work; not in xnli_inference_duration_seconds).",
+    ["variant"],
+    buckets=DURATION_BUCKETS,
+)
+SHADOW_BATCH_SIZE = Histogram(
+    "xnli_shadow_batch_size", "Pairs per shadow batch run.", ["variant"], buckets=BATCH_SIZE_BUCKETS
+)
+
+# The `language` label: the 15 XNLI languages (ISO 639-1), `other` for any other code, `unspecified` when absent.
+LANGUAGE_LABELS: frozenset[str] = frozenset(XNLI_LANGUAGES)
+OTHER_LANGUAGE = "other"
+UNSPECIFIED_LANGUAGE = "unspecified"
+
+
+def language_label(code: str | None) -> str:
+    """A request's `language` as a metric label from a fixed set: ``fr``, ``fr-CA`` and ``FR`` count as ``fr``."""
+    if code is None:
+        return UNSPECIFIED_LANGUAGE
+    primary = code.strip().replace("_", "-").split("-", 1)[0].lower()
+    return primary if primary in LANGUAGE_LABELS else OTHER_LANGUAGE
 
 
 class CudaMemoryCollector(Collector):

@@ -135,6 +135,20 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Origins allowed by CORS (comma-separated); empty = CORS off."
     )
+    traffic_seed: int | None = Field(
+        None, description="Seed of the split draws and shadow sampling (reproducible tests); unset = random."
+    )
+    shadow_max_queue_pairs: int = Field(
+        256, ge=1, description="Shadow pairs that may wait per candidate; more are dropped (reason queue_full)."
+    )
+    shadow_timeout_s: float = Field(
+        10.0, gt=0, description="How long a shadow may wait for the device before it is dropped (reason expired)."
+    )
+    shadow_busy_backlog_ms: float = Field(
+        100.0,
+        ge=0,
+        description="New shadows are dropped (reason busy) while more client work than this is queued on the device.",
+    )
     enable_fault_injection: bool = Field(False, description="Honour [variant.faults] in the catalogue (tests only).")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"

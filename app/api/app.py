@@ -14,7 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from app import __version__
 from app.api.errors import install_error_handlers
 from app.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from app.api.routes import health, open_inference, pages, predict, variants
+from app.api.routes import health, open_inference, pages, predict, repository, variants
 from app.api.security import ApiKeyMiddleware
 from app.engine.engine import Engine
 from app.settings import Settings
@@ -99,13 +99,21 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
-            expose_headers=["X-Queue-Time", "X-Inference-Time", "X-Tokenization-Time", "X-Total-Time", "X-Request-Id"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-Id", "X-Routing-Key"],
+            expose_headers=[
+                "X-Queue-Time",
+                "X-Inference-Time",
+                "X-Tokenization-Time",
+                "X-Total-Time",
+                "X-Request-Id",
+                "X-Variant",
+            ],
         )
     app.add_middleware(RequestContextMiddleware)
     app.include_router(predict.router)
     app.include_router(variants.router)
     app.include_router(health.router)
     app.include_router(open_inference.router)
+    app.include_router(repository.router)
     pages.install_pages(app, api_keys=bool(keys))
     return app

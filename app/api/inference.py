@@ -15,7 +15,10 @@ from app.api.errors import ApiError, from_engine
 from app.api.middleware import CLIENT_CLOSED
 from app.engine.engine import Engine, PredictionResult
 from app.engine.errors import EngineError
+from app.engine.scheduler import Priority
 from app.settings import Settings
+
+ROUTING_KEY_HEADER = "X-Routing-Key"
 
 
 def outcome_for(status: int) -> str:
@@ -54,6 +57,8 @@ async def _predict_unless_disconnected(
     variant: str,
     truncate: bool,
     timeout_s: float | None,
+    priority: Priority,
+    language: str | None,
 ) -> PredictionResult | None:
     """Run the prediction, but drop it (its queued pairs are then skipped) if the client hangs up first.
 
@@ -65,7 +70,7 @@ async def _predict_unless_disconnected(
     hung_up: list[bool] = []
     watcher = asyncio.get_running_loop().create_task(_cancel_on_disconnect(request, handler, hung_up))
     try:
-        return await engine.predict(pairs, variant, truncate, timeout_s)
+        return await engine.predict(pairs, variant, truncate, timeout_s, priority=priority, language=language)
     except asyncio.CancelledError:
         if not hung_up:
             raise  # the server is cancelling us, not the client
@@ -83,8 +88,12 @@ async def run_prediction(
     endpoint: str,
     truncate: bool = True,
     timeout_s: float | None = None,
+    *,
+    priority: str = "interactive",
+    language: str | None = None,
 ) -> Response:
-    """Resolve the variant, check limits, predict, and answer with ``render``'s body and the timing headers.
+    """Route to a variant (``variant`` if named, else the catalogue's split, sticky for an ``X-Routing-Key``), check
+    limits, predict, and answer with ``render``'s body and the timing headers.
 
     Raises ApiError for every failure, so each endpoint's error handler shapes the body its protocol expects.
     """
@@ -94,11 +103,13 @@ async def run_prediction(
     variant_label = metrics.UNKNOWN_VARIANT
     status = 500
     try:
-        variant_label = engine.resolve(variant).spec.name
+        variant_label = engine.route(variant, request.headers.get(ROUTING_KEY_HEADER)).spec.name
         pairs = extract_pairs()
         if len(pairs) > settings.max_pairs_per_request:
             raise too_many_pairs(len(pairs), settings.max_pairs_per_request)
-        result = await _predict_unless_disconnected(request, engine, pairs, variant_label, truncate, timeout_s)
+        result = await _predict_unless_disconnected(
+            request, engine, pairs, variant_label, truncate, timeout_s, Priority[priority.upper()], language
+        )
         if result is None:
             status = CLIENT_CLOSED
             return Response(status_code=CLIENT_CLOSED)

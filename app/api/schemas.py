@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
@@ -29,6 +29,18 @@ class _PredictOptions(BaseModel):
         gt=0,
         le=3_600_000,
         description="Deadline for this request; may only shorten the server's request timeout. Past it: 503.",
+    )
+    priority: Literal["interactive", "batch"] = Field(
+        "interactive",
+        description="batch: bulk scoring that runs only when no interactive pair waits, and never delays interactive "
+        "requests by more than one short batch.",
+    )
+    language: str | None = Field(
+        None,
+        min_length=1,
+        max_length=35,
+        description="ISO 639-1 code of the pairs' language (e.g. fr, zh); labels the prediction and shadow counters. "
+        "The 15 XNLI languages are counted by name, any other code as `other`.",
     )
 
 

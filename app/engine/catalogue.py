@@ -6,6 +6,7 @@ A variant is a checkpoint plus how it is run. ``[defaults]`` holds serving knobs
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -48,6 +49,13 @@ class ServingOptions(BaseModel):
     )
     max_padding_ratio: float = Field(
         1.0, gt=0.0, le=1.0, description="Largest share of padding a batch may carry (1 = no cap)."
+    )
+    max_background_batch_ms: float = Field(
+        10.0,
+        gt=0.0,
+        le=60_000.0,
+        description="Longest estimated device time of a batch-priority or shadow batch: an interactive request that "
+        "arrives while one runs waits at most this long for it.",
     )
     backend: Backend = Field("torch", description="What runs the checkpoint: torch, or ONNX Runtime on an export.")
     quantization: Quantization = Field("none", description="int8-dynamic: ONNX Runtime int8 linear layers (CPU).")
@@ -119,12 +127,49 @@ class VariantSpec(ServingOptions):
     faults: FaultSpec | None = None
 
 
+class ShadowSpec(BaseModel):
+    """``[[traffic.shadow]]``: a sampled share of ``primary``'s pairs is also run on ``candidate`` and compared."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    primary: str = Field(description="The variant that answers the client.")
+    candidate: str = Field(description="Also computes the sampled pairs; never answers the client.")
+    fraction: float = Field(gt=0.0, le=1.0, description="Share of the primary's pairs sent to the candidate.")
+
+
+class TrafficSpec(BaseModel):
+    """``[traffic]``: how requests that name no variant are split, and which variants shadow which."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    split: dict[str, float] = Field(
+        default_factory=dict, description="Weight of each variant for requests without `variant` (any positive scale)."
+    )
+    shadow: tuple[ShadowSpec, ...] = ()
+
+    @field_validator("split")
+    @classmethod
+    def _positive_weights(cls, split: dict[str, float]) -> dict[str, float]:
+        bad = {name: weight for name, weight in split.items() if not (math.isfinite(weight) and weight > 0)}
+        if bad:
+            raise ValueError(f"split weights must be positive numbers, got {bad}")
+        return split
+
+    def restricted_to(self, served: set[str]) -> TrafficSpec:
+        """The part of the traffic a replica serving only ``served`` can carry out."""
+        return TrafficSpec(
+            split={name: weight for name, weight in self.split.items() if name in served},
+            shadow=tuple(shadow for shadow in self.shadow if {shadow.primary, shadow.candidate} <= served),
+        )
+
+
 class Catalogue(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     source: Path
     default_variant: str
     variants: tuple[VariantSpec, ...]
+    traffic: TrafficSpec = TrafficSpec()
 
     def get(self, name: str) -> VariantSpec:
         for variant in self.variants:
@@ -154,7 +199,7 @@ def load_catalogue(path: Path, only: list[str] | None = None) -> Catalogue:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise CatalogueError(f"catalogue {path}: not valid TOML: {error}") from None
 
-    unknown_keys = sorted(set(raw) - {"defaults", "variant", "default_variant"})
+    unknown_keys = sorted(set(raw) - {"defaults", "variant", "default_variant", "traffic"})
     if unknown_keys:
         raise CatalogueError(f"catalogue {path}: unknown top-level keys {unknown_keys}")
     defaults_table = raw.get("defaults", {})
@@ -201,7 +246,48 @@ def load_catalogue(path: Path, only: list[str] | None = None) -> Catalogue:
         raise CatalogueError(
             f"catalogue {path}: default_variant {default_variant!r} is not an enabled variant (enabled: {enabled})"
         )
-    return Catalogue(source=path, default_variant=default_variant, variants=tuple(variants))
+    traffic = _load_traffic(path, raw.get("traffic", {}), variants, restrict=bool(only))
+    return Catalogue(source=path, default_variant=default_variant, variants=tuple(variants), traffic=traffic)
+
+
+def _load_traffic(path: Path, table: object, variants: list[VariantSpec], restrict: bool) -> TrafficSpec:
+    """Parse ``[traffic]``; every variant it names must be an enabled variant of the catalogue.
+
+    A replica serving a subset (``XNLI_SERVE_VARIANTS``) keeps the split among the variants it serves and the shadows
+    whose primary and candidate it serves both."""
+    try:
+        traffic = TrafficSpec.model_validate(table)
+    except ValidationError as error:
+        raise CatalogueError(f"catalogue {path}: [traffic]: {_describe(error)}") from None
+    known = {variant.name for variant in variants}
+    enabled = {variant.name for variant in variants if variant.enabled}
+    if restrict:
+        traffic = traffic.restricted_to(enabled)
+
+    def check(where: str, name: str) -> None:
+        if name not in known:
+            raise CatalogueError(f"catalogue {path}: [traffic] {where} names unknown variant {name!r}")
+        if name not in enabled:
+            raise CatalogueError(f"catalogue {path}: [traffic] {where} names disabled variant {name!r}")
+
+    for name in traffic.split:
+        check("split", name)
+    seen: set[tuple[str, str]] = set()
+    for position, shadow in enumerate(traffic.shadow, start=1):
+        where = f"[[traffic.shadow]] #{position}"
+        check(f"{where} primary", shadow.primary)
+        check(f"{where} candidate", shadow.candidate)
+        if shadow.primary == shadow.candidate:
+            raise CatalogueError(
+                f"catalogue {path}: {where}: primary and candidate are both {shadow.primary!r}; to compare a "
+                "checkpoint with itself, declare it twice under two names"
+            )
+        if (shadow.primary, shadow.candidate) in seen:
+            raise CatalogueError(
+                f"catalogue {path}: {where}: {shadow.primary!r} -> {shadow.candidate!r} is declared twice"
+            )
+        seen.add((shadow.primary, shadow.candidate))
+    return traffic
 
 
 def check_request_limit(catalogue: Catalogue, max_pairs_per_request: int) -> None:

@@ -35,6 +35,7 @@ from app.engine.errors import (
     DeadlineExceededError,
     DrainingError,
     EngineError,
+    InputTooLongError,
     OverloadedError,
     RepositoryBusyError,
     UnknownVariantError,
@@ -42,10 +43,12 @@ from app.engine.errors import (
     VariantNotReadyError,
 )
 from app.engine.faults import FaultInjectingRunner
+from app.engine.labels import LABELS
 from app.engine.model_store import CheckpointError, CheckpointInfo, dtype_name, inspect_checkpoint
 from app.engine.runner import BatchRunner, padded_length
-from app.engine.scheduler import DeviceWorker, InferenceRequest, VariantQueue
+from app.engine.scheduler import DeviceWorker, InferenceRequest, Priority, ShadowRefused, VariantQueue
 from app.engine.tokenization import EncodedPairs, PairEncoder
+from app.engine.traffic import TrafficRouter
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +184,10 @@ class Engine:
         allow_faults: bool = False,
         export_cache_dir: Path | None = None,
         max_tokenizing_pairs: int = 1024,
+        traffic_seed: int | None = None,
+        shadow_max_queue_pairs: int = 256,
+        shadow_timeout_s: float = 10.0,
+        shadow_max_client_backlog_s: float = 0.1,
     ) -> None:
         self.catalogue = catalogue
         self.default_variant = catalogue.default_variant
@@ -206,6 +213,11 @@ class Engine:
         self._unloading: set[str] = set()
         self._load_failures: dict[str, str] = {}  # the last failed repository load of a name, until one succeeds
         self._repository_tasks: set[asyncio.Task[Any]] = set()
+        self.router = TrafficRouter(catalogue.traffic, catalogue.default_variant, traffic_seed)
+        self.shadow_max_queue_pairs = shadow_max_queue_pairs
+        self.shadow_timeout_s = shadow_timeout_s
+        self.shadow_max_client_backlog_s = shadow_max_client_backlog_s
+        self._shadow_tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -278,6 +290,7 @@ class Engine:
                 max_wait_ms=spec.max_wait_ms,
                 max_queue_pairs=spec.max_queue_pairs,
                 seconds_per_pair=seconds_per_pair,  # a first estimate for admission, refined by every batch
+                max_background_batch_s=spec.max_background_batch_ms / 1000.0,
             )
             runtime.queue = queue
             runtime.worker = self._worker_for(str(info.device))
@@ -315,8 +328,11 @@ class Engine:
             return worker
 
     def begin_drain(self) -> None:
-        """Stop taking new requests (readiness turns 503); what was accepted still finishes."""
+        """Stop taking new requests (readiness turns 503); what was accepted still finishes. Queued shadows are
+        dropped: they never hold the drain."""
         self.draining = True
+        for worker in list(self._workers.values()):
+            worker.drop_shadows()
 
     async def wait_idle(self) -> None:
         """Return once no request is inside the engine (bound it with asyncio.timeout)."""
@@ -384,9 +400,9 @@ class Engine:
             names += [spec.name for spec in load_catalogue(self.catalogue.source).variants if spec.name not in names]
         except CatalogueError as error:
             log.warning("repository index lists loaded variants only: %s", error)
-        return [self._repository_entry(name) for name in names]
+        return [self.repository_entry(name) for name in names]
 
-    def _repository_entry(self, name: str) -> RepositoryEntry:
+    def repository_entry(self, name: str) -> RepositoryEntry:
         runtime = self.variants.get(name)
         failure = self._load_failures.get(name)
         serving = runtime is not None and runtime.spec.enabled and runtime.status is VariantStatus.READY
@@ -533,20 +549,33 @@ class Engine:
         variant: str | None = None,
         truncate: bool = True,
         timeout_s: float | None = None,
+        *,
+        priority: Priority = Priority.INTERACTIVE,
+        language: str | None = None,
     ) -> PredictionResult:
         """Tokenize off the event loop, queue every pair, and wait until the batches carrying them have run.
 
-        ``timeout_s`` may shorten the engine's request timeout, never lengthen it. Raises an EngineError subclass:
-        UnknownVariantError, VariantNotReadyError, InputTooLongError, OverloadedError, DeadlineExceededError,
-        DrainingError or InferenceError; each is counted in xnli_request_failures_total.
+        ``timeout_s`` may shorten the engine's request timeout, never lengthen it. ``priority`` BATCH queues behind
+        every interactive pair on the device. ``language`` (an ISO 639-1 code) labels the prediction and shadow
+        counters. Once answered, the catalogue's shadows of this variant get their sample of the pairs, without
+        delaying this answer. Raises an EngineError subclass: UnknownVariantError, VariantNotReadyError,
+        InputTooLongError, OverloadedError, DeadlineExceededError, DrainingError or InferenceError; each is counted
+        in xnli_request_failures_total.
         """
+        if priority is Priority.SHADOW:
+            raise ValueError("shadow priority is reserved for the engine's own shadow work")
         runtime = self.resolve(variant)
         name = runtime.spec.name
+        language_label = metrics.language_label(language)
         self.inflight += 1
         runtime.active += 1
         metrics.INFLIGHT_REQUESTS.inc()
+        metrics.PRIORITY_REQUESTS.labels(name, priority.label).inc()
         try:
-            return await self._predict(runtime, pairs, truncate, timeout_s)
+            result = await self._predict(runtime, pairs, truncate, timeout_s, priority, language_label)
+            if name in self.router.shadows:
+                self._start_shadows(name, pairs, result, truncate, language_label)
+            return result
         except EngineError as error:
             metrics.REQUEST_FAILURES.labels(name, error.reason).inc()
             raise
@@ -582,7 +611,13 @@ class Engine:
             self._tokenizing_pairs -= len(pairs)
 
     async def _predict(
-        self, runtime: VariantRuntime, pairs: Sequence[tuple[str, str]], truncate: bool, timeout_s: float | None
+        self,
+        runtime: VariantRuntime,
+        pairs: Sequence[tuple[str, str]],
+        truncate: bool,
+        timeout_s: float | None,
+        priority: Priority = Priority.INTERACTIVE,
+        language: str = metrics.UNSPECIFIED_LANGUAGE,
     ) -> PredictionResult:
         name = runtime.spec.name
         if self.draining:
@@ -596,13 +631,13 @@ class Engine:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         deadline = started + timeout
-        reservation = runtime.worker.admit(runtime.queue, len(pairs), deadline)
+        reservation = runtime.worker.admit(runtime.queue, len(pairs), deadline, priority)
         try:
             encoded = await self._tokenize(runtime.encoder, pairs, truncate)
             tokenized = time.perf_counter()
             metrics.TOKENIZATION_DURATION.labels(name).observe(tokenized - started)
-            request = InferenceRequest(len(encoded.ids), loop, deadline)
-            runtime.worker.submit(runtime.queue, request, encoded.ids, reservation)
+            request = InferenceRequest(len(encoded.ids), loop, deadline, language)
+            runtime.worker.submit(runtime.queue, request, encoded.ids, reservation, priority)
         finally:
             runtime.worker.release(reservation)  # a no-op once submit turned it into queued pairs
         try:
@@ -625,3 +660,161 @@ class Engine:
             truncated=encoded.truncated,
             timings=Timings(tokenized - started, queue_s, request.compute_s, finished - started),
         )
+
+    # -- live traffic between variants ---------------------------------------------------------------------------
+
+    def route(self, variant: str | None, routing_key: str | None = None) -> VariantRuntime:
+        """The variant that answers a request: ``variant`` when named, else the catalogue's ``[traffic] split``
+        (sticky for a routing key), else the default variant. Counted in xnli_routed_requests_total."""
+        decision = self.router.choose(variant, routing_key)
+        runtime = self.resolve(decision.variant)
+        metrics.ROUTED_REQUESTS.labels(runtime.spec.name, str(decision.route)).inc()
+        return runtime
+
+    def _start_shadows(
+        self,
+        primary: str,
+        pairs: Sequence[tuple[str, str]],
+        result: PredictionResult,
+        truncate: bool,
+        language: str,
+    ) -> None:
+        """Sample the answered pairs for each shadow of ``primary`` and start its comparison as a background task.
+        Nothing here may fail the client's answer: errors are logged and counted as dropped pairs."""
+        for shadow in self.router.shadows[primary]:
+            chosen: list[int] = []
+            try:
+                chosen = self.router.sample(shadow, len(pairs))
+                if not chosen:
+                    continue
+                metrics.SHADOW_SAMPLED_PAIRS.labels(primary, shadow.candidate).inc(len(chosen))
+                task = asyncio.get_running_loop().create_task(
+                    self._run_shadow(
+                        primary,
+                        shadow.candidate,
+                        [pairs[index] for index in chosen],
+                        result.probabilities[chosen].copy(),
+                        truncate,
+                        language,
+                    )
+                )
+                self._shadow_tasks.add(task)
+                task.add_done_callback(self._shadow_tasks.discard)
+            except Exception:
+                log.exception("could not start the shadow %s -> %s", primary, shadow.candidate)
+                metrics.SHADOW_DROPPED_PAIRS.labels(primary, shadow.candidate, "error").inc(len(chosen))
+
+    async def _run_shadow(
+        self,
+        primary: str,
+        candidate: str,
+        pairs: list[tuple[str, str]],
+        primary_probabilities: npt.NDArray[np.float32],
+        truncate: bool,
+        language: str,
+    ) -> None:
+        """Run ``pairs`` on ``candidate`` in its shadow lane and compare with the primary's answers; every outcome
+        other than a comparison is a counted drop. Never raises (but lets cancellation through)."""
+        try:
+            reason = await self._shadow_compare(primary, candidate, pairs, primary_probabilities, truncate, language)
+        except asyncio.CancelledError:
+            metrics.SHADOW_DROPPED_PAIRS.labels(primary, candidate, "draining").inc(len(pairs))
+            raise
+        except Exception:
+            log.exception("shadow %s -> %s failed", primary, candidate)
+            reason = "error"
+        if reason is not None:
+            metrics.SHADOW_DROPPED_PAIRS.labels(primary, candidate, reason).inc(len(pairs))
+
+    async def _shadow_compare(
+        self,
+        primary: str,
+        candidate: str,
+        pairs: list[tuple[str, str]],
+        primary_probabilities: npt.NDArray[np.float32],
+        truncate: bool,
+        language: str,
+    ) -> str | None:
+        """None once compared and counted, else the reason the pairs were dropped."""
+        if self.draining:
+            return "draining"
+        runtime = self.variants.get(candidate)
+        if runtime is None or runtime.status is not VariantStatus.READY:
+            return "not_ready"
+        queue, worker, encoder = runtime.queue, runtime.worker, runtime.encoder
+        assert queue is not None
+        assert worker is not None
+        assert encoder is not None
+        limits = (self.shadow_max_queue_pairs, self.shadow_max_client_backlog_s)
+        try:
+            reservation = worker.admit_shadow(queue, len(pairs), *limits)
+        except ShadowRefused as refused:
+            return refused.reason
+        loop = asyncio.get_running_loop()
+        deadline = time.perf_counter() + self.shadow_timeout_s
+        try:
+            if sum(len(premise) + len(hypothesis) for premise, hypothesis in pairs) <= INLINE_TOKENIZATION_CHARS:
+                encoded = encoder.encode(pairs, truncate)
+            elif self._tokenizing_pairs:  # client requests are waiting for the tokenizer threads: they go first
+                return "busy"
+            else:
+                encoded = await loop.run_in_executor(self._tokenize_pool, encoder.encode, pairs, truncate)
+            request = InferenceRequest(len(pairs), loop, deadline, language)
+            worker.submit(
+                queue,
+                request,
+                encoded.ids,
+                reservation,
+                Priority.SHADOW,
+                max_shadow_pairs=limits[0],
+                max_client_backlog_s=limits[1],
+            )
+        except ShadowRefused as refused:
+            return refused.reason
+        except InputTooLongError:
+            return "too_long"
+        finally:
+            worker.release(reservation)
+        try:
+            async with asyncio.timeout_at(loop.time() + self.shadow_timeout_s):
+                await request.future
+        except TimeoutError:
+            request.abandon("deadline")
+            return "expired"
+        except ShadowRefused as refused:
+            return refused.reason
+        except DeadlineExceededError:
+            return "expired"
+        except EngineError:
+            return "failed"
+        except asyncio.CancelledError:
+            request.abandon("disconnected")
+            raise
+        self._record_shadow(primary, candidate, primary_probabilities, request.probabilities, language)
+        return None
+
+    @staticmethod
+    def _record_shadow(
+        primary: str,
+        candidate: str,
+        primary_probabilities: npt.NDArray[np.float32],
+        candidate_probabilities: npt.NDArray[np.float32],
+        language: str,
+    ) -> None:
+        flips: dict[tuple[int, int], int] = {}
+        for pair in zip(
+            primary_probabilities.argmax(axis=1).tolist(), candidate_probabilities.argmax(axis=1).tolist(), strict=True
+        ):
+            flips[pair] = flips.get(pair, 0) + 1
+        for (primary_label, candidate_label), count in flips.items():
+            metrics.SHADOW_PAIRS.labels(
+                primary, candidate, LABELS[primary_label], LABELS[candidate_label], language
+            ).inc(count)
+        histogram = metrics.SHADOW_PROBABILITY_DIFF.labels(primary, candidate)
+        for difference in np.abs(primary_probabilities - candidate_probabilities).max(axis=1).tolist():
+            histogram.observe(difference)
+
+    async def wait_shadows(self) -> None:
+        """Return once every shadow started so far was compared or dropped (tests and benchmarks use it)."""
+        while self._shadow_tasks:
+            await asyncio.gather(*list(self._shadow_tasks), return_exceptions=True)

@@ -4,7 +4,12 @@ One worker thread per device runs every forward pass for the variants placed on 
 never blocks on a model and variants sharing a GPU do not fight over it. When the device is free the worker takes
 what is waiting (no timer unless a variant asks for ``max_wait_ms``), serving variants round-robin so none starves.
 
-Admission is bounded: a queue holds at most ``max_queue_pairs`` pairs, and a request whose pairs could not be
+Each queue has three lanes, one per priority: interactive pairs run before batch pairs, batch pairs before shadow
+pairs. The worker always starts the highest-priority batch that is ready, so lower-priority work only fills spare
+device time and delays interactive requests by at most the one batch already running; batches of background lanes
+(batch, shadow) are kept short (``max_background_batch_s``) so that batch costs little.
+
+Admission is bounded: each lane holds at most ``max_queue_pairs`` pairs, and a request whose pairs could not be
 computed before its deadline (judged from the device's measured seconds per pair and the work already queued on it)
 is refused at once instead of queued. Pairs whose request expired or went away are dropped before compute.
 """
@@ -18,6 +23,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import replace
+from enum import IntEnum
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -38,6 +45,8 @@ from app.engine.labels import LABELS
 from app.engine.runner import padded_length
 
 if TYPE_CHECKING:
+    from prometheus_client import Counter, Gauge
+
     from app.engine.runner import BatchRunner
 
 log = logging.getLogger(__name__)
@@ -51,6 +60,26 @@ _RATE_FALL = 0.1
 # and batches vary, so admitting right up to the deadline makes the last requests in line expire after their pairs
 # were computed (measured: base CPU, 16 clients x 16 pairs, most requests expired at 27 s of a 30 s deadline).
 ADMISSION_HEADROOM = 0.8
+
+
+class Priority(IntEnum):
+    """Lanes of a queue, served in this order; lower values run first."""
+
+    INTERACTIVE = 0
+    BATCH = 1
+    SHADOW = 2
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+class ShadowRefused(Exception):
+    """Shadow work not taken: ``reason`` is the `reason` label of xnli_shadow_dropped_pairs_total."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(message)
 
 
 class UnloadedRunner:
@@ -78,13 +107,17 @@ class InferenceRequest:
         "done_at",
         "enqueued_at",
         "future",
+        "language",
         "last_batch",
         "probabilities",
         "remaining",
     )
 
-    def __init__(self, size: int, loop: asyncio.AbstractEventLoop, deadline: float = math.inf) -> None:
+    def __init__(
+        self, size: int, loop: asyncio.AbstractEventLoop, deadline: float = math.inf, language: str = "unspecified"
+    ) -> None:
         self._loop = loop
+        self.language = language  # the `language` label its predictions are counted under
         self.future: asyncio.Future[None] = loop.create_future()
         self.probabilities: npt.NDArray[np.float32] = np.empty((size, len(LABELS)), dtype=np.float32)
         self.remaining = size
@@ -134,23 +167,46 @@ class PendingPair:
 
 
 class Reservation:
-    """Room held in a queue for a request that was admitted but is still being tokenized.
+    """Room held in a queue's lane for a request that was admitted but is still being tokenized.
 
     Admission counts it like queued pairs, so a burst of large requests cannot all pass admission while none of
     them is queued yet. Released when the pairs are queued, or when the request fails or goes away first.
     """
 
-    __slots__ = ("count", "queue", "released")
+    __slots__ = ("count", "lane", "queue", "released")
 
-    def __init__(self, queue: VariantQueue, count: int) -> None:
+    def __init__(self, queue: VariantQueue, count: int, priority: Priority = Priority.INTERACTIVE) -> None:
         self.queue = queue
+        self.lane = queue.lanes[priority]
         self.count = count
         self.released = False
 
 
+class Lane:
+    """The pairs of one priority waiting for one variant."""
+
+    __slots__ = ("depth", "pairs", "priority", "reserved_pairs")
+
+    def __init__(self, priority: Priority, depth: Gauge) -> None:
+        self.priority = priority
+        self.pairs: deque[PendingPair] = deque()
+        self.reserved_pairs = 0  # admitted, still being tokenized
+        self.depth = depth
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    @property
+    def waiting(self) -> int:
+        return len(self.pairs) + self.reserved_pairs
+
+
 class VariantQueue:
-    """Pairs waiting for one variant. The device worker's lock guards ``pairs`` and ``reserved_pairs``; the worker
-    thread alone updates the cost model and metrics (``record_batch``) outside it."""
+    """Pairs waiting for one variant, in one lane per priority. The device worker's lock guards the lanes; the worker
+    thread alone updates the cost model and metrics (``record_batch``) outside it.
+
+    Client lanes (interactive, batch) feed the variant's xnli_* series; the shadow lane feeds only xnli_shadow_*
+    series, so a candidate's own latency and prediction counts never mix in shadow work."""
 
     def __init__(
         self,
@@ -160,6 +216,7 @@ class VariantQueue:
         max_wait_ms: float = 0.0,
         max_queue_pairs: int = 1_000_000,
         seconds_per_pair: float = 0.0,
+        max_background_batch_s: float = math.inf,
     ) -> None:
         self.name = name
         self.runner = runner
@@ -167,47 +224,84 @@ class VariantQueue:
         self.max_wait_s = max_wait_ms / 1000.0
         self.max_queue_pairs = max_queue_pairs
         self.seconds_per_pair = seconds_per_pair  # smoothed device time per pair, for admission and Retry-After
-        self.pairs: deque[PendingPair] = deque()
-        self.reserved_pairs = 0  # admitted, still being tokenized
+        self.max_background_batch_s = max_background_batch_s  # batch and shadow lanes: the longest batch they start
+        self.lanes = (
+            Lane(Priority.INTERACTIVE, metrics.QUEUE_DEPTH.labels(name)),
+            Lane(Priority.BATCH, metrics.QUEUE_DEPTH.labels(name)),
+            Lane(Priority.SHADOW, metrics.SHADOW_QUEUE_DEPTH.labels(name)),
+        )
         self.batches_run = 0
         self.retired = False  # removed from its worker (variant unloaded or replaced): admits nothing more
-        self._depth = metrics.QUEUE_DEPTH.labels(name)
         self._inference = metrics.INFERENCE_DURATION.labels(name)
         self._batch_size = metrics.BATCH_SIZE.labels(name)
         self._batch_tokens = metrics.BATCH_TOKENS.labels(name)
         self._padding = metrics.BATCH_PADDING_RATIO.labels(name)
         self._real_tokens = metrics.COMPUTED_TOKENS.labels(name, "real")
         self._padding_tokens = metrics.COMPUTED_TOKENS.labels(name, "padding")
-        self._predictions = [metrics.PREDICTIONS.labels(name, label) for label in LABELS]
+        self._predictions: dict[tuple[str, int], Counter] = {}
+        self._shadow_inference = metrics.SHADOW_INFERENCE_DURATION.labels(name)
+        self._shadow_batch_size = metrics.SHADOW_BATCH_SIZE.labels(name)
 
-    def seconds_until_ready(self, now: float) -> float | None:
-        """0 when a batch should run now, a wait in seconds while ``max_wait_ms`` lets it fill, None when empty."""
-        if not self.pairs:
+    @property
+    def pairs(self) -> deque[PendingPair]:
+        """The interactive lane's pairs."""
+        return self.lanes[Priority.INTERACTIVE].pairs
+
+    @property
+    def reserved_pairs(self) -> int:
+        """Interactive pairs admitted and still being tokenized."""
+        return self.lanes[Priority.INTERACTIVE].reserved_pairs
+
+    @reserved_pairs.setter
+    def reserved_pairs(self, value: int) -> None:
+        self.lanes[Priority.INTERACTIVE].reserved_pairs = value
+
+    def seconds_until_ready(self, now: float, priority: Priority = Priority.INTERACTIVE) -> float | None:
+        """0 when a batch of the lane should run now, a wait in seconds while ``max_wait_ms`` lets it fill, None when
+        the lane is empty."""
+        pairs = self.lanes[priority].pairs
+        if not pairs:
             return None
-        if self.max_wait_s <= 0 or len(self.pairs) >= self.limits.max_batch_size:
+        if self.max_wait_s <= 0 or len(pairs) >= self.limits.max_batch_size:
             return 0.0
-        return max(0.0, self.pairs[0].request.enqueued_at + self.max_wait_s - now)
+        return max(0.0, pairs[0].request.enqueued_at + self.max_wait_s - now)
 
-    def backlog_seconds(self) -> float:
-        return (len(self.pairs) + self.reserved_pairs) * self.seconds_per_pair
+    def backlog_seconds(self, up_to: Priority = Priority.SHADOW) -> float:
+        """Device time of the pairs waiting in lanes that run before or with ``up_to``."""
+        return sum(lane.waiting for lane in self.lanes[: up_to + 1]) * self.seconds_per_pair
 
-    def put(self, pairs: Sequence[PendingPair]) -> None:
-        self.pairs.extend(pairs)
-        self._depth.inc(len(pairs))
+    def put(self, pairs: Sequence[PendingPair], priority: Priority = Priority.INTERACTIVE) -> None:
+        lane = self.lanes[priority]
+        lane.pairs.extend(pairs)
+        lane.depth.inc(len(pairs))
 
-    def clear(self) -> list[InferenceRequest]:
-        """Empty the queue; returns the distinct requests that still had pairs waiting."""
-        requests = list({id(pair.request): pair.request for pair in self.pairs}.values())
-        self._depth.dec(len(self.pairs))
-        self.pairs.clear()
-        return requests
+    def clear(self, priorities: Sequence[Priority] = tuple(Priority)) -> list[InferenceRequest]:
+        """Empty lanes (all by default); returns the distinct requests that still had pairs waiting."""
+        requests: dict[int, InferenceRequest] = {}
+        for priority in priorities:
+            lane = self.lanes[priority]
+            requests.update((id(pair.request), pair.request) for pair in lane.pairs)
+            lane.depth.dec(len(lane.pairs))
+            lane.pairs.clear()
+        return list(requests.values())
 
-    def take_batch(self, now: float) -> list[PendingPair]:
-        """Next batch by the length-grouping policy; pairs of expired or abandoned requests are dropped here."""
+    def _limits_for(self, priority: Priority) -> BatchLimits:
+        """Background batches are cut to ``max_background_batch_s`` of estimated device time: an interactive request
+        arriving while one runs waits for at most that."""
+        if priority is Priority.INTERACTIVE or self.seconds_per_pair <= 0 or math.isinf(self.max_background_batch_s):
+            return self.limits
+        pairs = max(1, min(self.limits.max_batch_size, int(self.max_background_batch_s / self.seconds_per_pair)))
+        return replace(self.limits, max_batch_size=pairs)
+
+    def take_batch(self, now: float, priority: Priority = Priority.INTERACTIVE) -> list[PendingPair]:
+        """Next batch of a lane by the length-grouping policy; pairs of expired or abandoned requests are dropped
+        here (counted in xnli_dropped_pairs_total for client lanes; a shadow's own task counts its drops)."""
+        lane = self.lanes[priority]
+        limits = self._limits_for(priority)
         window: list[PendingPair] = []
         dropped: dict[str, int] = {}
-        while self.pairs and len(window) < self.limits.window:
-            pair = self.pairs.popleft()
+        while lane.pairs and len(window) < limits.window:
+            pair = lane.pairs.popleft()
             request = pair.request
             if request.abandon_reason is None and request.deadline <= now + request.remaining * self.seconds_per_pair:
                 # Past its deadline, or cannot make it even if all its pairs ran now: computing more of it is waste.
@@ -222,24 +316,33 @@ class VariantQueue:
                 dropped[request.abandon_reason] = dropped.get(request.abandon_reason, 0) + 1
             else:
                 window.append(pair)
-        chosen = select_batch([pair.length for pair in window], self.limits, [pair.request for pair in window])
+        chosen = select_batch([pair.length for pair in window], limits, [pair.request for pair in window])
         chosen_positions = set(chosen)
-        self.pairs.extendleft(
+        lane.pairs.extendleft(
             reversed([pair for position, pair in enumerate(window) if position not in chosen_positions])
         )
-        self._depth.dec(len(chosen) + sum(dropped.values()))
-        for reason, count in dropped.items():
-            metrics.DROPPED_PAIRS.labels(self.name, reason).inc(count)
+        lane.depth.dec(len(chosen) + sum(dropped.values()))
+        if priority is not Priority.SHADOW:
+            for reason, count in dropped.items():
+                metrics.DROPPED_PAIRS.labels(self.name, reason).inc(count)
         return [window[position] for position in chosen]
 
     def record_batch(
-        self, pairs: Sequence[PendingPair], elapsed: float, probabilities: npt.NDArray[np.float32]
+        self,
+        pairs: Sequence[PendingPair],
+        elapsed: float,
+        probabilities: npt.NDArray[np.float32],
+        priority: Priority = Priority.INTERACTIVE,
     ) -> None:
         sample = elapsed / len(pairs)
         weight = _RATE_RISE if sample > self.seconds_per_pair else _RATE_FALL
         self.seconds_per_pair = (
             sample if self.seconds_per_pair <= 0 else (1 - weight) * self.seconds_per_pair + weight * sample
         )
+        if priority is Priority.SHADOW:
+            self._shadow_inference.observe(elapsed)
+            self._shadow_batch_size.observe(len(pairs))
+            return
         real_tokens = sum(pair.length for pair in pairs)
         padded_tokens = len(pairs) * padded_length(max(pair.length for pair in pairs))
         self._inference.observe(elapsed)
@@ -248,9 +351,15 @@ class VariantQueue:
         self._padding.observe(1.0 - real_tokens / padded_tokens)
         self._real_tokens.inc(real_tokens)
         self._padding_tokens.inc(padded_tokens - real_tokens)
-        for label_index, count in enumerate(np.bincount(probabilities.argmax(axis=1), minlength=len(LABELS))):
-            if count:
-                self._predictions[label_index].inc(int(count))
+        counts: dict[tuple[str, int], int] = {}
+        for pair, label_index in zip(pairs, probabilities.argmax(axis=1).tolist(), strict=True):
+            key = (pair.request.language, label_index)
+            counts[key] = counts.get(key, 0) + 1
+        for key, count in counts.items():
+            counter = self._predictions.get(key)
+            if counter is None:
+                counter = self._predictions[key] = metrics.PREDICTIONS.labels(self.name, LABELS[key[1]], key[0])
+            counter.inc(count)
 
 
 def _is_out_of_memory(error: BaseException) -> bool:
@@ -266,7 +375,7 @@ class DeviceWorker:
         self.failure: BaseException | None = None
         self._condition = threading.Condition()
         self._stopping = False
-        self._next_queue = 0
+        self._next_queue = [0] * len(Priority)  # per lane: round-robin position
         self._batch_counter = 0
         self._busy_until = 0.0  # when the batch now running should end: queued work starts after it
         self._thread = threading.Thread(target=self._run, name=f"device-worker-{device}", daemon=True)
@@ -297,11 +406,15 @@ class DeviceWorker:
     def alive(self) -> bool:
         return self._thread.is_alive() and self.failure is None
 
-    def _check_admission(self, queue: VariantQueue, count: int, deadline: float, now: float) -> None:
-        """Raise unless ``count`` more pairs fit the queue and can be computed before ``deadline``.
+    def _check_admission(
+        self, queue: VariantQueue, count: int, deadline: float, now: float, priority: Priority = Priority.INTERACTIVE
+    ) -> None:
+        """Raise unless ``count`` more pairs fit the queue's lane and can be computed before ``deadline``.
 
-        RequestTooLargeError and DeadlineTooShortError say the request could never be admitted, however idle the
-        device (the client must change it); OverloadedError says it cannot be admitted now. Caller holds the lock."""
+        Only work that runs before or with ``priority`` counts: queued batch work never gets an interactive request
+        refused. RequestTooLargeError and DeadlineTooShortError say the request could never be admitted, however idle
+        the device (the client must change it); OverloadedError says it cannot be admitted now. Caller holds the
+        lock."""
         if self.failure is not None:
             raise InferenceError(f"device worker {self.device} is down: {self.failure!r}")
         if queue.retired:
@@ -319,12 +432,12 @@ class DeviceWorker:
                 f"variant {queue.name!r} even on an idle device; the minimum is about {minimum_s * 1000:.1f} ms",
                 minimum_s=minimum_s,
             )
-        backlog = sum(other.backlog_seconds() for other in self.queues) + max(0.0, self._busy_until - now)
-        waiting = len(queue.pairs) + queue.reserved_pairs
+        backlog = sum(other.backlog_seconds(priority) for other in self.queues) + max(0.0, self._busy_until - now)
+        waiting = queue.lanes[priority].waiting
         if waiting + count > queue.max_queue_pairs:
             raise OverloadedError(
-                f"variant {queue.name!r} queue is full ({waiting} of {queue.max_queue_pairs} pairs "
-                f"waiting or being tokenized, this request adds {count})",
+                f"variant {queue.name!r} {priority.label} queue is full ({waiting} of {queue.max_queue_pairs} "
+                f"pairs waiting or being tokenized, this request adds {count})",
                 retry_after_s=max(backlog, 1.0),
             )
         expected = backlog + count * queue.seconds_per_pair
@@ -336,13 +449,54 @@ class DeviceWorker:
                 retry_after_s=max(backlog, 1.0),
             )
 
-    def admit(self, queue: VariantQueue, count: int, deadline: float) -> Reservation:
+    def admit(
+        self, queue: VariantQueue, count: int, deadline: float, priority: Priority = Priority.INTERACTIVE
+    ) -> Reservation:
         """Early refusal, before tokenizing (refused requests then cost almost no CPU); admitted pairs hold their
-        room until ``submit`` or ``release``."""
+        room until ``submit`` or ``release``. Shadow work goes through ``admit_shadow``."""
         with self._condition:
-            self._check_admission(queue, count, deadline, time.perf_counter())
-            queue.reserved_pairs += count
-            return Reservation(queue, count)
+            self._check_admission(queue, count, deadline, time.perf_counter(), priority)
+            reservation = Reservation(queue, count, priority)
+            reservation.lane.reserved_pairs += count
+            return reservation
+
+    def _check_shadow(self, queue: VariantQueue, count: int, max_pairs: int, max_client_backlog_s: float) -> None:
+        """Raise ShadowRefused unless the shadow lane has room and the device is not busy with client work.
+        Caller holds the lock."""
+        if self.failure is not None or self._stopping:
+            raise ShadowRefused("unavailable", f"device worker {self.device} is stopping or down")
+        lane = queue.lanes[Priority.SHADOW]
+        if lane.waiting + count > max_pairs:
+            abandoned = [pair for pair in lane.pairs if pair.request.abandon_reason is not None]
+            if abandoned:  # pairs whose shadow gave up waiting hold no room
+                lane.pairs = deque(pair for pair in lane.pairs if pair.request.abandon_reason is None)
+                lane.depth.dec(len(abandoned))
+        if lane.waiting + count > max_pairs:
+            raise ShadowRefused(
+                "queue_full", f"shadow lane of {queue.name!r} holds {lane.waiting} pairs, at most {max_pairs}"
+            )
+        client = sum(other.backlog_seconds(Priority.BATCH) for other in self.queues)
+        if client > max_client_backlog_s:
+            raise ShadowRefused(
+                "busy", f"{client:.3f}s of client work is queued on {self.device}, over {max_client_backlog_s}s"
+            )
+
+    def admit_shadow(self, queue: VariantQueue, count: int, max_pairs: int, max_client_backlog_s: float) -> Reservation:
+        """Room in ``queue``'s shadow lane, unless it is full or client work is queued on the device beyond
+        ``max_client_backlog_s``: shadows are dropped first, before any client request waits or is refused."""
+        with self._condition:
+            self._check_shadow(queue, count, max_pairs, max_client_backlog_s)
+            reservation = Reservation(queue, count, Priority.SHADOW)
+            reservation.lane.reserved_pairs += count
+            return reservation
+
+    def drop_shadows(self, reason: str = "draining") -> int:
+        """Fail every queued shadow (the service is draining); returns how many shadow requests were waiting."""
+        with self._condition:
+            leftover = [request for queue in self.queues for request in queue.clear([Priority.SHADOW])]
+        for request in leftover:
+            request.fail(ShadowRefused(reason, "shadow work dropped: the service is draining"), reason=reason)
+        return len(leftover)
 
     def release(self, reservation: Reservation) -> None:
         """Give back an admitted request's room (it failed or went away before its pairs were queued)."""
@@ -355,7 +509,7 @@ class DeviceWorker:
     def _release(reservation: Reservation) -> None:
         if not reservation.released:
             reservation.released = True
-            reservation.queue.reserved_pairs -= reservation.count
+            reservation.lane.reserved_pairs -= reservation.count
 
     def submit(
         self,
@@ -363,47 +517,58 @@ class DeviceWorker:
         request: InferenceRequest,
         sequences: Sequence[list[int]],
         reservation: Reservation | None = None,
+        priority: Priority = Priority.INTERACTIVE,
+        *,
+        max_shadow_pairs: int = 1_000_000,
+        max_client_backlog_s: float = math.inf,
     ) -> None:
-        """Queue a request's pairs (turning its reservation into queued pairs), or raise if they cannot be served in
-        time: tokenizing took some of the time the request had."""
+        """Queue a request's pairs in the lane of ``priority`` (turning its reservation into queued pairs), or raise
+        if they cannot be served in time: tokenizing took some of the time the request had. Shadow pairs are checked
+        again against ``max_shadow_pairs`` and ``max_client_backlog_s`` (ShadowRefused)."""
         pending = [PendingPair(request, index, ids) for index, ids in enumerate(sequences)]
         with self._condition:
             if reservation is not None:
                 self._release(reservation)
             now = time.perf_counter()
-            self._check_admission(queue, len(pending), request.deadline, now)
+            if priority is Priority.SHADOW:
+                self._check_shadow(queue, len(pending), max_shadow_pairs, max_client_backlog_s)
+            else:
+                self._check_admission(queue, len(pending), request.deadline, now, priority)
             request.enqueued_at = now
-            queue.put(pending)
+            queue.put(pending, priority)
             self._condition.notify()
 
     def stop(self, timeout: float | None = None) -> None:
-        """Finish what is queued, then end the thread."""
+        """Finish what clients queued (queued shadows are dropped), then end the thread."""
+        self.drop_shadows()
         with self._condition:
             self._stopping = True
             self._condition.notify_all()
         if self._thread.is_alive():
             self._thread.join(timeout)
 
-    def _next_batch(self) -> tuple[VariantQueue, list[PendingPair]] | None:
-        """Wait for a ready queue; round-robin from the one after the last served. None once stopped and empty."""
+    def _next_batch(self) -> tuple[VariantQueue, list[PendingPair], Priority] | None:
+        """Wait for a ready lane: the highest priority first, and within a priority round-robin from the queue after
+        the last one served. None once stopped and empty."""
         with self._condition:
             while True:
                 now = time.perf_counter()
                 soonest: float | None = None
                 count = len(self.queues)
-                for offset in range(count):
-                    position = (self._next_queue + offset) % count
-                    queue = self.queues[position]
-                    wait = queue.seconds_until_ready(now)
-                    if wait is None:
-                        continue
-                    if wait <= 0 or self._stopping:
-                        batch = queue.take_batch(now)
-                        if not batch:
+                for priority in Priority:
+                    for offset in range(count):
+                        position = (self._next_queue[priority] + offset) % count
+                        queue = self.queues[position]
+                        wait = queue.seconds_until_ready(now, priority)
+                        if wait is None:
                             continue
-                        self._next_queue = (position + 1) % count
-                        return queue, batch
-                    soonest = wait if soonest is None else min(soonest, wait)
+                        if wait <= 0 or self._stopping:
+                            batch = queue.take_batch(now, priority)
+                            if not batch:
+                                continue
+                            self._next_queue[priority] = (position + 1) % count
+                            return queue, batch, priority
+                        soonest = wait if soonest is None else min(soonest, wait)
                 if self._stopping and soonest is None:
                     return None
                 self._condition.wait(soonest)
@@ -433,7 +598,9 @@ class DeviceWorker:
         middle = len(sequences) // 2
         return np.concatenate([self._forward(queue, sequences[:middle]), self._forward(queue, sequences[middle:])])
 
-    def _run_batch(self, queue: VariantQueue, batch: list[PendingPair]) -> None:
+    def _run_batch(
+        self, queue: VariantQueue, batch: list[PendingPair], priority: Priority = Priority.INTERACTIVE
+    ) -> None:
         self._batch_counter += 1
         batch_id = self._batch_counter
         requests = list({id(pair.request): pair.request for pair in batch}.values())
@@ -467,7 +634,7 @@ class DeviceWorker:
             self._fail_batch(queue, batch, [request for request in requests if request.remaining > 0], error)
             return
         try:
-            queue.record_batch(batch, elapsed, probabilities)
+            queue.record_batch(batch, elapsed, probabilities, priority)
         except Exception:  # every request is answered; only bookkeeping was lost
             log.exception("recording batch metrics failed for variant %s; the worker goes on", queue.name)
 

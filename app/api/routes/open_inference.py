@@ -82,7 +82,8 @@ class RequestOutput(BaseModel):
 
 
 class InferenceRequestBody(BaseModel):
-    """`parameters` may carry `truncate` (bool) and `timeout` (microseconds, as in Triton)."""
+    """`parameters` may carry `truncate` (bool), `timeout` (microseconds, as in Triton), `priority` ("interactive" or
+    "batch", as on /predict) and `language` (ISO 639-1 code, as on /predict)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -239,6 +240,21 @@ def _options(body: InferenceRequestBody) -> tuple[bool, float | None]:
     return truncate, timeout_us / 1e6
 
 
+PRIORITIES = ("interactive", "batch")
+
+
+def _traffic_options(body: InferenceRequestBody) -> tuple[str, str | None]:
+    """The `priority` and `language` parameters, checked as /predict checks its fields."""
+    parameters = body.parameters or {}
+    priority = parameters.get("priority", "interactive")
+    if priority not in PRIORITIES or not isinstance(priority, str):
+        raise _bad_request(f"parameter 'priority' must be one of {', '.join(PRIORITIES)}")
+    language = parameters.get("language")
+    if language is not None and not (isinstance(language, str) and 1 <= len(language) <= 35):
+        raise _bad_request("parameter 'language' must be a language code of 1 to 35 characters (e.g. fr)")
+    return priority, language
+
+
 def _render(body: InferenceRequestBody, outputs: tuple[str, ...]) -> Callable[[PredictionResult], bytes]:
     def render(result: PredictionResult) -> bytes:
         probabilities = result.probabilities
@@ -387,6 +403,7 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     runtime = _model(request, name, version)
     body = await _read_body(request)
     truncate, timeout_s = _options(body)
+    priority, language = _traffic_options(body)
     outputs = _requested_outputs(body)
     max_pairs = request.app.state.settings.max_pairs_per_request
     return await run_prediction(
@@ -397,4 +414,6 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
         "v2_infer",
         truncate,
         timeout_s,
+        priority=priority,
+        language=language,
     )

@@ -57,7 +57,17 @@ async def serve_prediction(
     request: Request, body: PairBody | PairsBody, variant: str | None, endpoint: str
 ) -> Response:
     timeout_s = body.timeout_ms / 1000.0 if body.timeout_ms is not None else None
-    return await run_prediction(request, variant, body.pairs, render, endpoint, body.truncate, timeout_s)
+    return await run_prediction(
+        request,
+        variant,
+        body.pairs,
+        render,
+        endpoint,
+        body.truncate,
+        timeout_s,
+        priority=body.priority,
+        language=body.language,
+    )
 
 
 @router.post(
@@ -68,6 +78,9 @@ async def serve_prediction(
 )
 async def predict(body: PredictRequest, request: Request) -> Response:
     """One pair or a list of pairs, answered in order with the three label probabilities.
+
+    Without `variant`, the catalogue's `[traffic] split` picks one (the same for every request carrying the same
+    `X-Routing-Key` header); `X-Variant` names the variant that answered.
 
     Timing headers (milliseconds): `X-Queue-Time` (waiting for the device), `X-Inference-Time` (the forward
     passes that carried these pairs), `X-Tokenization-Time`, `X-Total-Time` (inside the service).
