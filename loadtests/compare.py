@@ -320,7 +320,7 @@ def compare(args: argparse.Namespace, url: str) -> Outcome:
         for number, level in enumerate(levels):
             prefix = raw / f"{design}-{mode}-{level:g}"
             order = stats.balanced_block_order(variants, rounds) if design == "capacity" else None
-            seconds = len(order) * args.block_seconds + 1 if order else args.duration
+            seconds = len(order) * args.block_seconds + 3 if order else args.duration  # + spawning, stop
             print(f"{design} {mode}={level:g}: {', '.join(variants)} for {seconds:g}s", flush=True)
             before = scrape(client)
             run_locust(load, level, seconds, prefix, args.seed + number, order, args.block_seconds)
