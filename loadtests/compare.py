@@ -388,7 +388,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--confidence", type=float, default=0.95, help="For the whole report (Bonferroni-shared)")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the users' variant shuffles")
     parser.add_argument("--pairs-per-request", type=int, default=1)
-    parser.add_argument("--xnli-dir", default=None, help="XNLI-format folder for payloads (default: shipped sample)")
+    parser.add_argument(
+        "--xnli-dir", default=None, help="XNLI data (folder or file) for payloads (default: the sample)"
+    )
     parser.add_argument("--languages", default=None)
     parser.add_argument(
         "--api-key",

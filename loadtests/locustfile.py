@@ -52,7 +52,7 @@ def _arguments(parser: Any) -> None:
         "--pairs-per-request", type=int, default=1, help="1 = single-pair requests; N = batched requests"
     )
     group.add_argument(
-        "--xnli-dir", default="", help="XNLI-format folder (one TSV per language) instead of the shipped sample"
+        "--xnli-dir", default="", help="XNLI data (a folder or file in any layout evaluate reads) instead of the sample"
     )
     group.add_argument("--languages", default="", help="Comma-separated languages to draw pairs from (default: all)")
     group.add_argument(
