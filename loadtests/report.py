@@ -171,8 +171,9 @@ def plots(
             shown = generator.choice(len(x), min(len(x), MAX_POINTS), replace=False)
             axis.scatter(x[shown], y[shown], s=3, alpha=0.25, color=colors.get(variant))
             bins = np.digitize(run.start[mine], edges[1:-1])
-            middles = [(edges[b] + edges[b + 1]) / 2 - origin for b in range(40) if np.any(bins == b)]
-            medians = [float(np.median(y[bins == b])) for b in range(40) if np.any(bins == b)]
+            middles = (edges[:-1] + edges[1:]) / 2 - origin
+            # NaN where a variant had (almost) no requests, e.g. another variant's capacity block: the line breaks
+            medians = [float(np.median(y[bins == b])) if np.sum(bins == b) >= 3 else np.nan for b in range(40)]
             axis.plot(middles, medians, "-", color=colors.get(variant), lw=1.8, label=f"{variant} median (moving)")
         if run.block_order and run.schedule_start is not None:
             for block in range(len(run.block_order) + 1):
