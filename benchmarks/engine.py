@@ -11,7 +11,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from benchmarks.common import DEFAULT_XNLI, machine, mixed_pairs, percentiles, print_machine, resident_mb, write_json
+
+
+def length_stats(lengths: list[int]) -> dict[str, float]:
+    """Tokens per pair (special tokens included) of the benchmark's pairs, as the variant's tokenizer cuts them."""
+    array = np.array(lengths)
+    return {
+        "mean": round(float(array.mean()), 1),
+        "p50": float(np.percentile(array, 50)),
+        "p95": float(np.percentile(array, 95)),
+        "max": int(array.max()),
+    }
 
 
 def measure_engine(
@@ -20,7 +33,9 @@ def measure_engine(
     pairs: list[tuple[str, str]],
     batch_sizes: list[int],
     torch_threads: int | None = None,
+    seconds_per_batch_size: float | None = None,
 ) -> dict[str, Any]:
+    """Each batch size runs over all ``pairs``, or stops once it has run ``seconds_per_batch_size`` (a time budget)."""
     import torch
     from transformers.utils import logging as transformers_logging
 
@@ -38,20 +53,36 @@ def measure_engine(
     encoder, runner = prepared.encoder, prepared.runner
     gc.collect()
     rss_mb = resident_mb()
+    lengths = length_stats([len(ids) for ids in encoder.encode(pairs).ids])
+    demo = info.demo or {}
+    print(
+        f"engine {variant}: {demo.get('size', 'not a demo')} shape, tokenizer {demo.get('tokenizer', '-')}, "
+        f"{len(pairs)} pairs of {lengths['mean']} tokens on average (p95 {lengths['p95']:.0f})",
+        flush=True,
+    )
     runner.forward(encoder.encode(pairs[:8]).ids)  # first-call overheads out of the way
     rows = []
     for batch_size in batch_sizes:
+        warm = encoder.encode(pairs[:batch_size]).ids
+        runner.forward(warm)  # this shape's first-call costs (kernel selection, allocator growth) out of the timing
+        if info.device.type == "cuda":
+            torch.cuda.synchronize()
         latencies = []
+        done = 0
         started = time.perf_counter()
         for start in range(0, len(pairs), batch_size):
             began = time.perf_counter()
-            probabilities = runner.forward(encoder.encode(pairs[start : start + batch_size]).ids)
+            chunk = pairs[start : start + batch_size]
+            probabilities = runner.forward(encoder.encode(chunk).ids)
             if info.device.type == "cuda":
                 torch.cuda.synchronize()
             assert probabilities.shape[1] == 3
             latencies.append(time.perf_counter() - began)
+            done += len(chunk)
+            if seconds_per_batch_size is not None and time.perf_counter() - started >= seconds_per_batch_size:
+                break
         elapsed = time.perf_counter() - started
-        row = {"batch_size": batch_size, "pairs_per_s": len(pairs) / elapsed, **percentiles(latencies)}
+        row = {"batch_size": batch_size, "pairs_per_s": done / elapsed, "pairs": done, **percentiles(latencies)}
         rows.append(row)
         print(
             f"engine {variant} batch {batch_size:3d}: {row['pairs_per_s']:8.1f} pairs/s, "
@@ -65,6 +96,9 @@ def measure_engine(
         "variant": variant,
         "device": str(info.device),
         "dtype": str(info.dtype),
+        "size": demo.get("size"),
+        "tokenizer": demo.get("tokenizer"),
+        "tokens_per_pair": lengths,
         "backend": spec.backend,
         "quantization": spec.quantization,
         "rss_mb_after_load": round(rss_mb, 1),
@@ -81,12 +115,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_XNLI)
     parser.add_argument("--pairs", type=int, default=256)
     parser.add_argument("--batch-sizes", default="1,2,4,8,16,32,64")
+    parser.add_argument("--seconds-per-batch-size", type=float, default=None, help="Time budget per batch size")
     parser.add_argument("--out", type=Path, default=None, help="JSON results")
     args = parser.parse_args(argv)
     info = machine()
     print_machine(info)
     result = measure_engine(
-        args.catalogue, args.variant, mixed_pairs(args.data, args.pairs), [int(b) for b in args.batch_sizes.split(",")]
+        args.catalogue,
+        args.variant,
+        mixed_pairs(args.data, args.pairs),
+        [int(b) for b in args.batch_sizes.split(",")],
+        seconds_per_batch_size=args.seconds_per_batch_size,
     )
     write_json(args.out, {"machine": info, "engine": result})
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import multiprocessing
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +43,16 @@ def delta(before: dict[Any, float], after: dict[Any, float], name: str, **labels
     return sum(value - before.get(key, 0.0) for key, value in after.items() if key[0] == name and wanted <= set(key[1]))
 
 
-async def closed_loop(
+async def closed_loop_raw(
     url: str,
     pairs: list[tuple[str, str]],
     variants: list[str],
     concurrency: int,
     pairs_per_request: int,
     seconds: float,
+    first_client: int = 0,
 ) -> dict[str, Any]:
+    """``concurrency`` clients, each sending its next request as soon as the last is answered; raw latencies."""
     latencies: list[float] = []
     per_variant = dict.fromkeys(variants, 0)
     errors = 0
@@ -83,17 +87,69 @@ async def closed_loop(
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
         started = time.perf_counter()
-        await asyncio.gather(*(client(index, http) for index in range(concurrency)))
+        clients = range(first_client, first_client + concurrency)
+        await asyncio.gather(*(client(index, http) for index in clients))
         elapsed = time.perf_counter() - started
+    return {"latencies": latencies, "per_variant": per_variant, "errors": errors, "elapsed": elapsed}
+
+
+def _closed_loop_process(arguments: tuple[Any, ...]) -> dict[str, Any]:
+    return asyncio.run(closed_loop_raw(*arguments))
+
+
+def closed_loop_summary(
+    parts: list[dict[str, Any]], concurrency: int, pairs_per_request: int, variants: list[str]
+) -> dict[str, Any]:
+    latencies = [latency for part in parts for latency in part["latencies"]]
+    elapsed = max(part["elapsed"] for part in parts)
+    per_variant = {name: sum(part["per_variant"][name] for part in parts) for name in variants}
     return {
         "concurrency": concurrency,
         "pairs_per_request": pairs_per_request,
+        "client_processes": len(parts),
         "requests_per_s": len(latencies) / elapsed,
         "pairs_per_s": len(latencies) * pairs_per_request / elapsed,
-        "errors": errors,
+        "errors": sum(part["errors"] for part in parts),
         "per_variant_pairs_per_s": {name: count / elapsed for name, count in per_variant.items()},
-        **percentiles(latencies),
+        **(percentiles(latencies) if latencies else {"p50_ms": 0.0, "p95_ms": 0.0, "p99_ms": 0.0}),
     }
+
+
+async def closed_loop(
+    url: str,
+    pairs: list[tuple[str, str]],
+    variants: list[str],
+    concurrency: int,
+    pairs_per_request: int,
+    seconds: float,
+) -> dict[str, Any]:
+    raw = await closed_loop_raw(url, pairs, variants, concurrency, pairs_per_request, seconds)
+    return closed_loop_summary([raw], concurrency, pairs_per_request, variants)
+
+
+def closed_loop_in_processes(
+    pool: ProcessPoolExecutor | None,
+    processes: int,
+    url: str,
+    pairs: list[tuple[str, str]],
+    variants: list[str],
+    concurrency: int,
+    pairs_per_request: int,
+    seconds: float,
+) -> dict[str, Any]:
+    """The closed loop with its clients spread over the pool's processes: one asyncio client process tops out
+    at a few thousand requests per second, below what a GPU engine answers."""
+    processes = min(processes, concurrency)
+    if pool is None or processes <= 1:
+        return asyncio.run(closed_loop(url, pairs, variants, concurrency, pairs_per_request, seconds))
+    shares = [concurrency // processes + (index < concurrency % processes) for index in range(processes)]
+    firsts = [sum(shares[:index]) for index in range(processes)]
+    jobs = [
+        (url, pairs, variants, share, pairs_per_request, seconds, first)
+        for share, first in zip(shares, firsts, strict=True)
+    ]
+    parts = list(pool.map(_closed_loop_process, jobs))
+    return closed_loop_summary(parts, concurrency, pairs_per_request, variants)
 
 
 async def open_loop(
@@ -164,9 +220,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_XNLI)
     parser.add_argument("--pairs", type=int, default=256)
     parser.add_argument("--concurrency", default="1,8,32,64")
+    parser.add_argument(
+        "--batched-concurrency", default=None, help="Concurrency for 16-pair requests (default: --concurrency)"
+    )
     parser.add_argument("--rates", default="", help="Open-loop arrival rates (requests/s), e.g. 5,10")
     parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--warmup-seconds", type=float, default=3.0)
+    parser.add_argument("--floor-seconds", type=float, default=None, help="HTTP floor per step (0 skips; default 10)")
+    parser.add_argument("--client-processes", type=int, default=1, help="Spread closed-loop clients over processes")
     parser.add_argument("--engine-batch-sizes", default="1,2,4,8,16,32,64")
+    parser.add_argument("--engine-seconds-per-batch-size", type=float, default=None, help="Engine time budget")
     parser.add_argument("--skip-engine", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -178,7 +241,11 @@ def main(argv: list[str] | None = None) -> None:
     limit = None
     if not args.skip_engine:
         engine = measure_engine(
-            args.catalogue, args.variant, pairs, [int(b) for b in args.engine_batch_sizes.split(",")]
+            args.catalogue,
+            args.variant,
+            pairs,
+            [int(b) for b in args.engine_batch_sizes.split(",")],
+            seconds_per_batch_size=args.engine_seconds_per_batch_size,
         )
         report["engine"] = engine
         limit = engine["best"]["pairs_per_s"]
@@ -187,47 +254,66 @@ def main(argv: list[str] | None = None) -> None:
     variants = [args.variant] + ([args.fair_variant] if args.fair_variant else [])
     env = {"XNLI_SERVE_VARIANTS": ",".join(variants), "XNLI_SERVE_LOG_LEVEL": "warning"}
     log = Path(os.environ.get("TMPDIR", "/tmp")) / "xnli-bench-server.log"
-    with local_server(args.catalogue, log, env) as running:
-        url = running.base_url
-        report["server_rss_mb_after_load"] = round(resident_mb(running.process.pid), 1)
-        print(f"server resident memory after load: {report['server_rss_mb_after_load']:.0f} MB", flush=True)
-        asyncio.run(closed_loop(url, pairs, [args.variant], 4, 1, 3.0))  # warm-up, discarded
-        closed = []
-        for pairs_per_request in (1, 16):
-            for concurrency in [int(c) for c in args.concurrency.split(",")]:
-                before = scrape(url)
-                row = asyncio.run(closed_loop(url, pairs, [args.variant], concurrency, pairs_per_request, args.seconds))
-                after = scrape(url)
-                padded = delta(before, after, "xnli_computed_tokens_total", variant=args.variant)
-                padding = delta(before, after, "xnli_computed_tokens_total", variant=args.variant, kind="padding")
-                batches = delta(before, after, "xnli_batch_size_count", variant=args.variant)
-                row["padding_share"] = padding / padded if padded else 0.0
-                row["mean_batch_size"] = (
-                    delta(before, after, "xnli_batch_size_sum", variant=args.variant) / batches if batches else 0.0
+    pool = None
+    if args.client_processes > 1:  # started before the server, so its start-up costs nothing measured
+        pool = ProcessPoolExecutor(args.client_processes, mp_context=multiprocessing.get_context("spawn"))
+    single = [int(c) for c in args.concurrency.split(",")]
+    batched = [int(c) for c in (args.batched_concurrency or args.concurrency).split(",")]
+    try:
+        with local_server(args.catalogue, log, env) as running:
+            url = running.base_url
+            report["server_rss_mb_after_load"] = round(resident_mb(running.process.pid), 1)
+            print(f"server resident memory after load: {report['server_rss_mb_after_load']:.0f} MB", flush=True)
+
+            def run_closed(clients: list[str], concurrency: int, pairs_per_request: int, seconds: float) -> Any:
+                return closed_loop_in_processes(
+                    pool, args.client_processes, url, pairs, clients, concurrency, pairs_per_request, seconds
                 )
-                if limit:
-                    row["ratio_to_engine"] = row["pairs_per_s"] / limit
-                closed.append(row)
-                show(f"service closed loop x{pairs_per_request} c={concurrency}", row, limit)
-        report["closed_loop"] = closed
-        report["open_loop"] = []
-        for rate in [float(r) for r in args.rates.split(",") if r]:
-            row = asyncio.run(open_loop(url, pairs, args.variant, rate, args.seconds))
-            report["open_loop"].append(row)
-            show(f"service open loop {rate:g}/s", row)
-        floor = [asyncio.run(http_floor(url, concurrency, min(args.seconds, 10.0))) for concurrency in (1, 32)]
-        report["http_floor"] = floor
-        for row in floor:
-            show(f"HTTP floor (GET /health/live) c={row['concurrency']}", row)
-        if args.fair_variant:
-            concurrency = max(int(c) for c in args.concurrency.split(","))
-            row = asyncio.run(closed_loop(url, pairs, variants, concurrency, 1, args.seconds))
-            total = sum(row["per_variant_pairs_per_s"].values())
-            row["shares"] = (
-                {name: value / total for name, value in row["per_variant_pairs_per_s"].items()} if total else {}
-            )
-            report["fair_share"] = row
-            print(f"fair share at c={concurrency}: {row['shares']}", flush=True)
+
+            if args.warmup_seconds > 0:  # discarded
+                run_closed([args.variant], max(4, args.client_processes), 1, args.warmup_seconds)
+            closed = []
+            for pairs_per_request, levels in ((1, single), (16, batched)):
+                for concurrency in levels:
+                    before = scrape(url)
+                    row = run_closed([args.variant], concurrency, pairs_per_request, args.seconds)
+                    after = scrape(url)
+                    padded = delta(before, after, "xnli_computed_tokens_total", variant=args.variant)
+                    padding = delta(before, after, "xnli_computed_tokens_total", variant=args.variant, kind="padding")
+                    batches = delta(before, after, "xnli_batch_size_count", variant=args.variant)
+                    row["padding_share"] = padding / padded if padded else 0.0
+                    row["mean_batch_size"] = (
+                        delta(before, after, "xnli_batch_size_sum", variant=args.variant) / batches if batches else 0.0
+                    )
+                    if limit:
+                        row["ratio_to_engine"] = row["pairs_per_s"] / limit
+                    closed.append(row)
+                    show(f"service closed loop x{pairs_per_request} c={concurrency}", row, limit)
+            report["closed_loop"] = closed
+            report["open_loop"] = []
+            for rate in [float(r) for r in args.rates.split(",") if r]:
+                row = asyncio.run(open_loop(url, pairs, args.variant, rate, args.seconds))
+                report["open_loop"].append(row)
+                show(f"service open loop {rate:g}/s", row)
+            floor_seconds = min(args.seconds, 10.0) if args.floor_seconds is None else args.floor_seconds
+            floor = []
+            if floor_seconds > 0:
+                floor = [asyncio.run(http_floor(url, concurrency, floor_seconds)) for concurrency in (1, 32)]
+            report["http_floor"] = floor
+            for row in floor:
+                show(f"HTTP floor (GET /health/live) c={row['concurrency']}", row)
+            if args.fair_variant:
+                concurrency = max(single)
+                row = run_closed(variants, concurrency, 1, args.seconds)
+                total = sum(row["per_variant_pairs_per_s"].values())
+                row["shares"] = (
+                    {name: value / total for name, value in row["per_variant_pairs_per_s"].items()} if total else {}
+                )
+                report["fair_share"] = row
+                print(f"fair share at c={concurrency}: {row['shares']}", flush=True)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     write_json(args.out, report)
 
 

@@ -10,11 +10,12 @@ from typing import Any
 
 def main(paths: list[str]) -> None:
     header = (
-        "| file | engine best pairs/s (batch) | engine b1 p50/p99 ms | service x1 max pairs/s (ratio) "
-        "| service x16 max pairs/s (ratio) | c=1 p50/p99 ms | padding at max c | HTTP floor req/s | fair shares |"
+        "| file | shape, dtype, device (tokens/pair mean/p95) | engine best pairs/s (batch) | engine b1 p50/p99 ms "
+        "| service x1 max pairs/s (ratio) | service x16 max pairs/s (ratio) | c=1 p50/p99 ms | c=1 p50 - b1 p50 ms "
+        "| padding at max c | HTTP floor req/s | fair shares |"
     )
     print(header)
-    print("|---" * 9 + "|")
+    print("|---" * 11 + "|")
     for path in paths:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         if "closed_loop" not in data:
@@ -32,12 +33,19 @@ def main(paths: list[str]) -> None:
         saturated: dict[str, Any] = max(single, key=lambda row: row["concurrency"], default=empty)
         floor = max((row["requests_per_s"] for row in data.get("http_floor", [])), default=0.0)
         shares = data.get("fair_share", {}).get("shares", {})
+        lengths = engine.get("tokens_per_pair") or {}
+        setup = (
+            f"{engine.get('size') or '-'}, {str(engine.get('dtype', '-')).removeprefix('torch.')}, "
+            f"{engine.get('device', '-')} ({lengths.get('mean', '-')}/{lengths.get('p95', '-')})"
+        )
+        gap = f"{one['p50_ms'] - b1['p50_ms']:+.1f}" if one and b1 else "-"
         print(
-            f"| {Path(path).name} | {best.get('pairs_per_s', 0):.1f} ({best.get('batch_size', '-')}) "
+            f"| {Path(path).name} | {setup} | {best.get('pairs_per_s', 0):.1f} ({best.get('batch_size', '-')}) "
             f"| {b1.get('p50_ms', 0):.1f}/{b1.get('p99_ms', 0):.1f} "
             f"| {top1.get('pairs_per_s', 0):.1f} ({top1.get('ratio_to_engine', 0):.0%}) "
             f"| {top16.get('pairs_per_s', 0):.1f} ({top16.get('ratio_to_engine', 0):.0%}) "
-            f"| {one.get('p50_ms', 0):.1f}/{one.get('p99_ms', 0):.1f} | {saturated.get('padding_share', 0):.0%} "
+            f"| {one.get('p50_ms', 0):.1f}/{one.get('p99_ms', 0):.1f} | {gap} "
+            f"| {saturated.get('padding_share', 0):.0%} "
             f"| {floor:.0f} | {', '.join(f'{k} {v:.0%}' for k, v in shares.items()) or '-'} |"
         )
 

@@ -285,6 +285,19 @@ def demo_tokenizer(
     return tokenizer, {"trained_on": "sample pairs", "vocab_size": len(tokenizer)}
 
 
+def save_demo_tokenizer(folder: Path, tokenizer_corpus: Path | None = None, vocab_size: int | None = None) -> Path:
+    """Train the demo tokenizer once and save it alone (with its marker), for ``tokenizer_from`` elsewhere.
+
+    The GPU check trains it here and carries the folder, so the device spends none of its time training.
+    """
+    tokenizer, source = demo_tokenizer(tokenizer_corpus, None, vocab_size)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(folder)
+    marker = {"untrained": True, "tokenizer": source, "notice": DEMO_NOTICE}
+    (folder / DEMO_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+    return folder
+
+
 def build_demo_store(
     out: Path,
     size: Size = "tiny",

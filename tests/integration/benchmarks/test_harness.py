@@ -21,18 +21,25 @@ def test_engine_and_service_benchmarks_write_their_figures(
     command = [
         sys.executable, "-m", "benchmarks.service", "--catalogue", str(demo_catalogue), "--variant", "xlmr-mnli",
         "--fair-variant", "xlmr-squad-mnli", "--data", str(xnli_dir), "--pairs", "64", "--concurrency", "1,4",
-        "--seconds", "2", "--engine-batch-sizes", "1,8", "--rates", "20", "--out", str(out),
+        "--batched-concurrency", "2", "--seconds", "2", "--engine-batch-sizes", "1,8", "--rates", "20",
+        "--client-processes", "2", "--out", str(out),
     ]  # fmt: skip
     completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=True)
     assert "machine: cpu=" in completed.stdout
     report = json.loads(out.read_text(encoding="utf-8"))
     assert [row["batch_size"] for row in report["engine"]["rows"]] == [1, 8]
+    assert all(row["pairs"] == 64 for row in report["engine"]["rows"])  # no time budget: every pair
+    assert (report["engine"]["size"], report["engine"]["tokenizer"]["trained_on"]) == ("tiny", "sample pairs")
+    assert 10 < report["engine"]["tokens_per_pair"]["mean"] <= report["engine"]["tokens_per_pair"]["max"]
     limit = report["engine"]["best"]["pairs_per_s"]
     for row in report["closed_loop"]:
         assert row["errors"] == 0
         assert row["ratio_to_engine"] == pytest.approx(row["pairs_per_s"] / limit)
         assert 0.0 <= row["padding_share"] < 1.0
-    assert {row["pairs_per_request"] for row in report["closed_loop"]} == {1, 16}
+        assert row["client_processes"] == min(2, row["concurrency"])  # clients spread over two processes
+    assert [(row["pairs_per_request"], row["concurrency"]) for row in report["closed_loop"]] == [
+        (1, 1), (1, 4), (16, 2)
+    ]  # fmt: skip
     assert report["open_loop"][0]["offered_per_s"] == 20
     assert report["http_floor"][0]["requests_per_s"] > 0
     assert sum(report["fair_share"]["shares"].values()) == pytest.approx(1.0)
@@ -43,7 +50,7 @@ def test_engine_and_service_benchmarks_write_their_figures(
         text=True,
         check=True,
     )
-    assert "service.json" in summary.stdout
+    assert "| service.json | tiny, float32, cpu (" in summary.stdout
 
 
 def test_backend_comparison_measures_each_way_of_running_one_checkpoint(
@@ -66,3 +73,20 @@ def test_backend_comparison_measures_each_way_of_running_one_checkpoint(
     assert "| xlmr-mnli | torch float32 |" in completed.stdout
     assert "| xlmr-mnli-onnx-int8 | onnxruntime int8-dynamic |" in completed.stdout
     assert "(1.00x)" in completed.stdout  # the reference against itself
+
+
+@pytest.mark.parametrize(("budget", "expected_pairs"), [("0.000001", [1, 8]), (None, [40, 40])])
+def test_engine_time_budget_stops_each_batch_size_early(
+    budget: str | None, expected_pairs: list[int], demo_catalogue: Path, xnli_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "engine.json"
+    command = [
+        sys.executable, "-m", "benchmarks.engine", "--catalogue", str(demo_catalogue), "--data", str(xnli_dir),
+        "--pairs", "40", "--batch-sizes", "1,8", "--out", str(out),
+    ]  # fmt: skip
+    if budget is not None:
+        command += ["--seconds-per-batch-size", budget]
+    subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=True)
+    rows = json.loads(out.read_text(encoding="utf-8"))["engine"]["rows"]
+    assert [row["pairs"] for row in rows] == expected_pairs
+    assert all(row["pairs_per_s"] > 0 for row in rows)

@@ -18,6 +18,7 @@ from app.demo.build_store import (
     catalogue_toml,
     demo_config,
     sample_pairs,
+    save_demo_tokenizer,
 )
 from app.engine.model_store import DEMO_MARKER
 from app.xnli import XnliFormatError
@@ -116,12 +117,14 @@ def write_corpus(folder: Path, repeat: int = 6) -> Path:
 
 
 @pytest.fixture(scope="module")
-def corpus_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("corpus_store")
-    store = root / "store"
-    build_demo_store(
-        store, variants=["xlmr-mnli"], tokenizer_corpus=write_corpus(root / "corpus"), vocab_size=MIN_VOCAB_SIZE + 50
-    )
+def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="module")
+def corpus_store(tmp_path_factory: pytest.TempPathFactory, corpus_dir: Path) -> Path:
+    store = tmp_path_factory.mktemp("corpus_store")
+    build_demo_store(store, variants=["xlmr-mnli"], tokenizer_corpus=corpus_dir, vocab_size=MIN_VOCAB_SIZE + 50)
     return store
 
 
@@ -179,6 +182,18 @@ def test_tokenizer_from_a_checkpoint_is_reused_without_training(corpus_store: Pa
     marker = json.loads((made[0] / DEMO_MARKER).read_text(encoding="utf-8"))
     assert marker["tokenizer"]["copied_from"] == str(source)
     assert marker["tokenizer"]["trained_on"].startswith("corpus ")
+
+
+def test_a_saved_tokenizer_alone_serves_as_tokenizer_from(corpus_dir: Path, tmp_path: Path) -> None:
+    saved = save_demo_tokenizer(tmp_path / "tokenizer", tokenizer_corpus=corpus_dir, vocab_size=MIN_VOCAB_SIZE + 50)
+    assert not (saved / "config.json").exists()  # a tokenizer, no model
+    made = build_demo_store(tmp_path / "store", variants=["xlmr-mnli"], tokenizer_from=saved)
+    vocab = AutoTokenizer.from_pretrained(made[0], local_files_only=True).get_vocab()
+    assert vocab == AutoTokenizer.from_pretrained(saved, local_files_only=True).get_vocab()
+    assert AutoConfig.from_pretrained(made[0], local_files_only=True).vocab_size == len(vocab)
+    marker = json.loads((made[0] / DEMO_MARKER).read_text(encoding="utf-8"))
+    assert marker["tokenizer"]["trained_on"] == f"corpus {corpus_dir.resolve()}"
+    assert marker["tokenizer"]["copied_from"] == str(saved)
 
 
 @pytest.mark.parametrize(

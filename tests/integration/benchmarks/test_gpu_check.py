@@ -1,0 +1,49 @@
+"""benchmarks/gpu_check.sh end to end on the CPU (its CPU proof mode): stores, runs, summary and results under $OUT."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def test_gpu_check_runs_end_to_end_on_the_cpu(demo_store: Path, xnli_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (tmp_path / "no-wheels").mkdir()
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "OUT": str(out),
+        "GPU_CHECK_WORK": str(tmp_path / "work"),
+        "STORE": str(tmp_path / "store"),
+        "WHEELS": str(tmp_path / "no-wheels"),  # this environment has every package: nothing to install
+        "XNLI_DIR": str(xnli_dir),
+        "GPU_CHECK_DEVICE": "cpu",
+        "GPU_CHECK_SIZES": "tiny",
+        "GPU_CHECK_DTYPES": "float32",
+        "GPU_CHECK_TOKENIZER_FROM": str(demo_store / "xlmr-mnli"),  # no minute-long training in a test
+        "TMPDIR": str(tmp_path),
+    }
+    completed = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=400
+    )
+    log = (out / "gpu_check.log").read_text(encoding="utf-8")
+    assert completed.returncode == 0, log[-3000:]
+    assert "GPU: none visible to torch" in log
+    assert "building the tiny demo store (--tokenizer-from" in log
+    assert "run tiny-float32 (limit" in log
+    assert "failed or timed out" not in log
+    summary = (out / "summary.md").read_text(encoding="utf-8")
+    assert "| gpu-tiny-float32.json | tiny, float32, cpu (" in summary
+    with tarfile.open(out / "results.tar.gz") as archive:
+        names = {Path(name).name for name in archive.getnames()}
+    assert {"gpu-tiny-float32.json", "run-tiny-float32.log", "server-tiny-float32.log"} <= names
+    assert sorted(path.name for path in out.iterdir()) == ["gpu_check.log", "results.tar.gz", "summary.md"]
