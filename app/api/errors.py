@@ -18,8 +18,10 @@ from app.engine.errors import (
     InferenceError,
     InputTooLongError,
     OverloadedError,
+    RepositoryBusyError,
     RequestTooLargeError,
     UnknownVariantError,
+    VariantLoadError,
     VariantNotReadyError,
 )
 
@@ -93,6 +95,10 @@ def from_engine(error: Exception) -> ApiError:
         return ApiError(503, "draining", str(error), headers={"Connection": "close", "Retry-After": "1"})
     if isinstance(error, InferenceError):
         return ApiError(500, "inference_error", str(error))
+    if isinstance(error, VariantLoadError):
+        return ApiError(500 if error.server_fault else 400, "load_failed", str(error))
+    if isinstance(error, RepositoryBusyError):
+        return ApiError(409, "busy", str(error), headers={"Retry-After": "1"})
     return ApiError(500, "internal_error", f"{type(error).__name__}: {error}")
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from fastapi import Request
 from starlette.responses import Response
@@ -19,6 +20,15 @@ from app.engine.scheduler import Priority
 from app.settings import Settings
 
 ROUTING_KEY_HEADER = "X-Routing-Key"
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedBody:
+    """A response body that is not plain JSON (the binary tensor extension's): bytes, media type, extra headers."""
+
+    content: bytes
+    media_type: str
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 def outcome_for(status: int) -> str:
@@ -84,7 +94,7 @@ async def run_prediction(
     request: Request,
     variant: str | None,
     extract_pairs: Callable[[], list[tuple[str, str]]],
-    render: Callable[[PredictionResult], bytes],
+    render: Callable[[PredictionResult], bytes | RenderedBody],
     endpoint: str,
     truncate: bool = True,
     timeout_s: float | None = None,
@@ -125,15 +135,17 @@ async def run_prediction(
         metrics.REQUEST_DURATION.labels(variant_label, endpoint).observe(time.perf_counter() - started)
         metrics.REQUESTS.labels(variant_label, outcome_for(status)).inc()
     timings = result.timings
-    body = render(result)
+    rendered = render(result)
+    body = rendered if isinstance(rendered, RenderedBody) else RenderedBody(rendered, "application/json")
     return Response(
-        body,
-        media_type="application/json",
+        body.content,
+        media_type=body.media_type,
         headers={
             "X-Variant": result.variant,
             "X-Tokenization-Time": f"{timings.tokenization_s * 1000:.3f}",
             "X-Queue-Time": f"{timings.queue_s * 1000:.3f}",
             "X-Inference-Time": f"{timings.inference_s * 1000:.3f}",
             "X-Total-Time": f"{(time.perf_counter() - started) * 1000:.3f}",
+            **body.headers,
         },
     )

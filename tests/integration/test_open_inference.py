@@ -100,7 +100,7 @@ def test_output_selection_and_default_outputs(client: triton.InferenceServerClie
         "xlmr-mnli", tensors(PAIRS[:2]), outputs=[triton.InferRequestedOutput("label", binary_data=False)]
     )
     assert [output["name"] for output in only_labels.get_response()["outputs"]] == ["label"]
-    everything = client.infer("xlmr-mnli", tensors(PAIRS[:2]))  # asks for binary outputs; JSON ones are sent
+    everything = client.infer("xlmr-mnli", tensors(PAIRS[:2]))  # no outputs named: all of them, as binary data
     assert {output["name"] for output in everything.get_response()["outputs"]} == {"label", "probabilities"}
     assert everything.as_numpy("probabilities").shape == (2, 3)
 

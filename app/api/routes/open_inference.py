@@ -2,8 +2,9 @@
 
 Each catalogue variant is a model with one version, "1". Inputs are two BYTES tensors, ``premise`` and
 ``hypothesis``, of equal length; outputs are ``label`` (BYTES, [n]) and ``probabilities`` (FP32, [n, 3], columns in
-the order given by the ``label_order`` parameter). JSON tensors only: the binary tensor extension is refused with a
-clear 400. Errors are ``{"error": "<message>"}`` as the protocol specifies.
+the order given by the ``label_order`` parameter). Tensors travel as JSON or, with the binary tensor extension
+(tritonclient's default), as raw bytes after the JSON header; both go through the same checks. Errors are
+``{"error": "<message>"}`` as the protocol specifies. The model repository extension is in ``repository``.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import Response
 
 from app import __version__
+from app.api import binary_tensors
+from app.api.binary_tensors import BinaryTensorError
 from app.api.errors import ApiError, from_engine
-from app.api.inference import run_prediction, too_many_pairs
-from app.engine.engine import Engine, PredictionResult, VariantRuntime, VariantStatus
+from app.api.inference import RenderedBody, run_prediction, too_many_pairs
+from app.engine.engine import Engine, PredictionResult, VariantRuntime
 from app.engine.errors import UnknownVariantError
 from app.engine.labels import LABELS
 
@@ -71,7 +74,7 @@ class RequestInput(BaseModel):
     shape: list[int]
     datatype: str
     parameters: Parameters | None = None
-    data: list[Any]
+    data: list[Any] | None = None  # absent when the tensor is sent as binary data (binary_data_size)
 
 
 class RequestOutput(BaseModel):
@@ -116,7 +119,11 @@ class OipError(BaseModel):
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": OipError, "description": description}
     for status, description in (
-        (400, "Malformed request: wrong datatype, mismatched shapes, missing or unknown tensors."),
+        (
+            400,
+            "Malformed request: wrong datatype, mismatched shapes, missing or unknown tensors, binary data whose "
+            "sizes do not add up.",
+        ),
         (404, "Unknown model or version."),
         (413, "Too many pairs, or body too large."),
         (429, "Overloaded; see Retry-After."),
@@ -164,8 +171,9 @@ def _flatten(data: list[Any], limit: int) -> list[Any] | None:
 _END = object()
 
 
-def _strings(tensor: RequestInput, max_pairs: int) -> list[str]:
-    """The tensor's strings; shapes and element counts are checked before any per-element work."""
+def _strings(tensor: RequestInput, max_pairs: int, binary: memoryview | None = None) -> list[str]:
+    """The tensor's strings, from its JSON data or its ``binary`` segment; shapes and element counts are checked
+    before any per-element work."""
     if tensor.datatype != "BYTES":
         raise _bad_request(f"input {tensor.name!r} has datatype {tensor.datatype}; expected BYTES")
     shape = tensor.shape
@@ -174,9 +182,17 @@ def _strings(tensor: RequestInput, max_pairs: int) -> list[str]:
     count = shape[0]
     if count > max_pairs:
         raise too_many_pairs(count, max_pairs)
-    if len(tensor.data) != count:
+    if binary is not None:
+        try:
+            values: list[Any] | None = binary_tensors.decode_bytes(binary, count, tensor.name)
+        except BinaryTensorError as error:
+            raise _bad_request(str(error)) from None
+    elif tensor.data is None:
+        raise _bad_request(f"input {tensor.name!r} has neither data nor a binary_data_size parameter")
+    elif len(tensor.data) != count:
         raise _bad_request(f"input {tensor.name!r} has shape {shape} but {len(tensor.data)} rows")
-    values = _flatten(tensor.data, count)
+    else:
+        values = _flatten(tensor.data, count)
     if values is None or len(values) != count:
         raise _bad_request(f"input {tensor.name!r} has shape {shape} but its data does not match it")
     for index, value in enumerate(values):
@@ -187,22 +203,24 @@ def _strings(tensor: RequestInput, max_pairs: int) -> list[str]:
     return values
 
 
-def _pairs(body: InferenceRequestBody, max_pairs: int) -> list[tuple[str, str]]:
+def _pairs(body: InferenceRequestBody, max_pairs: int, segments: list[memoryview | None]) -> list[tuple[str, str]]:
     tensors: dict[str, RequestInput] = {}
-    for tensor in body.inputs:
+    binary: dict[str, memoryview | None] = {}
+    for tensor, segment in zip(body.inputs, segments, strict=True):
         if tensor.name not in INPUT_NAMES:
             raise _bad_request(f"unexpected input {tensor.name!r}; inputs are {', '.join(INPUT_NAMES)}")
         if tensor.name in tensors:
             raise _bad_request(f"input {tensor.name!r} given twice")
         tensors[tensor.name] = tensor
+        binary[tensor.name] = segment
     missing = [name for name in INPUT_NAMES if name not in tensors]
     if missing:
         raise _bad_request(f"missing input {missing[0]!r}; inputs are {', '.join(INPUT_NAMES)}")
     premise, hypothesis = tensors["premise"], tensors["hypothesis"]
     if premise.shape[:1] != hypothesis.shape[:1]:
         raise _bad_request(f"premise has shape {premise.shape} but hypothesis has shape {hypothesis.shape}")
-    premises = _strings(premise, max_pairs)
-    hypotheses = _strings(hypothesis, max_pairs)
+    premises = _strings(premise, max_pairs, binary["premise"])
+    hypotheses = _strings(hypothesis, max_pairs, binary["hypothesis"])
     if not premises:
         raise _bad_request("inputs are empty")
     return list(zip(premises, hypotheses, strict=True))
@@ -255,25 +273,52 @@ def _traffic_options(body: InferenceRequestBody) -> tuple[str, str | None]:
     return priority, language
 
 
-def _render(body: InferenceRequestBody, outputs: tuple[str, ...]) -> Callable[[PredictionResult], bytes]:
-    def render(result: PredictionResult) -> bytes:
+def _binary_outputs(body: InferenceRequestBody, outputs: tuple[str, ...]) -> frozenset[str]:
+    """The outputs to send as binary data: ``binary_data`` of the output, else the request's ``binary_data_output``."""
+    default = (body.parameters or {}).get("binary_data_output", False)
+    if not isinstance(default, bool):
+        raise _bad_request("parameter 'binary_data_output' must be a boolean")
+    asked = {output.name: output.parameters or {} for output in body.outputs or []}
+    binary = set()
+    for name in outputs:
+        value = asked.get(name, {}).get("binary_data", default)
+        if not isinstance(value, bool):
+            raise _bad_request(f"output {name!r}: parameter 'binary_data' must be a boolean")
+        if value:
+            binary.add(name)
+    return frozenset(binary)
+
+
+def _render(
+    body: InferenceRequestBody, outputs: tuple[str, ...], binary: frozenset[str] = frozenset()
+) -> Callable[[PredictionResult], bytes | RenderedBody]:
+    def render(result: PredictionResult) -> bytes | RenderedBody:
         probabilities = result.probabilities
         count = len(probabilities)
         tensors: list[dict[str, Any]] = []
+        buffers: list[bytes] = []
         for name in outputs:
             if name == "label":
                 labels = [LABELS[index] for index in np.argmax(probabilities, axis=1).tolist()]
-                tensors.append({"name": "label", "datatype": "BYTES", "shape": [count], "data": labels})
+                tensor: dict[str, Any] = {"name": "label", "datatype": "BYTES", "shape": [count]}
+                if name in binary:
+                    buffers.append(binary_tensors.encode_bytes(labels))
+                    tensor["parameters"] = {"binary_data_size": len(buffers[-1])}
+                else:
+                    tensor["data"] = labels
             else:
-                tensors.append(
-                    {
-                        "name": "probabilities",
-                        "datatype": "FP32",
-                        "shape": [count, len(LABELS)],
-                        "parameters": {"label_order": LABEL_ORDER},
-                        "data": probabilities.reshape(-1).tolist(),
-                    }
-                )
+                tensor = {
+                    "name": "probabilities",
+                    "datatype": "FP32",
+                    "shape": [count, len(LABELS)],
+                    "parameters": {"label_order": LABEL_ORDER},
+                }
+                if name in binary:
+                    buffers.append(binary_tensors.encode_fp32(probabilities))
+                    tensor["parameters"]["binary_data_size"] = len(buffers[-1])
+                else:
+                    tensor["data"] = probabilities.reshape(-1).tolist()
+            tensors.append(tensor)
         truncated = ",".join(str(index) for index, flag in enumerate(result.truncated) if flag)
         response: dict[str, Any] = {
             "model_name": result.variant,
@@ -283,7 +328,10 @@ def _render(body: InferenceRequestBody, outputs: tuple[str, ...]) -> Callable[[P
         }
         if body.id is not None:
             response["id"] = body.id
-        return orjson.dumps(response)
+        if not buffers:
+            return orjson.dumps(response)
+        content, headers = binary_tensors.encode_response(response, buffers)
+        return RenderedBody(content, binary_tensors.MEDIA_TYPE, headers)
 
     return render
 
@@ -313,9 +361,12 @@ def _model_metadata(runtime: VariantRuntime) -> ModelMetadata:
     )
 
 
+EXTENSIONS = ["binary_tensor_data", "model_repository"]
+
+
 @router.get("", response_model=ServerMetadata)
 async def server_metadata(request: Request) -> ServerMetadata:
-    return ServerMetadata(name="xnli-serve", version=__version__, extensions=[])
+    return ServerMetadata(name="xnli-serve", version=__version__, extensions=EXTENSIONS)
 
 
 @router.get("/health/live", response_model=Liveness, responses={503: {"model": Liveness}})
@@ -352,7 +403,7 @@ async def model_metadata(request: Request, name: str, version: str | None = None
 async def model_ready(request: Request, name: str, version: str | None = None) -> Response:
     runtime = _model(request, name, version)
     engine: Engine = request.app.state.engine
-    ready = runtime.status is VariantStatus.READY and engine.ready
+    ready = engine.variant_ready(runtime.spec.name)  # this variant alone: others may be loading or failed
     return Response(
         Readiness(name=runtime.spec.name, ready=ready).model_dump_json(),
         status_code=200 if ready else 503,
@@ -379,16 +430,27 @@ def openapi_components() -> dict[str, Any]:
     return components
 
 
-async def _read_body(request: Request) -> InferenceRequestBody:
-    if "inference-header-content-length" in request.headers:
-        raise _bad_request("the binary tensor extension is not supported; send JSON tensors")
+async def _read_body(request: Request) -> tuple[InferenceRequestBody, list[memoryview | None]]:
+    """The JSON header and, per input, its slice of the binary data (None for a JSON tensor); the body limit
+    (XNLI_SERVE_MAX_BODY_BYTES) has already bounded everything read here."""
     raw = await request.body()
     try:
-        return InferenceRequestBody.model_validate_json(raw)
+        head, tail = binary_tensors.split_body(raw, request.headers.get(binary_tensors.HEADER_LENGTH))
+        body = InferenceRequestBody.model_validate_json(head)
+        sizes = [
+            (tensor.name, binary_tensors.binary_data_size(tensor.parameters, tensor.name)) for tensor in body.inputs
+        ]
+        segments = binary_tensors.slice_inputs(sizes, tail)
+    except BinaryTensorError as error:
+        raise _bad_request(str(error)) from None
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "body"
         raise _bad_request(f"invalid inference request: {where}: {first['msg']}") from None
+    for tensor, segment in zip(body.inputs, segments, strict=True):
+        if segment is not None and tensor.data is not None:
+            raise _bad_request(f"input {tensor.name!r} has both data and a binary_data_size parameter")
+    return body, segments
 
 
 @router.post("/models/{name}/infer", response_model=InferenceResponseBody, responses=_ERRORS, openapi_extra=_INFER_BODY)
@@ -401,16 +463,17 @@ async def _read_body(request: Request) -> InferenceRequestBody:
 async def infer(request: Request, name: str, version: str | None = None) -> Response:
     """Same engine, batching and metrics as /predict: v2 and native pairs share batches."""
     runtime = _model(request, name, version)
-    body = await _read_body(request)
+    body, segments = await _read_body(request)
     truncate, timeout_s = _options(body)
     priority, language = _traffic_options(body)
     outputs = _requested_outputs(body)
+    binary = _binary_outputs(body, outputs)
     max_pairs = request.app.state.settings.max_pairs_per_request
     return await run_prediction(
         request,
         runtime.spec.name,
-        lambda: _pairs(body, max_pairs),
-        _render(body, outputs),
+        lambda: _pairs(body, max_pairs, segments),
+        _render(body, outputs, binary),
         "v2_infer",
         truncate,
         timeout_s,
