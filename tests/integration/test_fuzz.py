@@ -6,12 +6,14 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.helpers import ServerProcess
+from tests.conftest import REPO_ROOT
+from tests.helpers import ServerProcess, running_server, write_catalogue
 
 pytestmark = pytest.mark.integration
 
@@ -19,20 +21,27 @@ CONFIG = Path(__file__).with_name("schemathesis.toml")
 # CI runs a bounded, seeded sample; `make fuzz` runs many more examples with a fresh seed.
 EXAMPLES = int(os.environ.get("XNLI_SERVE_FUZZ_EXAMPLES", "40"))
 SEED = os.environ.get("XNLI_SERVE_FUZZ_SEED", "20261126")
+API_KEY = "fuzzing-key-0123456789"
 
 
-@pytest.mark.parametrize(
-    "selection",
-    [
-        pytest.param(["--exclude-path-regex", "/infer$"], id="native-and-metadata-all-checks"),
-        # Schema-valid tensors can still be semantically wrong (a FP32 premise, mismatched shapes): the protocol
-        # answers those with 400, so "schema-valid data must be accepted" does not apply to infer.
-        pytest.param(
-            ["--include-path-regex", "/infer$", "--exclude-checks", "positive_data_acceptance"], id="v2-infer"
-        ),
-    ],
-)
-def test_schema_fuzzing_finds_nothing(server: ServerProcess, tmp_path: Path, selection: list[str]) -> None:
+@pytest.fixture(scope="module")
+def keyed_server(demo_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """Two tiny torch variants behind an API key: the fuzzer sends the key, so it reaches every handler."""
+    folder = tmp_path_factory.mktemp("keyed")
+    catalogue = write_catalogue(folder / "variants.toml", demo_store, [{"name": "xlmr-mnli"}, {"name": "second"}])
+    with running_server(catalogue, folder, extra_env={"XNLI_SERVE_API_KEYS": API_KEY}) as server:
+        yield server
+
+
+SELECTIONS = [
+    pytest.param(["--exclude-path-regex", "/infer$"], id="native-and-metadata-all-checks"),
+    # Schema-valid tensors can still be semantically wrong (a FP32 premise, mismatched shapes): the protocol
+    # answers those with 400, so "schema-valid data must be accepted" does not apply to infer.
+    pytest.param(["--include-path-regex", "/infer$", "--exclude-checks", "positive_data_acceptance"], id="v2-infer"),
+]
+
+
+def fuzz(base_url: str, tmp_path: Path, selection: list[str], headers: tuple[str, ...] = ()) -> None:
     beside_python = Path(sys.executable).parent / "st"  # the venv's bin/, which CI does not put on PATH
     schemathesis = str(beside_python) if beside_python.exists() else shutil.which("st")
     assert schemathesis, "schemathesis is a dev dependency: pip install -e '.[dev]'"
@@ -41,7 +50,7 @@ def test_schema_fuzzing_finds_nothing(server: ServerProcess, tmp_path: Path, sel
         "--config-file",
         str(CONFIG),
         "run",
-        f"{server.base_url}/openapi.json",
+        f"{base_url}/openapi.json",
         "--checks",
         "all",
         "--max-examples",
@@ -50,14 +59,38 @@ def test_schema_fuzzing_finds_nothing(server: ServerProcess, tmp_path: Path, sel
         # ("AST constructor recursion depth mismatch") inside the fuzzer itself.
         "--workers",
         "1",
+        *[argument for header in headers for argument in ("--header", header)],
         *selection,
     ]
     if SEED:
         command += ["--seed", SEED]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    # Our own check (response size bounded by request size) runs beside Schemathesis' "all".
+    check_log = tmp_path / "custom-checks.log"
+    env = {
+        **os.environ,
+        "SCHEMATHESIS_HOOKS": "tests.integration.fuzz_checks",
+        "PYTHONPATH": str(REPO_ROOT),
+        "XNLI_SERVE_FUZZ_CHECK_LOG": str(check_log),
+    }
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False, env=env)
     (tmp_path / "schemathesis.log").write_text(result.stdout + result.stderr, encoding="utf-8")
     summary = [line for line in result.stdout.splitlines() if "generated" in line]
     print("\n".join(summary))
     assert result.returncode == 0, result.stdout[-6000:]
     assert summary
-    assert httpx.get(f"{server.base_url}/health/live").status_code == 200
+    ran = set(check_log.read_text(encoding="utf-8").split())
+    assert ran == {"response_size_follows_request_size", "valid_data_refused_only_for_a_short_deadline"}
+    assert httpx.get(f"{base_url}/health/live").status_code == 200
+
+
+@pytest.mark.parametrize("selection", SELECTIONS)
+def test_schema_fuzzing_finds_nothing(server: ServerProcess, tmp_path: Path, selection: list[str]) -> None:
+    fuzz(server.base_url, tmp_path, selection)
+
+
+@pytest.mark.parametrize("selection", SELECTIONS)
+def test_schema_fuzzing_with_keys_finds_nothing(
+    keyed_server: ServerProcess, tmp_path: Path, selection: list[str]
+) -> None:
+    """With keys on, every handler is still reached (the fuzzer sends the key) and behaves as documented."""
+    fuzz(keyed_server.base_url, tmp_path, selection, (f"Authorization: Bearer {API_KEY}",))

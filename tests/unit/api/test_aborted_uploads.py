@@ -14,18 +14,8 @@ from app.logs import TextFormatter
 V2_HEAD = b'{"inputs": [{"name": "premise", "shape": [1], "datatype": "BYTES", "data": ["'
 
 
-async def call(app: Any, path: str, chunks: list[bytes], headers: list[tuple[bytes, bytes]]) -> list[Message]:
-    """Drive the ASGI app by hand: the body arrives in ``chunks``, then the client disconnects."""
-    incoming: list[Message] = [{"type": "http.request", "body": chunk, "more_body": True} for chunk in chunks]
-    sent: list[Message] = []
-
-    async def receive() -> Message:
-        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    scope = {
+def post_scope(path: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    return {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
@@ -39,7 +29,20 @@ async def call(app: Any, path: str, chunks: list[bytes], headers: list[tuple[byt
         "client": ("127.0.0.1", 50000),
         "server": ("testserver", 80),
     }
-    await app(scope, receive, send)
+
+
+async def call(app: Any, path: str, chunks: list[bytes], headers: list[tuple[bytes, bytes]]) -> list[Message]:
+    """Drive the ASGI app by hand: the body arrives in ``chunks``, then the client disconnects."""
+    incoming: list[Message] = [{"type": "http.request", "body": chunk, "more_body": True} for chunk in chunks]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app(post_scope(path, headers), receive, send)
     return sent
 
 
@@ -78,3 +81,30 @@ def test_text_log_lines_cannot_be_forged() -> None:
     assert "\n" not in line
     assert "\r" not in line
     assert line.endswith("GET /x\\nFAKE ERROR\\r 404")
+
+
+CHUNK = 64 * 1024
+LIMIT = 1_048_576
+
+
+@pytest.mark.parametrize("path", ["/predict", "/variants/xlmr-mnli/predict", "/v2/models/xlmr-mnli/infer"])
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+async def test_body_over_the_limit_is_not_read_past_it(client: httpx.AsyncClient, path: str, declared: bool) -> None:
+    """413 on every body-taking route, and the service stops reading at the limit (a client could send gigabytes)."""
+    app = client._transport.app  # type: ignore[attr-defined]
+    total = 40 * CHUNK  # 2.5 MiB
+    delivered = 0
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        nonlocal delivered
+        delivered += CHUNK
+        return {"type": "http.request", "body": b"a" * CHUNK, "more_body": delivered < total}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    headers = [(b"content-length", str(total).encode())] if declared else []
+    await app(post_scope(path, headers), receive, send)
+    assert [message["status"] for message in sent if message["type"] == "http.response.start"] == [413]
+    assert delivered <= (0 if declared else LIMIT + CHUNK), delivered
