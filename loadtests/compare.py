@@ -401,6 +401,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.mode == "capacity" and args.rounds and args.rounds < 3:
         parser.error("--rounds must be at least 3")
+    if not 0 < args.margin < 1 or not 0.5 < args.confidence < 1:
+        parser.error("--margin must be in (0, 1) and --confidence in (0.5, 1)")
+    if args.block_seconds <= 0 or args.duration <= 0 or args.analysis_block_seconds < 0:
+        parser.error("--block-seconds and --duration must be positive, --analysis-block-seconds not negative")
     args.out.mkdir(parents=True, exist_ok=True)
     if args.url:
         outcome = compare(args, args.url.rstrip("/"))
