@@ -125,13 +125,20 @@ GOOD = [byte_tensor("premise", ["Il pleut."]), byte_tensor("hypothesis", ["Le so
             {"inputs": [byte_tensor("premise", [1.5], datatype="FP32"), GOOD[1]]}, 400, "datatype FP32", id="datatype"
         ),
         pytest.param(
-            {"inputs": [byte_tensor("premise", ["a", "b"], shape=[3]), GOOD[1]]}, 400, "but 2 elements", id="shape"
+            {"inputs": [byte_tensor("premise", ["a", "b"], shape=[3]), byte_tensor("hypothesis", ["x", "y", "z"])]},
+            400,
+            "has shape [3] but 2 rows",
+            id="shape",
         ),
         pytest.param(
-            {"inputs": [byte_tensor("premise", ["a", "b"]), GOOD[1]]}, 400, "premise has 2 elements", id="mismatch"
+            {"inputs": [byte_tensor("premise", ["a", "b"]), GOOD[1]]},
+            400,
+            "premise has shape [2] but hypothesis has shape [1]",
+            id="mismatch",
         ),
         pytest.param({"inputs": [GOOD[0]]}, 400, "missing input 'hypothesis'", id="missing-input"),
-        pytest.param({"inputs": [*GOOD, byte_tensor("context", ["x"])]}, 400, "unexpected input", id="extra-input"),
+        pytest.param({"inputs": [GOOD[0], byte_tensor("context", ["x"])]}, 400, "unexpected input", id="extra-input"),
+        pytest.param({"inputs": [*GOOD, byte_tensor("context", ["x"])]}, 400, "at most 2 items", id="three-inputs"),
         pytest.param({"inputs": [GOOD[0], byte_tensor("hypothesis", [" "])]}, 400, "is empty", id="blank"),
         pytest.param({"inputs": GOOD, "outputs": [{"name": "logits"}]}, 400, "unknown output 'logits'", id="output"),
         pytest.param({"inputs": GOOD, "parameters": {"truncate": "yes"}}, 400, "'truncate'", id="parameter"),
