@@ -163,7 +163,7 @@ def calibrate_random_head(model: Any, tokenizer: Any) -> None:
     )
     head = model.classifier
     with torch.no_grad():
-        features = model.roberta(**encoded).last_hidden_state[:, 0]
+        features = model.roberta(**encoded.to(model.device)).last_hidden_state[:, 0]
         for layer, scale in ((head.dense, 1.0), (head.out_proj, HEAD_LOGIT_SCALE)):
             layer.weight.normal_(0.0, 1.0)
             outputs = features @ layer.weight.T
@@ -338,9 +338,13 @@ def build_demo_store(
         if folder.exists():
             shutil.rmtree(folder)
         torch.manual_seed(variant.seed)
-        model = XLMRobertaForSequenceClassification(demo_config(size, len(tokenizer), variant.label_order))
+        model: Any = XLMRobertaForSequenceClassification(demo_config(size, len(tokenizer), variant.label_order))
         model.train(False)
-        calibrate_random_head(model, tokenizer)
+        if torch.cuda.is_available():  # XLM-R large on the sample pairs: minutes on a few CPU cores, a second here
+            calibrate_random_head(model.to("cuda"), tokenizer)
+            model.to("cpu")
+        else:
+            calibrate_random_head(model, tokenizer)
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         marker = {
