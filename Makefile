@@ -30,7 +30,7 @@ install-dev: $(VENV)/.installed-dev
 demo-store: install
 	@if [ ! -f model_store/xlmr-mnli/config.json ]; then \
 		$(BIN)/xnli-serve build-demo-store --out model_store --size $(DEMO_SIZE); \
-	else echo "model_store already has checkpoints (make demo-store-force to rebuild)"; fi
+	else echo "model_store already has checkpoints (xnli-serve build-demo-store --force rebuilds them)"; fi
 
 serve: demo-store
 	$(BIN)/xnli-serve serve --host $(HOST) --port $(PORT)
