@@ -498,8 +498,11 @@ class Engine:
         raises UnknownVariantError.
         """
         runtime = self.variants.get(name)
-        if runtime is None:
-            self.catalogue_entry(name)  # raises UnknownVariantError unless the catalogue names it
+        if runtime is None or not runtime.spec.enabled:  # not loaded (disabled, unloaded, or never loaded)
+            if name in self._loading:
+                self._claim(name)  # raises: a load of it is running
+            if runtime is None:
+                self.catalogue_entry(name)  # raises UnknownVariantError unless the catalogue names it
             return
         self._claim(name)
         self._unloading.add(name)

@@ -20,6 +20,7 @@ from app.api.binary_tensors import HEADER_LENGTH
 from benchmarks.common import resident_mb
 from tests.checkpoint_edits import perturbed_copy, relabelled_copy, shift_classifier_bias, widened_copy
 from tests.helpers import ServerProcess, running_server, write_catalogue
+from tests.triton_support import triton_inputs as tensors
 
 pytestmark = pytest.mark.integration
 
@@ -30,15 +31,6 @@ SCRIPTS = {
     "hangul": ("도서관은 밤 열 시에 문을 닫는다.", "도서관은 밤새 열려 있다."),
     "thai": ("แมวนอนหลับอยู่บนโซฟา", "แมวกำลังวิ่งเล่นในสวน"),
 }
-
-
-def tensors(pairs: list[tuple[str, str]], binary: bool = True) -> list[triton.InferInput]:
-    inputs = []
-    for position, name in enumerate(("premise", "hypothesis")):
-        tensor = triton.InferInput(name, [len(pairs)], "BYTES")
-        tensor.set_data_from_numpy(np.array([pair[position] for pair in pairs], dtype=object), binary_data=binary)
-        inputs.append(tensor)
-    return inputs
 
 
 @dataclass

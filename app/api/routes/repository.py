@@ -58,6 +58,12 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 Body = TypeVar("Body", bound=BaseModel)
 
 
+def _optional_body(model: type[BaseModel]) -> dict[str, Any]:
+    """The body as OpenAPI documents it (parsed by hand: clients post an empty body or JSON without a Content-Type)."""
+    schema = {"schema": model.model_json_schema()}
+    return {"requestBody": {"required": False, "content": {"application/json": schema}}}
+
+
 def _bad_request(message: str) -> ApiError:
     return ApiError(400, "invalid_repository_request", message)
 
@@ -83,7 +89,7 @@ def _json(entry: IndexEntry) -> Response:
     return Response(entry.model_dump_json(), media_type="application/json")
 
 
-@router.post("/index", response_model=list[IndexEntry], responses=_ERRORS)
+@router.post("/index", response_model=list[IndexEntry], responses=_ERRORS, openapi_extra=_optional_body(IndexRequest))
 async def repository_index(request: Request) -> list[IndexEntry]:
     """Every variant of the catalogue file and every variant the service holds, with its state and why."""
     body = await _parse(request, IndexRequest)
@@ -92,7 +98,9 @@ async def repository_index(request: Request) -> list[IndexEntry]:
     return [_entry(entry) for entry in entries if not body.ready or entry.state is RepositoryState.READY]
 
 
-@router.post("/models/{name}/load", response_model=IndexEntry, responses=_ERRORS)
+@router.post(
+    "/models/{name}/load", response_model=IndexEntry, responses=_ERRORS, openapi_extra=_optional_body(RepositoryRequest)
+)
 async def load_model(request: Request, name: str) -> Response:
     """Load ``name`` as its catalogue entry says now (or reload it), then switch its traffic to it at once."""
     body = await _parse(request, RepositoryRequest)
@@ -110,7 +118,12 @@ async def load_model(request: Request, name: str) -> Response:
     return _json(_entry(engine.repository_entry(name)))
 
 
-@router.post("/models/{name}/unload", response_model=IndexEntry, responses=_ERRORS)
+@router.post(
+    "/models/{name}/unload",
+    response_model=IndexEntry,
+    responses=_ERRORS,
+    openapi_extra=_optional_body(RepositoryRequest),
+)
 async def unload_model(request: Request, name: str) -> Response:
     """Stop admitting requests for ``name``, let accepted ones finish, then free its memory."""
     body = await _parse(request, RepositoryRequest)

@@ -15,6 +15,7 @@ from prometheus_client import REGISTRY
 
 from app.api.binary_tensors import HEADER_LENGTH
 from app.engine.engine import Engine
+from tests.triton_support import triton_inputs
 from tests.unit.api.conftest import client_for
 
 INFER = "/v2/models/xlmr-mnli/infer"
@@ -47,15 +48,6 @@ SCRIPTS: dict[str, list[tuple[str, str]]] = {
 def pairs_for(script: str, count: int) -> list[tuple[str, str]]:
     base = SCRIPTS[script]
     return [(f"{base[i % len(base)][0]} ({i})", base[i % len(base)][1]) for i in range(count)]
-
-
-def triton_inputs(pairs: list[tuple[str, str]], binary: bool = True) -> list[triton.InferInput]:
-    inputs = []
-    for position, name in enumerate(("premise", "hypothesis")):
-        tensor = triton.InferInput(name, [len(pairs)], "BYTES")
-        tensor.set_data_from_numpy(np.array([pair[position] for pair in pairs], dtype=object), binary_data=binary)
-        inputs.append(tensor)
-    return inputs
 
 
 async def post_triton(

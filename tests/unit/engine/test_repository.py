@@ -84,6 +84,8 @@ async def test_a_new_catalogue_entry_is_loaded_while_the_others_serve(
     loading = asyncio.ensure_future(engine.load_variant("beta"))
     await asyncio.sleep(0)
     assert index(engine)["beta"] == (RepositoryState.LOADING, "loading")
+    with pytest.raises(RepositoryBusyError, match="being loaded already"):
+        await engine.unload_variant("beta")
     assert engine.ready
     assert engine.variant_ready("alpha")
     assert not engine.variant_ready("beta")
