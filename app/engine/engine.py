@@ -28,6 +28,7 @@ import numpy.typing as npt
 import torch
 
 from app import metrics
+from app.engine import export_cache
 from app.engine.backends import PreparedVariant, is_reference, prepare_variant, release_freed_memory
 from app.engine.batching import BatchLimits
 from app.engine.catalogue import Catalogue, CatalogueError, VariantSpec, load_catalogue
@@ -542,6 +543,9 @@ class Engine:
             runtime.worker = None
             runtime.encoder = None
             runtime.info = None
+        export = runtime.execution.get("export")
+        if export:  # an ONNX artifact this version held against pruning
+            export_cache.release(Path(export["path"]).parent)
         await asyncio.to_thread(free_memory)
 
     # -- inference ---------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
+from app.engine import export_cache
 from app.engine.catalogue import load_catalogue
 from app.engine.engine import Engine, RepositoryState, VariantStatus
 from app.engine.errors import (
@@ -260,3 +261,17 @@ async def test_nothing_changes_before_start_up_has_loaded(catalogue: Path) -> No
     with pytest.raises(RepositoryBusyError, match="start-up"):
         await fresh.load_variant("alpha")
     fresh.close()
+
+
+async def test_unloading_an_onnx_variant_releases_its_export(
+    engine: Engine, catalogue: Path, demo_store: Path, checkpoint: Path, tmp_path: Path
+) -> None:
+    onnx = {"name": "onnx", "backend": "onnxruntime", "max_batch_size": 4, "max_seq_len": 128, "max_batch_tokens": 512}
+    edit(catalogue, demo_store, {"name": "alpha", "path": str(checkpoint)}, onnx)
+    engine.export_cache_dir = tmp_path / "exports"
+    await engine.load_variant("onnx")
+    export = engine.variants["onnx"].execution["export"]
+    folder = Path(export["path"]).parent
+    assert folder in export_cache._held  # served: no process may prune it
+    await engine.unload_variant("onnx")
+    assert folder not in export_cache._held
