@@ -65,7 +65,7 @@ COMPUTED_TOKENS = Counter(
 )
 REQUESTS = Counter(
     "xnli_requests",
-    "Requests answered, by outcome (success, client_error, not_found, overloaded, unavailable, error).",
+    "Requests answered, by outcome (success, client_error, not_found, overloaded, unavailable, disconnected, error).",
     ["variant", "outcome"],
 )
 PREDICTIONS = Counter(
@@ -125,10 +125,20 @@ SHADOW_PROBABILITY_DIFF = Histogram(
     ["primary", "candidate"],
     buckets=PROBABILITY_DIFF_BUCKETS,
 )
+SHADOW_DROP_REASONS = (
+    "busy",  # client work was queued on the device beyond shadow_busy_backlog_ms
+    "queue_full",  # the candidate's shadow lane held shadow_max_queue_pairs
+    "expired",  # waited shadow_timeout_s without reaching the device
+    "draining",  # the service is shutting down
+    "not_ready",  # the candidate is not serving
+    "unavailable",  # its device worker is stopping or down
+    "too_long",  # a pair does not fit the candidate's max_seq_len (and the request asked for no truncation)
+    "failed",  # the candidate's forward pass failed
+    "error",  # anything else (logged)
+)
 SHADOW_DROPPED_PAIRS = Counter(
     "xnli_shadow_dropped_pairs",
-    "Sampled pairs never compared, by reason: busy (client work queued), queue_full, expired, draining, "
-    "not_ready, unavailable, too_long, failed, error.",
+    f"Sampled pairs never compared, by reason: {', '.join(SHADOW_DROP_REASONS)}.",
     ["primary", "candidate", "reason"],
 )
 SHADOW_QUEUE_DEPTH = Gauge("xnli_shadow_queue_depth", "Shadow pairs waiting in the variant's shadow lane.", ["variant"])

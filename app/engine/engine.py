@@ -219,6 +219,10 @@ class Engine:
         self.shadow_timeout_s = shadow_timeout_s
         self.shadow_max_client_backlog_s = shadow_max_client_backlog_s
         self._shadow_tasks: set[asyncio.Task[None]] = set()
+        for shadow in catalogue.traffic.shadow:  # every series exists from the start: rates and ratios read 0
+            metrics.SHADOW_SAMPLED_PAIRS.labels(shadow.primary, shadow.candidate)
+            for reason in metrics.SHADOW_DROP_REASONS:
+                metrics.SHADOW_DROPPED_PAIRS.labels(shadow.primary, shadow.candidate, reason)
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 

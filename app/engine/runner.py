@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -22,6 +22,28 @@ class BatchRunner(Protocol):
     """What the batcher needs from a backend: token sequences in, (n, 3) probabilities in service order out."""
 
     def forward(self, sequences: Sequence[Sequence[int]]) -> npt.NDArray[np.float32]: ...
+
+
+class PreemptibleRunner(BatchRunner, Protocol):
+    """A backend that calls ``yield_point`` between the layers of a forward pass, where the device worker may run
+    more urgent batches before the rest of this one."""
+
+    def forward_preemptible(
+        self, sequences: Sequence[Sequence[int]], yield_point: Callable[[], None]
+    ) -> npt.NDArray[np.float32]: ...
+
+
+def encoder_layers(model: Any) -> list[torch.nn.Module]:
+    """The transformer layers of a Hugging Face encoder (``base_model.encoder.layer``), or none if it has another
+    layout: such a model runs its forward passes whole."""
+    layers = getattr(getattr(getattr(model, "base_model", None), "encoder", None), "layer", None)
+    return list(layers) if isinstance(layers, torch.nn.ModuleList) else []
+
+
+def yield_modules(model: Any) -> list[torch.nn.Module]:
+    """Where a preemptible forward pass pauses: before each block of each encoder layer (attention, feed-forward in,
+    feed-forward out for XLM-R), about a third of a layer apart."""
+    return [block for layer in encoder_layers(model) for block in (list(layer.children()) or [layer])]
 
 
 class WarmableRunner(BatchRunner, Protocol):
@@ -75,6 +97,20 @@ class TorchRunner:
         """Probabilities in the service's label order, shape (n, 3)."""
         input_ids, attention_mask = collate(sequences, self.pad_token_id)
         return self.forward_tensors(input_ids, attention_mask)
+
+    @torch.inference_mode()
+    def forward_preemptible(
+        self, sequences: Sequence[Sequence[int]], yield_point: Callable[[], None]
+    ) -> npt.NDArray[np.float32]:
+        """As ``forward``, calling ``yield_point`` before each block of each encoder layer (on CUDA: before its kernels
+        are queued). Hooks live only for this call; a forward pass run from inside ``yield_point`` triggers them too,
+        so ``yield_point`` must ignore calls made while it runs."""
+        handles = [block.register_forward_pre_hook(lambda *_: yield_point()) for block in yield_modules(self.model)]
+        try:
+            return self.forward(sequences)
+        finally:
+            for handle in handles:
+                handle.remove()
 
     @torch.inference_mode()
     def forward_tensors(

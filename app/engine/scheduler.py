@@ -7,7 +7,8 @@ what is waiting (no timer unless a variant asks for ``max_wait_ms``), serving va
 Each queue has three lanes, one per priority: interactive pairs run before batch pairs, batch pairs before shadow
 pairs. The worker always starts the highest-priority batch that is ready, so lower-priority work only fills spare
 device time and delays interactive requests by at most the one batch already running; batches of background lanes
-(batch, shadow) are kept short (``max_background_batch_s``) so that batch costs little.
+(batch, shadow) are kept short (``max_background_batch_s``), and where the runner allows it (torch) they pause between
+encoder layers to let ready interactive batches run first, so an interactive request waits for one layer at most.
 
 Admission is bounded: each lane holds at most ``max_queue_pairs`` pairs, and a request whose pairs could not be
 computed before its deadline (judged from the device's measured seconds per pair and the work already queued on it)
@@ -378,6 +379,8 @@ class DeviceWorker:
         self._next_queue = [0] * len(Priority)  # per lane: round-robin position
         self._batch_counter = 0
         self._busy_until = 0.0  # when the batch now running should end: queued work starts after it
+        self._preempting = False  # interactive batches are running inside a background batch's yield point
+        self._preempted_s = 0.0  # time those took, not charged to the background batch
         self._thread = threading.Thread(target=self._run, name=f"device-worker-{device}", daemon=True)
 
     def add_queue(self, queue: VariantQueue) -> None:
@@ -582,9 +585,48 @@ class DeviceWorker:
             log.critical("device worker %s died: %r", self.device, error)
             self._fail_everything(error)
 
-    def _forward(self, queue: VariantQueue, sequences: list[list[int]]) -> npt.NDArray[np.float32]:
-        """Run a batch; on out-of-memory split it in halves and retry before giving up."""
+    def _preempt(self) -> None:
+        """Yield point of a background batch (between two encoder layers): run the interactive batches that are ready
+        now, then let the background batch go on. An interactive request thus waits for one layer of a background
+        batch, not all of it. Calls made while it runs (the interactive forward passes trigger the same hooks) return
+        at once."""
+        if self._preempting:
+            return
+        self._preempting = True
+        resumed_busy_until = self._busy_until
+        started = time.perf_counter()
         try:
+            while (work := self._ready_interactive()) is not None:
+                self._run_batch(*work)
+        finally:
+            self._preempted_s += time.perf_counter() - started
+            self._busy_until = resumed_busy_until + (time.perf_counter() - started)
+            self._preempting = False
+
+    def _ready_interactive(self) -> tuple[VariantQueue, list[PendingPair], Priority] | None:
+        with self._condition:
+            now = time.perf_counter()
+            count = len(self.queues)
+            for offset in range(count):
+                position = (self._next_queue[Priority.INTERACTIVE] + offset) % count
+                queue = self.queues[position]
+                if queue.seconds_until_ready(now) == 0.0:
+                    batch = queue.take_batch(now)
+                    if batch:
+                        self._next_queue[Priority.INTERACTIVE] = (position + 1) % count
+                        return queue, batch, Priority.INTERACTIVE
+        return None
+
+    def _forward(
+        self, queue: VariantQueue, sequences: list[list[int]], preemptible: bool = False
+    ) -> npt.NDArray[np.float32]:
+        """Run a batch (background batches yield to interactive ones between layers where the runner can); on
+        out-of-memory split it in halves and retry before giving up."""
+        try:
+            forward_preemptible = getattr(queue.runner, "forward_preemptible", None)
+            if preemptible and forward_preemptible is not None:
+                result: npt.NDArray[np.float32] = forward_preemptible(sequences, self._preempt)
+                return result
             return queue.runner.forward(sequences)
         except Exception as error:
             if not _is_out_of_memory(error) or len(sequences) == 1:
@@ -596,7 +638,12 @@ class DeviceWorker:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         middle = len(sequences) // 2
-        return np.concatenate([self._forward(queue, sequences[:middle]), self._forward(queue, sequences[middle:])])
+        return np.concatenate(
+            [
+                self._forward(queue, sequences[:middle], preemptible),
+                self._forward(queue, sequences[middle:], preemptible),
+            ]
+        )
 
     def _run_batch(
         self, queue: VariantQueue, batch: list[PendingPair], priority: Priority = Priority.INTERACTIVE
@@ -604,10 +651,13 @@ class DeviceWorker:
         self._batch_counter += 1
         batch_id = self._batch_counter
         requests = list({id(pair.request): pair.request for pair in batch}.values())
+        background = priority is not Priority.INTERACTIVE
+        if background:
+            self._preempted_s = 0.0
         started = time.perf_counter()
         self._busy_until = started + len(batch) * queue.seconds_per_pair
         try:
-            probabilities = self._forward(queue, [pair.ids for pair in batch])
+            probabilities = self._forward(queue, [pair.ids for pair in batch], preemptible=background)
             if probabilities.shape != (len(batch), len(LABELS)):
                 raise ValueError(f"the runner returned shape {probabilities.shape} for {len(batch)} pairs")
         except Exception as error:
@@ -618,7 +668,7 @@ class DeviceWorker:
                 request.fail(InferenceError(f"device worker {self.device} stopped: {error!r}"))
             raise
         finished = time.perf_counter()
-        elapsed = finished - started
+        elapsed = finished - started - (self._preempted_s if background else 0.0)
         queue.batches_run += 1
         try:
             for pair, row in zip(batch, probabilities, strict=True):

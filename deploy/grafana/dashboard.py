@@ -18,6 +18,7 @@ from typing import Any
 OUTPUT = Path(__file__).resolve().parent / "dashboards" / "xnli-serve.json"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 V = 'variant=~"$variant"'
+P = 'primary=~"$variant"'  # shadow series: the primary is one of the selected variants
 FAILED = 'outcome=~"error|overloaded|unavailable"'  # service-side failures: 5xx and 429
 
 
@@ -99,8 +100,18 @@ def mean(metric: str) -> str:
     )
 
 
-def quantile(q: float, metric: str, by: str = "variant") -> str:
-    return f"histogram_quantile({q}, sum by ({by}, le) (rate({metric}_bucket{{{V}}}[$__rate_interval])))"
+def quantile(q: float, metric: str, by: str = "variant", selector: str = V) -> str:
+    return f"histogram_quantile({q}, sum by ({by}, le) (rate({metric}_bucket{{{selector}}}[$__rate_interval])))"
+
+
+def agreement(by: str) -> str:
+    """Share of shadowed pairs whose two top labels match (0, not absent, when none do)."""
+    same = " or ".join(
+        f'rate(xnli_shadow_pairs_total{{{P}, primary_label="{label}", candidate_label="{label}"}}[$__rate_interval])'
+        for label in ("entailment", "neutral", "contradiction")
+    )
+    every = f"rate(xnli_shadow_pairs_total{{{P}}}[$__rate_interval])"
+    return f"(sum by ({by}) ({same}) or sum by ({by}) ({every}) * 0) / sum by ({by}) ({every} > 0)"
 
 
 def build() -> dict[str, Any]:
@@ -316,6 +327,113 @@ def build() -> dict[str, Any]:
         },
         width=24,
         height=7,
+    )
+
+    layout.row("Variant comparison (live)")
+    routed = 'route=~"split|sticky"'
+    layout.add(
+        timeseries(
+            "Split shares",
+            [
+                target(
+                    f"sum by (variant) (rate(xnli_routed_requests_total{{{V}, {routed}}}[$__rate_interval]))"
+                    f" / ignoring (variant) group_left"
+                    f" sum(rate(xnli_routed_requests_total{{{routed}}}[$__rate_interval]) > 0)",
+                    "{{variant}}",
+                )
+            ],
+            "percentunit",
+            "Share of the requests that named no variant each variant answered: the catalogue's [traffic] split "
+            "(weighted draws and sticky X-Routing-Key hashes). Requests that named a variant are not counted.",
+            min=0,
+            max=1,
+        )
+    )
+    layout.add(
+        timeseries(
+            "Shadow agreement",
+            [target(agreement("primary, candidate"), "{{candidate}} vs {{primary}}")],
+            "percentunit",
+            "Share of shadowed pairs on which the candidate's top label equals the primary's (the alert "
+            "XnliServeCandidateAgreementLow fires below 90% for 15 minutes).",
+            **thresholds((None, "red"), (0.9, "green")),
+            min=0,
+            max=1,
+        )
+    )
+    layout.add(
+        timeseries(
+            "Shadow probability difference p50 / p95",
+            [
+                target(quantile(0.5, "xnli_shadow_probability_diff", "primary, candidate", P), "p50 {{candidate}}"),
+                target(
+                    quantile(0.95, "xnli_shadow_probability_diff", "primary, candidate", P), "p95 {{candidate}}", "B"
+                ),
+            ],
+            "percentunit",
+            "Per shadowed pair, the largest absolute difference between the two variants' probabilities.",
+            min=0,
+            max=1,
+        )
+    )
+    layout.add(
+        {
+            "type": "table",
+            "title": "Flip matrix (top label, primary x candidate)",
+            "description": "Shadowed pairs over the dashboard's time range by the primary's top label (rows) and the "
+            "candidate's (columns); the diagonal is agreement.",
+            "targets": [
+                target(
+                    "sum by (primary, candidate, primary_label, candidate_label)"
+                    f" (increase(xnli_shadow_pairs_total{{{P}}}[$__range]))",
+                    "",
+                    instant=True,
+                    format="table",
+                )
+            ],
+            "transformations": [
+                {
+                    "id": "groupingToMatrix",
+                    "options": {"rowField": "primary_label", "columnField": "candidate_label", "valueField": "Value"},
+                }
+            ],
+            "fieldConfig": {"defaults": {"decimals": 0}, "overrides": []},
+        },
+        width=8,
+    )
+    layout.add(
+        {
+            "type": "bargauge",
+            "title": "Shadow agreement by language",
+            "description": "Agreement per request `language` (the 15 XNLI languages, `other`, `unspecified`).",
+            "targets": [target(agreement("primary, candidate, language"), "{{language}} {{candidate}}", instant=True)],
+            "options": {"orientation": "horizontal", "displayMode": "basic", "showUnfilled": True},
+            "fieldConfig": {
+                "defaults": {"unit": "percentunit", "min": 0, "max": 1, **thresholds((None, "red"), (0.9, "green"))},
+                "overrides": [],
+            },
+        },
+        width=8,
+    )
+    layout.add(
+        timeseries(
+            "Shadow pairs compared and dropped",
+            [
+                target(
+                    f"sum by (primary, candidate) (rate(xnli_shadow_pairs_total{{{P}}}[$__rate_interval]))",
+                    "compared {{candidate}}",
+                ),
+                target(
+                    f"sum by (candidate, reason) (rate(xnli_shadow_dropped_pairs_total{{{P}}}[$__rate_interval]))",
+                    "dropped {{candidate}} {{reason}}",
+                    "B",
+                ),
+            ],
+            "short",
+            "Pairs per second compared on each candidate, and dropped by reason (busy device, full shadow lane, "
+            "expired, ...): shadows yield to client work and are dropped first, never silently.",
+        ),
+        width=8,
     )
 
     layout.row("Resources")

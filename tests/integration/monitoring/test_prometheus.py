@@ -5,17 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
 from tests.deploy_support import DEPLOY, dashboard_module, rule_files
-from tests.helpers import ServerProcess, free_port
+from tests.helpers import ServerProcess, free_port, running_server
 
 pytestmark = [
     pytest.mark.integration,
@@ -29,6 +31,39 @@ RATE_WINDOW = "20s"
 # Panels whose data exists only on some hardware; each is named with the reason.
 HARDWARE_ONLY = {"CUDA memory allocated": "xnli_cuda_memory_allocated_bytes is exported only on CUDA replicas"}
 TRAFFIC_VARIANTS = ("xlmr-mnli", "xlmr-squad-mnli")
+# xlmr-mnli is shadowed by its own checkpoint under another name (agreement 100%) and by xlmr-squad-mnli (other
+# untrained weights: agreement far below the alert's 90%).
+TWIN = "xlmr-mnli-twin"
+TRAFFIC = f"""
+[[variant]]
+name = "{TWIN}"
+path = "xlmr-mnli"
+
+[traffic]
+split = {{ "xlmr-mnli" = 1, "xlmr-squad-mnli" = 1 }}
+
+[[traffic.shadow]]
+primary = "xlmr-mnli"
+candidate = "{TWIN}"
+fraction = 1.0
+
+[[traffic.shadow]]
+primary = "xlmr-mnli"
+candidate = "xlmr-squad-mnli"
+fraction = 0.5
+"""
+SHADOW_CANDIDATES = {TWIN, "xlmr-squad-mnli"}
+
+
+@pytest.fixture(scope="module")
+def server(demo_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The demo catalogue plus a twin of xlmr-mnli, a split and two shadows (checkpoint paths made absolute)."""
+    folder = tmp_path_factory.mktemp("traffic")
+    text = (demo_store / "variants.toml").read_text(encoding="utf-8") + TRAFFIC
+    text = re.sub(r'(?m)^path = "([^"/]+)"', lambda match: f'path = "{demo_store / match.group(1)}"', text)
+    (folder / "variants.toml").write_text(text, encoding="utf-8")
+    with running_server(folder / "variants.toml", folder) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +120,7 @@ def finite(result: list[dict[str, object]]) -> bool:
 
 def send_traffic(server: ServerProcess, seconds: float) -> None:
     async def client(http: httpx.AsyncClient, index: int, stop: float) -> None:
+        sent = 0
         while time.monotonic() < stop:
             variant = TRAFFIC_VARIANTS[index % 2]
             await http.post(
@@ -97,6 +133,14 @@ def send_traffic(server: ServerProcess, seconds: float) -> None:
                     "variant": variant,
                 },
             )
+            # No variant: the split decides (sticky per routing key); languages label the counters.
+            await http.post(
+                "/predict",
+                json={"inputs": [{"premise": "Il pleut fort.", "hypothesis": "Le sol est sec."}] * 2, "language": "fr"},
+                headers={"X-Routing-Key": f"user-{index}-{sent}"},
+            )
+            await http.post("/predict", json={"premise": "Mvua inanyesha.", "hypothesis": "Ni kavu.", "language": "sw"})
+            sent += 1
         await http.post("/predict", json={"premise": "a", "hypothesis": "b", "variant": "ghost"})  # a 404
 
     async def run() -> None:
@@ -129,6 +173,7 @@ def test_every_dashboard_query_returns_data(scraped: str, title: str, expression
     if title in HARDWARE_ONLY:
         pytest.skip(HARDWARE_ONLY[title])
     resolved = expression.replace("$variant", ".*").replace("$__rate_interval", RATE_WINDOW)
+    resolved = resolved.replace("$__range", "1m")
     result = query(scraped, resolved)
     assert result, f"{title!r} returns no series: {resolved}"
     assert finite(result), f"{title!r} returns no finite value: {resolved}"
@@ -153,8 +198,25 @@ def test_every_recording_rule_returns_data(scraped: str, record: str) -> None:
     result = query(scraped, record)
     assert result, f"{record} has no series"
     assert finite(result), f"{record} has no finite value"
-    variants = {sample["metric"]["variant"] for sample in result}  # type: ignore[index]
-    assert set(TRAFFIC_VARIANTS) <= variants
+    if record.startswith("primary_candidate"):
+        candidates = {sample["metric"]["candidate"] for sample in result}  # type: ignore[index]
+        assert candidates == SHADOW_CANDIDATES
+    else:
+        variants = {sample["metric"]["variant"] for sample in result}  # type: ignore[index]
+        assert set(TRAFFIC_VARIANTS) <= variants
+
+
+def test_shadow_rules_see_the_twin_agree_and_the_other_checkpoint_disagree(scraped: str) -> None:
+    agreement = {
+        sample["metric"]["candidate"]: float(sample["value"][1])  # type: ignore[index]
+        for sample in query(scraped, "primary_candidate:xnli_shadow_agreement:ratio5m")
+    }
+    assert agreement[TWIN] == 1.0
+    assert agreement["xlmr-squad-mnli"] < 0.9
+    languages = query(scraped, f'primary_candidate_language:xnli_shadow_agreement:ratio5m{{candidate="{TWIN}"}}')
+    assert {sample["metric"]["language"] for sample in languages} == {"fr", "sw", "unspecified"}  # type: ignore[index]
+    shares = query(scraped, "variant:xnli_split_share:ratio5m")
+    assert sum(float(sample["value"][1]) for sample in shares) == pytest.approx(1.0)  # type: ignore[index,misc]
 
 
 def test_alert_rules_load_and_stay_quiet_for_a_healthy_service(scraped: str) -> None:
@@ -166,9 +228,14 @@ def test_alert_rules_load_and_stay_quiet_for_a_healthy_service(scraped: str) -> 
         "XnliServeQueueBacklog",
         "XnliServeErrorRatioHigh",
         "XnliServeOverloaded",
+        "XnliServeCandidateAgreementLow",
     }
     assert all(rule["health"] == "ok" for rule in alerts.values())
+    low = alerts.pop("XnliServeCandidateAgreementLow")
     assert all(rule["state"] == "inactive" for rule in alerts.values())
+    # The disagreeing candidate is on its way to the alert (pending: it must hold 15 minutes); the twin is not.
+    assert low["state"] == "pending"
+    assert [alert["labels"]["candidate"] for alert in low["alerts"]] == ["xlmr-squad-mnli"]
 
 
 def test_compose_prometheus_config_uses_the_same_rules() -> None:

@@ -26,7 +26,14 @@ def test_committed_dashboard_equals_the_generator_output() -> None:
 def test_dashboard_has_the_rows_variables_and_units_users_need() -> None:
     dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "xnli-serve.json").read_text(encoding="utf-8"))
     rows = [panel["title"] for panel in dashboard["panels"] if panel["type"] == "row"]
-    assert rows == ["Overview", "Latency", "Batching", "Variants side by side", "Resources"]
+    assert rows == [
+        "Overview",
+        "Latency",
+        "Batching",
+        "Variants side by side",
+        "Variant comparison (live)",
+        "Resources",
+    ]
     variables = {variable["name"]: variable for variable in dashboard["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
     assert variables["variant"]["multi"] is True

@@ -7,9 +7,13 @@ import asyncio
 import math
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
+import torch
 
 from app.engine.batching import BatchLimits
 from app.engine.errors import OverloadedError
@@ -185,3 +189,58 @@ async def test_shadow_batches_stay_out_of_the_client_series(worker: DeviceWorker
     assert grew("xnli_predictions_total") == 1
     assert grew("xnli_shadow_inference_duration_seconds_count") == 1
     assert grew("xnli_shadow_batch_size_sum") == 3
+
+
+class LayeredRunner(RecordingRunner):
+    """Calls the yield point between four "layers"; the second one waits until the test has queued more work."""
+
+    def __init__(self, name: str, journal: list[tuple[str, int]]) -> None:
+        super().__init__(name, journal)
+        self.inside = threading.Event()
+        self.resume = threading.Event()
+        self.yields = 0
+
+    def forward_preemptible(self, sequences: Sequence[Sequence[int]], yield_point: Callable[[], None]) -> Any:
+        for layer in range(4):
+            if layer == 1:
+                self.inside.set()
+                self.resume.wait(5)
+            self.yields += 1
+            yield_point()
+        return self.forward(sequences)
+
+
+async def test_a_background_batch_lets_interactive_batches_run_between_its_layers(worker: DeviceWorker) -> None:
+    """The interactive request arrives while a batch-priority batch is in its first layer: it is computed at the
+    next layer boundary, before the background batch ends, not after it."""
+    journal: list[tuple[str, int]] = []
+    runner = LayeredRunner("a", journal)
+    queue = add_queue(worker, runner)
+    worker.start()
+    background = submit(worker, queue, [1, 2, 3], Priority.BATCH)
+    assert await asyncio.to_thread(runner.inside.wait, 5)
+    interactive = submit(worker, queue, [9], Priority.INTERACTIVE)
+    runner.resume.set()
+    await asyncio.wait_for(asyncio.gather(background.future, interactive.future), 5)
+    assert journal == [("a", 1), ("a", 3)]  # the interactive forward pass ran inside the background one
+    assert interactive.done_at < background.done_at
+    assert runner.yields == 4  # the nested pass did not re-enter the yield point
+    assert background.probabilities[:, 0].tolist() == [1, 2, 3]
+    assert interactive.probabilities[0, 0] == 9
+
+
+def test_the_torch_runner_yields_before_every_block_of_every_encoder_layer(demo_store: Path) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    from app.engine.runner import TorchRunner, encoder_layers
+
+    model = AutoModelForSequenceClassification.from_pretrained(demo_store / "xlmr-mnli").eval()
+    runner = TorchRunner(model, torch.device("cpu"), model.config.pad_token_id, [0, 1, 2])
+    calls: list[int] = []
+    sequences = [[0, 100, 200, 2], [0, 300, 2]]
+    preempted = runner.forward_preemptible(sequences, lambda: calls.append(len(calls)))
+    blocks = 3 * model.config.num_hidden_layers  # attention, intermediate, output
+    assert len(encoder_layers(model)) == model.config.num_hidden_layers
+    assert len(calls) == blocks
+    np.testing.assert_array_equal(preempted, runner.forward(sequences))  # the hooks are gone and change nothing
+    assert len(calls) == blocks

@@ -13,7 +13,7 @@ from tests.helpers import write_catalogue
 # Upper 0.1% points of the chi-square distribution by degrees of freedom: a fair split exceeds them once in 1,000.
 CHI_SQUARE_999 = {1: 10.828, 2: 13.816}
 
-VARIANTS = [{"name": "a"}, {"name": "b"}, {"name": "c"}, {"name": "off", "enabled": False}]
+VARIANTS: list[dict[str, object]] = [{"name": "a"}, {"name": "b"}, {"name": "c"}, {"name": "off", "enabled": False}]
 
 
 def catalogue_with(tmp_path: Path, traffic: str, only: list[str] | None = None) -> TrafficSpec:
