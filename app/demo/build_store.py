@@ -192,6 +192,7 @@ def catalogue_toml() -> str:
         "max_wait_ms = 0        # 0 = run as soon as the device is free; >0 waits to fill bigger batches",
         "max_queue_pairs = 1024 # pairs that may wait; beyond that requests get 429 with Retry-After",
         "max_padding_ratio = 1.0  # cap on a batch's padding share; ~0.15 suits compute-bound CPUs",
+        "max_background_batch_ms = 10  # longest batch-priority or shadow batch (estimated device time)",
         'backend = "torch"      # torch, or onnxruntime (exported once, cached beside the checkpoint)',
         'quantization = "none"  # none, or int8-dynamic (onnxruntime, CPU)',
         "accuracy_guard = true  # non-fp32 variants must agree with torch fp32 on the probe pairs to serve",
@@ -226,6 +227,19 @@ def catalogue_toml() -> str:
                 f"max_probability_diff = {deployment.guard[1]}",
             ]
         lines.append(f'description = "{deployment.description} Demo checkpoint: untrained weights."')
+    lines += [
+        "",
+        "# Live traffic between variants (README, 'Live traffic between variants'). Uncomment to split the requests",
+        "# that name no variant by weight (sticky per X-Routing-Key header), and to run a sampled share of one",
+        "# variant's pairs on another and compare their answers (never delaying or failing the client's).",
+        "# [traffic]",
+        '# split = { "xlmr-mnli" = 0.9, "xlmr-squad-mnli" = 0.1 }',
+        "#",
+        "# [[traffic.shadow]]",
+        '# primary = "xlmr-mnli"          # answers the client',
+        '# candidate = "xlmr-squad-mnli"  # computes a sampled share of the primary\'s pairs; never answers the client',
+        "# fraction = 0.25",
+    ]
     return "\n".join(lines) + "\n"
 
 
