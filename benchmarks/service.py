@@ -115,18 +115,6 @@ def closed_loop_summary(
     }
 
 
-async def closed_loop(
-    url: str,
-    pairs: list[tuple[str, str]],
-    variants: list[str],
-    concurrency: int,
-    pairs_per_request: int,
-    seconds: float,
-) -> dict[str, Any]:
-    raw = await closed_loop_raw(url, pairs, variants, concurrency, pairs_per_request, seconds)
-    return closed_loop_summary([raw], concurrency, pairs_per_request, variants)
-
-
 def closed_loop_in_processes(
     pool: ProcessPoolExecutor | None,
     processes: int,
@@ -141,7 +129,8 @@ def closed_loop_in_processes(
     at a few thousand requests per second, below what a GPU engine answers."""
     processes = min(processes, concurrency)
     if pool is None or processes <= 1:
-        return asyncio.run(closed_loop(url, pairs, variants, concurrency, pairs_per_request, seconds))
+        raw = asyncio.run(closed_loop_raw(url, pairs, variants, concurrency, pairs_per_request, seconds))
+        return closed_loop_summary([raw], concurrency, pairs_per_request, variants)
     shares = [concurrency // processes + (index < concurrency % processes) for index in range(processes)]
     firsts = [sum(shares[:index]) for index in range(processes)]
     jobs = [
