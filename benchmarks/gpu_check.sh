@@ -37,11 +37,11 @@ else
   RUN_LIMIT=100; MAX_BATCH=256; MAX_TOKENS=32768
 fi
 mkdir -p "$OUT_DIR" "$WORK"
-exec > >(tee -a "$OUT_DIR/gpu_check.log") 2>&1
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TMPDIR=${TMPDIR:-/tmp}
 say() { echo "[gpu_check +$((SECONDS - START))s] $*"; }
 left() { echo $((BUDGET - (SECONDS - START))); }
 
+main() {  # everything it prints goes to $OUT/gpu_check.log too (see the end)
 say "installing the carried wheels ($WHEELS) into $SITE"
 if compgen -G "$WHEELS/*.whl" > /dev/null; then
   timeout 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
@@ -131,3 +131,7 @@ done
 summarise
 say "summary ($(left) s of the budget left)"
 cat "$OUT_DIR/summary.md"
+}
+
+main 2>&1 | tee -a "$OUT_DIR/gpu_check.log"
+exit "${PIPESTATUS[0]}"

@@ -15,23 +15,45 @@ from tests.conftest import REPO_ROOT
 pytestmark = pytest.mark.integration
 
 
-def test_gpu_check_runs_end_to_end_on_the_cpu(demo_store: Path, xnli_dir: Path, tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    (tmp_path / "no-wheels").mkdir()
-    env = {
+def check_env(tmp_path: Path, xnli_dir: Path, **extra: str) -> dict[str, str]:
+    (tmp_path / "no-wheels").mkdir(exist_ok=True)
+    return {
         **os.environ,
         "PYTHON": sys.executable,
-        "OUT": str(out),
+        "OUT": str(tmp_path / "out"),
         "GPU_CHECK_WORK": str(tmp_path / "work"),
         "STORE": str(tmp_path / "store"),
         "WHEELS": str(tmp_path / "no-wheels"),  # this environment has every package: nothing to install
         "XNLI_DIR": str(xnli_dir),
-        "GPU_CHECK_DEVICE": "cpu",
-        "GPU_CHECK_SIZES": "tiny",
-        "GPU_CHECK_DTYPES": "float32",
-        "GPU_CHECK_TOKENIZER_FROM": str(demo_store / "xlmr-mnli"),  # no minute-long training in a test
         "TMPDIR": str(tmp_path),
+        **extra,
     }
+
+
+def test_without_a_cuda_device_it_stops_and_says_so(xnli_dir: Path, tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    env = check_env(tmp_path, xnli_dir)
+    completed = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert completed.returncode == 1
+    assert "no CUDA device: nothing to measure" in (tmp_path / "out" / "gpu_check.log").read_text(encoding="utf-8")
+    assert not (tmp_path / "store").exists()  # stopped before building anything
+
+
+def test_gpu_check_runs_end_to_end_on_the_cpu(demo_store: Path, xnli_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    env = check_env(
+        tmp_path,
+        xnli_dir,
+        GPU_CHECK_DEVICE="cpu",
+        GPU_CHECK_SIZES="tiny",
+        GPU_CHECK_DTYPES="float32",
+        GPU_CHECK_TOKENIZER_FROM=str(demo_store / "xlmr-mnli"),  # no minute-long training in a test
+    )
     completed = subprocess.run(
         ["bash", "benchmarks/gpu_check.sh"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=400
     )
