@@ -380,6 +380,7 @@ class DeviceWorker:
         self._batch_counter = 0
         self._busy_until = 0.0  # when the batch now running should end: queued work starts after it
         self._preempting = False  # interactive batches are running inside a background batch's yield point
+        self._yielding = False  # the batch now running is a background one that yields to interactive batches
         self._preempted_s = 0.0  # time those took, not charged to the background batch
         self._thread = threading.Thread(target=self._run, name=f"device-worker-{device}", daemon=True)
 
@@ -435,7 +436,8 @@ class DeviceWorker:
                 f"variant {queue.name!r} even on an idle device; the minimum is about {minimum_s * 1000:.1f} ms",
                 minimum_s=minimum_s,
             )
-        backlog = sum(other.backlog_seconds(priority) for other in self.queues) + max(0.0, self._busy_until - now)
+        running = 0.0 if priority is Priority.INTERACTIVE and self._yielding else max(0.0, self._busy_until - now)
+        backlog = sum(other.backlog_seconds(priority) for other in self.queues) + running
         waiting = queue.lanes[priority].waiting
         if waiting + count > queue.max_queue_pairs:
             raise OverloadedError(
@@ -601,6 +603,7 @@ class DeviceWorker:
         finally:
             self._preempted_s += time.perf_counter() - started
             self._busy_until = resumed_busy_until + (time.perf_counter() - started)
+            self._yielding = True
             self._preempting = False
 
     def _ready_interactive(self) -> tuple[VariantQueue, list[PendingPair], Priority] | None:
@@ -654,6 +657,8 @@ class DeviceWorker:
         background = priority is not Priority.INTERACTIVE
         if background:
             self._preempted_s = 0.0
+        # Admission of interactive work ignores a running batch that will pause for it.
+        self._yielding = background and hasattr(queue.runner, "forward_preemptible")
         started = time.perf_counter()
         self._busy_until = started + len(batch) * queue.seconds_per_pair
         try:

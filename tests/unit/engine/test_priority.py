@@ -122,6 +122,21 @@ def test_interactive_admission_ignores_queued_background_work(worker: DeviceWork
         worker.admit(queue, 1, time.perf_counter() + 3600, Priority.INTERACTIVE)
 
 
+def test_a_running_background_batch_that_yields_does_not_count_against_interactive_admission(
+    worker: DeviceWorker,
+) -> None:
+    queue = add_queue(worker, RecordingRunner("a", []))
+    queue.seconds_per_pair = 0.01
+    worker._busy_until = time.perf_counter() + 5.0  # a 5 s background batch is running ...
+    worker._yielding = True  # ... and pauses between layers for interactive batches
+    worker.admit(queue, 1, time.perf_counter() + 1.0, Priority.INTERACTIVE)
+    with pytest.raises(OverloadedError, match="cannot answer within the deadline"):
+        worker.admit(queue, 1, time.perf_counter() + 1.0, Priority.BATCH)
+    worker._yielding = False  # a batch that runs whole (ONNX Runtime) is waited for
+    with pytest.raises(OverloadedError, match="cannot answer within the deadline"):
+        worker.admit(queue, 1, time.perf_counter() + 1.0, Priority.INTERACTIVE)
+
+
 def test_shadows_are_refused_when_client_work_is_queued_or_their_lane_is_full(worker: DeviceWorker) -> None:
     queue = add_queue(worker, RecordingRunner("a", []))
     queue.seconds_per_pair = 0.01

@@ -260,9 +260,10 @@ async def test_draining_drops_queued_shadows_and_never_waits_for_them(demo_store
     )
     try:
         before = shadow_counts("dr-primary", "dr-slow")
-        for index in range(4):
-            await engine.predict([(f"Sentence {index}.", "Another one.")], "dr-primary")
-        await asyncio.sleep(0.05)  # the first shadow is on the device, three wait in the lane
+        await asyncio.gather(
+            *(engine.predict([(f"Sentence {index}.", "Another one.")], "dr-primary") for index in range(4))
+        )
+        await asyncio.sleep(0.05)  # one shadow (a batch of 1 pair) is on the device, three wait in the lane
         started = time.perf_counter()
         engine.begin_drain()
         await asyncio.wait_for(engine.wait_idle(), 0.1)  # shadows are not requests in flight
