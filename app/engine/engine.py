@@ -85,6 +85,38 @@ class RepositoryEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class ShadowJob:
+    """Pairs a primary answered, sampled to be run again on a candidate and compared."""
+
+    primary: str
+    candidate: str
+    pairs: list[tuple[str, str]]
+    primary_probabilities: npt.NDArray[np.float32]
+    truncate: bool
+    language: str
+
+    def drop(self, reason: str) -> None:
+        metrics.SHADOW_DROPPED_PAIRS.labels(self.primary, self.candidate, reason).inc(len(self.pairs))
+
+    def record(self, candidate_probabilities: npt.NDArray[np.float32]) -> None:
+        """Count the pairs in the flip matrix and their largest probability differences."""
+        flips: dict[tuple[int, int], int] = {}
+        for pair in zip(
+            self.primary_probabilities.argmax(axis=1).tolist(),
+            candidate_probabilities.argmax(axis=1).tolist(),
+            strict=True,
+        ):
+            flips[pair] = flips.get(pair, 0) + 1
+        for (primary_label, candidate_label), count in flips.items():
+            metrics.SHADOW_PAIRS.labels(
+                self.primary, self.candidate, LABELS[primary_label], LABELS[candidate_label], self.language
+            ).inc(count)
+        histogram = metrics.SHADOW_PROBABILITY_DIFF.labels(self.primary, self.candidate)
+        for difference in np.abs(self.primary_probabilities - candidate_probabilities).max(axis=1).tolist():
+            histogram.observe(difference)
+
+
+@dataclass(frozen=True, slots=True)
 class Timings:
     tokenization_s: float
     queue_s: float
@@ -699,54 +731,38 @@ class Engine:
                 if not chosen:
                     continue
                 metrics.SHADOW_SAMPLED_PAIRS.labels(primary, shadow.candidate).inc(len(chosen))
-                task = asyncio.get_running_loop().create_task(
-                    self._run_shadow(
-                        primary,
-                        shadow.candidate,
-                        [pairs[index] for index in chosen],
-                        result.probabilities[chosen].copy(),
-                        truncate,
-                        language,
-                    )
+                job = ShadowJob(
+                    primary,
+                    shadow.candidate,
+                    [pairs[index] for index in chosen],
+                    result.probabilities[chosen],
+                    truncate,
+                    language,
                 )
+                task = asyncio.get_running_loop().create_task(self._run_shadow(job))
                 self._shadow_tasks.add(task)
                 task.add_done_callback(self._shadow_tasks.discard)
             except Exception:
                 log.exception("could not start the shadow %s -> %s", primary, shadow.candidate)
                 metrics.SHADOW_DROPPED_PAIRS.labels(primary, shadow.candidate, "error").inc(len(chosen))
 
-    async def _run_shadow(
-        self,
-        primary: str,
-        candidate: str,
-        pairs: list[tuple[str, str]],
-        primary_probabilities: npt.NDArray[np.float32],
-        truncate: bool,
-        language: str,
-    ) -> None:
-        """Run ``pairs`` on ``candidate`` in its shadow lane and compare with the primary's answers; every outcome
-        other than a comparison is a counted drop. Never raises (but lets cancellation through)."""
+    async def _run_shadow(self, job: ShadowJob) -> None:
+        """Run the job's pairs on its candidate in the shadow lane and compare with the primary's answers; every
+        outcome other than a comparison is a counted drop. Never raises (but lets cancellation through)."""
         try:
-            reason = await self._shadow_compare(primary, candidate, pairs, primary_probabilities, truncate, language)
+            reason = await self._shadow_compare(job)
         except asyncio.CancelledError:
-            metrics.SHADOW_DROPPED_PAIRS.labels(primary, candidate, "draining").inc(len(pairs))
+            job.drop("draining")
             raise
         except Exception:
-            log.exception("shadow %s -> %s failed", primary, candidate)
+            log.exception("shadow %s -> %s failed", job.primary, job.candidate)
             reason = "error"
         if reason is not None:
-            metrics.SHADOW_DROPPED_PAIRS.labels(primary, candidate, reason).inc(len(pairs))
+            job.drop(reason)
 
-    async def _shadow_compare(
-        self,
-        primary: str,
-        candidate: str,
-        pairs: list[tuple[str, str]],
-        primary_probabilities: npt.NDArray[np.float32],
-        truncate: bool,
-        language: str,
-    ) -> str | None:
+    async def _shadow_compare(self, job: ShadowJob) -> str | None:
         """None once compared and counted, else the reason the pairs were dropped."""
+        candidate, pairs, truncate = job.candidate, job.pairs, job.truncate
         if self.draining:
             return "draining"
         runtime = self.variants.get(candidate)
@@ -770,7 +786,7 @@ class Engine:
                 return "busy"
             else:
                 encoded = await loop.run_in_executor(self._tokenize_pool, encoder.encode, pairs, truncate)
-            request = InferenceRequest(len(pairs), loop, deadline, language)
+            request = InferenceRequest(len(pairs), loop, deadline, job.language)
             worker.submit(
                 queue,
                 request,
@@ -801,29 +817,8 @@ class Engine:
         except asyncio.CancelledError:
             request.abandon("disconnected")
             raise
-        self._record_shadow(primary, candidate, primary_probabilities, request.probabilities, language)
+        job.record(request.probabilities)
         return None
-
-    @staticmethod
-    def _record_shadow(
-        primary: str,
-        candidate: str,
-        primary_probabilities: npt.NDArray[np.float32],
-        candidate_probabilities: npt.NDArray[np.float32],
-        language: str,
-    ) -> None:
-        flips: dict[tuple[int, int], int] = {}
-        for pair in zip(
-            primary_probabilities.argmax(axis=1).tolist(), candidate_probabilities.argmax(axis=1).tolist(), strict=True
-        ):
-            flips[pair] = flips.get(pair, 0) + 1
-        for (primary_label, candidate_label), count in flips.items():
-            metrics.SHADOW_PAIRS.labels(
-                primary, candidate, LABELS[primary_label], LABELS[candidate_label], language
-            ).inc(count)
-        histogram = metrics.SHADOW_PROBABILITY_DIFF.labels(primary, candidate)
-        for difference in np.abs(primary_probabilities - candidate_probabilities).max(axis=1).tolist():
-            histogram.observe(difference)
 
     async def wait_shadows(self) -> None:
         """Return once every shadow started so far was compared or dropped (tests and benchmarks use it)."""
