@@ -708,8 +708,9 @@ class Engine:
 
     def route(self, variant: str | None, routing_key: str | None = None) -> VariantRuntime:
         """The variant that answers a request: ``variant`` when named, else the catalogue's ``[traffic] split``
-        (sticky for a routing key), else the default variant. Counted in xnli_routed_requests_total."""
-        decision = self.router.choose(variant, routing_key)
+        (sticky for a routing key; among the split variants serving now), else the default variant. Counted in
+        xnli_routed_requests_total."""
+        decision = self.router.choose(variant, routing_key, self.variant_ready)
         runtime = self.resolve(decision.variant)
         metrics.ROUTED_REQUESTS.labels(runtime.spec.name, str(decision.route)).inc()
         return runtime

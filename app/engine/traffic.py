@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -68,8 +69,15 @@ class TrafficRouter:
         lower = [0.0, *self._bounds[:-1]]
         return {name: upper - low for name, low, upper in zip(self.variants, lower, self._bounds, strict=True)}
 
-    def choose(self, variant: str | None, routing_key: str | None = None) -> RoutingDecision:
-        """An explicit ``variant`` always wins; otherwise the split (sticky with a routing key), else the default."""
+    def choose(
+        self, variant: str | None, routing_key: str | None = None, serving: Callable[[str], bool] | None = None
+    ) -> RoutingDecision:
+        """An explicit ``variant`` always wins; otherwise the split (sticky with a routing key), else the default.
+
+        With ``serving``, a split variant that is not serving (unloaded, reloading, failed) is skipped: the same point
+        falls on the serving variants' weights laid end to end, so keys stay sticky while the set is unchanged and
+        return to their variant when it is back. If none is serving the first choice stands (and will be refused).
+        """
         if variant is not None:
             return RoutingDecision(variant, Route.EXPLICIT)
         if not self.variants:
@@ -78,8 +86,22 @@ class TrafficRouter:
             point, route = key_position(routing_key), Route.STICKY
         else:
             point, route = self._random.random(), Route.SPLIT
-        index = min(bisect.bisect_right(self._bounds, point), len(self.variants) - 1)
-        return RoutingDecision(self.variants[index], route)
+        chosen = self._at(point, self.variants, self._bounds)
+        if serving is not None and not serving(chosen):
+            shares = self.shares()
+            available = [name for name in self.variants if serving(name)]
+            if available:
+                total = sum(shares[name] for name in available)
+                bounds, running = [], 0.0
+                for name in available:
+                    running += shares[name] / total
+                    bounds.append(running)
+                chosen = self._at(point, available, bounds)
+        return RoutingDecision(chosen, route)
+
+    @staticmethod
+    def _at(point: float, names: list[str], bounds: list[float]) -> str:
+        return names[min(bisect.bisect_right(bounds, point), len(names) - 1)]
 
     def sample(self, shadow: ShadowSpec, count: int) -> list[int]:
         """Positions, among a request's ``count`` pairs, to shadow: each independently with the shadow's fraction."""

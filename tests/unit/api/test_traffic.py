@@ -176,3 +176,29 @@ async def test_bad_v2_priority_or_language_is_a_400(
     response = await client.post("/v2/models/tr-c/infer", json=body)
     assert response.status_code == 400
     assert message in response.json()["error"]
+
+
+async def test_a_split_variant_that_is_unloaded_leaves_its_share_to_the_others(
+    demo_store: Path, tmp_path: Path
+) -> None:
+    """Requests that name no variant never get a 503 for a split variant taken out of service; they go to the rest,
+    and an explicit request for it is still told it is gone."""
+    path = write_catalogue(tmp_path / "variants.toml", demo_store, [{"name": "un-a"}, {"name": "un-b"}])
+    path.write_text(
+        path.read_text(encoding="utf-8") + '\n[traffic]\nsplit = { "un-a" = 1, "un-b" = 1 }\n', encoding="utf-8"
+    )
+    engine = Engine(load_catalogue(path), tokenization_workers=1, torch_threads=1, traffic_seed=3)
+    engine.preflight()
+    engine.load()
+    try:
+        async with client_for(engine) as http:
+            await engine.unload_variant("un-b")
+            answered = Counter[str]()
+            for index in range(30):
+                response = await http.post("/predict", json=PAIR, headers={"X-Routing-Key": f"user-{index}"})
+                assert response.status_code == 200, response.text
+                answered[response.headers["X-Variant"]] += 1
+            assert answered == {"un-a": 30}
+            assert (await http.post("/predict", json={**PAIR, "variant": "un-b"})).status_code == 404
+    finally:
+        engine.close()

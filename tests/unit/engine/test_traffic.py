@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -153,6 +154,21 @@ def test_sticky_keys_never_switch_variant() -> None:
     for _ in range(3):
         assert {key: other.choose(None, key).variant for key in keys} == first
     assert {"a", "b"} == set(first.values())
+
+
+def test_the_split_skips_a_variant_that_is_not_serving_and_keys_return_when_it_is_back() -> None:
+    chooser = router({"a": 0.5, "b": 0.25, "c": 0.25})
+    keys = [f"user-{index}" for index in range(3_000)]
+    usual = {key: chooser.choose(None, key).variant for key in keys}
+    without_b = {key: chooser.choose(None, key, serving=lambda name: name != "b").variant for key in keys}
+    assert set(without_b.values()) == {"a", "c"}
+    # Here the keys of a and c all stay (b sits between them); b's keys spread over a and c by their weights (2:1).
+    assert all(without_b[key] == usual[key] for key in keys if usual[key] != "b")
+    moved_from_b = Counter(without_b[key] for key in keys if usual[key] == "b")
+    assert moved_from_b["a"] > moved_from_b["c"] > 0
+    assert {key: chooser.choose(None, key).variant for key in keys} == usual  # b is back: every key is home again
+    assert chooser.choose(None, "user-1", serving=lambda name: False).variant == usual["user-1"]  # none serving
+    assert chooser.choose("b", "user-1", serving=lambda name: False) == RoutingDecision("b", Route.EXPLICIT)
 
 
 def test_key_position_is_a_stable_sha256_point() -> None:
