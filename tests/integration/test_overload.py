@@ -32,7 +32,11 @@ def slow_server(demo_store: Path, tmp_path_factory: pytest.TempPathFactory) -> I
             {"name": "sleepy", "checkpoint": "xlmr-squad-mnli", "max_batch_size": 1, "faults": {"delay_ms": 400}},
         ],
     )
-    env = {"XNLI_SERVE_ENABLE_FAULT_INJECTION": "true", "XNLI_SERVE_REQUEST_TIMEOUT_S": str(REQUEST_TIMEOUT_S)}
+    env = {
+        "XNLI_SERVE_ENABLE_FAULT_INJECTION": "true",
+        "XNLI_SERVE_REQUEST_TIMEOUT_S": str(REQUEST_TIMEOUT_S),
+        "XNLI_SERVE_MAX_PAIRS_PER_REQUEST": "48",  # every request must fit the small queue (checked at start-up)
+    }
     with running_server(catalogue, folder, extra_env=env) as server:
         yield server
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -15,7 +17,7 @@ from transformers import AutoModelForSequenceClassification
 from app.engine.labels import LABELS
 from app.evaluation.run import evaluate
 from app.xnli import read_xnli
-from tests.helpers import ServerProcess
+from tests.helpers import ServerProcess, metric_value
 
 pytestmark = pytest.mark.integration
 
@@ -33,14 +35,19 @@ def test_in_process_report_matches_the_engine_and_http_agrees(
         xnli_dir, tmp_path / "local", LANGUAGES, variants, catalogue=demo_catalogue, limit_per_language=LIMIT,
         show_progress=False,
     )  # fmt: skip
+    before = httpx.get(f"{server.base_url}/metrics").text
     remote = evaluate(
         xnli_dir, tmp_path / "http", LANGUAGES, variants, url=server.base_url, limit_per_language=LIMIT,
         show_progress=False,
     )  # fmt: skip
+    after = httpx.get(f"{server.base_url}/metrics").text
     pairs = read_xnli(xnli_dir, LANGUAGES, LIMIT)
+    for variant in variants:  # bulk scoring is batch work: it never delays a live service's interactive traffic
+        sent = metric_value(after, "xnli_priority_requests_total", variant=variant, priority="batch")
+        assert sent - metric_value(before, "xnli_priority_requests_total", variant=variant, priority="batch") == (
+            math.ceil(len(pairs) / 32)
+        )
     # Direct computation from the engine's own predictions, through the plain HTTP /predict.
-    import httpx
-
     for result in local:
         predicted = []
         for start in range(0, len(pairs), 32):
