@@ -29,6 +29,14 @@ def serve(
         if value is not None
     }
     settings = Settings(**overrides)
+    if settings.max_tokenizing_pairs < settings.max_pairs_per_request:
+        print(
+            f"xnli-serve: cannot start: XNLI_SERVE_MAX_TOKENIZING_PAIRS={settings.max_tokenizing_pairs} is below "
+            f"XNLI_SERVE_MAX_PAIRS_PER_REQUEST={settings.max_pairs_per_request}: the largest request could never "
+            "be tokenized",
+            file=sys.stderr,
+        )
+        raise typer.Exit(2)
     try:
         keys = settings.load_api_keys()
     except (OSError, KeySourceError) as error:

@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from app.engine import export_cache
 from app.engine.accuracy_guard import GuardReport, compare, probe_sequences, run_probe
 from app.engine.model_store import CheckpointError, CheckpointInfo, load_checkpoint
 from app.engine.onnx_backend import OnnxRunner, checkpoint_signature, default_cache_root, ensure_export
@@ -78,43 +79,52 @@ def prepare_variant(info: CheckpointInfo, *, threads: int, export_cache_dir: Pat
 
     execution: dict[str, Any] = {}
     served: WarmableRunner
-    if spec.backend == "torch":
-        model = loaded.model.to(info.dtype)
-        served = TorchRunner(model, info.device, loaded.pad_token_id, info.label_permutation)
-    else:
-        cache_root = default_cache_root(spec.path, export_cache_dir)
-        artifact = ensure_export(spec.path, cache_root, lambda: loaded.model, spec.quantization, hold=True)
-        started = time.perf_counter()
-        onnx_runner = OnnxRunner(artifact.path, str(info.device), threads, loaded.pad_token_id, info.label_permutation)
-        execution = {
-            "providers": onnx_runner.providers,
-            "export": artifact.describe(),
-            "session_seconds": round(time.perf_counter() - started, 3),
-        }
-        log.info(
-            "variant %s: ONNX %s (%s, %s) on %s",
-            spec.name,
-            spec.quantization,
-            artifact.path,
-            "reused" if artifact.reused else f"exported in {artifact.seconds:.1f}s",
-            onnx_runner.providers[0],
-        )
-        served = onnx_runner
+    held: Path | None = None  # the ONNX export this version holds against pruning
+    try:
+        if spec.backend == "torch":
+            model = loaded.model.to(info.dtype)
+            served = TorchRunner(model, info.device, loaded.pad_token_id, info.label_permutation)
+        else:
+            cache_root = default_cache_root(spec.path, export_cache_dir)
+            artifact = ensure_export(spec.path, cache_root, lambda: loaded.model, spec.quantization, hold=True)
+            held = artifact.path.parent
+            started = time.perf_counter()
+            onnx_runner = OnnxRunner(
+                artifact.path, str(info.device), threads, loaded.pad_token_id, info.label_permutation
+            )
+            execution = {
+                "providers": onnx_runner.providers,
+                "export": artifact.describe(),
+                "session_seconds": round(time.perf_counter() - started, 3),
+            }
+            log.info(
+                "variant %s: ONNX %s (%s, %s) on %s",
+                spec.name,
+                spec.quantization,
+                artifact.path,
+                "reused" if artifact.reused else f"exported in {artifact.seconds:.1f}s",
+                onnx_runner.providers[0],
+            )
+            served = onnx_runner
 
-    report = None
-    if reference is not None:
-        candidate = run_probe(served, probes)
-        reference_name = f"torch float32 on {reference_device}"
-        report = compare(spec, reference_name, reference, candidate)
-        log.info(
-            "variant %s accuracy guard vs %s: top-1 agreement %.4f, max probability difference %.5f",
-            spec.name,
-            reference_name,
-            report.top1_agreement,
-            report.max_probability_diff,
-        )
-        if not report.passed:
-            raise CheckpointError(spec.name, report.failure())
+        report = None
+        if reference is not None:
+            candidate = run_probe(served, probes)
+            reference_name = f"torch float32 on {reference_device}"
+            report = compare(spec, reference_name, reference, candidate)
+            log.info(
+                "variant %s accuracy guard vs %s: top-1 agreement %.4f, max probability difference %.5f",
+                spec.name,
+                reference_name,
+                report.top1_agreement,
+                report.max_probability_diff,
+            )
+            if not report.passed:
+                raise CheckpointError(spec.name, report.failure())
+    except BaseException:
+        if held is not None:  # a version that never serves must not keep its export from being pruned
+            export_cache.release(held)
+        raise
     prepared = PreparedVariant(served, encoder, loaded.parameters, loaded.attention, execution, report)
     if spec.backend != "torch":
         del loaded, reference_runner

@@ -13,6 +13,7 @@ that name's catalogue entry and loads it beside the version serving now, then sw
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -46,7 +47,7 @@ from app.engine.errors import (
 from app.engine.faults import FaultInjectingRunner
 from app.engine.labels import LABELS
 from app.engine.model_store import CheckpointError, CheckpointInfo, dtype_name, inspect_checkpoint
-from app.engine.runner import BatchRunner, padded_length
+from app.engine.runner import BatchRunner, WarmableRunner, padded_length
 from app.engine.scheduler import DeviceWorker, InferenceRequest, Priority, ShadowRefused, VariantQueue
 from app.engine.tokenization import EncodedPairs, PairEncoder
 from app.engine.traffic import TrafficRouter
@@ -182,6 +183,23 @@ class VariantRuntime:
         }
 
 
+def fastest_forward(runner: WarmableRunner, repeats: int = 3) -> float:
+    """Seconds of the cheapest forward pass (one row of 8 tokens), the best of a few: the floor of any answer."""
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        runner.warm_up(1, 8)
+        timings.append(time.perf_counter() - started)
+    return min(timings)
+
+
+def release_export(execution: dict[str, Any]) -> None:
+    """Let go of the ONNX artifact a variant version held against pruning (no-op for torch variants)."""
+    export = execution.get("export")
+    if export:
+        export_cache.release(Path(export["path"]).parent)
+
+
 def warmup_shapes(spec: VariantSpec) -> list[tuple[int, int]]:
     """The largest batches the batcher can form: the most rows, and the longest rows (attention grows with L^2)."""
     longest = padded_length(spec.max_seq_len)
@@ -313,9 +331,11 @@ class Engine:
                 shape_started = time.perf_counter()
                 prepared.runner.warm_up(rows, width)
                 seconds_per_pair = max(seconds_per_pair, (time.perf_counter() - shape_started) / rows)
+            min_forward_s = fastest_forward(prepared.runner)
             runtime.warmup = {
                 "shapes": [list(shape) for shape in shapes],
                 "seconds": round(time.perf_counter() - started, 4),
+                "fastest_forward_ms": round(min_forward_s * 1000, 3),
             }
             runner: BatchRunner = prepared.runner
             if spec.faults is not None:
@@ -328,6 +348,7 @@ class Engine:
                 max_queue_pairs=spec.max_queue_pairs,
                 seconds_per_pair=seconds_per_pair,  # a first estimate for admission, refined by every batch
                 max_background_batch_s=spec.max_background_batch_ms / 1000.0,
+                min_forward_s=min_forward_s,
             )
             runtime.queue = queue
             runtime.worker = self._worker_for(str(info.device))
@@ -344,13 +365,12 @@ class Engine:
             metrics.VARIANT_INFO.labels(*runtime.info_labels).set(1)
             runtime.status = VariantStatus.READY
             log.info("variant %s ready (warm-up %s in %.3fs)", spec.name, shapes, runtime.warmup["seconds"])
-        except CheckpointError as error:
-            runtime.status = VariantStatus.FAILED
-            runtime.error = str(error)
-            raise
         except Exception as error:
             runtime.status = VariantStatus.FAILED
-            runtime.error = f"{type(error).__name__}: {error}"
+            runtime.error = str(error) if isinstance(error, CheckpointError) else f"{type(error).__name__}: {error}"
+            release_export(runtime.execution)  # an export this failed version held must stay prunable
+            if isinstance(error, CheckpointError):
+                raise
             raise CheckpointError(spec.name, runtime.error) from error
 
     def _worker_for(self, device: str) -> DeviceWorker:
@@ -552,7 +572,9 @@ class Engine:
             )
             self._load_failures.pop(name, None)
             await self._retire(runtime, keep_labels=None)
-            metrics.QUEUE_DEPTH.remove(name)  # a gauge of a variant that is gone; counters keep their history
+            for gauge in (metrics.QUEUE_DEPTH, metrics.SHADOW_QUEUE_DEPTH):  # gauges of a variant that is gone
+                with contextlib.suppress(KeyError):  # (counters keep their history)
+                    gauge.remove(name)
             log.info("variant %s unloaded", name)
         finally:
             self._unloading.discard(name)
@@ -579,9 +601,7 @@ class Engine:
             runtime.worker = None
             runtime.encoder = None
             runtime.info = None
-        export = runtime.execution.get("export")
-        if export:  # an ONNX artifact this version held against pruning
-            export_cache.release(Path(export["path"]).parent)
+        release_export(runtime.execution)
         await asyncio.to_thread(free_memory)
 
     # -- inference ---------------------------------------------------------------------------------------------

@@ -31,8 +31,11 @@ log = logging.getLogger(__name__)
 MANIFEST_FILE = "manifest.json"
 IN_USE_FILE = ".in-use"
 
-# POSIX record locks belong to the process, not the thread: threads of one process exclude each other here.
-_process_lock = threading.RLock()
+# POSIX record locks belong to the process, not the thread: threads of one process exclude each other here. Two
+# locks: builds may hold theirs for a whole export (a minute for large), while holding and releasing an artifact must
+# stay instant (it runs on the event loop when a variant is unloaded).
+_build_lock = threading.Lock()
+_held_lock = threading.Lock()
 _held: dict[Path, tuple[int, int]] = {}  # artifact folder -> (descriptor of its share-locked .in-use file, holders)
 
 
@@ -66,7 +69,7 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
 def locked(root: Path) -> Iterator[None]:
     """Exclusive use of the cache at ``root`` by this thread of this process (blocks while another has it)."""
     root.parent.mkdir(parents=True, exist_ok=True)
-    with _process_lock:
+    with _build_lock:
         descriptor = os.open(root.parent / f"{root.name}.lock", os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.lockf(descriptor, fcntl.LOCK_EX)
@@ -78,7 +81,7 @@ def locked(root: Path) -> Iterator[None]:
 def hold(folder: Path) -> None:
     """Mark an artifact as used by this process until it exits (or as many ``release`` calls): no process prunes it
     meanwhile."""
-    with _process_lock:
+    with _held_lock:
         if folder in _held:
             descriptor, holders = _held[folder]
             _held[folder] = (descriptor, holders + 1)
@@ -89,7 +92,7 @@ def hold(folder: Path) -> None:
 
 
 def release(folder: Path) -> None:
-    with _process_lock:
+    with _held_lock:
         if folder not in _held:
             return
         descriptor, holders = _held[folder]
@@ -125,14 +128,28 @@ def _discard(folder: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
+LEFTOVER_AGE_S = 3600.0  # a staging or trash folder this old belongs to a process that died mid-build
+
+
 def _prune(root: Path, keep: str, kind: str) -> None:
+    now = time.time()
+    for leftover in root.glob(".*"):
+        try:
+            stale = leftover.is_dir() and now - leftover.stat().st_mtime > LEFTOVER_AGE_S
+        except OSError:
+            continue
+        if stale:
+            shutil.rmtree(leftover, ignore_errors=True)
     for folder in root.iterdir():
         if folder.name == keep or folder.name.startswith(".") or not folder.is_dir():
             continue
         manifest = read_manifest(folder)
         if manifest is None or manifest.get("kind") != kind:
             continue
-        if folder in _held or _used_elsewhere(folder):
+        with _held_lock:
+            held_here = folder in _held
+        # Never probe an artifact this process holds: closing the probe's descriptor would drop our own lock.
+        if held_here or _used_elsewhere(folder):
             log.info("kept stale export %s: another process still serves it", folder)
             continue
         _discard(folder)

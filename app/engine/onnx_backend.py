@@ -29,7 +29,9 @@ from app.engine.runner import collate, warm_up_inputs
 
 log = logging.getLogger(__name__)
 
-EXPORT_RECIPE = 1  # bump whenever the export or quantization steps below change what they write
+# Bump whenever the export or quantization steps below, or the cache's manifest, change what they write. 2: the manifest
+# lists every file and size (older exports keep their keys, so replicas still running older code keep theirs).
+EXPORT_RECIPE = 2
 CACHE_FOLDER = ".xnli-serve-onnx"
 MODEL_FILE = "model.onnx"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")

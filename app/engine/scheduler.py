@@ -218,6 +218,7 @@ class VariantQueue:
         max_queue_pairs: int = 1_000_000,
         seconds_per_pair: float = 0.0,
         max_background_batch_s: float = math.inf,
+        min_forward_s: float = 0.0,
     ) -> None:
         self.name = name
         self.runner = runner
@@ -226,6 +227,9 @@ class VariantQueue:
         self.max_queue_pairs = max_queue_pairs
         self.seconds_per_pair = seconds_per_pair  # smoothed device time per pair, for admission and Retry-After
         self.max_background_batch_s = max_background_batch_s  # batch and shadow lanes: the longest batch they start
+        # The fastest forward pass measured (one short row, at warm-up): no request is answered sooner, however idle
+        # the device. Unlike seconds_per_pair it does not move with load, so "too short a deadline" does not either.
+        self.min_forward_s = min_forward_s
         self.lanes = (
             Lane(Priority.INTERACTIVE, metrics.QUEUE_DEPTH.labels(name)),
             Lane(Priority.BATCH, metrics.QUEUE_DEPTH.labels(name)),
@@ -376,6 +380,7 @@ class DeviceWorker:
         self.failure: BaseException | None = None
         self._condition = threading.Condition()
         self._stopping = False
+        self._shadows_closed = False  # set by drop_shadows when the service drains
         self._next_queue = [0] * len(Priority)  # per lane: round-robin position
         self._batch_counter = 0
         self._busy_until = 0.0  # when the batch now running should end: queued work starts after it
@@ -395,12 +400,15 @@ class DeviceWorker:
             queue.retired = True
             if queue in self.queues:
                 self.queues.remove(queue)
-            leftover = queue.clear()
+            leftover = queue.clear((Priority.INTERACTIVE, Priority.BATCH))
+            shadows = queue.clear((Priority.SHADOW,))
             # The worker thread may still hold this queue in a local variable until its next batch: drop the model
             # here, not when the queue object goes.
             queue.runner = UnloadedRunner(queue.name)
         for request in leftover:
             request.fail(InferenceError(f"variant {queue.name!r} was {reason} before this request's pairs ran"))
+        for request in shadows:  # counted as dropped (not_ready), not as a failed forward pass
+            request.fail(ShadowRefused("not_ready", f"variant {queue.name!r} was {reason}"), reason="not_ready")
         return len(leftover)
 
     def start(self) -> None:
@@ -411,14 +419,20 @@ class DeviceWorker:
         return self._thread.is_alive() and self.failure is None
 
     def _check_admission(
-        self, queue: VariantQueue, count: int, deadline: float, now: float, priority: Priority = Priority.INTERACTIVE
+        self,
+        queue: VariantQueue,
+        count: int,
+        deadline: float,
+        now: float,
+        priority: Priority = Priority.INTERACTIVE,
+        first_admission: bool = True,
     ) -> None:
         """Raise unless ``count`` more pairs fit the queue's lane and can be computed before ``deadline``.
 
         Only work that runs before or with ``priority`` counts: queued batch work never gets an interactive request
         refused. RequestTooLargeError and DeadlineTooShortError say the request could never be admitted, however idle
-        the device (the client must change it); OverloadedError says it cannot be admitted now. Caller holds the
-        lock."""
+        the device (the client must change it: only at first admission, not when tokenizing has used part of the time);
+        OverloadedError says it cannot be admitted now. Caller holds the lock."""
         if self.failure is not None:
             raise InferenceError(f"device worker {self.device} is down: {self.failure!r}")
         if queue.retired:
@@ -429,12 +443,11 @@ class DeviceWorker:
                 f"max_queue_pairs={queue.max_queue_pairs}: split the request",
                 limit=queue.max_queue_pairs,
             )
-        minimum_s = count * queue.seconds_per_pair / ADMISSION_HEADROOM
-        if deadline - now < minimum_s:
+        if first_admission and deadline - now < queue.min_forward_s:
             raise DeadlineTooShortError(
-                f"a deadline of {max(0.0, deadline - now) * 1000:.3f} ms is too short for {count} pair(s) of "
-                f"variant {queue.name!r} even on an idle device; the minimum is about {minimum_s * 1000:.1f} ms",
-                minimum_s=minimum_s,
+                f"a deadline of {max(0.0, deadline - now) * 1000:.3f} ms is too short for variant {queue.name!r} even "
+                f"on an idle device: its fastest forward pass takes {queue.min_forward_s * 1000:.1f} ms",
+                minimum_s=queue.min_forward_s,
             )
         running = 0.0 if priority is Priority.INTERACTIVE and self._yielding else max(0.0, self._busy_until - now)
         backlog = sum(other.backlog_seconds(priority) for other in self.queues) + running
@@ -470,6 +483,10 @@ class DeviceWorker:
         Caller holds the lock."""
         if self.failure is not None or self._stopping:
             raise ShadowRefused("unavailable", f"device worker {self.device} is stopping or down")
+        if self._shadows_closed:
+            raise ShadowRefused("draining", "the service is draining: shadow work is not taken")
+        if queue.retired:  # unloaded or replaced while the shadow was tokenized: no worker serves this queue
+            raise ShadowRefused("not_ready", f"variant {queue.name!r} was unloaded or replaced")
         lane = queue.lanes[Priority.SHADOW]
         if lane.waiting + count > max_pairs:
             abandoned = [pair for pair in lane.pairs if pair.request.abandon_reason is not None]
@@ -498,6 +515,7 @@ class DeviceWorker:
     def drop_shadows(self, reason: str = "draining") -> int:
         """Fail every queued shadow (the service is draining); returns how many shadow requests were waiting."""
         with self._condition:
+            self._shadows_closed = True  # and none is taken any more, even one still being tokenized
             leftover = [request for queue in self.queues for request in queue.clear([Priority.SHADOW])]
         for request in leftover:
             request.fail(ShadowRefused(reason, "shadow work dropped: the service is draining"), reason=reason)
@@ -538,7 +556,7 @@ class DeviceWorker:
             if priority is Priority.SHADOW:
                 self._check_shadow(queue, len(pending), max_shadow_pairs, max_client_backlog_s)
             else:
-                self._check_admission(queue, len(pending), request.deadline, now, priority)
+                self._check_admission(queue, len(pending), request.deadline, now, priority, first_admission=False)
             request.enqueued_at = now
             queue.put(pending, priority)
             self._condition.notify()

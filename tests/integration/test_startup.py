@@ -134,3 +134,10 @@ def test_requests_must_fit_every_variant_queue(demo_store: Path, tmp_path: Path)
     )
     result = refused_start(catalogue)
     assert "max_pairs_per_request=64 exceeds max_queue_pairs of narrow (16)" in result.stderr
+
+
+def test_requests_must_fit_the_tokenization_backlog(demo_catalogue: Path) -> None:
+    result = refused_start(
+        demo_catalogue, {"XNLI_SERVE_MAX_TOKENIZING_PAIRS": "16", "XNLI_SERVE_MAX_PAIRS_PER_REQUEST": "32"}
+    )
+    assert "XNLI_SERVE_MAX_TOKENIZING_PAIRS=16 is below XNLI_SERVE_MAX_PAIRS_PER_REQUEST=32" in result.stderr

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -99,3 +101,40 @@ def test_a_damaged_artifact_is_rebuilt_not_reused(tmp_path: Path, damage: str) -
     assert not again.reused
     assert model.stat().st_size == 100
     assert json.loads(manifest_path.read_text(encoding="utf-8"))["files"] == {"model.onnx": 100}
+
+
+def test_leftovers_of_a_crashed_build_are_cleaned(tmp_path: Path) -> None:
+    crashed = tmp_path / ".key-abc123"  # staging folder of a process that died mid-export
+    crashed.mkdir()
+    (crashed / "model.onnx").write_bytes(b"half")
+    recent = tmp_path / ".key-def456"  # may belong to a live builder of older code, which takes no lock
+    recent.mkdir()
+    old = time.time() - 2 * export_cache.LEFTOVER_AGE_S
+    os.utime(crashed, (old, old))
+    export_cache.build(tmp_path, "key", {"kind": "float32"}, write_artifact)
+    assert not crashed.exists()
+    assert recent.exists()
+
+
+def test_holding_and_releasing_never_wait_for_a_running_export(tmp_path: Path) -> None:
+    """release() runs on the event loop when a variant is unloaded: a minute-long export must not block it."""
+    done = export_cache.build(tmp_path / "a", "key", {"kind": "float32"}, write_artifact)
+    exporting = threading.Event()
+    finish = threading.Event()
+
+    def slow_write(staging: Path) -> None:
+        exporting.set()
+        finish.wait(10)
+        write_artifact(staging)
+
+    builder = threading.Thread(target=export_cache.build, args=(tmp_path / "b", "key", {"kind": "float32"}, slow_write))
+    builder.start()
+    try:
+        assert exporting.wait(10)
+        started = time.perf_counter()
+        export_cache.hold(done.folder)
+        export_cache.release(done.folder)
+        assert time.perf_counter() - started < 1.0
+    finally:
+        finish.set()
+        builder.join(10)
