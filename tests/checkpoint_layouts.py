@@ -90,10 +90,10 @@ def tiny_classifier(tokenizer: Any) -> Any:
     import torch
     from transformers import XLMRobertaForSequenceClassification
 
-    from app.demo.build_store import JODDAV_ORDER, calibrate_random_head, demo_config
+    from app.demo.build_store import JOEDDAV_ORDER, calibrate_random_head, demo_config
 
     torch.manual_seed(19)
-    model = XLMRobertaForSequenceClassification(demo_config("tiny", len(tokenizer), JODDAV_ORDER))
+    model = XLMRobertaForSequenceClassification(demo_config("tiny", len(tokenizer), JOEDDAV_ORDER))
     model.train(False)
     calibrate_random_head(model, tokenizer)
     return model

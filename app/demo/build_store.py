@@ -45,7 +45,7 @@ HEAD_LOGIT_SCALE = 2.0  # spread of the calibrated head's logits across inputs: 
 # Public checkpoints disagree on label order; one demo variant uses another order so the by-name mapping is
 # exercised in every run.
 SERVICE_ORDER = ("entailment", "neutral", "contradiction")
-JODDAV_ORDER = ("contradiction", "neutral", "entailment")
+JOEDDAV_ORDER = ("contradiction", "neutral", "entailment")
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class DemoVariant:
 DEMO_LINEUP: tuple[DemoVariant, ...] = (
     DemoVariant("xlmr-mnli", "none", "Baseline: XLM-R fine-tuned on MNLI only.", 11),
     DemoVariant("xlmr-squad-mnli", "squad", "SQuAD intermediate training, then MNLI.", 22),
-    DemoVariant("xlmr-hellaswag-mnli", "hellaswag", "HellaSwag intermediate training, then MNLI.", 33, JODDAV_ORDER),
+    DemoVariant("xlmr-hellaswag-mnli", "hellaswag", "HellaSwag intermediate training, then MNLI.", 33, JOEDDAV_ORDER),
     DemoVariant("xlmr-multitask-mnli", "multitask", "Multi-task intermediate training, then MNLI.", 44),
 )
 DEFAULT_VARIANT = DEMO_LINEUP[0].name

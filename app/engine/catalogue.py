@@ -177,10 +177,6 @@ class Catalogue(BaseModel):
                 return variant
         raise KeyError(name)
 
-    @property
-    def enabled(self) -> tuple[VariantSpec, ...]:
-        return tuple(variant for variant in self.variants if variant.enabled)
-
 
 def _describe(error: ValidationError) -> str:
     parts = []

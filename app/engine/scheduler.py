@@ -129,10 +129,6 @@ class InferenceRequest:
         self.last_batch = -1
         self.abandon_reason: str | None = None
 
-    @property
-    def abandoned(self) -> bool:
-        return self.abandon_reason is not None
-
     def abandon(self, reason: str) -> None:
         """Nobody waits for the answer any more (deadline, disconnect, failure): its queued pairs are skipped."""
         if self.abandon_reason is None:

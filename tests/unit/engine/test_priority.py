@@ -7,7 +7,7 @@ import asyncio
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +20,6 @@ from app.engine.errors import OverloadedError
 from app.engine.scheduler import DeviceWorker, InferenceRequest, Priority, ShadowRefused, VariantQueue
 from tests.helpers import metric_value
 from tests.unit.engine.test_scheduler import RecordingRunner
-
-
-@pytest.fixture
-def worker() -> Iterator[DeviceWorker]:
-    device_worker = DeviceWorker("test")
-    yield device_worker
-    device_worker.stop(5)
 
 
 def add_queue(

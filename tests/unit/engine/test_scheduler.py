@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -43,13 +43,6 @@ class RecordingRunner:
         result[:, 0] = [sequence[0] for sequence in sequences]
         result[:, 1] = 1.0
         return result
-
-
-@pytest.fixture
-def worker() -> Iterator[DeviceWorker]:
-    device_worker = DeviceWorker("test")
-    yield device_worker
-    device_worker.stop(5)
 
 
 def add_queue(
