@@ -19,9 +19,8 @@ import csv
 import json
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from app.engine.labels import LABELS
 
@@ -40,8 +39,7 @@ EXPECTED_FORMATS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class LabelledPair:
+class LabelledPair(NamedTuple):
     language: str
     premise: str
     hypothesis: str

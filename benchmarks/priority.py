@@ -33,7 +33,7 @@ def load_pairs(data: Path, count: int) -> list[tuple[str, str]]:
         from benchmarks.common import mixed_pairs
 
         return mixed_pairs(data, count)
-    from app.demo.build_store import sample_pairs
+    from app.samples import sample_pairs
 
     pairs = [(premise, hypothesis) for _, premise, hypothesis, _ in sample_pairs()]
     return (pairs * (count // len(pairs) + 1))[:count]

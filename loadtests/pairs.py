@@ -1,28 +1,19 @@
-"""Where load-test payloads come from: the multilingual sample shipped in loadtests/data, or an XNLI-format folder."""
+"""Where load-test payloads come from: the project's own sample pairs (app.samples), or an XNLI-format folder."""
 
 from __future__ import annotations
 
-import csv
 import random
 from pathlib import Path
 
+from app.samples import sample_pairs
 from app.xnli import LabelledPair, read_xnli
 
-SAMPLE = Path(__file__).resolve().parent / "data" / "pairs.tsv"
 
-
-def read_sample(path: Path = SAMPLE, languages: list[str] | None = None) -> list[LabelledPair]:
-    """Rows ``language, premise, hypothesis, label`` written for this project; `#` lines are comments."""
-    pairs = []
-    with path.open(encoding="utf-8", newline="") as handle:
-        for row in csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE):
-            if not row or row[0].startswith("#"):
-                continue
-            language, premise, hypothesis, label = row
-            if languages is None or language in languages:
-                pairs.append(LabelledPair(language, premise, hypothesis, label))
+def read_sample(languages: list[str] | None = None) -> list[LabelledPair]:
+    """The project's own sample pairs (``app.samples``), optionally only some languages."""
+    pairs = sample_pairs(languages)
     if not pairs:
-        raise ValueError(f"{path}: no pairs for languages {languages}")
+        raise ValueError(f"the sample pairs hold none in languages {languages}")
     return pairs
 
 

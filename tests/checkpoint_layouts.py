@@ -57,7 +57,7 @@ def train_sentencepiece(vocab_size: int = 1000) -> bytes:
     """A SentencePiece unigram model with XLM-R's reserved ids, trained on sentences written for this project."""
     import sentencepiece
 
-    from app.demo.build_store import sample_pairs
+    from app.samples import sample_pairs
 
     sentences = [sentence for _, premise, hypothesis, _ in sample_pairs() for sentence in (premise, hypothesis)]
     model = io.BytesIO()

@@ -12,11 +12,11 @@ import json
 import logging
 import shutil
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 from app.engine.model_store import DEMO_MARKER
+from app.samples import sample_pairs
 
 log = logging.getLogger(__name__)
 
@@ -95,17 +95,6 @@ DEMO_DEPLOYMENTS: tuple[DemoDeployment, ...] = (
     ),
 )
 DEMO_NOTICE = "UNTRAINED demo weights built by `xnli-serve build-demo-store`: predictions are random."
-
-
-def sample_pairs() -> list[tuple[str, str, str, str]]:
-    """(language, premise, hypothesis, label) rows written for this project (not XNLI data)."""
-    text = resources.files("app.demo").joinpath("sample_pairs.tsv").read_text(encoding="utf-8")
-    rows = []
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            language, premise, hypothesis, label = line.split("\t")
-            rows.append((language, premise, hypothesis, label))
-    return rows
 
 
 def corpus_sentences(corpus: Path) -> list[str]:

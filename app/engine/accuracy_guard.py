@@ -16,13 +16,12 @@ import numpy.typing as npt
 from app.engine.catalogue import VariantSpec
 from app.engine.runner import BatchRunner
 from app.engine.tokenization import PairEncoder
+from app.samples import sample_pairs
 
 PROBE_BATCH = 16
 
 
 def probe_sequences(encoder: PairEncoder) -> list[list[int]]:
-    from app.demo.build_store import sample_pairs
-
     pairs = [(premise, hypothesis) for _, premise, hypothesis, _ in sample_pairs()]
     return encoder.encode(pairs, truncate=True).ids
 

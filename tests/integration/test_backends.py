@@ -11,9 +11,10 @@ import httpx
 import numpy as np
 import pytest
 
-from app.demo.build_store import DEMO_DEPLOYMENTS, sample_pairs
+from app.demo.build_store import DEMO_DEPLOYMENTS
 from app.engine.catalogue import load_catalogue
 from app.engine.labels import LABELS
+from app.samples import sample_pairs
 from tests.helpers import ServerProcess, metric_value, running_server, write_catalogue
 from tests.unit.engine.test_onnx_backend import corrupt_label_rows
 

@@ -14,8 +14,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
-from app.demo.build_store import sample_pairs
 from app.engine.labels import LABELS
+from app.samples import sample_pairs
 from tests.helpers import ServerProcess
 from tests.integration.browser.conftest import API_KEY, SCREENSHOT_DIR, VARIANTS, Browser
 

@@ -17,10 +17,10 @@ from app.demo.build_store import (
     build_demo_store,
     catalogue_toml,
     demo_config,
-    sample_pairs,
     save_demo_tokenizer,
 )
 from app.engine.model_store import DEMO_MARKER
+from app.samples import sample_pairs
 from app.xnli import XnliFormatError
 from tests.conftest import REPO_ROOT
 

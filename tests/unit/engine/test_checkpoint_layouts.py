@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.demo.build_store import sample_pairs
 from app.engine.catalogue import load_catalogue
 from app.engine.engine import Engine, VariantStatus
+from app.samples import sample_pairs
 from tests.checkpoint_layouts import LAYOUTS, SENTENCEPIECE_MODEL, xlmr_pair_ids
 from tests.helpers import write_catalogue
 from tests.unit.engine.test_engine import reference_probabilities

@@ -13,11 +13,11 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from app.demo.build_store import sample_pairs
 from app.engine.catalogue import load_catalogue
 from app.engine.engine import Engine, warmup_shapes
 from app.engine.errors import InferenceError, OverloadedError, UnknownVariantError, VariantNotReadyError
 from app.engine.labels import LABELS
+from app.samples import sample_pairs
 
 
 @pytest.fixture

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from app.demo.build_store import sample_pairs
 from app.engine.catalogue import load_catalogue
 from app.engine.engine import Engine
 from app.engine.errors import OverloadedError
 from app.engine.labels import LABELS
 from app.metrics import SHADOW_DROP_REASONS, language_label
+from app.samples import sample_pairs
 from tests.helpers import write_catalogue
 
 SAMPLES = sample_pairs()  # 76 pairs written for this repository, in 17 languages
