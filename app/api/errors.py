@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -66,6 +67,13 @@ def error_response(error: ApiError, path: str = "") -> Response:
         media_type="application/json",
         headers=error.headers,
     )
+
+
+def first_problem(error: ValidationError) -> str:
+    """``where: what`` of a hand-parsed body's first validation error (protocol bodies answer one message)."""
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "body"
+    return f"{where}: {first['msg']}"
 
 
 def from_engine(error: Exception) -> ApiError:

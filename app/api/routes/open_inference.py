@@ -21,7 +21,7 @@ from starlette.responses import Response
 from app import __version__
 from app.api import binary_tensors
 from app.api.binary_tensors import BinaryTensorError
-from app.api.errors import ApiError, from_engine
+from app.api.errors import ApiError, first_problem, from_engine
 from app.api.inference import RenderedBody, run_prediction, too_many_pairs
 from app.engine.engine import Engine, PredictionResult, VariantRuntime
 from app.engine.errors import UnknownVariantError
@@ -444,9 +444,7 @@ async def _read_body(request: Request) -> tuple[InferenceRequestBody, list[memor
     except BinaryTensorError as error:
         raise _bad_request(str(error)) from None
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "body"
-        raise _bad_request(f"invalid inference request: {where}: {first['msg']}") from None
+        raise _bad_request(f"invalid inference request: {first_problem(error)}") from None
     for tensor, segment in zip(body.inputs, segments, strict=True):
         if segment is not None and tensor.data is not None:
             raise _bad_request(f"input {tensor.name!r} has both data and a binary_data_size parameter")

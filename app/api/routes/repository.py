@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.responses import Response
 
-from app.api.errors import ApiError, from_engine
+from app.api.errors import ApiError, first_problem, from_engine
 from app.api.routes.open_inference import MODEL_VERSION, OipError
 from app.engine.engine import Engine, RepositoryEntry, RepositoryState
 from app.engine.errors import EngineError
@@ -76,9 +76,7 @@ async def _parse(request: Request, model: type[Body]) -> Body:
     try:
         return model.model_validate_json(raw)
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "body"
-        raise _bad_request(f"invalid repository request: {where}: {first['msg']}") from None
+        raise _bad_request(f"invalid repository request: {first_problem(error)}") from None
 
 
 def _entry(entry: RepositoryEntry) -> IndexEntry:
