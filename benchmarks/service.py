@@ -24,23 +24,10 @@ from typing import Any
 import httpx
 
 from app.local_server import local_server
+from app.settings import DEFAULT_CATALOGUE
 from benchmarks.common import DEFAULT_XNLI, machine, mixed_pairs, percentiles, print_machine, resident_mb, write_json
 from benchmarks.engine import measure_engine
-
-
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    samples = {}
-    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def delta(before: dict[Any, float], after: dict[Any, float], name: str, **labels: str) -> float:
-    wanted = set(labels.items())
-    return sum(value - before.get(key, 0.0) for key, value in after.items() if key[0] == name and wanted <= set(key[1]))
+from loadtests.scrape import delta, scrape
 
 
 async def closed_loop_raw(
@@ -201,7 +188,7 @@ def show(label: str, row: dict[str, Any], limit: float | None = None) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.service", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--catalogue", type=Path, default=Path("model_store/variants.toml"))
+    parser.add_argument("--catalogue", type=Path, default=DEFAULT_CATALOGUE)
     parser.add_argument("--variant", default="xlmr-mnli")
     parser.add_argument(
         "--fair-variant", default=None, help="A second variant on the same device, for the fair-share run"

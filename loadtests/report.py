@@ -6,15 +6,13 @@ import html
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from app.engine.catalogue import runtime_label
+from loadtests.measurements import LevelResult, Samples
 from loadtests.stats import ALTERNATING, Comparison
-
-if TYPE_CHECKING:
-    from loadtests.compare import LevelResult, Samples
 
 MAX_POINTS = 4000  # per variant and level in the latency-over-time scatter
 

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from app.local_server import LocalServer, free_port, local_server, server_command
+from loadtests import scrape
 
 __all__ = ["ServerProcess", "free_port", "metric_value", "running_server", "server_command", "write_catalogue"]
 
@@ -49,11 +50,4 @@ def write_catalogue(path: Path, store: Path, variants: list[dict[str, object]], 
 
 def metric_value(text: str, name: str, **labels: str) -> float:
     """Sum of the samples called ``name`` whose labels include ``labels`` in a Prometheus exposition."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(key) == value for key, value in labels.items()):
-                total += sample.value
-    return total
+    return scrape.total(scrape.parse(text), name, **labels)

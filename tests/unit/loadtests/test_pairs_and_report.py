@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from app.samples import sample_pairs
-from loadtests.compare import LevelResult, Samples
+from loadtests.measurements import LevelResult, Samples
 from loadtests.pairs import load_pairs, read_sample
 from loadtests.report import summary, verdict_sentence, write_report
 from loadtests.stats import INTERLEAVED, Comparison

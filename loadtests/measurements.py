@@ -1,0 +1,103 @@
+"""What one compare run measured: every request of a Locust run, and the per-variant rows computed from them.
+
+Shared by the run (loadtests.compare) and its report (loadtests.report), so that the report needs nothing from the run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+GUARD_FRACTION = 0.15  # capacity blocks: the first part of a block is discarded (the previous variant drains)
+
+
+@dataclass
+class LevelResult:
+    """One variant at one load level: what the clients saw and the service's own numbers for the same window."""
+
+    variant: str
+    mode: str  # "users" (closed loop) or "rate" (fixed arrival rate, requests/s)
+    offered: float
+    design: str  # "interleaved" (all variants in one window) or "capacity" (alternating blocks, variant alone)
+    requests: int
+    failures: int
+    error_rate: float
+    window_s: float  # seconds the variant's requests were measured over
+    requests_per_s: float
+    pairs_per_s: float
+    share: float  # of all requests in the window (interleaved: ~1/number of variants)
+    p50_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    mean_ms: float
+    queue_ms: float
+    inference_ms: float
+    other_ms: float
+    queue_share: float
+    mean_batch_size: float
+    padding_ratio: float
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Samples:
+    """Every request of one measured Locust run (from the locustfile's --samples-file)."""
+
+    variants: list[str]
+    start: np.ndarray  # epoch seconds at send
+    variant: np.ndarray  # index into variants
+    latency_ms: np.ndarray
+    queue_ms: np.ndarray
+    inference_ms: np.ndarray
+    ok: np.ndarray  # bool
+    block: np.ndarray  # blocks schedule: block index; interleaved: -1
+    schedule_start: float | None
+    block_seconds: float
+    block_order: list[str]
+
+    @classmethod
+    def read(cls, path: Path) -> Samples:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        rows = np.array(document["rows"], dtype=np.float64).reshape(-1, len(document["columns"]))
+        column = {name: rows[:, index] for index, name in enumerate(document["columns"])}
+        return cls(
+            variants=document["variants"],
+            start=column["start"],
+            variant=column["variant"].astype(np.int64),
+            latency_ms=column["latency_ms"],
+            queue_ms=column["queue_ms"],
+            inference_ms=column["inference_ms"],
+            ok=column["ok"] > 0,
+            block=column["block"].astype(np.int64),
+            schedule_start=document["schedule_start"],
+            block_seconds=float(document["block_seconds"]),
+            block_order=document["block_order"],
+        )
+
+    def subset(self, keep: np.ndarray) -> Samples:
+        return Samples(
+            self.variants,
+            self.start[keep],
+            self.variant[keep],
+            self.latency_ms[keep],
+            self.queue_ms[keep],
+            self.inference_ms[keep],
+            self.ok[keep],
+            self.block[keep],
+            self.schedule_start,
+            self.block_seconds,
+            self.block_order,
+        )
+
+    def measured(self) -> Samples:
+        """Capacity blocks without their first GUARD_FRACTION (requests still draining from the previous variant);
+        interleaved runs whole."""
+        if self.schedule_start is None or not self.block_order:
+            return self
+        into_block = self.start - self.schedule_start - self.block * self.block_seconds
+        return self.subset((self.block >= 0) & (into_block >= GUARD_FRACTION * self.block_seconds))
