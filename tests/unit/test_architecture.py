@@ -1,0 +1,118 @@
+"""The import structure: no cycle among the project's modules, and an engine that knows nothing of HTTP.
+
+The graph is grimp's (it reads every module's imports with the standard ast, including those under TYPE_CHECKING).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+
+import grimp
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+PACKAGES = ("app", "loadtests", "benchmarks")
+HTTP_PACKAGES = ("fastapi", "starlette")  # the engine names neither, nor app.api
+
+
+@pytest.fixture(scope="module")
+def graph() -> grimp.ImportGraph:
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    return grimp.build_graph(*PACKAGES, include_external_packages=True, cache_dir=None)
+
+
+def import_cycles(graph: grimp.ImportGraph, modules: Iterable[str]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (or a module importing itself), by Tarjan's
+    algorithm, iterative so that a deep chain cannot hit the recursion limit; each group sorted."""
+    inside = set(modules)
+    edges = {module: sorted(graph.find_modules_directly_imported_by(module) & inside) for module in sorted(inside)}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    groups: list[list[str]] = []
+    for root in edges:
+        if root in index:
+            continue
+        work = [(root, 0)]
+        while work:
+            module, position = work.pop()
+            if position == 0:
+                index[module] = low[module] = len(index)
+                stack.append(module)
+                on_stack.add(module)
+            targets = edges[module]
+            if position < len(targets):
+                work.append((module, position + 1))
+                target = targets[position]
+                if target not in index:
+                    work.append((target, 0))
+                elif target in on_stack:
+                    low[module] = min(low[module], index[target])
+                continue
+            if low[module] == index[module]:
+                group = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    group.append(member)
+                    if member == module:
+                        break
+                if len(group) > 1 or module in edges[module]:
+                    groups.append(sorted(group))
+            if work:  # back in the module that reached this one
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[module])
+    return sorted(groups)
+
+
+def project_modules(graph: grimp.ImportGraph) -> set[str]:
+    return {module for module in graph.modules if module.split(".")[0] in PACKAGES}
+
+
+def test_the_graph_holds_the_project() -> None:
+    built = grimp.build_graph(*PACKAGES, cache_dir=None)
+    assert {"app.engine.engine", "app.api.app", "loadtests.compare", "benchmarks.service"} <= set(built.modules)
+
+
+def test_no_import_cycle(graph: grimp.ImportGraph) -> None:
+    cycles = import_cycles(graph, project_modules(graph))
+    loops = [
+        (graph.find_shortest_chain(importer=group[0], imported=group[-1]),
+         graph.find_shortest_chain(importer=group[-1], imported=group[0]))
+        for group in cycles
+    ]  # fmt: skip
+    assert cycles == [], f"import cycles (groups of modules that import each other): {cycles}; there and back: {loops}"
+
+
+@pytest.mark.parametrize(
+    ("imports", "expected"),
+    [
+        ([("a", "b"), ("b", "c")], []),
+        ([("a", "b"), ("b", "a"), ("b", "c")], [["a", "b"]]),
+        ([("a", "b"), ("b", "c"), ("c", "a"), ("c", "d"), ("d", "e"), ("e", "d")], [["a", "b", "c"], ["d", "e"]]),
+        ([("a", "a")], [["a"]]),
+    ],
+)
+def test_the_cycle_finder_finds_cycles(imports: list[tuple[str, str]], expected: list[list[str]]) -> None:
+    built = grimp.ImportGraph()
+    for importer, imported in imports:
+        built.add_import(importer=importer, imported=imported)
+    assert import_cycles(built, built.modules) == expected
+
+
+def test_the_engine_imports_nothing_of_http(graph: grimp.ImportGraph) -> None:
+    engine = {"app.engine", *graph.find_descendants("app.engine")}
+    direct = sorted(
+        (module, imported)
+        for module in engine
+        for imported in graph.find_modules_directly_imported_by(module)
+        if imported.split(".")[0] in HTTP_PACKAGES or imported == "app.api" or imported.startswith("app.api.")
+    )
+    assert direct == [], f"app.engine imports HTTP layers: {direct}"
+    for layer in ("app.api", *HTTP_PACKAGES):  # nor through another module it imports
+        chains = graph.find_shortest_chains(importer="app.engine", imported=layer, as_packages=True)
+        assert not chains, f"app.engine reaches {layer}: {sorted(chains)}"
