@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from app.settings import KeySourceError, Settings
+from app.settings import DEFAULT_CATALOGUE, KeySourceError, Settings
 
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help="Serve multilingual NLI (XLM-R) variants.")
 log = logging.getLogger("xnli_serve")
@@ -140,9 +140,7 @@ def evaluate(
     languages: Annotated[str | None, typer.Option(help="Comma-separated languages (default: all found).")] = None,
     variants: Annotated[str | None, typer.Option(help="Comma-separated variants (default: all enabled).")] = None,
     url: Annotated[str | None, typer.Option(help="Evaluate a running service over HTTP instead of in-process.")] = None,
-    catalogue: Annotated[Path, typer.Option(help="Catalogue for the in-process path.")] = Path(
-        "model_store/variants.toml"
-    ),
+    catalogue: Annotated[Path, typer.Option(help="Catalogue for the in-process path.")] = DEFAULT_CATALOGUE,
     baseline: Annotated[str | None, typer.Option(help="Baseline variant (default: intermediate_task none).")] = None,
     batch_size: Annotated[int, typer.Option(help="Pairs per request.")] = 32,
     concurrency: Annotated[int, typer.Option(help="Requests in flight at once.")] = 4,

@@ -11,7 +11,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-DEFAULT_CATALOGUE = Path("model_store") / "variants.toml"
+CATALOGUE_FILE = "variants.toml"  # the catalogue's name inside a model store
+DEFAULT_CATALOGUE = Path("model_store") / CATALOGUE_FILE
 
 
 def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> int | None:

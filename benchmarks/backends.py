@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from app.engine.catalogue import runtime_label
+from app.settings import DEFAULT_CATALOGUE
 from benchmarks.common import DEFAULT_XNLI, machine, print_machine, write_json
 
 
@@ -58,7 +59,7 @@ def table(results: list[dict[str, Any]]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.backends", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--catalogue", type=Path, default=Path("model_store/variants.toml"))
+    parser.add_argument("--catalogue", type=Path, default=DEFAULT_CATALOGUE)
     parser.add_argument("--variants", default="xlmr-mnli,xlmr-mnli-onnx,xlmr-mnli-onnx-int8")
     parser.add_argument("--data", type=Path, default=DEFAULT_XNLI)
     parser.add_argument("--pairs", type=int, default=96)

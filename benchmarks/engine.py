@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from app.settings import DEFAULT_CATALOGUE
 from benchmarks.common import DEFAULT_XNLI, machine, mixed_pairs, percentiles, print_machine, resident_mb, write_json
 
 
@@ -110,7 +111,7 @@ def measure_engine(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.engine", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--catalogue", type=Path, default=Path("model_store/variants.toml"))
+    parser.add_argument("--catalogue", type=Path, default=DEFAULT_CATALOGUE)
     parser.add_argument("--variant", default="xlmr-mnli")
     parser.add_argument("--data", type=Path, default=DEFAULT_XNLI)
     parser.add_argument("--pairs", type=int, default=256)

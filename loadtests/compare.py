@@ -34,6 +34,7 @@ import httpx
 import numpy as np
 
 from app.local_server import local_server
+from app.settings import DEFAULT_CATALOGUE
 from loadtests import report, stats
 from loadtests.measurements import GUARD_FRACTION
 from loadtests.measurements import LevelResult as LevelResult  # re-exported: callers name compare.Samples
@@ -256,7 +257,7 @@ def write_results(outcome: Outcome, folder: Path, parameters: dict[str, Any]) ->
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m loadtests.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", help="A running xnli-serve; default: start one from --catalogue on a free port")
-    parser.add_argument("--catalogue", type=Path, default=Path("model_store/variants.toml"))
+    parser.add_argument("--catalogue", type=Path, default=DEFAULT_CATALOGUE)
     parser.add_argument("--variants", default="", help="Comma-separated (default: every ready variant)")
     parser.add_argument(
         "--mode",

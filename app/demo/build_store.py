@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from app.engine.model_store import DEMO_MARKER
 from app.samples import sample_pairs
+from app.settings import CATALOGUE_FILE
 
 log = logging.getLogger(__name__)
 
@@ -327,7 +328,7 @@ def build_demo_store(
     if unknown:
         raise ValueError(f"unknown demo variants {unknown}; choose from {[v.name for v in DEMO_LINEUP]}")
     out.mkdir(parents=True, exist_ok=True)
-    catalogue = out / "variants.toml"
+    catalogue = out / CATALOGUE_FILE
     if not catalogue.exists():
         catalogue.write_text(catalogue_toml(), encoding="utf-8")
 

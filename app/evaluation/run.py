@@ -14,6 +14,7 @@ import numpy.typing as npt
 from app.engine.labels import LABELS
 from app.evaluation.collect import EvaluationError, Scorer, VariantScores, http_scorer, score
 from app.evaluation.report import VariantResult, build_results, write_report
+from app.settings import DEFAULT_CATALOGUE
 from app.xnli import read_xnli
 
 
@@ -88,7 +89,7 @@ def evaluate(
     languages: list[str] | None = None,
     variants: list[str] | None = None,
     url: str | None = None,
-    catalogue: Path = Path("model_store/variants.toml"),
+    catalogue: Path = DEFAULT_CATALOGUE,
     baseline: str | None = None,
     batch_size: int = 32,
     concurrency: int = 4,
