@@ -206,7 +206,6 @@ class Verdict:
     baseline: float  # a's level: mean over the same blocks
     margin: float  # absolute equivalence margin used (margin fraction x baseline)
     blocks: int
-    autocorrelation: float  # lag-1 autocorrelation of the block differences (0 when too few blocks to say)
 
     @property
     def relative(self) -> float:
@@ -227,7 +226,7 @@ def paired_verdict(
     baseline = float(np.mean(a)) if n else math.nan
     absolute_margin = margin * abs(baseline) if n else math.nan
     if n < 2:
-        return Verdict("inconclusive", math.nan, math.nan, math.nan, baseline, absolute_margin, n, 0.0)
+        return Verdict("inconclusive", math.nan, math.nan, math.nan, baseline, absolute_margin, n)
     differences = b - a
     mean = float(np.mean(differences))
     spread = float(np.std(differences, ddof=1))
@@ -250,7 +249,7 @@ def paired_verdict(
         verdict = "slower" if worse else "faster"
     else:
         verdict = "inconclusive"
-    return Verdict(verdict, mean, low, high, baseline, absolute_margin, n, rho)
+    return Verdict(verdict, mean, low, high, baseline, absolute_margin, n)
 
 
 @dataclass(frozen=True)
