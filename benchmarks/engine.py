@@ -40,7 +40,7 @@ def measure_engine(
     import torch
     from transformers.utils import logging as transformers_logging
 
-    from app.engine.backends import prepare_variant
+    from app.engine.backends.preparation import prepare_variant
     from app.engine.catalogue import load_catalogue
     from app.engine.model_store import inspect_checkpoint
     from app.settings import Settings

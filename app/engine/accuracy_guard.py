@@ -8,17 +8,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from app.engine.catalogue import VariantSpec
 from app.engine.runner import BatchRunner
 from app.engine.tokenization import PairEncoder
 from app.samples import sample_pairs
 
 PROBE_BATCH = 16
+
+
+class Tolerances(Protocol):
+    """How closely a candidate must agree: a variant's catalogue entry, or what its backend asks for."""
+
+    @property
+    def min_top1_agreement(self) -> float: ...
+
+    @property
+    def max_probability_diff(self) -> float: ...
 
 
 def probe_sequences(encoder: PairEncoder) -> list[list[int]]:
@@ -62,7 +71,7 @@ class GuardReport:
 
 
 def compare(
-    spec: VariantSpec,
+    tolerances: Tolerances,
     reference_name: str,
     reference: npt.NDArray[np.float32],
     candidate: npt.NDArray[np.float32],
@@ -76,6 +85,6 @@ def compare(
         probe_pairs=len(reference),
         top1_agreement=round(agreement, 6),
         max_probability_diff=difference if not np.isfinite(difference) else round(difference, 6),
-        min_top1_agreement=spec.min_top1_agreement,
-        max_probability_diff_allowed=spec.max_probability_diff,
+        min_top1_agreement=tolerances.min_top1_agreement,
+        max_probability_diff_allowed=tolerances.max_probability_diff,
     )

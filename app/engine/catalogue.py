@@ -10,16 +10,14 @@ import math
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from app.engine import backends
+from app.engine.padding import padded_length
 
 VARIANT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-PAD_MULTIPLE = 8
-
-DType = Literal["auto", "float32", "float16", "bfloat16"]
-Backend = Literal["torch", "onnxruntime"]
-Quantization = Literal["none", "int8-dynamic"]
 
 
 def runtime_label(metadata: Mapping[str, Any]) -> str:
@@ -39,7 +37,7 @@ class ServingOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     device: str = "auto"
-    dtype: DType = "auto"
+    dtype: str = Field("auto", description="Precision: auto, float32, float16 or bfloat16, as the backend offers.")
     max_batch_size: int = Field(32, ge=1, le=4096)
     max_batch_tokens: int = Field(8192, ge=8)
     max_seq_len: int = Field(256, ge=8, le=8192)
@@ -57,8 +55,10 @@ class ServingOptions(BaseModel):
         description="Longest estimated device time of a batch-priority or shadow batch: an interactive request that "
         "arrives while one runs waits at most this long for it.",
     )
-    backend: Backend = Field("torch", description="What runs the checkpoint: torch, or ONNX Runtime on an export.")
-    quantization: Quantization = Field("none", description="int8-dynamic: ONNX Runtime int8 linear layers (CPU).")
+    backend: str = Field(
+        "torch", description="What runs the checkpoint (app.engine.backends): torch, or ONNX Runtime on an export."
+    )
+    quantization: str = Field("none", description="int8-dynamic: ONNX Runtime int8 linear layers (CPU).")
     accuracy_guard: bool = Field(
         True, description="Compare every non-reference variant (not torch fp32) with torch fp32 at load."
     )
@@ -77,9 +77,25 @@ class ServingOptions(BaseModel):
             return value
         raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {value!r}")
 
+    @field_validator("backend")
+    @classmethod
+    def _registered_backend(cls, value: str) -> str:
+        if value not in backends.backend_names():
+            raise ValueError(f"unknown backend {value!r}; the backends are {', '.join(backends.backend_names())}")
+        return value
+
+    @field_validator("quantization", "dtype")
+    @classmethod
+    def _offered_by_a_backend(cls, value: str, info: ValidationInfo) -> str:
+        declaration = {"quantization": "quantizations", "dtype": "dtypes"}[str(info.field_name)]
+        offered = backends.offered(declaration)
+        if value not in offered:
+            raise ValueError(f"{info.field_name} {value!r} is offered by no backend; offered: {', '.join(offered)}")
+        return value
+
     @model_validator(mode="after")
     def _one_full_sequence_fits_a_batch(self) -> ServingOptions:
-        longest = -(-self.max_seq_len // PAD_MULTIPLE) * PAD_MULTIPLE
+        longest = padded_length(self.max_seq_len)
         if self.max_batch_tokens < longest:
             raise ValueError(
                 f"max_batch_tokens ({self.max_batch_tokens}) must hold one sequence of max_seq_len "
@@ -88,20 +104,10 @@ class ServingOptions(BaseModel):
         return self
 
     @model_validator(mode="after")
-    def _backend_supports_the_precision(self) -> ServingOptions:
-        if self.quantization == "int8-dynamic":
-            if self.backend != "onnxruntime":
-                raise ValueError(
-                    "quantization 'int8-dynamic' needs backend = 'onnxruntime' (torch's eager dynamic quantization, "
-                    "torch.ao, is deprecated and not offered)"
-                )
-            if self.device.startswith("cuda"):
-                raise ValueError("quantization 'int8-dynamic' runs on CPU only; set device = 'cpu' or 'auto'")
-        if self.backend == "onnxruntime" and self.dtype not in ("auto", "float32"):
-            raise ValueError(
-                f"backend 'onnxruntime' runs float32 exports (or int8 via quantization); dtype {self.dtype!r} is "
-                "offered by backend 'torch'"
-            )
+    def _backend_offers_the_options(self) -> ServingOptions:
+        problem = backends.get_backend(self.backend).options_problem(self)
+        if problem:
+            raise ValueError(problem)
         return self
 
 

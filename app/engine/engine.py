@@ -30,7 +30,7 @@ import torch
 
 from app import metrics
 from app.engine import export_cache
-from app.engine.backends import PreparedVariant, is_reference, prepare_variant, release_freed_memory
+from app.engine.backends.preparation import PreparedVariant, is_reference, prepare_variant, release_freed_memory
 from app.engine.batching import BatchLimits
 from app.engine.catalogue import Catalogue, CatalogueError, VariantSpec, load_catalogue
 from app.engine.errors import (

@@ -1,7 +1,10 @@
-"""Checkpoints on disk: checked cheaply before the server starts, then loaded offline onto their device."""
+"""Checkpoints on disk: checked cheaply before the server starts (config, labels, tokenizer, the backend's device and
+precision) and fingerprinted; the backends (``app.engine.backends``) load them."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 import os
@@ -13,9 +16,9 @@ from typing import Any
 
 import torch
 
+from app.engine.backends import get_backend
 from app.engine.catalogue import VariantSpec
 from app.engine.labels import LabelMappingError, label_permutation
-from app.engine.onnx_backend import cuda_provider_available
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +32,7 @@ FAST_TOKENIZER_FILE = "tokenizer.json"
 SENTENCEPIECE_FILES = ("sentencepiece.bpe.model", "tokenizer.model")
 TOKENIZER_FILES = (FAST_TOKENIZER_FILE, *SENTENCEPIECE_FILES)
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
 class CheckpointError(ValueError):
@@ -52,48 +55,41 @@ class CheckpointInfo:
     pad_token_id: int
 
 
-@dataclass(frozen=True)
-class LoadedCheckpoint:
-    info: CheckpointInfo
-    model: Any
-    backend_tokenizer: Any
-    pad_token_id: int
-    parameters: int
-    attention: str
+def _network_files(folder: Path) -> list[Path]:
+    """The files that define the network: config and weights (not the tokenizer, not our cache folder)."""
+    return sorted(
+        path
+        for path in folder.iterdir()
+        if path.is_file()
+        and (path.name == "config.json" or path.suffix in WEIGHT_SUFFIXES or path.name.endswith(".index.json"))
+    )
 
 
-def resolve_device(spec: VariantSpec) -> torch.device:
-    if spec.device == "auto":
-        gpu = torch.cuda.is_available()
-        if spec.backend == "onnxruntime":  # int8 kernels are CPU-only; CUDA needs the onnxruntime-gpu build
-            gpu = gpu and spec.quantization == "none" and cuda_provider_available()
-        return torch.device("cuda" if gpu else "cpu")
-    device = torch.device(spec.device)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise CheckpointError(spec.name, f"device {spec.device!r} requested but CUDA is not available here")
-        if spec.backend == "onnxruntime" and not cuda_provider_available():
-            raise CheckpointError(
-                spec.name,
-                f"device {spec.device!r} with backend 'onnxruntime' needs ONNX Runtime's CUDA provider "
-                "(install onnxruntime-gpu instead of onnxruntime)",
-            )
-        index = device.index or 0
-        if index >= torch.cuda.device_count():
-            raise CheckpointError(
-                spec.name, f"device {spec.device!r} requested but only {torch.cuda.device_count()} GPU(s) are visible"
-            )
-        return torch.device("cuda", index)
-    return device
+def checkpoint_signature(folder: Path) -> tuple[tuple[str, int, int], ...]:
+    """Name, size and modification time of each network file: cheap to read, changes whenever the weights do."""
+    return tuple(
+        (path.name, stat.st_size, stat.st_mtime_ns) for path in _network_files(folder) for stat in [path.stat()]
+    )
 
 
-def resolve_dtype(spec: VariantSpec, device: torch.device) -> torch.dtype:
-    """The precision torch runs in; ONNX variants are exported from float32 (int8 comes from quantization)."""
-    if spec.backend == "onnxruntime":
-        return torch.float32
-    if spec.dtype == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    return _DTYPES[spec.dtype]
+def checkpoint_fingerprint(folder: Path) -> str:
+    """SHA-256 over the network's files, names included; hashed once per process while they are unchanged.
+
+    Several variants may run one checkpoint (the demo's fp32 and int8 ONNX variants do), and a large checkpoint takes
+    seconds to hash, so the digest is remembered against the files' signature.
+    """
+    return _hash_files(folder, checkpoint_signature(folder))
+
+
+@functools.lru_cache(maxsize=64)
+def _hash_files(folder: Path, signature: tuple[tuple[str, int, int], ...]) -> str:
+    digest = hashlib.sha256()
+    for name, _, _ in signature:
+        digest.update(name.encode() + b"\0")
+        with (folder / name).open("rb") as handle:
+            while chunk := handle.read(1 << 22):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -130,13 +126,14 @@ def inspect_checkpoint(spec: VariantSpec) -> CheckpointInfo:
     except LabelMappingError as error:
         raise CheckpointError(spec.name, f"labels cannot be mapped by name: {error}") from None
     backend_tokenizer, pad_token_id = load_fast_tokenizer(spec, config)
-    device = resolve_device(spec)
+    backend = get_backend(spec.backend)
+    device = backend.resolve_device(spec)
     demo = None
     marker = folder / DEMO_MARKER
     if marker.is_file():
         demo = json.loads(marker.read_text(encoding="utf-8"))
     return CheckpointInfo(
-        spec, config, permutation, device, resolve_dtype(spec, device), demo, backend_tokenizer, pad_token_id
+        spec, config, permutation, device, backend.resolve_dtype(spec, device), demo, backend_tokenizer, pad_token_id
     )
 
 
@@ -234,42 +231,3 @@ def _transformers_warnings() -> Iterator[list[str]]:
         yield messages
     finally:
         logger.handlers[:], logger.propagate = saved
-
-
-def load_checkpoint(
-    info: CheckpointInfo, dtype: torch.dtype | None = None, device: torch.device | None = None
-) -> LoadedCheckpoint:
-    """Load weights from the local folder only (no hub access, ever); the tokenizer came with ``info``.
-
-    ``dtype``/``device`` override the variant's own, for the float32 reference the accuracy guard compares against.
-    """
-    dtype = dtype or info.dtype
-    device = device or info.device
-    from transformers import AutoModelForSequenceClassification
-
-    spec = info.spec
-    attention = "sdpa"
-    try:
-        try:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                spec.path, local_files_only=True, dtype=dtype, attn_implementation=attention
-            )
-        except (ValueError, ImportError):
-            attention = "eager"
-            model = AutoModelForSequenceClassification.from_pretrained(
-                spec.path, local_files_only=True, dtype=dtype, attn_implementation=attention
-            )
-    except Exception as error:
-        raise CheckpointError(spec.name, f"cannot load model weights from {spec.path}: {error}") from None
-    model = model.to(device).eval()
-    model.requires_grad_(False)
-    parameters = sum(parameter.numel() for parameter in model.parameters())
-    log.info(
-        "loaded variant %s: %d parameters on %s as %s (%s attention)",
-        spec.name,
-        parameters,
-        device,
-        dtype_name(dtype),
-        attention,
-    )
-    return LoadedCheckpoint(info, model, info.backend_tokenizer, info.pad_token_id, parameters, attention)

@@ -16,7 +16,7 @@ from app.engine.catalogue import load_catalogue
 from app.engine.labels import LABELS
 from app.samples import sample_pairs
 from tests.helpers import ServerProcess, metric_value, running_server, write_catalogue
-from tests.unit.engine.test_onnx_backend import corrupt_label_rows
+from tests.unit.engine.backends.test_onnxruntime import corrupt_label_rows
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""ONNX Runtime backend: an export cached next to the checkpoint, optional int8 dynamic quantization, and a runner.
+"""ONNX exports for backends that run one (ONNX Runtime today): cached next to the checkpoint, optionally int8.
 
 Exports are slow (seconds for base, a minute for large), so they are cached under ``<checkpoint>/.xnli-serve-onnx/``
 (or ``XNLI_SERVE_EXPORT_CACHE_DIR``) in a folder named by a key over everything that decides the result: the
@@ -9,23 +9,18 @@ serves it); ``export_cache`` makes this safe for several processes sharing one c
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-
 from app.engine import export_cache
-from app.engine.catalogue import Quantization
-from app.engine.runner import collate, warm_up_inputs
+from app.engine.model_store import checkpoint_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +29,6 @@ log = logging.getLogger(__name__)
 EXPORT_RECIPE = 2
 CACHE_FOLDER = ".xnli-serve-onnx"
 MODEL_FILE = "model.onnx"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 INPUT_NAMES = ("input_ids", "attention_mask")
 
 
@@ -51,43 +45,6 @@ class OnnxArtifact:
 
     def describe(self) -> dict[str, Any]:
         return {"path": str(self.path), "key": self.key, "reused": self.reused, "seconds": round(self.seconds, 3)}
-
-
-def _network_files(folder: Path) -> list[Path]:
-    """The files that define the network: config and weights (not the tokenizer, not our cache folder)."""
-    return sorted(
-        path
-        for path in folder.iterdir()
-        if path.is_file()
-        and (path.name == "config.json" or path.suffix in WEIGHT_SUFFIXES or path.name.endswith(".index.json"))
-    )
-
-
-def checkpoint_signature(folder: Path) -> tuple[tuple[str, int, int], ...]:
-    """Name, size and modification time of each network file: cheap to read, changes whenever the weights do."""
-    return tuple(
-        (path.name, stat.st_size, stat.st_mtime_ns) for path in _network_files(folder) for stat in [path.stat()]
-    )
-
-
-def checkpoint_fingerprint(folder: Path) -> str:
-    """SHA-256 over the network's files, names included; hashed once per process while they are unchanged.
-
-    Several variants may run one checkpoint (the demo's fp32 and int8 ONNX variants do), and a large checkpoint takes
-    seconds to hash, so the digest is remembered against the files' signature.
-    """
-    return _hash_files(folder, checkpoint_signature(folder))
-
-
-@functools.lru_cache(maxsize=64)
-def _hash_files(folder: Path, signature: tuple[tuple[str, int, int], ...]) -> str:
-    digest = hashlib.sha256()
-    for name, _, _ in signature:
-        digest.update(name.encode() + b"\0")
-        with (folder / name).open("rb") as handle:
-            while chunk := handle.read(1 << 22):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def exporter_versions() -> dict[str, str]:
@@ -193,7 +150,7 @@ def ensure_export(
     checkpoint: Path,
     cache_root: Path,
     load_float32_model: Callable[[], Any],
-    quantization: Quantization,
+    quantization: str,
     hold: bool = False,
 ) -> OnnxArtifact:
     """The ONNX file for ``checkpoint`` (quantized if asked), reusing the cache when it is up to date.
@@ -234,70 +191,3 @@ def ensure_export(
     finally:
         export_cache.release(float32.path.parent)  # held only while int8 was derived from it
     return OnnxArtifact(int8.path, int8.key, int8.reused and float32.reused, float32.seconds + int8.seconds)
-
-
-def execution_providers(device: str) -> list[Any]:
-    """CUDA when the device is a GPU (onnxruntime-gpu installed), CPU always as the fallback for unsupported ops."""
-    if device.startswith("cuda"):
-        index = int(device.partition(":")[2] or 0)
-        return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
-
-
-def cuda_provider_available() -> bool:
-    import onnxruntime
-
-    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
-
-
-class OnnxRunner:
-    """Same contract as TorchRunner: token sequences in, probabilities in the service's label order out."""
-
-    def __init__(
-        self,
-        model_path: Path,
-        device: str,
-        threads: int,
-        pad_token_id: int,
-        label_permutation: Sequence[int],
-    ) -> None:
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        # The device worker runs one batch at a time and shares the cores with tokenization and HTTP; spinning
-        # threads between batches would take CPU from both.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3
-        # The CPU arena keeps the largest activations ever seen (the warm-up's full batch) for the process's life:
-        # measured on the base demo, 1691 MB resident with it, 896 MB without, at the same speed (b1 6.1 vs 5.9
-        # pairs/s, b4 3.7 vs 3.9, within run-to-run noise).
-        options.enable_cpu_mem_arena = False
-        self.session = onnxruntime.InferenceSession(str(model_path), options, providers=execution_providers(device))
-        self.providers = self.session.get_providers()
-        self.pad_token_id = pad_token_id
-        self._permutation = np.asarray(list(label_permutation), dtype=np.int64)
-        declared = {node.name for node in self.session.get_inputs()}
-        if declared != set(INPUT_NAMES):
-            raise ExportError(f"{model_path} takes inputs {sorted(declared)}, expected {list(INPUT_NAMES)}")
-
-    def forward(self, sequences: Sequence[Sequence[int]]) -> npt.NDArray[np.float32]:
-        return self.forward_tensors(*collate(sequences, self.pad_token_id))
-
-    def forward_tensors(
-        self, input_ids: npt.NDArray[np.int64], attention_mask: npt.NDArray[np.int64]
-    ) -> npt.NDArray[np.float32]:
-        (logits,) = self.session.run(["logits"], {"input_ids": input_ids, "attention_mask": attention_mask})
-        shifted = np.asarray(logits, dtype=np.float32)
-        shifted = shifted - shifted.max(axis=1, keepdims=True)
-        exponentials = np.exp(shifted)
-        probabilities: npt.NDArray[np.float32] = (exponentials / exponentials.sum(axis=1, keepdims=True))[
-            :, self._permutation
-        ]
-        return probabilities
-
-    def warm_up(self, rows: int, width: int) -> None:
-        self.forward_tensors(*warm_up_inputs(rows, width, self.pad_token_id))

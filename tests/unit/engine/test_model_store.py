@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from app.engine.backends import get_backend
+from app.engine.backends.torch import load_checkpoint
 from app.engine.catalogue import VariantSpec
-from app.engine.model_store import CheckpointError, inspect_checkpoint, load_checkpoint, resolve_dtype
+from app.engine.model_store import CheckpointError, inspect_checkpoint
 from tests.checkpoint_layouts import SENTENCEPIECE_MODEL
 
 
@@ -98,7 +100,7 @@ def test_cuda_requested_without_gpu(demo_store: Path) -> None:
     ],
 )
 def test_dtype_resolution(device: str, dtype: str, expected: torch.dtype, tmp_path: Path) -> None:
-    assert resolve_dtype(spec(tmp_path, dtype=dtype), torch.device(device)) == expected
+    assert get_backend("torch").resolve_dtype(spec(tmp_path, dtype=dtype), torch.device(device)) == expected
 
 
 # -- tokenizers: loaded before the port opens, fast only, and every failure says what is missing -------------------

@@ -240,7 +240,7 @@ async def test_a_background_batch_lets_interactive_batches_run_between_its_layer
 def test_the_torch_runner_yields_before_every_block_of_every_encoder_layer(demo_store: Path) -> None:
     from transformers import AutoModelForSequenceClassification
 
-    from app.engine.runner import TorchRunner, encoder_layers
+    from app.engine.backends.torch import TorchRunner, encoder_layers
 
     model = AutoModelForSequenceClassification.from_pretrained(demo_store / "xlmr-mnli").eval()
     runner = TorchRunner(model, torch.device("cpu"), model.config.pad_token_id, [0, 1, 2])

@@ -15,14 +15,15 @@ import torch
 from onnx import numpy_helper
 from transformers import AutoModelForSequenceClassification
 
-from app.engine import onnx_backend
 from app.engine.accuracy_guard import probe_sequences, run_probe
+from app.engine.backends import onnx_export
+from app.engine.backends.onnx_export import ensure_export
+from app.engine.backends.onnxruntime import OnnxRunner
+from app.engine.backends.torch import TorchRunner, load_checkpoint
 from app.engine.catalogue import load_catalogue
 from app.engine.engine import Engine, VariantStatus
 from app.engine.export_cache import MANIFEST_FILE
-from app.engine.model_store import CheckpointError, inspect_checkpoint, load_checkpoint
-from app.engine.onnx_backend import OnnxRunner, checkpoint_fingerprint, ensure_export
-from app.engine.runner import TorchRunner
+from app.engine.model_store import CheckpointError, checkpoint_fingerprint, inspect_checkpoint
 from app.engine.tokenization import PairEncoder
 from tests.helpers import write_catalogue
 
@@ -44,7 +45,7 @@ def exported(demo_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     """A private copy of a demo checkpoint (label order differs from the service's) with its float32 export."""
     folder = tmp_path_factory.mktemp("onnx") / "checkpoint"
     shutil.copytree(demo_store / "xlmr-hellaswag-mnli", folder)
-    ensure_export(folder, folder / onnx_backend.CACHE_FOLDER, CountingLoader(folder), "none")
+    ensure_export(folder, folder / onnx_export.CACHE_FOLDER, CountingLoader(folder), "none")
     return folder
 
 
@@ -57,7 +58,7 @@ def checkpoint(exported: Path, tmp_path: Path) -> Path:
 
 
 def cache_folders(checkpoint: Path) -> dict[str, dict[str, Any]]:
-    root = checkpoint / onnx_backend.CACHE_FOLDER
+    root = checkpoint / onnx_export.CACHE_FOLDER
     return {
         folder.name: json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
         for folder in root.iterdir()
@@ -65,9 +66,9 @@ def cache_folders(checkpoint: Path) -> dict[str, dict[str, Any]]:
     }
 
 
-def export(checkpoint: Path, quantization: Any = "none") -> tuple[onnx_backend.OnnxArtifact, CountingLoader]:
+def export(checkpoint: Path, quantization: Any = "none") -> tuple[onnx_export.OnnxArtifact, CountingLoader]:
     loader = CountingLoader(checkpoint)
-    artifact = ensure_export(checkpoint, checkpoint / onnx_backend.CACHE_FOLDER, loader, quantization)
+    artifact = ensure_export(checkpoint, checkpoint / onnx_export.CACHE_FOLDER, loader, quantization)
     return artifact, loader
 
 
@@ -109,7 +110,7 @@ def test_changed_checkpoint_is_exported_again_and_the_stale_export_removed(check
 
 def test_new_exporter_version_means_a_new_export(checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     before, _ = export(checkpoint)
-    monkeypatch.setattr(onnx_backend, "EXPORT_RECIPE", onnx_backend.EXPORT_RECIPE + 1)
+    monkeypatch.setattr(onnx_export, "EXPORT_RECIPE", onnx_export.EXPORT_RECIPE + 1)
     after, loader = export(checkpoint)
     assert (after.reused, loader.calls) == (False, 1)
     assert after.key != before.key
@@ -124,14 +125,14 @@ def test_unfinished_export_is_not_trusted(checkpoint: Path) -> None:
 
 
 def test_failed_export_leaves_no_folder_behind(checkpoint: Path) -> None:
-    shutil.rmtree(checkpoint / onnx_backend.CACHE_FOLDER)
+    shutil.rmtree(checkpoint / onnx_export.CACHE_FOLDER)
 
     def broken() -> Any:
         raise RuntimeError("no model today")
 
-    with pytest.raises(onnx_backend.ExportError, match=r"ONNX export of .* failed: RuntimeError: no model today"):
-        ensure_export(checkpoint, checkpoint / onnx_backend.CACHE_FOLDER, broken, "none")
-    assert list((checkpoint / onnx_backend.CACHE_FOLDER).iterdir()) == []
+    with pytest.raises(onnx_export.ExportError, match=r"ONNX export of .* failed: RuntimeError: no model today"):
+        ensure_export(checkpoint, checkpoint / onnx_export.CACHE_FOLDER, broken, "none")
+    assert list((checkpoint / onnx_export.CACHE_FOLDER).iterdir()) == []
 
 
 def test_onnx_runner_matches_torch_in_the_service_label_order(checkpoint: Path, demo_store: Path) -> None:
