@@ -9,7 +9,6 @@ against the first variant at the same batch size.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -18,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from app.engine.catalogue import runtime_label
-from app.settings import DEFAULT_CATALOGUE
-from benchmarks.common import DEFAULT_XNLI, machine, print_machine, write_json
+from benchmarks.common import argument_parser, machine, print_machine, write_json
 
 
 def measure_in_subprocess(catalogue: Path, variant: str, data: Path, pairs: int, batch_sizes: str) -> dict[str, Any]:
@@ -58,13 +56,9 @@ def table(results: list[dict[str, Any]]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.backends", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--catalogue", type=Path, default=DEFAULT_CATALOGUE)
+    parser = argument_parser("benchmarks.backends", __doc__, pairs=96)
     parser.add_argument("--variants", default="xlmr-mnli,xlmr-mnli-onnx,xlmr-mnli-onnx-int8")
-    parser.add_argument("--data", type=Path, default=DEFAULT_XNLI)
-    parser.add_argument("--pairs", type=int, default=96)
     parser.add_argument("--batch-sizes", default="1,4,16")
-    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     info = machine()
     print_machine(info)

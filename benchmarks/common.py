@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -12,9 +13,21 @@ from typing import Any
 
 import numpy as np
 
+from app.settings import DEFAULT_CATALOGUE
 from app.xnli import read_xnli
 
 DEFAULT_XNLI = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "xnli"
+
+
+def argument_parser(module: str, doc: str | None, pairs: int) -> argparse.ArgumentParser:
+    """A benchmark's command line with the options they all take: the catalogue, the XNLI data, how many of its pairs,
+    and where the JSON results go."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=(doc or "").split("\n\n")[0])
+    parser.add_argument("--catalogue", type=Path, default=DEFAULT_CATALOGUE)
+    parser.add_argument("--data", type=Path, default=DEFAULT_XNLI, help="XNLI folder (default: beside the checkout)")
+    parser.add_argument("--pairs", type=int, default=pairs, help="XNLI pairs used, languages mixed")
+    parser.add_argument("--out", type=Path, default=None, help="JSON results")
+    return parser
 
 
 def _onnxruntime_version() -> str | None:

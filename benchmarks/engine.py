@@ -5,7 +5,6 @@ python -m benchmarks.engine --catalogue /tmp/store-base/variants.toml --variant 
 
 from __future__ import annotations
 
-import argparse
 import gc
 import time
 from pathlib import Path
@@ -13,8 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from app.settings import DEFAULT_CATALOGUE
-from benchmarks.common import DEFAULT_XNLI, machine, mixed_pairs, percentiles, print_machine, resident_mb, write_json
+from benchmarks.common import argument_parser, machine, mixed_pairs, percentiles, print_machine, resident_mb, write_json
 
 
 def length_stats(lengths: list[int]) -> dict[str, float]:
@@ -110,14 +108,10 @@ def measure_engine(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.engine", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--catalogue", type=Path, default=DEFAULT_CATALOGUE)
+    parser = argument_parser("benchmarks.engine", __doc__, pairs=256)
     parser.add_argument("--variant", default="xlmr-mnli")
-    parser.add_argument("--data", type=Path, default=DEFAULT_XNLI)
-    parser.add_argument("--pairs", type=int, default=256)
     parser.add_argument("--batch-sizes", default="1,2,4,8,16,32,64")
     parser.add_argument("--seconds-per-batch-size", type=float, default=None, help="Time budget per batch size")
-    parser.add_argument("--out", type=Path, default=None, help="JSON results")
     args = parser.parse_args(argv)
     info = machine()
     print_machine(info)

@@ -11,7 +11,6 @@ on one device under equal load. Prints every figure with its ratio to the engine
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import multiprocessing
@@ -24,8 +23,7 @@ from typing import Any
 import httpx
 
 from app.local_server import local_server
-from app.settings import DEFAULT_CATALOGUE
-from benchmarks.common import DEFAULT_XNLI, machine, mixed_pairs, percentiles, print_machine, resident_mb, write_json
+from benchmarks.common import argument_parser, machine, mixed_pairs, percentiles, print_machine, resident_mb, write_json
 from benchmarks.engine import measure_engine
 from loadtests.scrape import delta, scrape
 
@@ -187,14 +185,11 @@ def show(label: str, row: dict[str, Any], limit: float | None = None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.service", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--catalogue", type=Path, default=DEFAULT_CATALOGUE)
+    parser = argument_parser("benchmarks.service", __doc__, pairs=256)
     parser.add_argument("--variant", default="xlmr-mnli")
     parser.add_argument(
         "--fair-variant", default=None, help="A second variant on the same device, for the fair-share run"
     )
-    parser.add_argument("--data", type=Path, default=DEFAULT_XNLI)
-    parser.add_argument("--pairs", type=int, default=256)
     parser.add_argument("--concurrency", default="1,8,32,64")
     parser.add_argument(
         "--batched-concurrency", default=None, help="Concurrency for 16-pair requests (default: --concurrency)"
@@ -207,7 +202,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--engine-batch-sizes", default="1,2,4,8,16,32,64")
     parser.add_argument("--engine-seconds-per-batch-size", type=float, default=None, help="Engine time budget")
     parser.add_argument("--skip-engine", action="store_true")
-    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
 
     info = machine()
