@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from app.engine import backends
-from app.engine.backends import Backend, BackendSource, CheckpointFacts, LoadedRunner, VariantOptions
+from app.engine.backends import Backend, BackendSource, LoadedRunner, VariantOptions
 from app.engine.backends.torch import TorchRunner
 from app.engine.catalogue import CatalogueError, load_catalogue
 from app.engine.engine import Engine, VariantStatus
@@ -54,9 +54,6 @@ class FakeBackend(Backend):
 
     def resolve_dtype(self, spec: VariantOptions, device: torch.device) -> torch.dtype:
         return torch.float32
-
-    def source_device(self, info: CheckpointFacts) -> torch.device:
-        return torch.device("cpu")
 
     def load(self, source: BackendSource) -> LoadedRunner:
         info = source.info
