@@ -21,6 +21,7 @@ from app.demo.build_store import (
 )
 from app.engine.model_store import DEMO_MARKER
 from app.samples import sample_pairs
+from app.settings import CATALOGUE_FILE, DEFAULT_CATALOGUE
 from app.xnli import XnliFormatError
 from tests.conftest import REPO_ROOT
 
@@ -37,7 +38,7 @@ SCRIPTS = {  # a character range per script the demo tokenizer must cover
 
 
 def test_committed_catalogue_is_what_the_builder_writes() -> None:
-    assert (REPO_ROOT / "model_store" / "variants.toml").read_text(encoding="utf-8") == catalogue_toml()
+    assert (REPO_ROOT / DEFAULT_CATALOGUE).read_text(encoding="utf-8") == catalogue_toml()
 
 
 def test_sample_pairs_cover_many_languages_and_scripts() -> None:
@@ -74,7 +75,7 @@ def test_existing_checkpoints_are_kept_unless_forced(demo_store: Path, tmp_path:
     assert build_demo_store(demo_store) == []
     made = build_demo_store(tmp_path, variants=["xlmr-mnli"])
     assert made == [tmp_path / "xlmr-mnli"]
-    assert (tmp_path / "variants.toml").read_text(encoding="utf-8") == catalogue_toml()
+    assert (tmp_path / CATALOGUE_FILE).read_text(encoding="utf-8") == catalogue_toml()
 
 
 def test_unknown_demo_variant_is_refused(tmp_path: Path) -> None:
