@@ -13,8 +13,8 @@ import numpy as np
 import numpy.typing as npt
 
 from app.engine.catalogue import FaultSpec
+from app.engine.requests import WorkerKilled
 from app.engine.runner import BatchRunner
-from app.engine.scheduler import WorkerKilled
 
 
 class InjectedFault(RuntimeError):

@@ -6,12 +6,18 @@ in a thread pool beside the event loop and the device worker.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from tokenizers import Tokenizer
 
-from app.engine.errors import InputTooLongError
+from app.engine.errors import InputTooLongError, OverloadedError
+
+# Requests this small are tokenized on the event loop: the Rust tokenizer needs tens of microseconds for them, less
+# than the thread-pool hop would cost; larger ones go to the pool so the loop keeps serving.
+INLINE_TOKENIZATION_CHARS = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,3 +71,35 @@ class PairEncoder:
         return EncodedPairs(
             [encoding.ids for encoding in encodings], [bool(encoding.overflowing) for encoding in encodings]
         )
+
+
+class TokenizationPool:
+    """Where requests are tokenized: small ones on the event loop, larger ones in a thread pool whose backlog is
+    bounded, so a burst is refused (429) instead of queueing without end. Used from the event loop only."""
+
+    def __init__(self, workers: int, max_pairs: int) -> None:
+        self.max_pairs = max_pairs
+        self.waiting_pairs = 0  # pairs handed to the pool and not yet tokenized
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="tokenize")
+
+    @staticmethod
+    def inline(pairs: Sequence[tuple[str, str]]) -> bool:
+        return sum(len(premise) + len(hypothesis) for premise, hypothesis in pairs) <= INLINE_TOKENIZATION_CHARS
+
+    async def encode(self, encoder: PairEncoder, pairs: Sequence[tuple[str, str]], truncate: bool) -> EncodedPairs:
+        """Raises OverloadedError past ``max_pairs`` waiting pairs, InputTooLongError for a pair that cannot fit."""
+        if self.inline(pairs):
+            return encoder.encode(pairs, truncate)
+        if self.waiting_pairs + len(pairs) > self.max_pairs:
+            raise OverloadedError(
+                f"the tokenization backlog is full ({self.waiting_pairs} pairs waiting, at most {self.max_pairs})",
+                retry_after_s=1.0,
+            )
+        self.waiting_pairs += len(pairs)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, encoder.encode, pairs, truncate)
+        finally:
+            self.waiting_pairs -= len(pairs)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -143,7 +143,7 @@ async def test_tokenization_backlog_is_bounded_and_admission_counts_it(
         return encode(*args)
 
     monkeypatch.setattr(runtime.encoder, "encode", slow_encode)
-    monkeypatch.setattr(engine, "max_tokenizing_pairs", 6)
+    monkeypatch.setattr(engine.tokenization, "max_pairs", 6)
     long_pair = ("Ein sehr langer Satz über das Wetter in den Bergen. " * 20, "Es regnet.")  # goes to the pool
     waiting = [asyncio.ensure_future(engine.predict([long_pair] * 3, "xlmr-mnli")) for _ in range(2)]
     await asyncio.sleep(0.05)
