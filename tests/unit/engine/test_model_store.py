@@ -11,8 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.engine.backends import get_backend
-from app.engine.backends.torch import load_checkpoint
 from app.engine.catalogue import VariantSpec
 from app.engine.model_store import CheckpointError, inspect_checkpoint
 from tests.checkpoint_layouts import SENTENCEPIECE_MODEL
@@ -28,16 +26,12 @@ def spec(path: Path, **options: object) -> VariantSpec:
     return VariantSpec.model_validate({"name": "probe", "path": path, **options})
 
 
-def test_demo_checkpoint_passes_and_loads(demo_store: Path) -> None:
+def test_demo_checkpoint_passes(demo_store: Path) -> None:
     info = inspect_checkpoint(spec(demo_store / "xlmr-hellaswag-mnli", device="cpu"))
     assert info.label_permutation == (2, 1, 0)  # saved in joeddav's order
     assert info.demo is not None
     assert info.demo["untrained"] is True
-    loaded = load_checkpoint(info)
-    assert loaded.pad_token_id == 1
-    assert loaded.attention == "sdpa"
-    assert not loaded.model.training
-    assert loaded.parameters > 0
+    assert (info.device, info.dtype, info.pad_token_id) == (torch.device("cpu"), torch.float32, 1)
 
 
 def test_missing_folder(tmp_path: Path) -> None:
@@ -74,33 +68,6 @@ def test_generic_labels_cannot_be_mapped(demo_store: Path, tmp_path: Path) -> No
     (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
     with pytest.raises(CheckpointError, match="variant 'probe': labels cannot be mapped by name"):
         inspect_checkpoint(spec(folder))
-
-
-def test_corrupt_weights_fail_at_load(demo_store: Path, tmp_path: Path) -> None:
-    folder = copy_checkpoint(demo_store, tmp_path)
-    (folder / "model.safetensors").write_bytes(b"garbage")
-    info = inspect_checkpoint(spec(folder))
-    with pytest.raises(CheckpointError, match="variant 'probe': cannot load model weights"):
-        load_checkpoint(info)
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised where CUDA is absent")
-def test_cuda_requested_without_gpu(demo_store: Path) -> None:
-    with pytest.raises(CheckpointError, match="variant 'probe': device 'cuda:0' requested but CUDA is not available"):
-        inspect_checkpoint(spec(demo_store / "xlmr-mnli", device="cuda:0"))
-
-
-@pytest.mark.parametrize(
-    ("device", "dtype", "expected"),
-    [
-        ("cpu", "auto", torch.float32),
-        ("cuda", "auto", torch.float16),
-        ("cpu", "bfloat16", torch.bfloat16),
-        ("cuda", "float32", torch.float32),
-    ],
-)
-def test_dtype_resolution(device: str, dtype: str, expected: torch.dtype, tmp_path: Path) -> None:
-    assert get_backend("torch").resolve_dtype(spec(tmp_path, dtype=dtype), torch.device(device)) == expected
 
 
 # -- tokenizers: loaded before the port opens, fast only, and every failure says what is missing -------------------

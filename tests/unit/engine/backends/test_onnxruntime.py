@@ -16,11 +16,12 @@ from onnx import numpy_helper
 from transformers import AutoModelForSequenceClassification
 
 from app.engine.accuracy_guard import probe_sequences, run_probe
-from app.engine.backends import onnx_export
+from app.engine.backends import get_backend, onnx_export
+from app.engine.backends import onnxruntime as onnxruntime_backend
 from app.engine.backends.onnx_export import ensure_export
-from app.engine.backends.onnxruntime import OnnxRunner
+from app.engine.backends.onnxruntime import OnnxRunner, execution_providers
 from app.engine.backends.torch import TorchRunner, load_checkpoint
-from app.engine.catalogue import load_catalogue
+from app.engine.catalogue import VariantSpec, load_catalogue
 from app.engine.engine import Engine, VariantStatus
 from app.engine.export_cache import MANIFEST_FILE
 from app.engine.model_store import CheckpointError, checkpoint_fingerprint, inspect_checkpoint
@@ -207,3 +208,53 @@ def test_accuracy_guard_refuses_a_corrupted_export(checkpoint: Path, guard: bool
             assert described["execution"]["export"]["reused"] is True  # the corrupted file was what ran
     finally:
         engine.close()
+
+
+@pytest.mark.parametrize(
+    ("requested", "quantization", "gpu", "provider", "expected"),
+    [
+        ("auto", "none", True, True, "cuda"),
+        ("auto", "none", True, False, "cpu"),  # onnxruntime without its CUDA provider
+        ("auto", "none", False, True, "cpu"),
+        ("auto", "int8-dynamic", True, True, "cpu"),  # int8 kernels are CPU-only
+        ("cuda:0", "none", True, True, "cuda:0"),
+        ("cpu", "none", True, True, "cpu"),
+    ],
+)
+def test_device_choice(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    requested: str,
+    quantization: str,
+    gpu: bool,
+    provider: bool,
+    expected: str,
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1 if gpu else 0)
+    monkeypatch.setattr(onnxruntime_backend, "cuda_provider_available", lambda: provider)
+    spec = VariantSpec.model_validate(
+        {"name": "probe", "path": tmp_path, "backend": "onnxruntime", "device": requested, "quantization": quantization}
+    )
+    assert get_backend("onnxruntime").resolve_device(spec) == torch.device(expected)
+
+
+def test_a_gpu_without_the_cuda_provider_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(onnxruntime_backend, "cuda_provider_available", lambda: False)
+    spec = VariantSpec.model_validate({"name": "probe", "path": tmp_path, "backend": "onnxruntime", "device": "cuda"})
+    with pytest.raises(CheckpointError, match="with backend 'onnxruntime' needs ONNX Runtime's CUDA provider"):
+        get_backend("onnxruntime").resolve_device(spec)
+
+
+@pytest.mark.parametrize(
+    ("device", "expected"),
+    [
+        ("cpu", ["CPUExecutionProvider"]),
+        ("cuda", [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]),
+        ("cuda:1", [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]),
+    ],
+)
+def test_execution_providers_keep_the_cpu_as_fallback(device: str, expected: list[object]) -> None:
+    assert execution_providers(device) == expected
