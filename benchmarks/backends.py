@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from app import markdown
 from app.engine.catalogue import runtime_label
 from benchmarks.common import argument_parser, machine, print_machine, write_json
 
@@ -37,7 +38,7 @@ def table(results: list[dict[str, Any]]) -> list[str]:
     sizes = list(reference)
     header = ["variant", "runs as", *[f"b{size} pairs/s (x ref)" for size in sizes], "b1 p50/p99 ms", "best", "RSS MB"]
     header.append("guard: top-1 / max |dp|")
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    body = []
     for result in results:
         rows = {row["batch_size"]: row for row in result["rows"]}
         runs_as = runtime_label({**result, "dtype": str(result["dtype"]).removeprefix("torch.")})
@@ -51,8 +52,8 @@ def table(results: list[dict[str, Any]]) -> list[str]:
         cells.append(f"{result['rss_mb_after_load']:.0f}")
         guard = result.get("accuracy_guard")
         cells.append(f"{guard['top1_agreement']:.3f} / {guard['max_probability_diff']:.3f}" if guard else "reference")
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+        body.append(cells)
+    return markdown.table(header, body)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from app import markdown
 from app.engine.catalogue import runtime_label
 from loadtests.measurements import LevelResult, Samples
 from loadtests.stats import ALTERNATING, Comparison
@@ -378,12 +379,10 @@ def write_report(
     lines = ["# xnli-serve variant comparison", "", f"Design: {design}.", "", f"Load: {mode}; {settings}.", ""]
     lines += ["## Summary", "", *[f"- {sentence}" for sentence in sentences], ""]
     lines += ["## Verdicts", "", reading, ""]
-    lines += ["| " + " | ".join(VERDICT_HEADER) + " |", "|" + "---|" * len(VERDICT_HEADER)]
-    lines += ["| " + " | ".join(row) + " |" for row in _verdict_rows(comparisons)]
+    lines += markdown.table(VERDICT_HEADER, _verdict_rows(comparisons))
     lines += ["", "## Results per variant", ""]
     for variant, caption, body in tables:
-        lines += [f"### {variant}", "", caption, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(row) + " |" for row in body]
+        lines += [f"### {variant}", "", caption, "", *markdown.table(header, body)]
         lines.append("")
     lines += [
         "Latencies are measured by the Locust clients; `queue ms` and `inference ms` are the service's own split "

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from app import markdown
 from app.engine.catalogue import runtime_label
 from app.engine.labels import LABELS
 from app.evaluation.stats import PairedComparison, confusion_matrix, pareto_front
@@ -210,21 +211,22 @@ def write_report(
     lines += ["## Summary", "", *[f"- {sentence}" for sentence in summary(results, baseline, language_order)], ""]
     lines += ["## Accuracy (%) and latency", ""]
     header = ["intermediate task", "variant", "base model", "runs as", *columns, "p50 ms", "p95 ms", "pairs/s"]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    table_rows = []
     for result in sorted(results, key=lambda r: str(r.metadata.get("intermediate_task"))):
         meta = result.metadata
         name = result.variant + (" (untrained demo)" if meta.get("untrained") else "")
         cells = [str(meta.get("intermediate_task")), name, str(meta.get("base_model")), runtime_label(meta)]
         cells += [f"{result.accuracy[column] * 100:.1f}" for column in columns]
         cells += [f"{result.latency_p50_ms:.1f}", f"{result.latency_p95_ms:.1f}", f"{result.pairs_per_s:.1f}"]
-        lines.append("| " + " | ".join(cells) + " |")
+        table_rows.append(cells)
+    lines += markdown.table(header, table_rows)
     lines += [
         "",
         f"## Difference from the baseline ({baseline}), accuracy points; * = significant at 95% (McNemar)",
         "",
     ]
     header = ["variant", *language_order, "all"]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    table_rows = []
     for result in results:
         if result.variant == baseline:
             continue
@@ -232,19 +234,11 @@ def write_report(
         for column in [*language_order, "all"]:
             comparison = result.versus_baseline[column]
             cells.append(f"{comparison['difference'] * 100:+.1f}{'*' if comparison['significant'] else ''}")
-        lines.append("| " + " | ".join(cells) + " |")
+        table_rows.append(cells)
+    lines += markdown.table(header, table_rows)
     lines += ["", "## Confusion matrices (rows: gold, columns: predicted)", ""]
     for result in results:
-        lines += [
-            f"**{result.variant}**",
-            "",
-            "| gold \\ predicted | " + " | ".join(LABELS) + " |",
-            "|---|---|---|---|",
-        ]
-        lines += [
-            f"| {LABELS[i]} | " + " | ".join(str(count) for count in row) + " |"
-            for i, row in enumerate(result.confusion)
-        ]
-        lines.append("")
+        counts = [[label, *(str(count) for count in row)] for label, row in zip(LABELS, result.confusion, strict=True)]
+        lines += [f"**{result.variant}**", "", *markdown.table(["gold \\ predicted", *LABELS], counts), ""]
     lines += ["## Plots", "", *[f"![{name}]({name})" for name in images]]
     (folder / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
