@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import gc
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,9 @@ class PreparedVariant:
     attention: str
     execution: dict[str, Any] = field(default_factory=dict)
     guard: GuardReport | None = None
+    release: Callable[[], None] = field(default=lambda: None)
+    """Undo what the backend holds for this version (an export held against pruning): once, when it stops serving
+    or fails before serving."""
 
 
 def is_reference(info: CheckpointInfo) -> bool:
@@ -101,7 +105,9 @@ def prepare_variant(info: CheckpointInfo, *, threads: int, export_cache_dir: Pat
     except BaseException:
         built.release()  # a version that never serves must not keep its export from being pruned
         raise
-    prepared = PreparedVariant(built.runner, encoder, loaded.parameters, loaded.attention, built.execution, report)
+    prepared = PreparedVariant(
+        built.runner, encoder, loaded.parameters, loaded.attention, built.execution, report, built.release
+    )
     if not backend.serves_source_model:
         del loaded
         release_freed_memory()  # the float32 torch model was only needed to build the runner and for the guard
