@@ -74,7 +74,7 @@ def serve(
         raise typer.Exit(2) from None
     if (warning := settings.exposure_warning(keys)) is not None:
         log.warning(warning)
-    run_server(settings, engine)
+    run_server(settings, engine, api_keys=keys)
 
 
 @cli.command("build-demo-store")

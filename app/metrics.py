@@ -7,6 +7,7 @@ Histograms (not summaries) so that quantiles can be aggregated across replicas.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from enum import StrEnum
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -63,9 +64,23 @@ COMPUTED_TOKENS = Counter(
     "Tokens the device computed, by kind: real (from pairs) or padding; padding share = padding / (real + padding).",
     ["variant", "kind"],
 )
+
+
+class Outcome(StrEnum):
+    """The `outcome` label of xnli_requests_total."""
+
+    SUCCESS = "success"
+    CLIENT_ERROR = "client_error"
+    NOT_FOUND = "not_found"
+    OVERLOADED = "overloaded"
+    UNAVAILABLE = "unavailable"
+    DISCONNECTED = "disconnected"  # the client left first
+    ERROR = "error"
+
+
 REQUESTS = Counter(
     "xnli_requests",
-    "Requests answered, by outcome (success, client_error, not_found, overloaded, unavailable, disconnected, error).",
+    f"Requests answered, by outcome ({', '.join(Outcome)}).",
     ["variant", "outcome"],
 )
 PREDICTIONS = Counter(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -12,11 +12,13 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app import __version__
+from app.api.error_shapes import Namespaces
 from app.api.errors import install_error_handlers
 from app.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.api.routes import health, open_inference, pages, predict, repository, variants
 from app.api.security import ApiKeyMiddleware
 from app.engine.engine import Engine
+from app.service.prediction import PredictionService
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,9 @@ def _complete_openapi(app: FastAPI, settings: Settings) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def create_app(settings: Settings, engine: Engine) -> FastAPI:
+def create_app(settings: Settings, engine: Engine, api_keys: Sequence[str] | None = None) -> FastAPI:
+    """``api_keys``: as the caller already read them from ``settings`` (read here when not given)."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async def load() -> None:
@@ -80,12 +84,18 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     )
     app.state.engine = engine
     app.state.settings = settings
+    app.state.service = PredictionService(engine, settings.max_pairs_per_request)
     _complete_openapi(app, settings)
     install_error_handlers(app)
+
     # Starlette runs the middleware added last first: request ids and logs wrap everything, then CORS (so
     # preflights and 401s carry its headers), then auth, then the body limit nearest the routes.
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
-    keys = settings.load_api_keys()
+    # Each protocol's errors take its shape: routes by their route class, the rest by the namespace its router owns.
+    namespaces = Namespaces(open_inference.NAMESPACE)
+    app.router.default = namespaces.not_found
+    error_shape = namespaces.shape_for
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, shape_of=error_shape)
+    keys = list(api_keys) if api_keys is not None else settings.load_api_keys()
     if keys:
         app.add_middleware(
             ApiKeyMiddleware,
@@ -93,6 +103,7 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
             public_health=settings.public_health,
             public_metrics=settings.public_metrics,
             public_docs=settings.public_docs,
+            shape_of=error_shape,
         )
     if settings.cors_origins:
         app.add_middleware(
@@ -109,7 +120,7 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
                 "X-Variant",
             ],
         )
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(RequestContextMiddleware, shape_of=error_shape)
     app.include_router(predict.router)
     app.include_router(variants.router)
     app.include_router(health.router)

@@ -1,4 +1,5 @@
-"""Every error leaves as ``{"error": {"type", "message"}}`` with a 4xx/5xx status; clients never see HTML."""
+"""Every error leaves as JSON with a 4xx/5xx status, in the shape of the protocol whose router owns the route
+(``app.api.error_shapes``); clients never see HTML."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from app.api.error_shapes import NATIVE, ErrorShape, route_shape
 from app.engine.errors import (
     DeadlineExceededError,
     DeadlineTooShortError,
@@ -25,6 +27,7 @@ from app.engine.errors import (
     VariantLoadError,
     VariantNotReadyError,
 )
+from app.service.prediction import InvalidQueryError, TooManyPairsError
 
 
 class ApiError(Exception):
@@ -44,25 +47,9 @@ class ApiError(Exception):
         self.details = details
 
 
-OIP_PREFIX = "/v2"
-
-
-def is_oip_path(path: str) -> bool:
-    return path == OIP_PREFIX or path.startswith(OIP_PREFIX + "/")
-
-
-def error_response(error: ApiError, path: str = "") -> Response:
-    """The native shape, or the Open Inference Protocol's ``{"error": "<message>"}`` under /v2."""
-    payload: dict[str, Any]
-    if is_oip_path(path):
-        payload = {"error": error.message}
-    else:
-        body: dict[str, Any] = {"type": error.error_type, "message": error.message}
-        if error.details:
-            body["details"] = error.details
-        payload = {"error": body}
+def error_response(error: ApiError, shape: ErrorShape = NATIVE) -> Response:
     return Response(
-        orjson.dumps(payload),
+        orjson.dumps(shape.body(error.error_type, error.message, error.details)),
         status_code=error.status,
         media_type="application/json",
         headers=error.headers,
@@ -77,9 +64,13 @@ def first_problem(error: ValidationError) -> str:
 
 
 def from_engine(error: Exception) -> ApiError:
-    """Translate engine exceptions (which know nothing of HTTP) into API errors."""
+    """Translate engine and service exceptions (which know nothing of HTTP) into API errors."""
     if isinstance(error, UnknownVariantError):
         return ApiError(404, "unknown_variant", str(error))
+    if isinstance(error, TooManyPairsError):
+        return ApiError(413, "too_many_pairs", str(error))
+    if isinstance(error, InvalidQueryError):
+        return ApiError(422, "invalid_request", str(error))
     if isinstance(error, VariantNotReadyError):
         return ApiError(503, "not_ready", str(error), headers={"Retry-After": "5"})
     if isinstance(error, InputTooLongError):
@@ -134,19 +125,20 @@ def _validation_details(error: RequestValidationError) -> list[dict[str, Any]]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, error: ApiError) -> Response:
-        return error_response(error, request.url.path)
+        return error_response(error, route_shape(request.scope))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, error: RequestValidationError) -> Response:
         details = _validation_details(error)
         summary = "; ".join(f"{'.'.join(d['loc']) or 'body'}: {d['msg']}" for d in details[:5])
-        status = 400 if is_oip_path(request.url.path) else 422  # the protocol answers malformed requests with 400
-        return error_response(
-            ApiError(status, "validation_error", f"invalid request: {summary}", details=details), request.url.path
+        shape = route_shape(request.scope)
+        api_error = ApiError(
+            shape.validation_status, "validation_error", f"invalid request: {summary}", details=details
         )
+        return error_response(api_error, shape)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, error: StarletteHTTPException) -> Response:
         error_type = _STATUS_TYPES.get(error.status_code, "http_error")
         api_error = ApiError(error.status_code, error_type, str(error.detail), headers=dict(error.headers or {}))
-        return error_response(api_error, request.url.path)
+        return error_response(api_error, route_shape(request.scope))

@@ -1,4 +1,5 @@
-"""Request ids and access logs as a pure ASGI middleware (no per-request task or body buffering)."""
+"""Request ids, access logs, refusal counting and the body limit as pure ASGI middleware (no per-request task or
+body buffering)."""
 
 from __future__ import annotations
 
@@ -6,22 +7,37 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 
 import orjson
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api import accounting
+from app.api.accounting import CLIENT_CLOSED
+from app.api.error_shapes import NATIVE, ErrorShape
 from app.logs import request_id_var
 
+__all__ = ["CLIENT_CLOSED", "BodyLimitMiddleware", "RequestContextMiddleware", "ShapeOf", "send_json_error"]
+
 access_log = logging.getLogger("xnli_serve.access")
-CLIENT_CLOSED = 499  # nginx's code for "the client went away first"; logged, never seen by a client
+ShapeOf = Callable[[Scope], ErrorShape]  # the error shape of the router a request is for (app.api.error_shapes)
+
+
+def native_shape(scope: Scope) -> ErrorShape:
+    return NATIVE
 
 
 async def send_json_error(
-    send: Send, status: int, error_type: str, message: str, headers: list[tuple[bytes, bytes]] | None = None
+    send: Send,
+    status: int,
+    error_type: str,
+    message: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    shape: ErrorShape = NATIVE,
 ) -> None:
-    """Answer from ASGI middleware, below FastAPI's handlers, in the same JSON error shape as the API."""
-    body = orjson.dumps({"error": {"type": error_type, "message": message}})
+    """Answer from ASGI middleware, below FastAPI's handlers, in the error shape of the request's router."""
+    body = orjson.dumps(shape.body(error_type, message))
     await send(
         {
             "type": "http.response.start",
@@ -41,10 +57,12 @@ _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 class RequestContextMiddleware:
     """Gives every request an id (the client's ``X-Request-Id`` if sane), echoes it, logs one line per request,
-    and turns any unexpected exception into a JSON 500 so that an accepted request always gets an answer."""
+    counts refusals the prediction service never saw (``app.api.accounting``), and turns any unexpected exception
+    into a JSON 500 so that an accepted request always gets an answer."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, shape_of: ShapeOf = native_shape) -> None:
         self.app = app
+        self.shape_of = shape_of
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -57,6 +75,7 @@ class RequestContextMiddleware:
                 request_id = candidate if _CLIENT_ID.match(candidate) else None
                 break
         request_id = request_id or uuid.uuid4().hex
+        accounting.begin(scope)
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 500
@@ -84,8 +103,10 @@ class RequestContextMiddleware:
         except Exception:
             access_log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             if not response_started:
-                await send_json_error(send_with_id, 500, "internal_error", "internal server error")
+                shape = self.shape_of(scope)
+                await send_json_error(send_with_id, 500, "internal_error", "internal server error", shape=shape)
         finally:
+            accounting.count_refusal(scope, status)
             if scope.get("path") not in ("/metrics", "/health/live", "/health/ready"):
                 access_log.info(
                     "%s %s %d",
@@ -100,13 +121,15 @@ class RequestContextMiddleware:
 class BodyLimitMiddleware:
     """413 for bodies over the limit: at once from Content-Length, or as soon as a chunked body passes it."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, shape_of: ShapeOf = native_shape) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.shape_of = shape_of
 
-    async def _refuse(self, send: Send) -> None:
+    async def _refuse(self, scope: Scope, send: Send) -> None:
         message = f"request body over {self.max_body_bytes} bytes"
-        await send_json_error(send, 413, "payload_too_large", message, [(b"connection", b"close")])
+        shape = self.shape_of(scope)
+        await send_json_error(send, 413, "payload_too_large", message, [(b"connection", b"close")], shape)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -119,7 +142,7 @@ class BodyLimitMiddleware:
                 except ValueError:
                     declared = 0
                 if declared > self.max_body_bytes:
-                    await self._refuse(send)
+                    await self._refuse(scope, send)
                     return
         received = 0
         refused = False
@@ -135,7 +158,7 @@ class BodyLimitMiddleware:
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
                     refused = True
-                    await self._refuse(send)
+                    await self._refuse(scope, send)
                     return {"type": "http.disconnect"}
             return message
 

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+
+from app.service.prediction import (
+    DEFAULT_PRIORITY,
+    LANGUAGE_MAX_CHARS,
+    LANGUAGE_MIN_CHARS,
+    MAX_TIMEOUT_MS,
+    ClientPriority,
+)
+from app.service.variants import VariantInfo
 
 # `\S` (search semantics, as JSON Schema's `pattern`): blank strings are refused and the schema says so.
 Text = Annotated[str, Field(min_length=1, max_length=100_000, pattern=r"\S", description="Non-blank text.")]
@@ -27,18 +36,18 @@ class _PredictOptions(BaseModel):
     timeout_ms: float | None = Field(
         None,
         gt=0,
-        le=3_600_000,
+        le=MAX_TIMEOUT_MS,
         description="Deadline for this request; may only shorten the server's request timeout. Past it: 503.",
     )
-    priority: Literal["interactive", "batch"] = Field(
-        "interactive",
+    priority: ClientPriority = Field(
+        DEFAULT_PRIORITY,
         description="batch: bulk scoring that runs only when no interactive pair waits, and never delays interactive "
         "requests by more than one short batch.",
     )
     language: str | None = Field(
         None,
-        min_length=1,
-        max_length=35,
+        min_length=LANGUAGE_MIN_CHARS,
+        max_length=LANGUAGE_MAX_CHARS,
         description="ISO 639-1 code of the pairs' language (e.g. fr, zh); labels the prediction and shadow counters. "
         "The 15 XNLI languages are counted by name, any other code as `other`.",
     )
@@ -137,23 +146,6 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
-
-
-class VariantInfo(BaseModel):
-    """Catalogue metadata and load state of one variant."""
-
-    model_config = ConfigDict(extra="allow")
-
-    name: str
-    base_model: str
-    intermediate_task: str
-    description: str
-    status: str
-    device: str
-    dtype: str
-    parameters: int | None
-    demo: bool
-    untrained: bool
 
 
 class VariantList(BaseModel):

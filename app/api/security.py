@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api.middleware import send_json_error
+from app.api.middleware import ShapeOf, native_shape, send_json_error
 from app.api.routes import pages
 
 DOCS_PATHS = (pages.DOCS_URL, pages.DOCS_OAUTH2_REDIRECT_URL, pages.REDOC_URL, "/openapi.json")
@@ -36,8 +36,10 @@ class ApiKeyMiddleware:
         public_health: bool = True,
         public_metrics: bool = True,
         public_docs: bool = True,
+        shape_of: ShapeOf = native_shape,
     ) -> None:
         self.app = app
+        self.shape_of = shape_of
         self._digests = [digest(key) for key in keys]
         if not self._digests:
             raise ValueError("ApiKeyMiddleware needs at least one key")
@@ -76,4 +78,5 @@ class ApiKeyMiddleware:
         missing = header is None
         message = "missing API key: send Authorization: Bearer <key>" if missing else "invalid API key"
         challenge = b'Bearer realm="xnli-serve"' if missing else b'Bearer realm="xnli-serve", error="invalid_token"'
-        await send_json_error(send, 401, "unauthorized", message, [(b"www-authenticate", challenge)])
+        headers = [(b"www-authenticate", challenge)]
+        await send_json_error(send, 401, "unauthorized", message, headers, self.shape_of(scope))

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import signal
 import socket
+from collections.abc import Sequence
 from types import FrameType
 
 import uvicorn
@@ -59,9 +60,10 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def run_server(settings: Settings, engine: Engine) -> None:
+def run_server(settings: Settings, engine: Engine, api_keys: Sequence[str] | None = None) -> None:
+    """``api_keys``: as the caller already read them from ``settings`` (read again when not given)."""
     config = uvicorn.Config(
-        create_app(settings, engine),
+        create_app(settings, engine, api_keys),
         host=settings.host,
         port=settings.port,
         loop="uvloop",

@@ -1,4 +1,5 @@
-"""Liveness (restart me?) and readiness (send me traffic?) for orchestrators, plus the Prometheus scrape."""
+"""Liveness (restart me?) and readiness (send me traffic?) for orchestrators, plus the Prometheus scrape. The
+decisions are ``app.service.health``'s, shared with the Open Inference Protocol's /v2/health routes."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.responses import Response
 
 from app.api.schemas import HealthStatus
-from app.engine.engine import Engine
+from app.service import health
 
 router = APIRouter(tags=["operations"])
 
@@ -19,8 +20,7 @@ def _json(status_code: int, body: HealthStatus) -> Response:
 @router.get("/health/live", response_model=HealthStatus, responses={503: {"model": HealthStatus}})
 async def live(request: Request) -> Response:
     """200 while the process can serve; 503 once loading failed or a device worker died (restart the pod)."""
-    engine: Engine = request.app.state.engine
-    if engine.live:
+    if health.liveness(request.app.state.engine):
         return _json(200, HealthStatus(status="live"))
     return _json(503, HealthStatus(status="failed"))
 
@@ -28,13 +28,8 @@ async def live(request: Request) -> Response:
 @router.get("/health/ready", response_model=HealthStatus, responses={503: {"model": HealthStatus}})
 async def ready(request: Request) -> Response:
     """200 only when every enabled variant is loaded and warmed up at its largest batch shape."""
-    engine: Engine = request.app.state.engine
-    statuses = {name: str(runtime.status) for name, runtime in engine.variants.items() if runtime.spec.enabled}
-    if engine.draining:
-        return _json(503, HealthStatus(status="draining", variants=statuses))
-    if engine.ready:
-        return _json(200, HealthStatus(status="ready", variants=statuses))
-    return _json(503, HealthStatus(status="not_ready", variants=statuses))
+    readiness = health.readiness(request.app.state.engine)
+    return _json(200 if readiness.ready else 503, HealthStatus(status=readiness.state, variants=readiness.variants))
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -1,4 +1,5 @@
-"""POST /predict and POST /variants/{name}/predict: parse, validate, call the engine, shape the answer."""
+"""POST /predict and POST /variants/{name}/predict: the native protocol's adapter (parse the body into a query for the
+prediction service, render its result)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from app.api.inference import run_prediction
+from app.api.inference import answer_prediction, routing_key
 from app.api.schemas import (
     ErrorResponse,
     PairBody,
@@ -20,6 +21,7 @@ from app.api.schemas import (
 )
 from app.engine.engine import PredictionResult
 from app.engine.labels import LABELS
+from app.service.prediction import PredictionQuery
 
 router = APIRouter(tags=["inference"])
 
@@ -56,18 +58,16 @@ def render(result: PredictionResult) -> bytes:
 async def serve_prediction(
     request: Request, body: PairBody | PairsBody, variant: str | None, endpoint: str
 ) -> Response:
-    timeout_s = body.timeout_ms / 1000.0 if body.timeout_ms is not None else None
-    return await run_prediction(
-        request,
-        variant,
-        body.pairs,
-        render,
-        endpoint,
-        body.truncate,
-        timeout_s,
+    query = PredictionQuery(
+        pairs=body.pairs(),
+        variant=variant,
+        routing_key=routing_key(request),
+        truncate=body.truncate,
+        timeout_s=body.timeout_ms / 1000.0 if body.timeout_ms is not None else None,
         priority=body.priority,
         language=body.language,
     )
+    return await answer_prediction(request, query, render, endpoint)
 
 
 @router.post(

@@ -14,12 +14,13 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.responses import Response
 
+from app.api.error_shapes import OipRoute
 from app.api.errors import ApiError, first_problem, from_engine
-from app.api.routes.open_inference import MODEL_VERSION, OipError
+from app.api.oip.schemas import MODEL_VERSION, error_responses
 from app.engine.engine import Engine, RepositoryEntry, RepositoryState
 from app.engine.errors import EngineError
 
-router = APIRouter(prefix="/v2/repository", tags=["open inference protocol: model repository"])
+router = APIRouter(prefix="/v2/repository", tags=["open inference protocol: model repository"], route_class=OipRoute)
 
 
 class IndexRequest(BaseModel):
@@ -43,16 +44,13 @@ class RepositoryRequest(BaseModel):
     parameters: dict[str, Any] | None = None
 
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": OipError, "description": description}
-    for status, description in (
-        (400, "Malformed request, or the load failed (catalogue entry, checkpoint, labels, accuracy guard)."),
-        (404, "No such variant in the catalogue."),
-        (409, "The variant is being loaded or unloaded already, or start-up is still loading."),
-        (500, "The load failed for a reason the catalogue entry does not explain."),
-        (503, "The service is shutting down."),
-    )
-}
+_ERRORS = error_responses(
+    (400, "Malformed request, or the load failed (catalogue entry, checkpoint, labels, accuracy guard)."),
+    (404, "No such variant in the catalogue."),
+    (409, "The variant is being loaded or unloaded already, or start-up is still loading."),
+    (500, "The load failed for a reason the catalogue entry does not explain."),
+    (503, "The service is shutting down."),
+)
 
 
 Body = TypeVar("Body", bound=BaseModel)

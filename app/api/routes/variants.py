@@ -2,33 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request
 
-from app.api.errors import ApiError, from_engine
-from app.api.schemas import ErrorResponse, VariantInfo, VariantList
+from app.api.errors import from_engine
+from app.api.schemas import ErrorResponse, VariantList
 from app.demo.build_store import DEMO_NOTICE
 from app.engine.engine import Engine
 from app.engine.errors import UnknownVariantError
+from app.service.variants import VariantInfo, describe, untrained_variants
 
 router = APIRouter(tags=["variants"])
 
 
 @router.get("/variants", response_model=VariantList)
-async def list_variants(request: Request) -> dict[str, Any]:
+async def list_variants(request: Request) -> VariantList:
     engine: Engine = request.app.state.engine
-    described = [runtime.describe() for runtime in engine.variants.values()]
-    untrained = [entry["name"] for entry in described if entry["untrained"] and entry["enabled"]]
+    described = [describe(runtime) for runtime in engine.variants.values()]
+    untrained = untrained_variants(described)
     notice = f"{DEMO_NOTICE} Variants: {', '.join(untrained)}." if untrained else None
-    return {"default_variant": engine.default_variant, "notice": notice, "variants": described}
+    return VariantList(default_variant=engine.default_variant, notice=notice, variants=described)
 
 
 @router.get("/variants/{name}", response_model=VariantInfo, responses={404: {"model": ErrorResponse}})
-async def get_variant(name: str, request: Request) -> dict[str, Any]:
+async def get_variant(name: str, request: Request) -> VariantInfo:
     engine: Engine = request.app.state.engine
     runtime = engine.variants.get(name)
     if runtime is None:
-        error: ApiError = from_engine(UnknownVariantError(name, list(engine.variants)))
-        raise error
-    return runtime.describe()
+        raise from_engine(UnknownVariantError(name, list(engine.variants)))
+    return describe(runtime)

@@ -1,0 +1,183 @@
+"""One prediction path for every protocol: validate a typed query, route it to a variant, run it on the engine,
+count it once in the request metrics, and return the engine's typed result.
+
+Transports only parse their wire format into a :class:`PredictionQuery` and render the :class:`PredictionResult`.
+A transport that can tell when its caller has gone passes ``disconnected`` (an awaitable that completes then): the
+prediction is cancelled, its queued pairs are skipped, and :class:`ClientDisconnected` is raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+from app import metrics
+from app.engine.engine import Engine, PredictionResult
+from app.engine.errors import (
+    DeadlineExceededError,
+    DeadlineTooShortError,
+    DrainingError,
+    EngineError,
+    InferenceError,
+    InputTooLongError,
+    OverloadedError,
+    RequestTooLargeError,
+    UnknownVariantError,
+    VariantNotReadyError,
+)
+from app.engine.scheduler import Priority
+from app.metrics import Outcome
+
+ClientPriority = Literal["interactive", "batch"]
+"""The priority classes a client may ask for (the engine keeps ``shadow`` for itself)."""
+CLIENT_PRIORITIES: tuple[str, ...] = get_args(ClientPriority)
+DEFAULT_PRIORITY: ClientPriority = "interactive"
+LANGUAGE_MIN_CHARS = 1
+LANGUAGE_MAX_CHARS = 35
+MAX_TIMEOUT_MS = 3_600_000  # a request may shorten the server's timeout, and never asks for more than an hour
+MAX_TIMEOUT_S = MAX_TIMEOUT_MS / 1000
+
+
+def is_language_code(value: object) -> bool:
+    """A request's ``language``: an ISO 639-1 code (``fr``), possibly with a region (``fr-CA``)."""
+    return isinstance(value, str) and LANGUAGE_MIN_CHARS <= len(value) <= LANGUAGE_MAX_CHARS
+
+
+class InvalidQueryError(ValueError):
+    """The query breaks a rule no transport-level schema caught (a client error)."""
+
+
+class TooManyPairsError(ValueError):
+    """More pairs in one request than ``max_pairs_per_request`` (a client error)."""
+
+    def __init__(self, count: int, limit: int) -> None:
+        self.count = count
+        self.limit = limit
+        super().__init__(f"{count} pairs in one request; the limit is max_pairs_per_request={limit}")
+
+
+class ClientDisconnected(Exception):
+    """The caller left before its answer was ready; its queued pairs were dropped."""
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionQuery:
+    """What every protocol asks of a prediction, once parsed from its wire format."""
+
+    pairs: Sequence[tuple[str, str]]
+    variant: str | None = None  # named by the client; None lets the catalogue's split (or default) choose
+    routing_key: str | None = None  # keeps a client on one variant of the split
+    truncate: bool = True
+    timeout_s: float | None = None
+    priority: str = DEFAULT_PRIORITY
+    language: str | None = None
+
+    def validate(self, max_pairs: int) -> None:
+        if not self.pairs:
+            raise InvalidQueryError("no pairs to predict")
+        if len(self.pairs) > max_pairs:
+            raise TooManyPairsError(len(self.pairs), max_pairs)
+        if self.priority not in CLIENT_PRIORITIES:
+            raise InvalidQueryError(f"priority must be one of {', '.join(CLIENT_PRIORITIES)}")
+        if self.language is not None and not is_language_code(self.language):
+            raise InvalidQueryError(
+                f"language must be a code of {LANGUAGE_MIN_CHARS} to {LANGUAGE_MAX_CHARS} characters (e.g. fr)"
+            )
+        if self.timeout_s is not None and not 0 < self.timeout_s <= MAX_TIMEOUT_S:
+            raise InvalidQueryError(f"timeout must be in (0, {MAX_TIMEOUT_S:g}] seconds")
+
+
+_OUTCOMES: tuple[tuple[type[Exception], Outcome], ...] = (
+    (UnknownVariantError, Outcome.NOT_FOUND),
+    (OverloadedError, Outcome.OVERLOADED),
+    (VariantNotReadyError, Outcome.UNAVAILABLE),
+    (DeadlineExceededError, Outcome.UNAVAILABLE),
+    (DrainingError, Outcome.UNAVAILABLE),
+    (InputTooLongError, Outcome.CLIENT_ERROR),
+    (RequestTooLargeError, Outcome.CLIENT_ERROR),
+    (DeadlineTooShortError, Outcome.CLIENT_ERROR),
+    (InvalidQueryError, Outcome.CLIENT_ERROR),
+    (TooManyPairsError, Outcome.CLIENT_ERROR),
+    (ClientDisconnected, Outcome.DISCONNECTED),
+    (InferenceError, Outcome.ERROR),
+)
+
+
+def outcome_of(error: BaseException) -> Outcome:
+    """The ``outcome`` label of xnli_requests_total for a prediction that raised ``error``."""
+    for kind, outcome in _OUTCOMES:
+        if isinstance(error, kind):
+            return outcome
+    return Outcome.ERROR
+
+
+Disconnected = Callable[[], Awaitable[object]]
+
+
+class PredictionService:
+    """The engine as every transport sees it: one call per request, counted once."""
+
+    def __init__(self, engine: Engine, max_pairs_per_request: int) -> None:
+        self.engine = engine
+        self.max_pairs_per_request = max_pairs_per_request
+
+    async def predict(
+        self, query: PredictionQuery, endpoint: str, disconnected: Disconnected | None = None
+    ) -> PredictionResult:
+        """Route, validate and predict; ``endpoint`` labels xnli_request_duration_seconds.
+
+        Raises UnknownVariantError first (routing comes before every other check), then InvalidQueryError or
+        TooManyPairsError, an EngineError from the engine, or ClientDisconnected. Every call, whatever its end,
+        adds one to xnli_requests_total and one observation to xnli_request_duration_seconds.
+        """
+        started = time.perf_counter()
+        variant = metrics.UNKNOWN_VARIANT
+        outcome = Outcome.ERROR  # also what a cancellation by the server (not the client) counts as
+        try:
+            variant = self.engine.route(query.variant, query.routing_key).spec.name
+            query.validate(self.max_pairs_per_request)
+            result = await self._run(query, variant, disconnected)
+            outcome = Outcome.SUCCESS
+            return result
+        except (EngineError, InvalidQueryError, TooManyPairsError, ClientDisconnected) as error:
+            outcome = outcome_of(error)
+            raise
+        finally:
+            metrics.REQUEST_DURATION.labels(variant, endpoint).observe(time.perf_counter() - started)
+            metrics.REQUESTS.labels(variant, outcome).inc()
+
+    async def _run(self, query: PredictionQuery, variant: str, disconnected: Disconnected | None) -> PredictionResult:
+        call = self.engine.predict(
+            query.pairs,
+            variant,
+            query.truncate,
+            query.timeout_s,
+            priority=Priority[query.priority.upper()],
+            language=query.language,
+        )
+        if disconnected is None:
+            return await call
+        # The prediction runs in the caller's own task and only the watcher is a new one: one task per request,
+        # not two plus an asyncio.wait, which matters when the transport, not the model, is the bottleneck.
+        task = asyncio.current_task()
+        assert task is not None
+        gone: list[bool] = []
+
+        async def watch() -> None:
+            await disconnected()
+            gone.append(True)
+            task.cancel()
+
+        watcher = asyncio.get_running_loop().create_task(watch())
+        try:
+            return await call
+        except asyncio.CancelledError:
+            if not gone:
+                raise  # the server is cancelling us, not the client
+            task.uncancel()
+            raise ClientDisconnected("the client left before its answer was ready") from None
+        finally:
+            watcher.cancel()
