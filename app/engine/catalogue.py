@@ -87,8 +87,7 @@ class ServingOptions(BaseModel):
     @field_validator("quantization", "dtype")
     @classmethod
     def _offered_by_a_backend(cls, value: str, info: ValidationInfo) -> str:
-        declaration = {"quantization": "quantizations", "dtype": "dtypes"}[str(info.field_name)]
-        offered = backends.offered(declaration)
+        offered = backends.offered("quantizations" if info.field_name == "quantization" else "dtypes")
         if value not in offered:
             raise ValueError(f"{info.field_name} {value!r} is offered by no backend; offered: {', '.join(offered)}")
         return value

@@ -21,7 +21,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 if TYPE_CHECKING:
     import torch
@@ -33,6 +33,7 @@ __all__ = [
     "Backend",
     "BackendSource",
     "CheckpointFacts",
+    "Declaration",
     "GuardTolerances",
     "LoadedRunner",
     "VariantOptions",
@@ -111,6 +112,9 @@ class BackendSource:
     model: Any
     threads: int
     export_cache_dir: Path | None
+
+
+Declaration = Literal["quantizations", "dtypes"]
 
 
 def _nothing_to_release() -> None:
@@ -230,12 +234,12 @@ def all_backends() -> list[Backend]:
     return [get_backend(name) for name in backend_names()]
 
 
-def _offering(declaration: str, value: str) -> str:
+def _offering(declaration: Declaration, value: str) -> str:
     """The backends whose ``declaration`` (quantizations, dtypes) includes ``value``, as a catalogue would name them."""
     names = [backend.name for backend in all_backends() if value in getattr(backend, declaration)]
     return " or ".join(repr(name) for name in names) or "(none)"
 
 
-def offered(declaration: str) -> list[str]:
+def offered(declaration: Declaration) -> list[str]:
     """Every value of ``declaration`` that some backend offers, in the order the backends declare them."""
     return list(dict.fromkeys(value for backend in all_backends() for value in getattr(backend, declaration)))
