@@ -51,6 +51,9 @@ class Namespace:
 
     def claims(self, scope: Scope) -> bool:
         path: str = scope.get("path", "")
+        root_path: str = scope.get("root_path", "")
+        if root_path and path.startswith(root_path):  # behind a proxy's prefix, as the router sees it
+            path = path[len(root_path) :]
         prefix = self.prefix.rstrip("/")
         return path == prefix or path.startswith(prefix + "/")
 
