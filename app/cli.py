@@ -5,14 +5,40 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from app.settings import DEFAULT_CATALOGUE, KeySourceError, Settings
 
+if TYPE_CHECKING:
+    from app.engine.engine import Engine
+
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help="Serve multilingual NLI (XLM-R) variants.")
 log = logging.getLogger("xnli_serve")
+
+
+def build_engine(settings: Settings) -> Engine:
+    """The engine the settings describe (not loaded); raises CatalogueError for a catalogue that cannot be served."""
+    from app.engine.catalogue import check_request_limit, load_catalogue
+    from app.engine.engine import Engine
+
+    variant_catalogue = load_catalogue(settings.catalogue, settings.variants)
+    check_request_limit(variant_catalogue, settings.max_pairs_per_request)
+    return Engine(
+        variant_catalogue,
+        tokenization_workers=settings.tokenization_workers,
+        torch_threads=settings.torch_threads,
+        request_timeout_s=settings.request_timeout_s,
+        allow_faults=settings.enable_fault_injection,
+        export_cache_dir=settings.export_cache_dir,
+        max_tokenizing_pairs=settings.max_tokenizing_pairs,
+        traffic_seed=settings.traffic_seed,
+        shadow_max_queue_pairs=settings.shadow_max_queue_pairs,
+        shadow_timeout_s=settings.shadow_timeout_s,
+        shadow_max_client_backlog_s=settings.shadow_busy_backlog_ms / 1000.0,
+        worker_pipeline={"auto": None, "on": True, "off": False}[settings.worker_pipeline],
+    )
 
 
 @cli.command()
@@ -48,32 +74,24 @@ def serve(
     configure_logging(settings.log_level, settings.log_format)
 
     from app.api.server import run_server
-    from app.engine.catalogue import CatalogueError, check_request_limit, load_catalogue
-    from app.engine.engine import Engine
+    from app.engine.catalogue import CatalogueError
     from app.engine.model_store import CheckpointError
 
     try:
-        variant_catalogue = load_catalogue(settings.catalogue, settings.variants)
-        check_request_limit(variant_catalogue, settings.max_pairs_per_request)
-        engine = Engine(
-            variant_catalogue,
-            tokenization_workers=settings.tokenization_workers,
-            torch_threads=settings.torch_threads,
-            request_timeout_s=settings.request_timeout_s,
-            allow_faults=settings.enable_fault_injection,
-            export_cache_dir=settings.export_cache_dir,
-            max_tokenizing_pairs=settings.max_tokenizing_pairs,
-            traffic_seed=settings.traffic_seed,
-            shadow_max_queue_pairs=settings.shadow_max_queue_pairs,
-            shadow_timeout_s=settings.shadow_timeout_s,
-            shadow_max_client_backlog_s=settings.shadow_busy_backlog_ms / 1000.0,
-        )
+        engine = build_engine(settings)
         engine.preflight()
     except (CatalogueError, CheckpointError) as error:
         print(f"xnli-serve: cannot start: {error}", file=sys.stderr)
         raise typer.Exit(2) from None
     if (warning := settings.exposure_warning(keys)) is not None:
         log.warning(warning)
+    if settings.frontend_processes > 1:
+        from app.frontend.supervisor import run_supervisor
+
+        engine.close()  # checked only: the engine process builds and loads its own
+        raise typer.Exit(
+            run_supervisor(settings, {f"XNLI_SERVE_{key.upper()}": str(value) for key, value in overrides.items()})
+        )
     run_server(settings, engine, api_keys=keys)
 
 

@@ -150,6 +150,12 @@ class Settings(BaseSettings):
         ge=0,
         description="New shadows are dropped (reason busy) while more client work than this is queued on the device.",
     )
+    frontend_processes: int = Field(
+        1,
+        ge=1,
+        description="HTTP front-end processes; above 1, they share the port and feed one engine process over "
+        "ZeroMQ, so HTTP parsing and validation do not cap a fast device (see app.frontend).",
+    )
     enable_fault_injection: bool = Field(False, description="Honour [variant.faults] in the catalogue (tests only).")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"

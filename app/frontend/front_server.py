@@ -1,0 +1,66 @@
+"""A front-end process: the unchanged FastAPI app (HTTP, validation, routing, metrics of requests) around an
+:class:`EngineClient`, on the listening socket the supervisor bound and shares with the other front ends.
+
+Run by the supervisor as ``python -m app.frontend.front_server RUN_DIR FD``, with ``PROMETHEUS_MULTIPROC_DIR`` set.
+SIGTERM drains as one process does: readiness 503 and new requests 503 at once, accepted requests finish (their
+engine keeps answering: the supervisor stops it only after every front end has exited), then the process exits 0.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import cast
+
+import uvicorn
+
+from app.api.app import create_app
+from app.api.server import DrainingServer
+from app.engine.catalogue import load_catalogue
+from app.engine.engine import Engine
+from app.frontend.engine_client import EngineClient
+from app.frontend.service_metrics import serve_service_metrics
+from app.frontend.supervisor import exit_now
+from app.settings import Settings
+
+
+class FrontServer(DrainingServer):
+    def __init__(self, config: uvicorn.Config, client: EngineClient, drain_timeout_s: float) -> None:
+        super().__init__(config, cast(Engine, client), drain_timeout_s)
+        self.client = client
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.client.stop_waiting()
+        super().handle_exit(sig, frame)
+
+
+def main() -> None:
+    run_dir, fd = Path(sys.argv[1]), int(sys.argv[2])
+    settings = Settings()
+    from app.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    catalogue = load_catalogue(settings.catalogue, settings.variants)
+    client = EngineClient(catalogue, run_dir, settings.request_timeout_s, settings.traffic_seed)
+    serve_service_metrics(client.engine_metrics, Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
+    # The engine client stands in for the engine: it has every attribute and method the API layer uses of it.
+    app = create_app(settings, cast(Engine, client))
+    config = uvicorn.Config(
+        app,
+        loop="uvloop",
+        http="httptools",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
+        timeout_keep_alive=int(settings.keep_alive_s),
+    )
+    listener = socket.socket(fileno=fd)
+    FrontServer(config, client, settings.drain_timeout_s).run(sockets=[listener])
+    exit_now(0)
+
+
+if __name__ == "__main__":
+    main()

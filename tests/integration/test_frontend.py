@@ -1,0 +1,308 @@
+"""XNLI_SERVE_FRONTEND_PROCESSES=2: two HTTP front ends and one engine process behind one port, on loopback.
+
+The same answers as one process (predictions and error bodies), every request answered under concurrent load, each
+counted once whichever front end is scraped, admission and deadlines decided by the engine process, drain without
+loss, and a dead engine process turning the service unready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.helpers import ServerProcess, metric_value, running_server, write_catalogue
+
+pytestmark = pytest.mark.integration
+
+MAX_PAIRS = 8
+ENV = {
+    "XNLI_SERVE_ENABLE_FAULT_INJECTION": "true",
+    "XNLI_SERVE_MAX_PAIRS_PER_REQUEST": str(MAX_PAIRS),
+    "XNLI_SERVE_REQUEST_TIMEOUT_S": "5",
+    "XNLI_SERVE_LOG_FORMAT": "text",
+}
+FRONTS = {"XNLI_SERVE_FRONTEND_PROCESSES": "2"}
+# Sentences written for these tests.
+PAIRS = [
+    ("The ferry left the harbour at dawn.", "A boat departed early in the morning."),
+    ("Le musée ferme le lundi.", "Le musée est ouvert tous les jours."),
+    ("Die Katze schläft auf dem Sofa.", "Ein Tier ruht sich aus."),
+    ("El mercado abre a las ocho.", "El mercado está cerrado por la mañana."),
+    ("Она читает письмо от сестры.", "Она получила письмо."),
+    ("The committee postponed its vote.", "The vote happened as planned."),
+    ("彼は毎朝コーヒーを飲む。", "彼はコーヒーが好きだ。"),
+    ("Ο σταθμός είναι κοντά στο σπίτι.", "Ο σταθμός είναι μακριά."),
+]
+
+
+def catalogue(store: Path, folder: Path) -> Path:
+    return write_catalogue(
+        folder / "variants.toml",
+        store,
+        [
+            {"name": "fast"},
+            # 2 pairs per 50 ms and room for 8 waiting pairs: a burst overflows it (429).
+            {"name": "slow", "max_batch_size": 2, "max_queue_pairs": 8, "faults": {"delay_ms": 50}},
+            {"name": "sleepy", "checkpoint": "xlmr-squad-mnli", "max_batch_size": 1, "faults": {"delay_ms": 1500}},
+        ],
+    )
+
+
+@pytest.fixture(scope="module")
+def store_catalogue(demo_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return catalogue(demo_store, tmp_path_factory.mktemp("frontend"))
+
+
+@pytest.fixture(scope="module")
+def fronts(store_catalogue: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with running_server(store_catalogue, tmp_path_factory.mktemp("fronts"), extra_env={**ENV, **FRONTS}) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def single(store_catalogue: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with running_server(store_catalogue, tmp_path_factory.mktemp("single"), extra_env=ENV) as server:
+        yield server
+
+
+def children(pid: int) -> dict[int, str]:
+    """Child processes of ``pid`` and their command lines."""
+    found = {}
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        found[int(child)] = cmdline
+    return found
+
+
+def engine_pid(server: ServerProcess) -> int:
+    (pid,) = [pid for pid, cmdline in children(server.process.pid).items() if "app.frontend.engine_server" in cmdline]
+    return pid
+
+
+def scrape(server: ServerProcess) -> str:
+    with httpx.Client(base_url=server.base_url) as http:  # a new connection: any front end may answer
+        return http.get("/metrics").text
+
+
+def test_one_engine_process_and_two_front_ends(fronts: ServerProcess) -> None:
+    commands = list(children(fronts.process.pid).values())
+    assert sum("app.frontend.engine_server" in command for command in commands) == 1, commands
+    assert sum("app.frontend.front_server" in command for command in commands) == 2, commands
+
+
+QUERIES: list[tuple[str, dict[str, Any]]] = [
+    *[("/predict", {"premise": premise, "hypothesis": hypothesis}) for premise, hypothesis in PAIRS],
+    ("/predict", {"inputs": [{"premise": p, "hypothesis": h} for p, h in PAIRS], "variant": "fast"}),
+    ("/variants/slow/predict", {"premise": PAIRS[0][0], "hypothesis": PAIRS[0][1], "language": "en"}),
+    ("/predict", {"premise": "word " * 400, "hypothesis": "short", "variant": "fast"}),  # truncated
+    # Refusals: unknown variant, schema, too many pairs, too long without truncation, bad priority.
+    ("/predict", {"premise": "a", "hypothesis": "b", "variant": "nope"}),
+    ("/predict", {"premise": "a"}),
+    ("/predict", {"inputs": [{"premise": "a", "hypothesis": "b"}] * (MAX_PAIRS + 1)}),
+    ("/predict", {"premise": "word " * 400, "hypothesis": "short", "truncate": False}),
+    ("/predict", {"premise": "a", "hypothesis": "b", "priority": "urgent"}),
+    (
+        "/v2/models/fast/infer",
+        {
+            "inputs": [
+                {"name": "premise", "datatype": "BYTES", "shape": [1], "data": [PAIRS[1][0]]},
+                {"name": "hypothesis", "datatype": "BYTES", "shape": [1], "data": [PAIRS[1][1]]},
+            ]
+        },
+    ),
+    ("/v2/models/nope/infer", {"inputs": []}),
+]
+
+
+def _unmeasured(described: dict[str, Any]) -> dict[str, Any]:
+    """A variant's description less what each load measures anew (warm-up timings)."""
+    return {key: value for key, value in described.items() if key != "warmup"}
+
+
+def answers(server: ServerProcess) -> list[tuple[int, str | None, bytes | Any]]:
+    with httpx.Client(base_url=server.base_url, timeout=30) as http:
+        responses = [http.post(path, json=body) for path, body in QUERIES]
+        responses += [http.get(path) for path in ("/v2/models/slow", "/health/ready")]
+        listing, one = http.get("/variants").json(), http.get("/variants/fast").json()
+    found: list[tuple[int, str | None, bytes | Any]] = [
+        (response.status_code, response.headers.get("X-Variant"), response.content) for response in responses
+    ]
+    listing["variants"] = [_unmeasured(described) for described in listing["variants"]]
+    return [*found, (200, None, listing), (200, None, _unmeasured(one))]
+
+
+def test_same_answers_as_one_process(fronts: ServerProcess, single: ServerProcess) -> None:
+    """Predictions (bit for bit: one request per batch in both), error bodies and descriptions are identical."""
+    multi = answers(fronts)
+    assert multi == answers(single)
+    assert {status for status, _, _ in multi} >= {200, 404, 422}
+
+
+async def _load(server: ServerProcess, requests: int, concurrency: int, variant: str, pairs: int) -> list[Any]:
+    """``requests`` predictions from ``concurrency`` clients, each on its own connections; (status, body) each."""
+    outcomes: list[Any] = []
+    body = {"inputs": [{"premise": p, "hypothesis": h} for p, h in PAIRS[:pairs]], "variant": variant}
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for index in range(requests):
+        queue.put_nowait(index)
+
+    async def client() -> None:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
+            while not queue.empty():
+                queue.get_nowait()
+                try:
+                    response = await http.post("/predict", json=body)
+                    outcomes.append((response.status_code, response.json(), response.headers))
+                except httpx.TransportError as error:
+                    outcomes.append((type(error).__name__, None, None))
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return outcomes
+
+
+def test_every_request_answered_and_counted_once(fronts: ServerProcess) -> None:
+    before = scrape(fronts)
+    outcomes = asyncio.run(_load(fronts, requests=300, concurrency=12, variant="fast", pairs=1))
+    assert len(outcomes) == 300
+    assert [status for status, _, _ in outcomes] == [200] * 300
+    assert all(len(body["predictions"]) == 1 for _, body, _ in outcomes)
+    for _ in range(4):  # whichever front end answers the scrape, it shows the whole service
+        after = scrape(fronts)
+        for name in ("xnli_requests_total", "xnli_request_duration_seconds_count", "xnli_routed_requests_total"):
+            counted = metric_value(after, name, variant="fast") - metric_value(before, name, variant="fast")
+            assert counted == 300, name
+        engine_side = metric_value(after, "xnli_priority_requests_total", variant="fast") - metric_value(
+            before, "xnli_priority_requests_total", variant="fast"
+        )
+        assert engine_side == 300
+        assert metric_value(after, "xnli_predictions_total", variant="fast") >= 300
+
+
+def test_admission_is_decided_by_the_engine_process(fronts: ServerProcess) -> None:
+    before = scrape(fronts)
+    outcomes = asyncio.run(_load(fronts, requests=24, concurrency=24, variant="slow", pairs=4))
+    statuses = [status for status, _, _ in outcomes]
+    assert set(statuses) <= {200, 429}, statuses
+    refused = [(body, headers) for status, body, headers in outcomes if status == 429]
+    assert refused, statuses
+    assert statuses.count(200) >= 2, statuses
+    for body, headers in refused:
+        assert body["error"]["type"] == "overloaded"
+        assert int(headers["Retry-After"]) >= 1
+    after = scrape(fronts)
+    overloaded = metric_value(after, "xnli_requests_total", variant="slow", outcome="overloaded") - metric_value(
+        before, "xnli_requests_total", variant="slow", outcome="overloaded"
+    )
+    failures = metric_value(after, "xnli_request_failures_total", variant="slow", reason="overloaded") - metric_value(
+        before, "xnli_request_failures_total", variant="slow", reason="overloaded"
+    )
+    assert overloaded == failures == len(refused)
+
+
+def test_deadline_and_disconnect_reach_the_engine(fronts: ServerProcess) -> None:
+    pairs = [{"premise": p, "hypothesis": h} for p, h in PAIRS]
+    with httpx.Client(base_url=fronts.base_url, timeout=30) as http:
+        response = http.post("/predict", json={"inputs": pairs, "variant": "sleepy", "timeout_ms": 300})
+        assert response.status_code in (422, 503), response.text
+        assert response.json()["error"]["type"] in ("deadline_too_short", "deadline_exceeded")
+    before = scrape(fronts)
+    with pytest.raises(httpx.ReadTimeout), httpx.Client(base_url=fronts.base_url, timeout=0.3) as http:
+        http.post("/predict", json={"premise": "a", "hypothesis": "b", "variant": "sleepy"})
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        after = scrape(fronts)
+        cancelled = metric_value(after, "xnli_request_failures_total", variant="sleepy", reason="disconnected")
+        if cancelled > metric_value(before, "xnli_request_failures_total", variant="sleepy", reason="disconnected"):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the engine process never saw the client hang up")
+    assert metric_value(after, "xnli_requests_total", variant="sleepy", outcome="disconnected") >= 1
+
+
+def test_sigterm_drains_without_losing_a_request(store_catalogue: Path, tmp_path: Path) -> None:
+    env = {**ENV, **FRONTS, "XNLI_SERVE_DRAIN_TIMEOUT_S": "10"}
+    with running_server(store_catalogue, tmp_path, extra_env=env) as server:
+        sent: list[tuple[float, float, int | str]] = []
+        sigterm_at = 0.0
+
+        async def client() -> None:
+            async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
+                while True:
+                    started = time.perf_counter()
+                    try:
+                        response = await http.post("/predict", json={"inputs": [{"premise": "a", "hypothesis": "b"}],
+                                                                      "variant": "slow"})  # fmt: skip
+                        outcome: int | str = response.status_code
+                        if response.status_code != 200:
+                            outcome = f"{response.status_code} {response.json()['error']['type']}"
+                    except httpx.TransportError as error:
+                        outcome = type(error).__name__
+                    sent.append((started, time.perf_counter(), outcome))
+                    if outcome != 200:
+                        return
+
+        async def run() -> list[int]:
+            nonlocal sigterm_at
+            clients = [asyncio.ensure_future(client()) for _ in range(6)]
+            await asyncio.sleep(1.0)
+            sigterm_at = time.perf_counter()
+            server.process.send_signal(signal.SIGTERM)
+            readiness = []
+            async with httpx.AsyncClient(base_url=server.base_url, timeout=5) as probe:
+                with contextlib.suppress(httpx.TransportError):
+                    readiness.append((await probe.get("/health/ready")).status_code)
+            await asyncio.wait_for(asyncio.gather(*clients), 20)
+            return readiness
+
+        readiness = asyncio.run(run())
+        exit_code = server.process.wait(timeout=30)
+
+    assert exit_code == 0, server.logs()
+    assert 200 not in readiness
+    before = [outcome for started, _, outcome in sent if started < sigterm_at - 0.05]
+    assert len(before) > 12, sent
+    assert set(before) == {200}, sent  # accepted before SIGTERM: every one answered
+    after = {outcome for started, _, outcome in sent if started >= sigterm_at - 0.05}
+    assert after - {200, "503 draining"} <= {"ConnectError", "RemoteProtocolError", "ReadError"}, sent
+    assert "engine drained" in server.logs()
+
+
+def test_a_dead_engine_process_makes_the_service_unready(store_catalogue: Path, tmp_path: Path) -> None:
+    with running_server(store_catalogue, tmp_path, extra_env={**ENV, **FRONTS}) as server:
+        with httpx.Client(base_url=server.base_url, timeout=30) as http:
+
+            async def waiting_request() -> httpx.Response:
+                async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
+                    return await client.post("/predict", json={"premise": "a", "hypothesis": "b", "variant": "sleepy"})
+
+            async def kill_during_request() -> httpx.Response:
+                request = asyncio.ensure_future(waiting_request())
+                await asyncio.sleep(0.5)
+                os.kill(engine_pid(server), signal.SIGKILL)
+                return await request
+
+            killed_at = time.monotonic()
+            answer = asyncio.run(kill_during_request())
+            assert answer.status_code == 503, answer.text  # what waited on the engine is answered, not lost
+            assert answer.json()["error"]["type"] == "not_ready"
+            assert time.monotonic() - killed_at < 5
+            readiness: list[int | str] = []
+            while time.monotonic() - killed_at < 3:
+                try:
+                    readiness.append(http.get("/health/ready").status_code)
+                except httpx.TransportError as error:
+                    readiness.append(type(error).__name__)
+                time.sleep(0.05)
+        assert 200 not in readiness, readiness
+        assert server.process.wait(timeout=30) != 0  # the supervisor stops the front ends and reports the failure
+        assert "the engine process exited" in server.logs()
