@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.engine.engine import VariantRuntime
+
+class Describable(Protocol):
+    """A variant as the engine holds it (``VariantRuntime``), or as another process last described it."""
+
+    def describe(self) -> dict[str, Any]: ...
 
 
 class VariantInfo(BaseModel):
@@ -39,7 +43,7 @@ class VariantInfo(BaseModel):
     warmup: dict[str, Any] = Field(description="Shapes and timings measured at warm-up.")
 
 
-def describe(runtime: VariantRuntime) -> VariantInfo:
+def describe(runtime: Describable) -> VariantInfo:
     """The engine's description of ``runtime``, checked against the typed model at this boundary."""
     return VariantInfo.model_validate(runtime.describe())
 

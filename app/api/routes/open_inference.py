@@ -96,11 +96,7 @@ async def model_ready(request: Request, name: str, version: str | None = None) -
     runtime = _model(request, name, version)
     engine: Engine = request.app.state.engine
     ready = engine.variant_ready(runtime.spec.name)  # this variant alone: others may be loading or failed
-    return Response(
-        Readiness(name=runtime.spec.name, ready=ready).model_dump_json(),
-        status_code=200 if ready else 503,
-        media_type="application/json",
-    )
+    return _json(Readiness(name=runtime.spec.name, ready=ready), ready)
 
 
 @router.post(
