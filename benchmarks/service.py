@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +29,27 @@ from benchmarks.engine import measure_engine
 from loadtests.scrape import delta, scrape
 
 
-async def closed_loop_raw(
-    url: str,
-    pairs: list[tuple[str, str]],
-    variants: list[str],
-    concurrency: int,
-    pairs_per_request: int,
-    seconds: float,
-    first_client: int = 0,
-) -> dict[str, Any]:
-    """``concurrency`` clients, each sending its next request as soon as the last is answered; raw latencies."""
+@dataclass(frozen=True)
+class ClosedLoop:
+    """``concurrency`` clients, each sending its next request as soon as the last is answered, for ``seconds``;
+    client ``i`` asks for ``variants[i % len(variants)]`` (``first_client`` numbers a share run in another process)."""
+
+    url: str
+    pairs: list[tuple[str, str]]
+    variants: list[str]
+    concurrency: int
+    pairs_per_request: int
+    seconds: float
+    first_client: int = 0
+
+
+async def closed_loop_raw(loop: ClosedLoop) -> dict[str, Any]:
+    """Run the closed loop in this process; raw latencies."""
+    pairs, variants, pairs_per_request = loop.pairs, loop.variants, loop.pairs_per_request
     latencies: list[float] = []
     per_variant = dict.fromkeys(variants, 0)
     errors = 0
-    stop = time.perf_counter() + seconds
+    stop = time.perf_counter() + loop.seconds
 
     async def client(index: int, http: httpx.AsyncClient) -> None:
         nonlocal errors
@@ -69,22 +77,21 @@ async def closed_loop_raw(
                 if response.status_code == 429:  # a well-behaved client backs off as told
                     await asyncio.sleep(min(float(response.headers.get("retry-after", "1")), 5.0))
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
+    limits = httpx.Limits(max_connections=loop.concurrency, max_keepalive_connections=loop.concurrency)
+    async with httpx.AsyncClient(base_url=loop.url, timeout=120, limits=limits) as http:
         started = time.perf_counter()
-        clients = range(first_client, first_client + concurrency)
+        clients = range(loop.first_client, loop.first_client + loop.concurrency)
         await asyncio.gather(*(client(index, http) for index in clients))
         elapsed = time.perf_counter() - started
     return {"latencies": latencies, "per_variant": per_variant, "errors": errors, "elapsed": elapsed}
 
 
-def _closed_loop_process(arguments: tuple[Any, ...]) -> dict[str, Any]:
-    return asyncio.run(closed_loop_raw(*arguments))
+def _closed_loop_process(loop: ClosedLoop) -> dict[str, Any]:
+    return asyncio.run(closed_loop_raw(loop))
 
 
-def closed_loop_summary(
-    parts: list[dict[str, Any]], concurrency: int, pairs_per_request: int, variants: list[str]
-) -> dict[str, Any]:
+def closed_loop_summary(parts: list[dict[str, Any]], loop: ClosedLoop) -> dict[str, Any]:
+    concurrency, pairs_per_request, variants = loop.concurrency, loop.pairs_per_request, loop.variants
     latencies = [latency for part in parts for latency in part["latencies"]]
     elapsed = max(part["elapsed"] for part in parts)
     per_variant = {name: sum(part["per_variant"][name] for part in parts) for name in variants}
@@ -100,30 +107,17 @@ def closed_loop_summary(
     }
 
 
-def closed_loop_in_processes(
-    pool: ProcessPoolExecutor | None,
-    processes: int,
-    url: str,
-    pairs: list[tuple[str, str]],
-    variants: list[str],
-    concurrency: int,
-    pairs_per_request: int,
-    seconds: float,
-) -> dict[str, Any]:
+def closed_loop_in_processes(pool: ProcessPoolExecutor | None, processes: int, loop: ClosedLoop) -> dict[str, Any]:
     """The closed loop with its clients spread over the pool's processes: one asyncio client process tops out
     at a few thousand requests per second, below what a GPU engine answers."""
+    concurrency = loop.concurrency
     processes = min(processes, concurrency)
     if pool is None or processes <= 1:
-        raw = asyncio.run(closed_loop_raw(url, pairs, variants, concurrency, pairs_per_request, seconds))
-        return closed_loop_summary([raw], concurrency, pairs_per_request, variants)
+        return closed_loop_summary([asyncio.run(closed_loop_raw(loop))], loop)
     shares = [concurrency // processes + (index < concurrency % processes) for index in range(processes)]
     firsts = [sum(shares[:index]) for index in range(processes)]
-    jobs = [
-        (url, pairs, variants, share, pairs_per_request, seconds, first)
-        for share, first in zip(shares, firsts, strict=True)
-    ]
-    parts = list(pool.map(_closed_loop_process, jobs))
-    return closed_loop_summary(parts, concurrency, pairs_per_request, variants)
+    jobs = [replace(loop, concurrency=share, first_client=first) for share, first in zip(shares, firsts, strict=True)]
+    return closed_loop_summary(list(pool.map(_closed_loop_process, jobs)), loop)
 
 
 async def open_loop(
@@ -236,9 +230,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"server resident memory after load: {report['server_rss_mb_after_load']:.0f} MB", flush=True)
 
             def run_closed(clients: list[str], concurrency: int, pairs_per_request: int, seconds: float) -> Any:
-                return closed_loop_in_processes(
-                    pool, args.client_processes, url, pairs, clients, concurrency, pairs_per_request, seconds
-                )
+                loop = ClosedLoop(url, pairs, clients, concurrency, pairs_per_request, seconds)
+                return closed_loop_in_processes(pool, args.client_processes, loop)
 
             if args.warmup_seconds > 0:  # discarded
                 run_closed([args.variant], max(4, args.client_processes), 1, args.warmup_seconds)
