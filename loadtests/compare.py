@@ -36,7 +36,7 @@ import numpy as np
 from app.local_server import local_server
 from app.settings import DEFAULT_CATALOGUE
 from loadtests import report, stats
-from loadtests.measurements import GUARD_FRACTION
+from loadtests.measurements import GUARD_FRACTION, unit_of
 from loadtests.measurements import LevelResult as LevelResult  # re-exported: callers name compare.Samples
 from loadtests.measurements import Samples as Samples
 from loadtests.scrape import MetricSamples, delta, scrape
@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
     write_results(outcome, args.out, parameters)
     report.write_report(outcome.results, outcome.comparisons, outcome.samples, args.out, parameters)
     print(f"report: {args.out / 'report.md'}")
-    for line in report.verdict_lines(outcome.comparisons, report.unit_of(outcome.results)):
+    for line in report.verdict_lines(outcome.comparisons, unit_of(outcome.results)):
         print(f"  {line}")
 
 

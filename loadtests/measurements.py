@@ -1,11 +1,12 @@
 """What one compare run measured: every request of a Locust run, and the per-variant rows computed from them.
 
-Shared by the run (loadtests.compare) and its report (loadtests.report), so that the report needs nothing from the run.
+Shared by the run (loadtests.compare), its report and its plots, so that neither needs anything from the run.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,3 +102,8 @@ class Samples:
             return self
         into_block = self.start - self.schedule_start - self.block * self.block_seconds
         return self.subset((self.block >= 0) & (into_block >= GUARD_FRACTION * self.block_seconds))
+
+
+def unit_of(results: Sequence[LevelResult]) -> str:
+    """What a run's load levels count: closed-loop users or offered requests per second."""
+    return "users" if results[0].mode == "users" else "requests/s offered"
