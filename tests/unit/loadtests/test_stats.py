@@ -21,8 +21,8 @@ from loadtests.stats import (
     interleaved_block_medians,
     paired_verdict,
     round_values,
-    t_ppf,
 )
+from loadtests.student_t import t_ppf
 
 SIMULATIONS = 300
 USERS = 8
