@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 DEMO_SIZE ?= tiny
 
-.PHONY: serve test lint fuzz compare evaluate install install-dev demo-store clean
+.PHONY: serve test test-slow lint fuzz compare evaluate install install-dev demo-store clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,8 +42,14 @@ lint: install-dev
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/python deploy/grafana/dashboard.py --check
 
+# Every test but the few long end-to-end runs marked `slow` (see pyproject.toml); CI (.ci/run) runs both targets.
 test: install-dev lint
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not slow"
+
+# The long end-to-end runs: the image's install in a clean venv, the benchmark harness, the bounded schema fuzzing
+# and benchmarks/gpu_check.sh's CPU proof.
+test-slow: install-dev
+	$(BIN)/pytest -m slow
 
 # Compare every demo variant under the same Locust load (starts its own server on a free port).
 COMPARE_ARGS ?= --users 1,8,32 --duration 20

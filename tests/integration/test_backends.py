@@ -90,7 +90,8 @@ def test_variant_info_metric_names_the_backend(server: ServerProcess) -> None:
         assert metric_value(text, "xnli_variant_info", **labels) == 1
 
 
-def test_corrupted_export_is_refused_at_start_up(demo_store: Path, tmp_path: Path) -> None:
+def test_corrupted_export_is_refused_at_start_up(server: ServerProcess, demo_store: Path, tmp_path: Path) -> None:
+    """``server`` (the shared demo server) exported the demo checkpoint; a copy of it with a corrupted export."""
     checkpoint = tmp_path / "store" / "xlmr-mnli"
     shutil.copytree(demo_store / "xlmr-mnli", checkpoint)
     exports = [
@@ -98,7 +99,7 @@ def test_corrupted_export_is_refused_at_start_up(demo_store: Path, tmp_path: Pat
         for folder in (checkpoint / ".xnli-serve-onnx").iterdir()
         if '"kind": "float32"' in (folder / "manifest.json").read_text(encoding="utf-8")
     ]
-    assert len(exports) == 1, "the module's server fixture exported this checkpoint already"
+    assert len(exports) == 1, "the shared server exported this checkpoint already"
     corrupt_label_rows(exports[0])
     catalogue = write_catalogue(
         tmp_path / "variants.toml",

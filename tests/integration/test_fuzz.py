@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import REPO_ROOT
 from tests.helpers import ServerProcess, running_server, write_catalogue
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # `make test-slow` (CI runs it after `make test`)
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 # CI runs a bounded, seeded sample; `make fuzz` runs many more examples with a fresh seed.

@@ -35,7 +35,7 @@ PUBLIC = [
 
 
 @pytest.fixture(scope="module")
-def secured(demo_catalogue: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def secured(one_variant_catalogue: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     folder = tmp_path_factory.mktemp("secured")
     key_file = folder / "keys.txt"
     key_file.write_text(f"# operators\n{KEYS[1]}\n\n", encoding="utf-8")
@@ -44,7 +44,7 @@ def secured(demo_catalogue: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         "XNLI_SERVE_API_KEY_FILE": str(key_file),
         "XNLI_SERVE_CORS_ORIGINS": "https://dashboards.example",
     }
-    with running_server(demo_catalogue, folder, extra_env=env) as server:
+    with running_server(one_variant_catalogue, folder, extra_env=env) as server:
         yield server
 
 
@@ -83,9 +83,9 @@ def test_public_routes_need_no_key(secured: ServerProcess, path: str) -> None:
     assert httpx.get(f"{secured.base_url}{path}").status_code == 200
 
 
-def test_private_metrics_when_configured(demo_catalogue: Path, tmp_path: Path) -> None:
+def test_private_metrics_when_configured(one_variant_catalogue: Path, tmp_path: Path) -> None:
     env = {"XNLI_SERVE_API_KEYS": KEYS[0], "XNLI_SERVE_PUBLIC_METRICS": "false", "XNLI_SERVE_PUBLIC_HEALTH": "false"}
-    with running_server(demo_catalogue, tmp_path, extra_env=env, wait=False) as server:
+    with running_server(one_variant_catalogue, tmp_path, extra_env=env, wait=False) as server:
         server.wait_ready(headers={"Authorization": f"Bearer {KEYS[0]}"})
         for path in ("/metrics", "/health/live"):
             assert httpx.get(f"{server.base_url}{path}").status_code == 401

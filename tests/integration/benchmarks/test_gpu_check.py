@@ -44,6 +44,7 @@ def test_without_a_cuda_device_it_stops_and_says_so(xnli_dir: Path, tmp_path: Pa
     assert not (tmp_path / "store").exists()  # stopped before building anything
 
 
+@pytest.mark.slow  # `make test-slow` (CI runs it after `make test`)
 def test_gpu_check_runs_end_to_end_on_the_cpu(demo_store: Path, xnli_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     env = check_env(

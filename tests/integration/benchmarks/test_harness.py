@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # `make test-slow` (CI runs it after `make test`)
 
 
 def test_engine_and_service_benchmarks_write_their_figures(

@@ -66,6 +66,7 @@ def image_server(image_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         process.wait(timeout=30)
 
 
+@pytest.mark.slow  # a clean venv's install: `make test-slow` (CI runs it after `make test`)
 def test_installed_entry_point_serves(image_venv: Path, image_server: ServerProcess) -> None:
     assert str(image_venv) in subprocess.run(
         [str(image_venv / "bin" / "python"), "-c", "import app, sys; print(app.__file__)"],
@@ -81,6 +82,7 @@ def test_installed_entry_point_serves(image_venv: Path, image_server: ServerProc
     subprocess.run([str(image_venv / "bin" / "python"), "-c", command], check=True, timeout=10)
 
 
+@pytest.mark.slow
 def test_sigterm_exits_zero(image_server: ServerProcess) -> None:
     image_server.process.terminate()
     assert image_server.process.wait(timeout=40) == 0
