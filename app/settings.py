@@ -150,6 +150,11 @@ class Settings(BaseSettings):
         ge=0,
         description="New shadows are dropped (reason busy) while more client work than this is queued on the device.",
     )
+    worker_pipeline: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Device workers prepare batch N+1 and answer batch N-1 while batch N runs (copy stream and "
+        "events on CUDA); auto = on CUDA devices only (no gain measured on CPU).",
+    )
     frontend_processes: int = Field(
         1,
         ge=1,

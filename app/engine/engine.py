@@ -81,6 +81,7 @@ class Engine(ModelRepository, ShadowRunner):
         shadow_max_queue_pairs: int = 256,
         shadow_timeout_s: float = 10.0,
         shadow_max_client_backlog_s: float = 0.1,
+        worker_pipeline: bool | None = None,
     ) -> None:
         ModelRepository.__init__(self)
         ShadowRunner.__init__(
@@ -92,7 +93,7 @@ class Engine(ModelRepository, ShadowRunner):
         for runtime in self.variants.values():
             if not runtime.spec.enabled:
                 runtime.status = VariantStatus.DISABLED
-        self._devices = DeviceWorkers()
+        self._devices = DeviceWorkers(worker_pipeline)
         self.tokenization = TokenizationPool(tokenization_workers, max_tokenizing_pairs)
         self._torch_threads = torch_threads
         self.request_timeout_s = request_timeout_s

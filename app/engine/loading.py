@@ -28,9 +28,11 @@ log = logging.getLogger(__name__)
 
 
 class DeviceWorkers:
-    """One device worker per device, started when the first variant is placed on it."""
+    """One device worker per device, started when the first variant is placed on it. ``pipeline``: whether they
+    answer a batch while the next one runs (None: on CUDA devices only)."""
 
-    def __init__(self) -> None:
+    def __init__(self, pipeline: bool | None = None) -> None:
+        self.pipeline = pipeline
         self._workers: dict[str, DeviceWorker] = {}
         self._lock = threading.Lock()
 
@@ -43,7 +45,7 @@ class DeviceWorkers:
             if worker is None:
                 if device.startswith("cuda"):
                     metrics.register_cuda_collector()
-                worker = DeviceWorker(device)
+                worker = DeviceWorker(device, self.pipeline)
                 worker.start()
                 self._workers[device] = worker
             return worker

@@ -63,9 +63,10 @@ class VariantQueue:
     """Pairs waiting for one variant, in one lane per priority.
 
     Locking: the lanes (their pairs and reservations) and ``retired`` are read and changed only under the device
-    worker's lock. The worker thread alone writes ``seconds_per_pair`` (in ``record_batch``, outside the lock: one
-    float store, so admission, which reads it under the lock, sees either the old or the new estimate), and it alone
-    touches ``batches_run`` and the batch metrics."""
+    worker's lock. One thread, the one that answers batches (the worker thread, or its post stage when it pipelines),
+    writes ``seconds_per_pair`` (in ``record_batch``, outside the lock: one float store, so admission, which reads it
+    under the lock, sees either the old or the new estimate), and it alone touches ``batches_run`` and the batch
+    metrics."""
 
     def __init__(
         self,
@@ -185,7 +186,7 @@ class VariantQueue:
         probabilities: npt.NDArray[np.float32],
         priority: Priority = Priority.INTERACTIVE,
     ) -> None:
-        """Worker thread only, outside the lock: refine the cost model and observe the batch's metrics."""
+        """The answering thread only, outside the lock: refine the cost model and observe the batch's metrics."""
         sample = elapsed / len(pairs)
         weight = _RATE_RISE if sample > self.seconds_per_pair else _RATE_FALL
         self.seconds_per_pair = (

@@ -5,6 +5,13 @@ serving the highest-priority ready lane first and variants round-robin within a 
 background lanes (batch, shadow) are kept short (``max_background_batch_s``), and where the runner allows it (torch)
 they pause between encoder blocks to let ready interactive batches run first, so an interactive request waits for
 one block at most. A failing batch fails only its own requests; out of memory splits a batch in halves.
+
+Each batch goes through stages (``app.engine.stages``): prepare, launch, and finish (collect the probabilities,
+answer the requests, record metrics). When the worker pipelines (``pipeline``, on for CUDA devices by default), the
+finish runs on a post-stage thread (``app.engine.pipeline``) in launch order while the worker thread prepares and
+launches the next batch, so on a GPU the collate and host-to-device copy of batch N+1 and the answers of batch N-1
+overlap batch N; at most ``PIPELINE_DEPTH`` batches are in flight. A request's compute time is the device time of
+its batches (CUDA events on a GPU); the rest of its time in the engine is queue time.
 """
 
 from __future__ import annotations
@@ -14,17 +21,22 @@ import threading
 import time
 
 import numpy as np
-import numpy.typing as npt
 import torch
 
 from app import metrics
 from app.engine.admission import AdmissionControl
 from app.engine.errors import InferenceError
 from app.engine.labels import LABELS
+from app.engine.pipeline import Flight, PostStage
 from app.engine.queues import VariantQueue
 from app.engine.requests import InferenceRequest, PendingPair, Priority
+from app.engine.stages import Launched, Stages, stages_for
 
 log = logging.getLogger(__name__)
+
+# Batches in flight (launched, not yet answered) when the worker pipelines: batch N+1 is prepared and launched while
+# batch N runs, and batch N is answered while N+1 runs.
+PIPELINE_DEPTH = 2
 
 
 def _is_out_of_memory(error: BaseException) -> bool:
@@ -34,15 +46,23 @@ def _is_out_of_memory(error: BaseException) -> bool:
 class DeviceWorker(AdmissionControl):
     """The single thread that owns one device and runs batches for every variant placed on it."""
 
-    def __init__(self, device: str) -> None:
+    def __init__(self, device: str, pipeline: bool | None = None) -> None:
+        """``pipeline``: answer batches on a second thread while the next one runs (None: on CUDA devices only)."""
         super().__init__(device)
         self._next_queue = [0] * len(Priority)  # per lane: round-robin position
         self._batch_counter = 0
         self._preempting = False  # interactive batches are running inside a background batch's yield point
-        self._preempted_s = 0.0  # time those took, not charged to the background batch
+        self._current: Flight | None = None  # the batch being launched (whose yield points run interactive ones)
+        self.pipeline = device.startswith("cuda") if pipeline is None else pipeline
+        self._copy_stream: torch.cuda.Stream | None = None
+        if self.pipeline and device.startswith("cuda") and torch.cuda.is_available():
+            self._copy_stream = torch.cuda.Stream(device=torch.device(device))  # type: ignore[no-untyped-call]
+        self._post = PostStage(device, self._finish, self._post_failed, PIPELINE_DEPTH) if self.pipeline else None
         self._thread = threading.Thread(target=self._run, name=f"device-worker-{device}", daemon=True)
 
     def start(self) -> None:
+        if self._post is not None:
+            self._post.start()
         self._thread.start()
 
     @property
@@ -50,7 +70,8 @@ class DeviceWorker(AdmissionControl):
         return self._thread.is_alive() and self.failure is None
 
     def stop(self, timeout: float | None = None) -> None:
-        """Finish what clients queued (queued shadows are dropped), then end the thread."""
+        """Finish what clients queued (queued shadows are dropped) and answer every batch launched, then end the
+        threads."""
         self.drop_shadows()
         with self._condition:
             self._stopping = True
@@ -86,30 +107,54 @@ class DeviceWorker(AdmissionControl):
 
     def _run(self) -> None:
         try:
-            while (work := self._next_batch()) is not None:
-                self._run_batch(*work)
+            while True:
+                if self._post is not None:
+                    self._post.reserve()  # at most PIPELINE_DEPTH batches in flight
+                if (work := self._next_batch()) is None:
+                    break
+                flight = self._launch(*work)
+                if flight is None:
+                    if self._post is not None:
+                        self._post.release()
+                    continue
+                flight.holds_slot = True
+                self._dispatch(flight)
         except BaseException as error:  # the worker must never die silently: health checks read this
             self.failure = error
             log.critical("device worker %s died: %r", self.device, error)
             self._fail_everything(error)
+        finally:
+            if self._post is not None:
+                self._post.close()  # batches already launched are still answered (or failed)
+
+    def _dispatch(self, flight: Flight) -> None:
+        if self._post is not None:
+            self._post.put(flight)
+        else:
+            self._finish(flight)
 
     def _preempt(self) -> None:
-        """Yield point of a background batch (between two encoder layers): run the interactive batches that are ready
-        now, then let the background batch go on. An interactive request thus waits for one layer of a background
-        batch, not all of it. Calls made while it runs (the interactive forward passes trigger the same hooks) return
-        at once."""
-        if self._preempting:
+        """Yield point of a background batch (between two encoder blocks): launch the interactive batches that are
+        ready now, then let the background batch go on. An interactive request thus waits for one block of a
+        background batch, not all of it. Calls made while it runs (the interactive forward passes trigger the same
+        hooks) return at once."""
+        if self._preempting or self._current is None:
             return
         self._preempting = True
+        outer = self._current
         resumed_busy_until = self._busy_until
         started = time.perf_counter()
         try:
             while (work := self._ready_interactive()) is not None:
-                self._run_batch(*work)
+                flight = self._launch(*work)
+                if flight is not None:
+                    outer.nested.append(flight)
+                    self._dispatch(flight)
         finally:
-            self._preempted_s += time.perf_counter() - started
+            outer.preempted_s += time.perf_counter() - started
             self._busy_until = resumed_busy_until + (time.perf_counter() - started)
             self._yielding = True
+            self._current = outer
             self._preempting = False
 
     def _ready_interactive(self) -> tuple[VariantQueue, list[PendingPair], Priority] | None:
@@ -126,17 +171,38 @@ class DeviceWorker(AdmissionControl):
                         return queue, batch, Priority.INTERACTIVE
         return None
 
-    def _forward(
-        self, queue: VariantQueue, sequences: list[list[int]], preemptible: bool = False
-    ) -> npt.NDArray[np.float32]:
-        """Run a batch (background batches yield to interactive ones between layers where the runner can); on
-        out-of-memory split it in halves and retry before giving up."""
+    def _launch(self, queue: VariantQueue, batch: list[PendingPair], priority: Priority) -> Flight | None:
+        """Prepare and launch a batch (background batches yield to interactive ones between encoder blocks where the
+        runner can); None when it failed, its requests failed with it."""
+        self._batch_counter += 1
+        flight = Flight(queue, batch, priority, self._batch_counter)
+        stages = stages_for(queue.runner, self._copy_stream)
+        background = priority is not Priority.INTERACTIVE
+        # Admission of interactive work ignores a running batch that will pause for it.
+        self._yielding = background and stages.preemptible
+        started = time.perf_counter()
+        ahead = max(self._busy_until, started) if self.pipeline else started  # launched batches not yet done
+        self._busy_until = ahead + len(batch) * queue.seconds_per_pair
+        self._current = flight
         try:
-            forward_preemptible = getattr(queue.runner, "forward_preemptible", None)
-            if preemptible and forward_preemptible is not None:
-                result: npt.NDArray[np.float32] = forward_preemptible(sequences, self._preempt)
-                return result
-            return queue.runner.forward(sequences)
+            flight.launches = self._launch_halves(stages, queue, [pair.ids for pair in batch], background)
+        except Exception as error:
+            self._fail_batch(queue, batch, flight.requests, error)
+            return None
+        except BaseException as error:
+            self._fail_requests(flight.requests, error)
+            raise
+        finally:
+            self._current = None
+            self._yielding = False  # its yield points are behind it
+        return flight
+
+    def _launch_halves(
+        self, stages: Stages, queue: VariantQueue, sequences: list[list[int]], preemptible: bool
+    ) -> list[Launched]:
+        """On out-of-memory split the batch in halves and retry before giving up."""
+        try:
+            return [stages.launch(stages.prepare(sequences), self._preempt if preemptible else None)]
         except Exception as error:
             if not _is_out_of_memory(error) or len(sequences) == 1:
                 raise
@@ -147,56 +213,62 @@ class DeviceWorker(AdmissionControl):
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         middle = len(sequences) // 2
-        return np.concatenate(
-            [
-                self._forward(queue, sequences[:middle], preemptible),
-                self._forward(queue, sequences[middle:], preemptible),
-            ]
+        return self._launch_halves(stages, queue, sequences[:middle], preemptible) + self._launch_halves(
+            stages, queue, sequences[middle:], preemptible
         )
 
-    def _run_batch(
-        self, queue: VariantQueue, batch: list[PendingPair], priority: Priority = Priority.INTERACTIVE
-    ) -> None:
-        self._batch_counter += 1
-        batch_id = self._batch_counter
-        requests = list({id(pair.request): pair.request for pair in batch}.values())
-        background = priority is not Priority.INTERACTIVE
-        if background:
-            self._preempted_s = 0.0
-        # Admission of interactive work ignores a running batch that will pause for it.
-        self._yielding = background and hasattr(queue.runner, "forward_preemptible")
-        started = time.perf_counter()
-        self._busy_until = started + len(batch) * queue.seconds_per_pair
+    def _finish(self, flight: Flight) -> None:
+        """Collect a launched batch, answer its requests and record it. Runs on the post-stage thread when the
+        worker pipelines (the one thread that answers requests then), else on the worker thread."""
+        queue, batch = flight.queue, flight.batch
         try:
-            probabilities = self._forward(queue, [pair.ids for pair in batch], preemptible=background)
+            collected = [launch.collect() for launch in flight.launches]
+            probabilities = np.concatenate([rows for rows, _ in collected]) if len(collected) > 1 else collected[0][0]
             if probabilities.shape != (len(batch), len(LABELS)):
                 raise ValueError(f"the runner returned shape {probabilities.shape} for {len(batch)} pairs")
         except Exception as error:
-            self._fail_batch(queue, batch, requests, error)
+            self._fail_batch(queue, batch, flight.requests, error)
             return
         except BaseException as error:
-            for request in requests:
-                request.fail(InferenceError(f"device worker {self.device} stopped: {error!r}"))
+            self._fail_requests(flight.requests, error)
             raise
+        seconds = sum(seconds for _, seconds in collected)
+        if flight.launches[0].device_timed:
+            seconds -= sum(nested.elapsed for nested in flight.nested)
+        else:
+            seconds -= flight.preempted_s
+        flight.elapsed = elapsed = max(0.0, seconds)
         finished = time.perf_counter()
-        elapsed = finished - started - (self._preempted_s if background else 0.0)
         try:
             for pair, row in zip(batch, probabilities, strict=True):
                 request = pair.request
                 request.probabilities[pair.index] = row
-                if request.last_batch != batch_id:
-                    request.last_batch = batch_id
+                if request.last_batch != flight.batch_id:
+                    request.last_batch = flight.batch_id
                     request.compute_s += elapsed
                 request.remaining -= 1
                 if request.remaining == 0:
                     request.complete(finished)
         except Exception as error:  # answering must not take the worker down: fail what is still unanswered
-            self._fail_batch(queue, batch, [request for request in requests if request.remaining > 0], error)
+            self._fail_batch(queue, batch, [request for request in flight.requests if request.remaining > 0], error)
             return
         try:
-            queue.record_batch(batch, elapsed, probabilities, priority)
+            queue.record_batch(batch, elapsed, probabilities, flight.priority)
         except Exception:  # every request is answered; only bookkeeping was lost
             log.exception("recording batch metrics failed for variant %s; the worker goes on", queue.name)
+
+    def _post_failed(self, flight: Flight, error: BaseException) -> None:
+        """A fatal fault while answering a batch on the post-stage thread: the worker is down, as if its own thread
+        had met it."""
+        self._fail_requests(flight.requests, error)
+        if self.failure is None:
+            self.failure = error
+            log.critical("device worker %s died answering a batch: %r", self.device, error)
+        self._fail_everything(error)
+
+    def _fail_requests(self, requests: list[InferenceRequest], error: BaseException) -> None:
+        for request in requests:
+            request.fail(InferenceError(f"device worker {self.device} stopped: {error!r}"))
 
     def _fail_batch(
         self, queue: VariantQueue, batch: list[PendingPair], requests: list[InferenceRequest], error: Exception
@@ -217,5 +289,4 @@ class DeviceWorker(AdmissionControl):
     def _fail_everything(self, error: BaseException) -> None:
         with self._condition:
             for queue in self.queues:
-                for request in queue.clear():
-                    request.fail(InferenceError(f"device worker {self.device} stopped: {error!r}"))
+                self._fail_requests(queue.clear(), error)
