@@ -32,9 +32,11 @@ BUDGET=${GPU_CHECK_BUDGET_S:-420}
 if [ "$DEVICE" = cpu ]; then  # the CPU proof: tiny shapes, short phases
   BATCHES=1,8,32; ENGINE_S=1; CONC=1,8; CONC16=4; SECONDS_EACH=2; CLIENTS=2; PAIRS=256; RUN_LIMIT=150
   MAX_BATCH=32; MAX_TOKENS=8192
+  FRONTENDS=${GPU_CHECK_FRONTENDS:-1,2}; FRONT_CONC=8
 else
   BATCHES=1,16,64,128,256,512; ENGINE_S=1.5; CONC=1,256; CONC16=32; SECONDS_EACH=4; CLIENTS=6; PAIRS=4096
   RUN_LIMIT=100; MAX_BATCH=256; MAX_TOKENS=32768
+  FRONTENDS=${GPU_CHECK_FRONTENDS:-1,8,16}; FRONT_CONC=256
 fi
 mkdir -p "$OUT_DIR" "$WORK"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TMPDIR=${TMPDIR:-/tmp}
@@ -104,6 +106,18 @@ PY
   cp "$STORE/$1/variants-$2.toml" "$WORK/variants-$1-$2.toml"
 }
 
+frontends() {  # size dtype: single-pair requests/s through 1 and N front-end processes (app.frontend), once
+  local name="$1-$2" limit=$(( $(left) < 150 ? $(left) : 150 ))
+  if [ "$limit" -lt 60 ]; then say "SKIPPED front ends on $name: $(left) s left"; return; fi
+  say "front ends $FRONTENDS on $name (limit ${limit} s)"
+  timeout -k 5 "$limit" "$PY" -m benchmarks.frontend --catalogue "$STORE/$1/variants-$2.toml" --variant xlmr-mnli \
+    --data "$XNLI" --pairs "$PAIRS" --frontends "$FRONTENDS" --concurrency "$FRONT_CONC" --client-processes "$CLIENTS" \
+    --seconds "$SECONDS_EACH" --out "$WORK/frontend-$name.json" 2>&1 | tee "$WORK/frontend-$name.log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || say "front ends on $name failed or timed out; see frontend-$name.log"
+  cp "$TMPDIR"/xnli-bench-frontend-*.log "$WORK/" 2> /dev/null
+  FRONTENDS=""  # the first run's shape only: the budget is for the engine runs
+}
+
 summarise() {
   "$PY" -m benchmarks.summary "$WORK"/gpu-*.json > "$OUT_DIR/summary.md" 2>&1
   tar czf "$OUT_DIR/results.tar.gz" -C "$WORK" . 2> /dev/null
@@ -125,6 +139,7 @@ for dtype in $DTYPES; do
     status=${PIPESTATUS[0]}
     cp "$TMPDIR/xnli-bench-server.log" "$WORK/server-$name.log" 2> /dev/null
     [ "$status" -eq 0 ] || say "run $name failed or timed out (exit $status); see run-$name.log, server-$name.log"
+    [ -z "$FRONTENDS" ] || frontends "$size" "$dtype"
     summarise
   done
 done

@@ -50,6 +50,7 @@ WHEELS = (
     "httptools==0.9.0",
     "orjson==3.13.0",
     "fastapi-offline==1.7.7",
+    "pyzmq==27.3.0",  # front ends <-> engine process (app.frontend); msgpack is in the image
 )
 MODULES = (
     "fastapi",
@@ -61,9 +62,20 @@ MODULES = (
     "uvicorn",
     "httptools",
     "orjson",
+    "zmq",
+    "msgpack",
 )
 # The project modules that must import there (they pull in everything the service and the benchmarks use).
-PROJECT_MODULES = ("app.cli", "app.api.app", "app.api.server", "benchmarks.service", "benchmarks.summary")
+PROJECT_MODULES = (
+    "app.cli",
+    "app.api.app",
+    "app.api.server",
+    "app.frontend.front_server",
+    "app.frontend.engine_server",
+    "benchmarks.service",
+    "benchmarks.summary",
+    "benchmarks.frontend",
+)
 PLATFORMS = (
     "manylinux_2_28_x86_64",
     "manylinux_2_27_x86_64",
@@ -111,6 +123,7 @@ IMAGE_VENV_REQUIREMENTS = (
     "httpx",
     "uvloop",
     "packaging",
+    "msgpack",
 )
 
 
@@ -141,8 +154,8 @@ def needed(requirement: str) -> bool:
     if ";" not in requirement:
         return True
     marker = requirement.split(";", 1)[1]
-    if "extra" in marker:
-        return False
+    if "extra" in marker or re.search(r"implementation_name\s*==\s*['\"]pypy['\"]", marker):
+        return False  # the target is CPython (pyzmq needs cffi on PyPy only)
     return not re.search(r"(sys_platform|platform_system)\s*==\s*['\"](win32|Windows|darwin|Darwin)['\"]", marker)
 
 
@@ -194,7 +207,7 @@ def copy_xnli(source: Path, dest: Path) -> None:
     for path in files:
         shutil.copy2(path, dest / path.name)
     print(f"{len(files)} XNLI files, {sum(p.stat().st_size for p in files) / 2**20:.1f} MiB in {dest}")
-    from app.demo.build_store import save_demo_tokenizer  # the project's own environment, here only
+    from app.demo.tokenizer import save_demo_tokenizer  # the project's own environment, here only
 
     tokenizer = save_demo_tokenizer(dest / TOKENIZER_FOLDER, tokenizer_corpus=source)
     print(f"demo tokenizer trained on {source} in {tokenizer} (the device takes it with --tokenizer-from)")
