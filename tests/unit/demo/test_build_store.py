@@ -9,16 +9,9 @@ from transformers import AutoConfig, AutoTokenizer
 from typer.testing import CliRunner
 
 from app.cli import cli
-from app.demo.build_store import (
-    DEMO_LINEUP,
-    MIN_VOCAB_SIZE,
-    SERVICE_ORDER,
-    Size,
-    build_demo_store,
-    catalogue_toml,
-    demo_config,
-    save_demo_tokenizer,
-)
+from app.demo.build_store import Size, build_demo_store, demo_config
+from app.demo.lineup import DEMO_LINEUP, SERVICE_ORDER, catalogue_toml
+from app.demo.tokenizer import MIN_VOCAB_SIZE, save_demo_tokenizer
 from app.engine.model_store import DEMO_MARKER
 from app.samples import sample_pairs
 from app.settings import CATALOGUE_FILE, DEFAULT_CATALOGUE
