@@ -19,7 +19,7 @@ import yaml
 from app.samples import sample_pairs
 from app.xnli import LabelledPair
 from tests.deploy_support import DEPLOY, dashboard_module, rule_files
-from tests.helpers import ServerProcess, free_port, running_server
+from tests.helpers import ServerProcess, free_port, running_server, write_catalogue
 
 pytestmark = [
     pytest.mark.integration,
@@ -59,12 +59,16 @@ SHADOW_CANDIDATES = {TWIN, "xlmr-squad-mnli"}
 
 @pytest.fixture(scope="module")
 def server(demo_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """The demo catalogue plus a twin of xlmr-mnli, a split and two shadows (checkpoint paths made absolute)."""
+    """The two traffic variants plus a twin of xlmr-mnli, a split and two shadows (checkpoint paths made absolute);
+    the dashboards and rules ask nothing backend-specific, so no ONNX deployment is loaded."""
     folder = tmp_path_factory.mktemp("traffic")
-    text = (demo_store / "variants.toml").read_text(encoding="utf-8") + TRAFFIC
+    catalogue = write_catalogue(
+        folder / "variants.toml", demo_store, [{"name": name, "checkpoint": name} for name in TRAFFIC_VARIANTS]
+    )
+    text = catalogue.read_text(encoding="utf-8") + TRAFFIC
     text = re.sub(r'(?m)^path = "([^"/]+)"', lambda match: f'path = "{demo_store / match.group(1)}"', text)
-    (folder / "variants.toml").write_text(text, encoding="utf-8")
-    with running_server(folder / "variants.toml", folder) as process:
+    catalogue.write_text(text, encoding="utf-8")
+    with running_server(catalogue, folder) as process:
         yield process
 
 
