@@ -20,15 +20,12 @@ list) and PNG plots, with a summary computed from the data.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
@@ -238,22 +235,6 @@ REPORTED_METADATA = (
 )  # fmt: skip
 
 
-def write_results(outcome: Outcome, folder: Path, parameters: dict[str, Any]) -> None:
-    rows = [asdict(result) for result in outcome.results]
-    comparisons = [asdict(comparison) for comparison in outcome.comparisons]
-    document = {"parameters": parameters, "results": rows, "comparisons": comparisons}
-    (folder / "results.json").write_text(json.dumps(document, indent=2, default=str), encoding="utf-8")
-    flat = [{**{k: v for k, v in row.items() if k != "metadata"}, **row["metadata"]} for row in rows]
-    with (folder / "results.csv").open("w", encoding="utf-8", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(flat[0]))
-        writer.writeheader()
-        writer.writerows(flat)
-    with (folder / "comparisons.csv").open("w", encoding="utf-8", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(comparisons[0]) if comparisons else [])
-        writer.writeheader()
-        writer.writerows(comparisons)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m loadtests.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", help="A running xnli-serve; default: start one from --catalogue on a free port")
@@ -308,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
         with local_server(args.catalogue, args.out / "server.log") as server:
             outcome = compare(args, server.base_url)
     parameters = {key: value for key, value in vars(args).items() if key != "api_key"}
-    write_results(outcome, args.out, parameters)
+    report.write_results(outcome.results, outcome.comparisons, args.out, parameters)
     report.write_report(outcome.results, outcome.comparisons, outcome.samples, args.out, parameters)
     print(f"report: {args.out / 'report.md'}")
     for line in report.verdict_lines(outcome.comparisons, unit_of(outcome.results)):

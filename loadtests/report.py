@@ -1,10 +1,14 @@
-"""The comparison report: verdicts, tables, plots and a summary computed from the measurements (never hand-written)."""
+"""What a comparison writes: its data (results.json, results.csv, comparisons.csv) and its report (verdicts, tables,
+plots and a summary computed from the measurements, never hand-written)."""
 
 from __future__ import annotations
 
+import csv
 import html
+import json
 import math
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +178,25 @@ def _design(results: Sequence[LevelResult], comparisons: Sequence[Comparison]) -
         "them; the window cut into time blocks, one median per variant per block, verdicts from the paired block "
         "differences"
     )
+
+
+def write_results(
+    results: Sequence[LevelResult], comparisons: Sequence[Comparison], folder: Path, parameters: dict[str, Any]
+) -> None:
+    """The measurements as data: results.json (parameters, rows, comparisons), results.csv and comparisons.csv."""
+    rows = [asdict(result) for result in results]
+    verdicts = [asdict(comparison) for comparison in comparisons]
+    document = {"parameters": parameters, "results": rows, "comparisons": verdicts}
+    (folder / "results.json").write_text(json.dumps(document, indent=2, default=str), encoding="utf-8")
+    flat = [{**{k: v for k, v in row.items() if k != "metadata"}, **row["metadata"]} for row in rows]
+    with (folder / "results.csv").open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(flat[0]))
+        writer.writeheader()
+        writer.writerows(flat)
+    with (folder / "comparisons.csv").open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(verdicts[0]) if verdicts else [])
+        writer.writeheader()
+        writer.writerows(verdicts)
 
 
 def write_report(
