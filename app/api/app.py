@@ -87,13 +87,12 @@ def create_app(settings: Settings, engine: Engine, api_keys: Sequence[str] | Non
     app.state.service = PredictionService(engine, settings.max_pairs_per_request)
     _complete_openapi(app, settings)
     install_error_handlers(app)
-
-    # Starlette runs the middleware added last first: request ids and logs wrap everything, then CORS (so
-    # preflights and 401s carry its headers), then auth, then the body limit nearest the routes.
     # Each protocol's errors take its shape: routes by their route class, the rest by the namespace its router owns.
     namespaces = Namespaces(open_inference.NAMESPACE)
     app.router.default = namespaces.not_found
     error_shape = namespaces.shape_for
+    # Starlette runs the middleware added last first: request ids and logs wrap everything, then CORS (so
+    # preflights and 401s carry its headers), then auth, then the body limit nearest the routes.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, shape_of=error_shape)
     keys = list(api_keys) if api_keys is not None else settings.load_api_keys()
     if keys:
