@@ -153,7 +153,7 @@ class Settings(BaseSettings):
     worker_pipeline: Literal["auto", "on", "off"] = Field(
         "auto",
         description="Device workers prepare batch N+1 and answer batch N-1 while batch N runs (copy stream and "
-        "events on CUDA); auto = on CUDA devices only (no gain measured on CPU).",
+        "events on CUDA); auto = on CUDA devices only (on CPU no consistent gain was measured).",
     )
     frontend_processes: int = Field(
         1,

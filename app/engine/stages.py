@@ -3,22 +3,21 @@ copy stream), launch (the forward pass: queued on the compute stream on CUDA, ru
 (wait for the device, probabilities on the host, and the device seconds the batch took).
 
 Splitting ``forward`` this way lets the device worker prepare batch N+1 and hand batch N-1's results back while
-batch N runs (see ``app.engine.worker``). A runner may stage itself (``prepare`` and ``launch``); torch runners are
-staged here; any other runner (ONNX Runtime, fault injection) runs whole at launch and is collected at once.
+batch N runs (see ``app.engine.worker``). A runner may stage itself (``prepare`` and ``launch``, returning ``Done``
+or ``Queued``); torch runners are staged by ``app.engine.torch_stages``; any other runner (ONNX Runtime, fault
+injection) runs whole at launch (``WholeForward``) and is collected at once. Backend-free, so runners can use it.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
-from app.engine.backends.torch import TorchRunner, yield_modules
-from app.engine.padding import collate
 from app.engine.runner import BatchRunner
 
 YieldPoint = Callable[[], None]
@@ -37,6 +36,9 @@ class Launched(Protocol):
 
 
 class Stages(Protocol):
+    """``preemptible``: launch calls its ``yield_point`` between encoder blocks (a runner that stages itself may
+    leave it out: not preemptible)."""
+
     preemptible: bool
 
     def prepare(self, sequences: Sequence[Sequence[int]]) -> Any: ...
@@ -77,95 +79,18 @@ class WholeForward:
         return Done(probabilities, time.perf_counter() - started)
 
 
-class _OnDevice:
-    __slots__ = ("attention_mask", "input_ids", "ready")
-
-    def __init__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, ready: torch.cuda.Event | None) -> None:
-        self.input_ids = input_ids
-        self.attention_mask = attention_mask
-        self.ready = ready  # recorded on the copy stream once both tensors are on the device
-
-
-class _CudaLaunch:
-    """Kernels queued on the compute stream, the result copied into pinned host memory behind them."""
+class Queued:
+    """Kernels queued on a CUDA stream, the result copied into pinned host memory behind them, between two timing
+    events recorded on that stream."""
 
     device_timed = True
 
-    def __init__(self, host: torch.Tensor, started: torch.cuda.Event, ended: torch.cuda.Event) -> None:
+    def __init__(self, host: torch.Tensor, began: torch.cuda.Event, ended: torch.cuda.Event) -> None:
         self._host = host
-        self._started = started
+        self._began = began
         self._ended = ended
 
     def collect(self) -> tuple[npt.NDArray[np.float32], float]:
         self._ended.synchronize()
         probabilities: npt.NDArray[np.float32] = self._host.numpy()
-        return probabilities, self._started.elapsed_time(self._ended) / 1000.0
-
-
-class TorchStages:
-    """A TorchRunner's forward pass in stages; on CPU the same operations in the same order as ``forward``, so
-    results are identical whichever way a batch ran."""
-
-    preemptible = True
-
-    def __init__(self, runner: TorchRunner, copy_stream: torch.cuda.Stream | None = None) -> None:
-        self.runner = runner
-        self._cuda = runner.device.type == "cuda"
-        self._copy_stream = copy_stream if self._cuda else None
-        self._permutation = runner._permutation
-
-    def prepare(self, sequences: Sequence[Sequence[int]]) -> _OnDevice:
-        input_ids, attention_mask = collate(sequences, self.runner.pad_token_id)
-        if not self._cuda:
-            return _OnDevice(torch.from_numpy(input_ids), torch.from_numpy(attention_mask), None)
-        device = self.runner.device
-        with torch.cuda.stream(self._copy_stream):  # None: the current stream (no overlap, still correct)
-            ids = torch.from_numpy(input_ids).pin_memory().to(device, non_blocking=True)
-            mask = torch.from_numpy(attention_mask).pin_memory().to(device, non_blocking=True)
-            ready = torch.cuda.Event()  # type: ignore[no-untyped-call]
-            ready.record()
-        return _OnDevice(ids, mask, ready)
-
-    @torch.inference_mode()
-    def launch(self, prepared: _OnDevice, yield_point: YieldPoint | None = None) -> Launched:
-        model = self.runner.model
-        handles = []
-        if yield_point is not None:
-            pause = yield_point
-            handles = [block.register_forward_pre_hook(lambda *_: pause()) for block in yield_modules(model)]
-        try:
-            if not self._cuda:
-                started = time.perf_counter()
-                probabilities = self._probabilities(prepared)
-                return Done(probabilities.numpy(), time.perf_counter() - started)
-            stream = torch.cuda.current_stream(self.runner.device)
-            if prepared.ready is not None:
-                stream.wait_event(prepared.ready)
-            # Made on the copy stream, used on this one: keep the allocator from reusing them before it is done.
-            prepared.input_ids.record_stream(stream)
-            prepared.attention_mask.record_stream(stream)
-            began = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
-            ended = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
-            began.record(stream)
-            probabilities = self._probabilities(prepared)
-            host = torch.empty(probabilities.shape, dtype=probabilities.dtype, pin_memory=True)
-            host.copy_(probabilities, non_blocking=True)
-            ended.record(stream)
-            return _CudaLaunch(host, began, ended)
-        finally:
-            for handle in handles:
-                handle.remove()
-
-    def _probabilities(self, prepared: _OnDevice) -> torch.Tensor:
-        logits = self.runner.model(input_ids=prepared.input_ids, attention_mask=prepared.attention_mask).logits
-        return torch.softmax(logits.float(), dim=-1).index_select(1, self._permutation)
-
-
-def stages_for(runner: BatchRunner, copy_stream: torch.cuda.Stream | None = None) -> Stages:
-    """The stages of ``runner``'s forward pass: its own when it has them (``prepare`` and ``launch``), split here for
-    a torch runner, whole otherwise."""
-    if hasattr(runner, "prepare") and hasattr(runner, "launch"):
-        return cast(Stages, runner)
-    if isinstance(runner, TorchRunner):
-        return TorchStages(runner, copy_stream)
-    return WholeForward(runner)
+        return probabilities, self._began.elapsed_time(self._ended) / 1000.0

@@ -30,7 +30,8 @@ from app.engine.labels import LABELS
 from app.engine.pipeline import Flight, PostStage
 from app.engine.queues import VariantQueue
 from app.engine.requests import InferenceRequest, PendingPair, Priority
-from app.engine.stages import Launched, Stages, stages_for
+from app.engine.stages import Launched, Stages
+from app.engine.torch_stages import stages_for
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +180,7 @@ class DeviceWorker(AdmissionControl):
         stages = stages_for(queue.runner, self._copy_stream)
         background = priority is not Priority.INTERACTIVE
         # Admission of interactive work ignores a running batch that will pause for it.
-        self._yielding = background and stages.preemptible
+        self._yielding = background and getattr(stages, "preemptible", False)
         started = time.perf_counter()
         ahead = max(self._busy_until, started) if self.pipeline else started  # launched batches not yet done
         self._busy_until = ahead + len(batch) * queue.seconds_per_pair

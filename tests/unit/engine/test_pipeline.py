@@ -17,7 +17,7 @@ from app.engine.catalogue import load_catalogue
 from app.engine.engine import Engine
 from app.engine.errors import InferenceError
 from app.engine.scheduler import DeviceWorker, InferenceRequest, Priority, VariantQueue
-from app.engine.stages import TorchStages
+from app.engine.torch_stages import TorchStages
 
 
 class FakeLaunch:
