@@ -106,6 +106,12 @@ DROPPED_PAIRS = Counter(
     ["variant", "reason"],
 )
 BATCH_SPLITS = Counter("xnli_batch_splits", "Batches split in halves after running out of device memory.", ["variant"])
+GRAPH_EAGER_BATCHES = Counter(
+    "xnli_graph_eager_batches",
+    "Batches of a graph variant (compile, cuda-graphs) run eagerly: no_bucket (fits no bucket) or preemptible "
+    "(a background batch that pauses for interactive ones).",
+    ["variant", "reason"],
+)
 INFLIGHT_REQUESTS = Gauge("xnli_inflight_requests", "Requests inside the engine (tokenizing, queued or computing).")
 UNKNOWN_VARIANT = "_unknown"
 

@@ -59,6 +59,12 @@ class ServingOptions(BaseModel):
         "torch", description="What runs the checkpoint (app.engine.backends): torch, or ONNX Runtime on an export."
     )
     quantization: str = Field("none", description="int8-dynamic: ONNX Runtime int8 linear layers (CPU).")
+    graph: str = Field(
+        "eager",
+        description="eager, or (torch) compile: torch.compile, or cuda-graphs: CUDA graphs, each over a fixed set of "
+        "(rows, padded length) buckets built before the variant is ready; batches that fit none run eagerly.",
+    )
+    graph_buckets: int = Field(24, ge=1, le=256, description="Most (rows, length) buckets a graph variant builds.")
     accuracy_guard: bool = Field(
         True, description="Compare every non-reference variant (not torch fp32) with torch fp32 at load."
     )
@@ -84,10 +90,11 @@ class ServingOptions(BaseModel):
             raise ValueError(f"unknown backend {value!r}; the backends are {', '.join(backends.backend_names())}")
         return value
 
-    @field_validator("quantization", "dtype")
+    @field_validator("quantization", "dtype", "graph")
     @classmethod
     def _offered_by_a_backend(cls, value: str, info: ValidationInfo) -> str:
-        offered = backends.offered("quantizations" if info.field_name == "quantization" else "dtypes")
+        declarations: dict[str | None, backends.Declaration] = {"quantization": "quantizations", "graph": "graphs"}
+        offered = backends.offered(declarations.get(info.field_name, "dtypes"))
         if value not in offered:
             raise ValueError(f"{info.field_name} {value!r} is offered by no backend; offered: {', '.join(offered)}")
         return value

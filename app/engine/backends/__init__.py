@@ -63,6 +63,8 @@ class ServingChoice(Protocol):
     def dtype(self) -> str: ...
     @property
     def device(self) -> str: ...
+    @property
+    def graph(self) -> str: ...
 
 
 class VariantOptions(ServingChoice, Protocol):
@@ -78,6 +80,14 @@ class VariantOptions(ServingChoice, Protocol):
     def min_top1_agreement(self) -> float: ...
     @property
     def max_probability_diff(self) -> float: ...
+    @property
+    def max_batch_size(self) -> int: ...
+    @property
+    def max_batch_tokens(self) -> int: ...
+    @property
+    def max_seq_len(self) -> int: ...
+    @property
+    def graph_buckets(self) -> int: ...
 
 
 class CheckpointFacts(Protocol):
@@ -114,7 +124,7 @@ class BackendSource:
     export_cache_dir: Path | None
 
 
-Declaration = Literal["quantizations", "dtypes"]
+Declaration = Literal["quantizations", "dtypes", "graphs"]
 
 
 def _nothing_to_release() -> None:
@@ -142,6 +152,9 @@ class Backend(ABC):
     dtypes: ClassVar[tuple[str, ...]] = ("auto", "float32")
     device_types: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
     cpu_only_quantizations: ClassVar[tuple[str, ...]] = ()
+    graphs: ClassVar[tuple[str, ...]] = ("eager",)
+    """How the forward pass may be run: eagerly, or compiled / captured over a set of (rows, length) buckets."""
+    cuda_only_graphs: ClassVar[tuple[str, ...]] = ()
     precision_note: ClassVar[str] = "runs float32"
     """Completes "backend 'x' ..." when a dtype is refused."""
     refusal_notes: ClassVar[Mapping[str, str]] = {}
@@ -163,10 +176,14 @@ class Backend(ABC):
                 f"backend {self.name!r} {self.precision_note}; dtype {dtype!r} is offered by backend "
                 f"{_offering('dtypes', dtype)}"
             )
+        if options.graph not in self.graphs:
+            return f"graph {options.graph!r} needs backend = {_offering('graphs', options.graph)}"
         if device_type != "auto" and device_type not in self.device_types:
             return f"backend {self.name!r} runs on {' or '.join(self.device_types)} only; device {options.device!r}"
         if quantization in self.cpu_only_quantizations and device_type == "cuda":
             return f"quantization {quantization!r} runs on CPU only; set device = 'cpu' or 'auto'"
+        if options.graph in self.cuda_only_graphs and device_type == "cpu":
+            return f"graph {options.graph!r} runs on CUDA only; set device = 'cuda' or 'auto', or another graph"
         return None
 
     @abstractmethod

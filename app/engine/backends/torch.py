@@ -1,4 +1,5 @@
-"""The torch backend: a Hugging Face checkpoint loaded offline at float32, float16 or bfloat16 and run eagerly.
+"""The torch backend: a Hugging Face checkpoint loaded offline at float32, float16 or bfloat16 and run eagerly, or
+compiled / captured as CUDA graphs over fixed batch shapes (``app.engine.backends.torch_graphs``).
 
 Torch float32 is also the reference every other way of running a checkpoint is checked against, and the model every
 other backend starts from (``load_checkpoint``).
@@ -16,6 +17,7 @@ import numpy.typing as npt
 import torch
 
 from app.engine.backends import Backend, BackendSource, CheckpointFacts, LoadedRunner, VariantOptions, register
+from app.engine.backends.torch_graphs import GRAPHS, BucketRunner, bucket_shapes
 from app.engine.model_store import CheckpointError, CheckpointInfo, dtype_name
 from app.engine.padding import collate
 from app.engine.runner import warm_up_inputs
@@ -54,7 +56,7 @@ class TorchRunner:
         self._permutation = torch.tensor(list(label_permutation), dtype=torch.long, device=device)
         self._pin = device.type == "cuda"
 
-    def _to_device(self, array: npt.NDArray[np.int64]) -> torch.Tensor:
+    def to_device(self, array: npt.NDArray[np.int64]) -> torch.Tensor:
         tensor = torch.from_numpy(array)
         if self._pin:
             return tensor.pin_memory().to(self.device, non_blocking=True)
@@ -73,19 +75,32 @@ class TorchRunner:
         """As ``forward``, calling ``yield_point`` before each block of each encoder layer (on CUDA: before its kernels
         are queued). Hooks live only for this call; a forward pass run from inside ``yield_point`` triggers them too,
         so ``yield_point`` must ignore calls made while it runs."""
+        return self.forward_tensors_preemptible(*collate(sequences, self.pad_token_id), yield_point)
+
+    @torch.inference_mode()
+    def forward_tensors_preemptible(
+        self,
+        input_ids: npt.NDArray[np.int64],
+        attention_mask: npt.NDArray[np.int64],
+        yield_point: Callable[[], None],
+    ) -> npt.NDArray[np.float32]:
         handles = [block.register_forward_pre_hook(lambda *_: yield_point()) for block in yield_modules(self.model)]
         try:
-            return self.forward(sequences)
+            return self.forward_tensors(input_ids, attention_mask)
         finally:
             for handle in handles:
                 handle.remove()
+
+    def probabilities(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The forward pass on device tensors: probabilities in the service's label order, on the device."""
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return torch.softmax(logits.float(), dim=-1).index_select(1, self._permutation)
 
     @torch.inference_mode()
     def forward_tensors(
         self, input_ids: npt.NDArray[np.int64], attention_mask: npt.NDArray[np.int64]
     ) -> npt.NDArray[np.float32]:
-        logits = self.model(input_ids=self._to_device(input_ids), attention_mask=self._to_device(attention_mask)).logits
-        probabilities = torch.softmax(logits.float(), dim=-1).index_select(1, self._permutation)
+        probabilities = self.probabilities(self.to_device(input_ids), self.to_device(attention_mask))
         result: npt.NDArray[np.float32] = probabilities.cpu().numpy()
         return result
 
@@ -175,11 +190,21 @@ class TorchBackend(Backend):
         "int8-dynamic": "torch's eager dynamic quantization, torch.ao, is deprecated and not offered"
     }
     serves_source_model = True
+    graphs = GRAPHS
+    cuda_only_graphs = ("cuda-graphs",)
 
     def resolve_device(self, spec: VariantOptions) -> torch.device:
         if spec.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return requested_device(spec)
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        else:
+            device = requested_device(spec)
+        if spec.graph in self.cuda_only_graphs and device.type != "cuda":
+            raise CheckpointError(
+                spec.name,
+                f"graph {spec.graph!r} needs a CUDA device and this variant runs on {device} (no GPU here); "
+                "set graph = 'compile' or 'eager'",
+            )
+        return device
 
     def resolve_dtype(self, spec: VariantOptions, device: torch.device) -> torch.dtype:
         """``auto``: float16 on a GPU (tensor cores), float32 on the CPU (no fast half-precision kernels there)."""
@@ -193,7 +218,19 @@ class TorchBackend(Backend):
     def load(self, source: BackendSource) -> LoadedRunner:
         info = source.info
         model = source.model.to(info.dtype)  # a no-op unless the float32 reference was loaded for the guard
-        return LoadedRunner(TorchRunner(model, info.device, info.pad_token_id, info.label_permutation))
+        runner = TorchRunner(model, info.device, info.pad_token_id, info.label_permutation)
+        spec = info.spec
+        if spec.graph == "eager":
+            return LoadedRunner(runner)
+        shapes = bucket_shapes(spec.max_batch_size, spec.max_batch_tokens, spec.max_seq_len, spec.graph_buckets)
+        graphed = BucketRunner(runner, spec.graph, shapes, spec.name)
+        try:
+            graphed.build()  # before the guard checks it and before the variant is ready
+        except Exception as error:
+            raise CheckpointError(
+                spec.name, f"cannot build graph {spec.graph!r}: {type(error).__name__}: {error}"
+            ) from error
+        return LoadedRunner(graphed, {"graph": graphed.describe()})
 
 
 BACKEND = register(TorchBackend())
