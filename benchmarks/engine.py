@@ -56,7 +56,8 @@ def measure_engine(
     demo = info.demo or {}
     print(
         f"engine {variant}: {demo.get('size', 'not a demo')} shape, tokenizer {demo.get('tokenizer', '-')}, "
-        f"{len(pairs)} pairs of {lengths['mean']} tokens on average (p95 {lengths['p95']:.0f})",
+        f"{len(pairs)} pairs of {lengths['mean']} tokens on average (p95 {lengths['p95']:.0f}), graph {spec.graph} "
+        f"{prepared.execution.get('graph', '')}",
         flush=True,
     )
     runner.forward(encoder.encode(pairs[:8]).ids)  # first-call overheads out of the way
@@ -100,6 +101,8 @@ def measure_engine(
         "tokens_per_pair": lengths,
         "backend": spec.backend,
         "quantization": spec.quantization,
+        "graph": spec.graph,
+        "execution": prepared.execution,
         "rss_mb_after_load": round(rss_mb, 1),
         "accuracy_guard": prepared.guard.describe() if prepared.guard else None,
         "rows": rows,

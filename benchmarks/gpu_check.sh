@@ -10,7 +10,10 @@
 # --no-deps --target and checked (benchmarks/gpu_wheels.py check); the project runs from this source tree. Then: the
 # GPU and versions; the demo stores, base and large, with the tokenizer trained on the XNLI pairs (realistic lengths:
 # about 58 tokens per pair); and for each dtype (float16, bfloat16, float32) and size, benchmarks.service: the engine
-# sweep in-process, then a real server driven by single-pair clients (1 and many) and 16-pair clients. Each phase runs
+# sweep in-process, then a real server driven by single-pair clients (1 and many) and 16-pair clients; after the first
+# run, its engine sweep again with each graph of GPU_CHECK_GRAPHS (default cuda-graphs on CUDA, none on the CPU; at
+# most 75 s each: the budget's last run may be skipped for it), e.g. "cuda-graphs compile", over at most
+# GPU_CHECK_GRAPH_BUCKETS (rows, length) buckets (default 32). Each phase runs
 # under a time limit and a run that no longer fits the budget is skipped and said so. $OUT (at most 8 files come back)
 # gets gpu_check.log (everything printed), summary.md (the table, rewritten after each run) and results.tar.gz (each
 # run's JSON, its log and its server's log, repacked after each run).
@@ -29,6 +32,7 @@ DEVICE=${GPU_CHECK_DEVICE:-cuda}
 SIZES=${GPU_CHECK_SIZES:-base large}
 DTYPES=${GPU_CHECK_DTYPES:-float16 bfloat16 float32}
 BUDGET=${GPU_CHECK_BUDGET_S:-420}
+GRAPHS=${GPU_CHECK_GRAPHS-$( [ "$DEVICE" = cuda ] && echo cuda-graphs )}  # engine sweeps again with these, once
 if [ "$DEVICE" = cpu ]; then  # the CPU proof: tiny shapes, short phases
   BATCHES=1,8,32; ENGINE_S=1; CONC=1,8; CONC16=4; SECONDS_EACH=2; CLIENTS=2; PAIRS=256; RUN_LIMIT=150
   MAX_BATCH=32; MAX_TOKENS=8192
@@ -90,20 +94,41 @@ for size in $SIZES; do
   first=${first:-$size}
 done
 
-catalogue() {  # size dtype -> the store's catalogue with xlmr-mnli alone, on $DEVICE in that dtype, GPU-sized batches
-  "$PY" - "$STORE/$1/variants.toml" "$STORE/$1/variants-$2.toml" "$DEVICE" "$2" "$MAX_BATCH" "$MAX_TOKENS" <<'PY'
-import re, sys
-source, target, device, dtype, batch, tokens = sys.argv[1:]
+catalogue() {  # size dtype [graph] -> the store's catalogue with xlmr-mnli alone, on $DEVICE in that dtype, GPU-sized
+  # batches, run eagerly or as the graph says (variants-<dtype>-<graph>.toml)
+  "$PY" - "$STORE/$1/variants.toml" "$STORE/$1/variants-$2${3:+-$3}.toml" "$DEVICE" "$2" "$MAX_BATCH" "$MAX_TOKENS" \
+    "${3:-eager}" <<'PY'
+import os, re, sys
+source, target, device, dtype, batch, tokens, graph = sys.argv[1:]
 text = open(source, encoding="utf-8").read()
 head, *blocks = text.split("\n[[variant]]")
+buckets = os.environ.get("GPU_CHECK_GRAPH_BUCKETS") or "32"  # most (rows, length) buckets a graph builds
 for key, value in (("device", f'"{device}"'), ("dtype", f'"{dtype}"'), ("max_batch_size", batch),
-                   ("max_batch_tokens", tokens), ("max_queue_pairs", "8192")):
+                   ("max_batch_tokens", tokens), ("max_queue_pairs", "8192"), ("graph", f'"{graph}"'),
+                   ("graph_buckets", buckets)):
     head, count = re.subn(rf"(?m)^{key} = \S+", f"{key} = {value}", head)
+    if count == 0 and key.startswith("graph"):  # a store built before the catalogue listed it
+        head, count = re.subn(r"(?m)^\[defaults\]$", f"[defaults]\n{key} = {value}", head)
     assert count == 1, key
 keep = [block for block in blocks if re.search(r'(?m)^name = "xlmr-mnli"$', block)]
 open(target, "w", encoding="utf-8").write(head + "".join("\n[[variant]]" + block for block in keep))
 PY
-  cp "$STORE/$1/variants-$2.toml" "$WORK/variants-$1-$2.toml"
+  cp "$STORE/$1/variants-$2${3:+-$3}.toml" "$WORK/variants-$1-$2${3:+-$3}.toml"
+}
+
+graphs() {  # size dtype: the engine sweep of the run just made (eager) again with each graph of $GRAPHS, once
+  local name="$1-$2" graph limit
+  for graph in $GRAPHS; do
+    limit=$(( $(left) < 75 ? $(left) : 75 ))
+    if [ "$limit" -lt 40 ]; then say "SKIPPED graph $graph on $name: $(left) s left"; continue; fi
+    catalogue "$1" "$2" "$graph" || { say "catalogue for $name $graph failed"; continue; }
+    say "engine $name with graph = $graph (limit ${limit} s; compare with the engine sweep of run $name)"
+    timeout -k 5 "$limit" "$PY" -m benchmarks.engine --catalogue "$STORE/$1/variants-$2-$graph.toml" \
+      --variant xlmr-mnli --data "$XNLI" --pairs "$PAIRS" --batch-sizes "$BATCHES" \
+      --seconds-per-batch-size "$ENGINE_S" --out "$WORK/engine-$name-$graph.json" 2>&1 | tee "$WORK/engine-$name-$graph.log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || say "engine $name with graph $graph failed or timed out; see engine-$name-$graph.log"
+  done
+  GRAPHS=""  # the first run's shape only (base float16 by default)
 }
 
 frontends() {  # size dtype: single-pair requests/s through 1 and N front-end processes (app.frontend), once
@@ -139,6 +164,7 @@ for dtype in $DTYPES; do
     status=${PIPESTATUS[0]}
     cp "$TMPDIR/xnli-bench-server.log" "$WORK/server-$name.log" 2> /dev/null
     [ "$status" -eq 0 ] || say "run $name failed or timed out (exit $status); see run-$name.log, server-$name.log"
+    [ -z "$GRAPHS" ] || graphs "$size" "$dtype"
     [ -z "$FRONTENDS" ] || frontends "$size" "$dtype"
     summarise
   done

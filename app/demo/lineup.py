@@ -82,6 +82,8 @@ def catalogue_toml() -> str:
         "max_background_batch_ms = 10  # longest batch-priority or shadow batch (estimated device time)",
         'backend = "torch"      # torch, or onnxruntime (exported once, cached beside the checkpoint)',
         'quantization = "none"  # none, or int8-dynamic (onnxruntime, CPU)',
+        'graph = "eager"        # torch: compile, or cuda-graphs (CUDA), over fixed (rows, length) buckets',
+        "graph_buckets = 32     # most buckets a graph variant compiles or captures before it is ready",
         "accuracy_guard = true  # non-fp32 variants must agree with torch fp32 on the probe pairs to serve",
         "min_top1_agreement = 0.95  # guard: share of probe pairs with the same top label as torch fp32",
         "max_probability_diff = 0.10  # guard: largest probability difference from torch fp32",

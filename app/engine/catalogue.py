@@ -64,7 +64,7 @@ class ServingOptions(BaseModel):
         description="eager, or (torch) compile: torch.compile, or cuda-graphs: CUDA graphs, each over a fixed set of "
         "(rows, padded length) buckets built before the variant is ready; batches that fit none run eagerly.",
     )
-    graph_buckets: int = Field(24, ge=1, le=256, description="Most (rows, length) buckets a graph variant builds.")
+    graph_buckets: int = Field(32, ge=1, le=256, description="Most (rows, length) buckets a graph variant builds.")
     accuracy_guard: bool = Field(
         True, description="Compare every non-reference variant (not torch fp32) with torch fp32 at load."
     )

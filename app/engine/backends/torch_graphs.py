@@ -89,7 +89,7 @@ def bucket_shapes(max_batch_size: int, max_batch_tokens: int, max_seq_len: int, 
     shapes = grid()
     while len(shapes) > count and max(len(rows), len(lengths)) > 2:
         (length_gap, length_index), (row_gap, row_index) = _gap(lengths), _gap(rows)
-        if length_gap <= row_gap:
+        if length_gap < row_gap:
             lengths = lengths[:length_index] + lengths[length_index + 1 :]
         else:
             rows = rows[:row_index] + rows[row_index + 1 :]
