@@ -7,6 +7,10 @@ import pytest
 
 from tests.helpers import ServerProcess, running_server
 
+API_KEY = "first-key-0123456789"  # `secured_server`'s key from XNLI_SERVE_API_KEYS
+FILE_KEY = "second-key-abcdefghij"  # ... and the one from its XNLI_SERVE_API_KEY_FILE
+CORS_ORIGIN = "https://dashboards.example"  # the only origin `secured_server` allows
+
 
 @pytest.fixture(scope="session")
 def server(demo_catalogue: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
@@ -15,4 +19,20 @@ def server(demo_catalogue: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     metadata, metrics as before/after deltas) shares it, so its start-up and ONNX exports are paid once. A module
     that changes what a server serves, or needs other settings, starts its own with the smallest catalogue."""
     with running_server(demo_catalogue, tmp_path_factory.mktemp("logs")) as process:
+        yield process
+
+
+@pytest.fixture(scope="session")
+def secured_server(one_variant_catalogue: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One tiny torch variant (xlmr-mnli) behind API keys, one from the environment and one from a key file, with CORS
+    for one origin: shared by the modules that call a keyed service (security, `evaluate --url`, Locust, compare)."""
+    folder = tmp_path_factory.mktemp("secured")
+    key_file = folder / "keys.txt"
+    key_file.write_text(f"# operators\n{FILE_KEY}\n\n", encoding="utf-8")
+    env = {
+        "XNLI_SERVE_API_KEYS": API_KEY,
+        "XNLI_SERVE_API_KEY_FILE": str(key_file),
+        "XNLI_SERVE_CORS_ORIGINS": CORS_ORIGIN,
+    }
+    with running_server(one_variant_catalogue, folder, extra_env=env) as process:
         yield process

@@ -5,7 +5,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,10 +15,23 @@ import httpx
 import pytest
 
 from tests.checkpoint_layouts import SENTENCEPIECE_MODEL
-from tests.helpers import running_server, write_catalogue
-from tests.integration.test_startup import refused_start
+from tests.helpers import free_port, running_server, server_command, write_catalogue
 
 pytestmark = pytest.mark.integration
+
+
+def refused_start(catalogue: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `xnli-serve serve` on a catalogue that must be refused before the port opens (exit code 2)."""
+    result = subprocess.run(
+        server_command("serve", "--port", str(free_port())),
+        env={**os.environ, "XNLI_SERVE_CATALOGUE": str(catalogue), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    return result
 
 
 def test_classic_xlmr_layout_serves(checkpoint_layouts: dict[str, Path], tmp_path: Path) -> None:

@@ -27,6 +27,8 @@ def faulty_server(demo_store: Path, tmp_path_factory: pytest.TempPathFactory) ->
             {"name": "healthy"},
             {"name": "broken", "checkpoint": "xlmr-squad-mnli", "faults": {"fail_every": 1, "delay_ms": 20}},
             {"name": "small-memory", "checkpoint": "xlmr-hellaswag-mnli", "faults": {"oom_above": 2}},
+            # Kills the device worker that every variant here shares: only the module's last test calls it.
+            {"name": "doomed", "checkpoint": "xlmr-multitask-mnli", "faults": {"kill_after": 1}},
         ],
     )
     with running_server(catalogue, folder, extra_env=FAULTS_ON) as server:
@@ -64,16 +66,14 @@ def test_out_of_memory_splits_the_batch_and_answers(faulty_server: ServerProcess
     assert metric_value(metrics, "xnli_batch_splits_total", variant="small-memory") >= 3  # 8 -> 4+4 -> 2+2+2+2
 
 
-def test_dead_device_worker_fails_liveness(demo_store: Path, tmp_path: Path) -> None:
-    catalogue = write_catalogue(
-        tmp_path / "variants.toml", demo_store, [{"name": "doomed", "faults": {"kill_after": 1}}, {"name": "bystander"}]
-    )
-    with running_server(catalogue, tmp_path, extra_env=FAULTS_ON) as server:
-        first = httpx.post(f"{server.base_url}/predict", json={**PAIR, "variant": "doomed"})
-        assert first.status_code == 500
-        assert first.json()["error"]["type"] == "inference_error"
-        assert httpx.get(f"{server.base_url}/health/live").status_code == 503
-        assert httpx.get(f"{server.base_url}/health/ready").status_code == 503
-        after = httpx.post(f"{server.base_url}/predict", json={**PAIR, "variant": "bystander"})
-        assert after.status_code == 500  # same device: nothing can run there any more, and it says so
-        assert "is down" in after.json()["error"]["message"]
+def test_dead_device_worker_fails_liveness(faulty_server: ServerProcess) -> None:
+    """Last in this module: afterwards nothing runs on the device any more."""
+    base_url = faulty_server.base_url
+    first = httpx.post(f"{base_url}/predict", json={**PAIR, "variant": "doomed"})
+    assert first.status_code == 500
+    assert first.json()["error"]["type"] == "inference_error"
+    assert httpx.get(f"{base_url}/health/live").status_code == 503
+    assert httpx.get(f"{base_url}/health/ready").status_code == 503
+    after = httpx.post(f"{base_url}/predict", json={**PAIR, "variant": "healthy"})
+    assert after.status_code == 500  # same device: nothing can run there any more, and it says so
+    assert "is down" in after.json()["error"]["message"]

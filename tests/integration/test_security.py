@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.helpers import ServerProcess, running_server
+from tests.integration.conftest import API_KEY, CORS_ORIGIN, FILE_KEY
 
 pytestmark = pytest.mark.integration
 
-KEYS = ("first-key-0123456789", "second-key-abcdefghij")
+KEYS = (API_KEY, FILE_KEY)
 PAIR = {"premise": "Il pleut.", "hypothesis": "Le sol est mouillé."}
 PROTECTED = [
     ("POST", "/predict", PAIR, 200),
@@ -34,20 +34,6 @@ PUBLIC = [
 ]
 
 
-@pytest.fixture(scope="module")
-def secured(one_variant_catalogue: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    folder = tmp_path_factory.mktemp("secured")
-    key_file = folder / "keys.txt"
-    key_file.write_text(f"# operators\n{KEYS[1]}\n\n", encoding="utf-8")
-    env = {
-        "XNLI_SERVE_API_KEYS": KEYS[0],
-        "XNLI_SERVE_API_KEY_FILE": str(key_file),
-        "XNLI_SERVE_CORS_ORIGINS": "https://dashboards.example",
-    }
-    with running_server(one_variant_catalogue, folder, extra_env=env) as server:
-        yield server
-
-
 @pytest.mark.parametrize(("method", "path", "body", "expected"), PROTECTED)
 @pytest.mark.parametrize(
     ("authorization", "allowed"),
@@ -60,7 +46,7 @@ def secured(one_variant_catalogue: Path, tmp_path_factory: pytest.TempPathFactor
     ],
 )
 def test_protected_routes(
-    secured: ServerProcess,
+    secured_server: ServerProcess,
     method: str,
     path: str,
     body: dict[str, str] | None,
@@ -69,7 +55,7 @@ def test_protected_routes(
     allowed: bool,
 ) -> None:
     headers = {"Authorization": authorization} if authorization else {}
-    response = httpx.request(method, f"{secured.base_url}{path}", json=body, headers=headers)
+    response = httpx.request(method, f"{secured_server.base_url}{path}", json=body, headers=headers)
     if allowed:
         assert response.status_code == expected
     else:
@@ -79,8 +65,8 @@ def test_protected_routes(
 
 
 @pytest.mark.parametrize("path", PUBLIC)
-def test_public_routes_need_no_key(secured: ServerProcess, path: str) -> None:
-    assert httpx.get(f"{secured.base_url}{path}").status_code == 200
+def test_public_routes_need_no_key(secured_server: ServerProcess, path: str) -> None:
+    assert httpx.get(f"{secured_server.base_url}{path}").status_code == 200
 
 
 def test_private_metrics_when_configured(one_variant_catalogue: Path, tmp_path: Path) -> None:
@@ -94,19 +80,19 @@ def test_private_metrics_when_configured(one_variant_catalogue: Path, tmp_path: 
             )
 
 
-def test_cors_only_for_configured_origins(secured: ServerProcess) -> None:
+def test_cors_only_for_configured_origins(secured_server: ServerProcess) -> None:
     preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
-    allowed = httpx.options(
-        f"{secured.base_url}/predict", headers={"Origin": "https://dashboards.example", **preflight}
-    )
+    allowed = httpx.options(f"{secured_server.base_url}/predict", headers={"Origin": CORS_ORIGIN, **preflight})
     assert allowed.status_code == 200
-    assert allowed.headers["access-control-allow-origin"] == "https://dashboards.example"
-    refused = httpx.options(f"{secured.base_url}/predict", headers={"Origin": "https://evil.example", **preflight})
+    assert allowed.headers["access-control-allow-origin"] == CORS_ORIGIN
+    refused = httpx.options(
+        f"{secured_server.base_url}/predict", headers={"Origin": "https://evil.example", **preflight}
+    )
     assert "access-control-allow-origin" not in refused.headers
 
 
 def test_cors_is_off_by_default(server: ServerProcess) -> None:
-    response = httpx.get(f"{server.base_url}/variants", headers={"Origin": "https://dashboards.example"})
+    response = httpx.get(f"{server.base_url}/variants", headers={"Origin": CORS_ORIGIN})
     assert "access-control-allow-origin" not in response.headers
 
 

@@ -1,31 +1,19 @@
-"""Start-up: readiness waits for warm-up, and a bad catalogue stops the process with one clear message."""
+"""Start-up: readiness waits until every variant is loaded and warmed up.
+
+What `serve` refuses (exit code 2, one message) is checked in-process by tests/unit/test_serve_refusals.py, and as a
+real process by tests/integration/test_checkpoint_layouts.py.
+"""
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.helpers import free_port, running_server, server_command, write_catalogue
+from tests.helpers import running_server, write_catalogue
 
 pytestmark = pytest.mark.integration
-
-
-def refused_start(catalogue: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `xnli-serve serve` on a catalogue that must be refused before the port opens (exit code 2)."""
-    result = subprocess.run(
-        server_command("serve", "--port", str(free_port())),
-        env={**os.environ, "XNLI_SERVE_CATALOGUE": str(catalogue), **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 2, result.stderr[-2000:]
-    return result
 
 
 def test_ready_only_after_every_variant_is_warmed_up(demo_store: Path, tmp_path: Path) -> None:
@@ -46,17 +34,3 @@ def test_ready_only_after_every_variant_is_warmed_up(demo_store: Path, tmp_path:
         variants_seen = httpx.get(f"{server.base_url}/variants").json()["variants"]
         assert [variant["name"] for variant in variants_seen] == names
         assert all(variant["warmup"]["shapes"] == [[128, 512], [256, 256]] for variant in variants_seen)
-
-
-def test_bad_catalogue_exits_before_serving(demo_store: Path, tmp_path: Path) -> None:
-    """The real process: exit code 2 and one line on stderr. Every other refusal (bad
-    knobs, unknown keys, labels, faults, key sources, request limits) is checked in-process by
-    tests/unit/test_serve_refusals.py through the same `serve` command."""
-    catalogue = write_catalogue(
-        tmp_path / "variants.toml",
-        demo_store,
-        [{"name": "xlmr-mnli"}, {"name": "xlmr-squad-mnli", "path": str(demo_store / "missing-folder")}],
-    )
-    result = refused_start(catalogue)
-    assert result.stderr.startswith("xnli-serve: cannot start: variant 'xlmr-squad-mnli': checkpoint folder")
-    assert len(result.stderr.strip().splitlines()) == 1, result.stderr

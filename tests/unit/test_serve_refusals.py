@@ -1,7 +1,7 @@
 """`xnli-serve serve` refuses what it cannot serve: exit code 2 and one clear message on stderr, before it serves.
 
-In-process through the same Typer command (a refused start costs a fresh interpreter's torch import otherwise); the
-real process's exit is checked once in tests/integration/test_startup.py and for broken tokenizers in
+In-process through the same Typer command (a refused start costs a fresh interpreter's torch import otherwise); a
+real process's exit code and single stderr line are checked for broken tokenizers by
 tests/integration/test_checkpoint_layouts.py.
 """
 

@@ -18,6 +18,7 @@ from app.engine.labels import LABELS
 from app.evaluation.run import evaluate
 from app.xnli import read_xnli
 from tests.helpers import ServerProcess, metric_value
+from tests.integration.conftest import API_KEY
 
 pytestmark = pytest.mark.integration
 
@@ -128,33 +129,30 @@ def write_both_formats(folder: Path) -> tuple[Path, Path]:
     return official, exported
 
 
-def test_keyed_service_and_both_distribution_formats(demo_store: Path, tmp_path: Path) -> None:
+def test_keyed_service_and_both_distribution_formats(secured_server: ServerProcess, tmp_path: Path) -> None:
     """`evaluate --url` against a service that requires a key: a clear refusal without it, the report with it (from
     --api-key or XNLI_SERVE_API_KEY); the XNLI 1.0 file and the Hugging Face JSON lines give the same answers."""
     from typer.testing import CliRunner
 
     from app.cli import cli
-    from tests.helpers import running_server, write_catalogue
 
     official, exported = write_both_formats(tmp_path)
-    catalogue = write_catalogue(tmp_path / "variants.toml", demo_store, [{"name": "xlmr-mnli"}])
-    with running_server(catalogue, tmp_path, extra_env={"XNLI_SERVE_API_KEYS": "eval-key"}) as server:
 
-        def run(data: Path, out: str, *extra: str, env: dict[str, str] | None = None) -> Any:
-            arguments = ["evaluate", "--data", str(data), "--url", server.base_url, "--out", str(tmp_path / out)]
-            return CliRunner().invoke(cli, [*arguments, *extra], env=env)
+    def run(data: Path, out: str, *extra: str, env: dict[str, str] | None = None) -> Any:
+        arguments = ["evaluate", "--data", str(data), "--url", secured_server.base_url, "--out", str(tmp_path / out)]
+        return CliRunner().invoke(cli, [*arguments, *extra], env=env)
 
-        refused = run(official, "refused", env={"XNLI_SERVE_API_KEY": ""})
-        assert refused.exit_code == 2
-        assert "answered 401: it requires an API key; pass --api-key or set XNLI_SERVE_API_KEY" in refused.output
-        wrong = run(official, "wrong", "--api-key", "not-the-key")
-        assert wrong.exit_code == 2
-        assert "the key was refused" in wrong.output
-        assert "Traceback" not in refused.output + wrong.output
-        from_env = run(official, "official", env={"XNLI_SERVE_API_KEY": "eval-key"})
-        assert from_env.exit_code == 0, from_env.output
-        from_option = run(exported, "exported", "--api-key", "eval-key")
-        assert from_option.exit_code == 0, from_option.output
+    refused = run(official, "refused", env={"XNLI_SERVE_API_KEY": ""})
+    assert refused.exit_code == 2
+    assert "answered 401: it requires an API key; pass --api-key or set XNLI_SERVE_API_KEY" in refused.output
+    wrong = run(official, "wrong", "--api-key", "not-the-key")
+    assert wrong.exit_code == 2
+    assert "the key was refused" in wrong.output
+    assert "Traceback" not in refused.output + wrong.output
+    from_env = run(official, "official", env={"XNLI_SERVE_API_KEY": API_KEY})
+    assert from_env.exit_code == 0, from_env.output
+    from_option = run(exported, "exported", "--api-key", API_KEY)
+    assert from_option.exit_code == 0, from_option.output
     first = json.loads((tmp_path / "official" / "results.json").read_text(encoding="utf-8"))
     second = json.loads((tmp_path / "exported" / "results.json").read_text(encoding="utf-8"))
     assert first["languages"] == second["languages"] == ["en", "de"]
@@ -162,4 +160,4 @@ def test_keyed_service_and_both_distribution_formats(demo_store: Path, tmp_path:
     assert first["variants"][0]["accuracy"] == second["variants"][0]["accuracy"]
     assert first["variants"][0]["confusion"] == second["variants"][0]["confusion"]
     assert sum(map(sum, first["variants"][0]["confusion"])) == len(OUR_PAIRS)
-    assert "eval-key" not in (tmp_path / "official" / "results.json").read_text(encoding="utf-8")
+    assert API_KEY not in (tmp_path / "official" / "results.json").read_text(encoding="utf-8")

@@ -15,6 +15,7 @@ import pytest
 
 from loadtests import compare
 from tests.helpers import ServerProcess, running_server, write_catalogue
+from tests.integration.conftest import API_KEY
 
 pytestmark = pytest.mark.integration
 
@@ -195,30 +196,28 @@ def test_capacity_mode_runs_alternating_blocks(same_checkpoint_server: ServerPro
     assert rates["delayed"] < rates["a1"]
 
 
-def test_locust_sends_the_api_key(demo_store: Path, tmp_path: Path) -> None:
-    catalogue = write_catalogue(tmp_path / "variants.toml", demo_store, [{"name": "xlmr-mnli"}])
-    with running_server(catalogue, tmp_path, extra_env={"XNLI_SERVE_API_KEYS": "s3cret-key"}) as server:
-        results = {}
-        for label, key in (("with", "s3cret-key"), ("without", "")):
-            prefix = tmp_path / label
-            command = [
-                sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", server.base_url,
-                "-u", "2", "-r", "2", "-t", "2s", "--csv", str(prefix), "--only-summary", "--exit-code-on-error", "0",
-            ]  # fmt: skip
-            env = {**os.environ, "XNLI_SERVE_API_KEY": key}
-            subprocess.run(command, check=True, capture_output=True, timeout=120, env=env)
-            results[label] = stats(prefix)[("POST", "default /predict")]
-        assert int(results["with"]["Request Count"]) > 0
-        assert int(results["with"]["Failure Count"]) == 0
-        assert int(results["without"]["Failure Count"]) == int(results["without"]["Request Count"]) > 0
-        out = tmp_path / "compare"
-        compare.main(
-            ["--url", server.base_url, "--variants", "xlmr-mnli", "--users", "2", "--duration", "2", "--warmup", "0",
-             "--api-key", "s3cret-key", "--out", str(out)]
-        )  # fmt: skip
-        (row,) = json.loads((out / "results.json").read_text(encoding="utf-8"))["results"]
-        assert row["requests"] > 0
-        assert row["failures"] == 0
-        assert "s3cret-key" not in (out / "results.json").read_text(encoding="utf-8")
-        with pytest.raises(SystemExit, match="refused the API key"):
-            compare.main(["--url", server.base_url, "--api-key", "wrong", "--out", str(tmp_path / "refused")])
+def test_locust_sends_the_api_key(secured_server: ServerProcess, tmp_path: Path) -> None:
+    results = {}
+    for label, key in (("with", API_KEY), ("without", "")):
+        prefix = tmp_path / label
+        command = [
+            sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", secured_server.base_url,
+            "-u", "2", "-r", "2", "-t", "2s", "--csv", str(prefix), "--only-summary", "--exit-code-on-error", "0",
+        ]  # fmt: skip
+        env = {**os.environ, "XNLI_SERVE_API_KEY": key}
+        subprocess.run(command, check=True, capture_output=True, timeout=120, env=env)
+        results[label] = stats(prefix)[("POST", "default /predict")]
+    assert int(results["with"]["Request Count"]) > 0
+    assert int(results["with"]["Failure Count"]) == 0
+    assert int(results["without"]["Failure Count"]) == int(results["without"]["Request Count"]) > 0
+    out = tmp_path / "compare"
+    compare.main(
+        ["--url", secured_server.base_url, "--variants", "xlmr-mnli", "--users", "2", "--duration", "2",
+         "--warmup", "0", "--api-key", API_KEY, "--out", str(out)]
+    )  # fmt: skip
+    (row,) = json.loads((out / "results.json").read_text(encoding="utf-8"))["results"]
+    assert row["requests"] > 0
+    assert row["failures"] == 0
+    assert API_KEY not in (out / "results.json").read_text(encoding="utf-8")
+    with pytest.raises(SystemExit, match="refused the API key"):
+        compare.main(["--url", secured_server.base_url, "--api-key", "wrong", "--out", str(tmp_path / "refused")])
