@@ -88,6 +88,9 @@ class RequestContextMiddleware:
                 status = message["status"]
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+                accounting.count_refusal(
+                    scope, status
+                )  # before the client has its answer, so a scrape after it sees it
             await send(message)
 
         try:
@@ -106,7 +109,8 @@ class RequestContextMiddleware:
                 shape = self.shape_of(scope)
                 await send_json_error(send_with_id, 500, "internal_error", "internal server error", shape=shape)
         finally:
-            accounting.count_refusal(scope, status)
+            if not response_started:  # the client left first: there was no answer to count on its way out
+                accounting.count_refusal(scope, status)
             if scope.get("path") not in ("/metrics", "/health/live", "/health/ready"):
                 access_log.info(
                     "%s %s %d",

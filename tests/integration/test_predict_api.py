@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from typing import Any
 
 import httpx
@@ -11,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.demo.build_store import DEMO_DEPLOYMENTS, DEMO_LINEUP
-from tests.helpers import ServerProcess
+from tests.helpers import ServerProcess, metric_value
 
 pytestmark = pytest.mark.integration
 
@@ -117,7 +118,29 @@ def test_health(server: ServerProcess) -> None:
 def test_request_id_is_echoed(server: ServerProcess) -> None:
     response = httpx.get(f"{server.base_url}/variants", headers={"X-Request-Id": "trace-42"})
     assert response.headers["x-request-id"] == "trace-42"
+    deadline = time.monotonic() + 5.0  # the access log line is written once the answer has left
+    while '"request_id":"trace-42"' not in server.logs() and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert '"request_id":"trace-42"' in server.logs()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [("POST", "/predict", {"premise": ""}, 422), ("POST", "/v2/models/ghost/infer", {}, 404)],
+    ids=["422", "oip-404"],
+)
+def test_a_refusal_is_counted_before_its_answer_arrives(
+    server: ServerProcess, method: str, path: str, body: dict[str, str], status: int
+) -> None:
+    outcome = "not_found" if status == 404 else "client_error"
+
+    def counted() -> float:
+        text = httpx.get(f"{server.base_url}/metrics").text
+        return metric_value(text, "xnli_requests_total", variant="_unknown", outcome=outcome)
+
+    before = counted()
+    assert httpx.request(method, f"{server.base_url}{path}", json=body).status_code == status
+    assert counted() == before + 1  # no wait: the count is made before the answer is sent
 
 
 def test_64_concurrent_clients_are_all_answered_in_shared_batches(server: ServerProcess) -> None:
