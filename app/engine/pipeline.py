@@ -26,6 +26,7 @@ class Flight:
         "batch",
         "batch_id",
         "elapsed",
+        "estimate_s",
         "holds_slot",
         "launches",
         "nested",
@@ -45,6 +46,7 @@ class Flight:
         self.nested: list[Flight] = []  # interactive batches launched inside this one's yield points
         self.preempted_s = 0.0  # host time those took (subtracted when this batch is timed on the host's clock)
         self.elapsed = 0.0  # device seconds charged to this batch, once collected
+        self.estimate_s = 0.0  # its device seconds as admission control expects them (pairs x seconds per pair)
         self.holds_slot = False  # counted in the post stage's depth (the yield points' batches are not)
 
 

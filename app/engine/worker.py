@@ -54,6 +54,7 @@ class DeviceWorker(AdmissionControl):
         self._batch_counter = 0
         self._preempting = False  # interactive batches are running inside a background batch's yield point
         self._current: Flight | None = None  # the batch being launched (whose yield points run interactive ones)
+        self._in_flight_s = 0.0  # estimated device seconds of the batches launched and not yet answered (lock)
         self.pipeline = device.startswith("cuda") if pipeline is None else pipeline
         self._copy_stream: torch.cuda.Stream | None = None
         if self.pipeline and device.startswith("cuda") and torch.cuda.is_available():
@@ -181,16 +182,19 @@ class DeviceWorker(AdmissionControl):
         background = priority is not Priority.INTERACTIVE
         # Admission of interactive work ignores a running batch that will pause for it.
         self._yielding = background and getattr(stages, "preemptible", False)
-        started = time.perf_counter()
-        ahead = max(self._busy_until, started) if self.pipeline else started  # launched batches not yet done
-        self._busy_until = ahead + len(batch) * queue.seconds_per_pair
+        flight.estimate_s = len(batch) * queue.seconds_per_pair
+        with self._condition:  # the device is busy until this batch and those launched before it are done
+            self._in_flight_s += flight.estimate_s
+            self._busy_until = time.perf_counter() + self._in_flight_s
         self._current = flight
         try:
             flight.launches = self._launch_halves(stages, queue, [pair.ids for pair in batch], background)
         except Exception as error:
+            self._landed(flight)
             self._fail_batch(queue, batch, flight.requests, error)
             return None
         except BaseException as error:
+            self._landed(flight)
             self._fail_requests(flight.requests, error)
             raise
         finally:
@@ -218,9 +222,22 @@ class DeviceWorker(AdmissionControl):
             stages, queue, sequences[middle:], preemptible
         )
 
+    def _landed(self, flight: Flight) -> None:
+        """A batch left the device (answered or failed): the work still expected is that of the batches after it, from
+        now on (so estimates that were too high do not pile up while batches run back to back)."""
+        with self._condition:
+            self._in_flight_s = max(0.0, self._in_flight_s - flight.estimate_s)
+            self._busy_until = time.perf_counter() + self._in_flight_s
+
     def _finish(self, flight: Flight) -> None:
         """Collect a launched batch, answer its requests and record it. Runs on the post-stage thread when the
         worker pipelines (the one thread that answers requests then), else on the worker thread."""
+        try:
+            self._answer(flight)
+        finally:
+            self._landed(flight)
+
+    def _answer(self, flight: Flight) -> None:
         queue, batch = flight.queue, flight.batch
         try:
             collected = [launch.collect() for launch in flight.launches]

@@ -203,6 +203,18 @@ async def test_interactive_batches_run_in_a_background_batchs_yield_point_are_no
     assert background.compute_s == pytest.approx(0.0)  # 1 s of device time, all of it the nested batch's
 
 
+async def test_admission_expects_no_running_work_once_every_batch_was_answered(worker: DeviceWorker) -> None:
+    """Estimates above the real device time must not pile up while batches run back to back (admission would read
+    a device busy long after it went idle, and refuse requests it could serve)."""
+    runner = StagedRunner(seconds=0.001)
+    queue = VariantQueue("a", runner, BatchLimits(1, 100_000), seconds_per_pair=1.0)  # type: ignore[arg-type]
+    worker.add_queue(queue)
+    requests = [submit(worker, queue, [token]) for token in range(20)]
+    worker.start()
+    await asyncio.wait_for(asyncio.gather(*(request.future for request in requests)), 5)
+    await wait_until(lambda: worker._busy_until <= time.perf_counter())
+
+
 def submit_threadsafe(
     worker: DeviceWorker, queue: VariantQueue, loop: asyncio.AbstractEventLoop, tokens: Sequence[int]
 ) -> InferenceRequest:
