@@ -207,7 +207,7 @@ async def test_admission_expects_no_running_work_once_every_batch_was_answered(w
     """Estimates above the real device time must not pile up while batches run back to back (admission would read
     a device busy long after it went idle, and refuse requests it could serve)."""
     runner = StagedRunner(seconds=0.001)
-    queue = VariantQueue("a", runner, BatchLimits(1, 100_000), seconds_per_pair=1.0)  # type: ignore[arg-type]
+    queue = VariantQueue("a", runner, BatchLimits(1, 100_000), seconds_per_pair=1.0)
     worker.add_queue(queue)
     requests = [submit(worker, queue, [token]) for token in range(20)]
     worker.start()
