@@ -5,11 +5,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ServerProcess, running_server
+from tests.helpers import ServerProcess, running_server, write_catalogue
 
 API_KEY = "first-key-0123456789"  # `secured_server`'s key from XNLI_SERVE_API_KEYS
 FILE_KEY = "second-key-abcdefghij"  # ... and the one from its XNLI_SERVE_API_KEY_FILE
 CORS_ORIGIN = "https://dashboards.example"  # the only origin `secured_server` allows
+SECURED_VARIANTS = ("xlmr-mnli", "xlmr-squad-mnli")  # what `secured_server` serves
 
 
 @pytest.fixture(scope="session")
@@ -23,10 +24,18 @@ def server(demo_catalogue: Path, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 @pytest.fixture(scope="session")
-def secured_server(one_variant_catalogue: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One tiny torch variant (xlmr-mnli) behind API keys, one from the environment and one from a key file, with CORS
-    for one origin: shared by the modules that call a keyed service (security, `evaluate --url`, Locust, compare)."""
+def secured_server(demo_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """Two tiny torch variants (SECURED_VARIANTS, small batches: quick to warm up) behind API keys, one from the
+    environment and one from a key file, with CORS for one origin: shared by the modules that call a keyed service
+    (security, `evaluate --url`, Locust and compare, the browser pages)."""
     folder = tmp_path_factory.mktemp("secured")
+    catalogue = write_catalogue(
+        folder / "variants.toml",
+        demo_store,
+        [{"name": name, "checkpoint": name} for name in SECURED_VARIANTS],
+        max_batch_size=8,
+        max_seq_len=128,
+    )
     key_file = folder / "keys.txt"
     key_file.write_text(f"# operators\n{FILE_KEY}\n\n", encoding="utf-8")
     env = {
@@ -34,5 +43,5 @@ def secured_server(one_variant_catalogue: Path, tmp_path_factory: pytest.TempPat
         "XNLI_SERVE_API_KEY_FILE": str(key_file),
         "XNLI_SERVE_CORS_ORIGINS": CORS_ORIGIN,
     }
-    with running_server(one_variant_catalogue, folder, extra_env=env) as process:
+    with running_server(catalogue, folder, extra_env=env) as process:
         yield process

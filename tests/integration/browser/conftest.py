@@ -1,5 +1,5 @@
 """A real headless Chromium (Debian's `chromium` + `chromium-driver`, driven by Selenium) that can reach loopback only,
-and one real server on loopback with API keys on and two tiny torch variants (no ONNX export, quick to start)."""
+and the session's keyed server on loopback (API keys on, two tiny torch variants: no ONNX export, quick to start)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
-from tests.helpers import ServerProcess, running_server, write_catalogue
+from tests.helpers import ServerProcess
+from tests.integration.conftest import SECURED_VARIANTS
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-API_KEY = "playground-key-0123456789"
-VARIANTS = ("xlmr-mnli", "xlmr-squad-mnli")
+VARIANTS = SECURED_VARIANTS
 LOOPBACK = {"127.0.0.1", "localhost", "[::1]", "::1"}
 WIDTH = 1280
 SCREENSHOT_DIR = Path(__file__).resolve().parents[3] / "reports" / "browser"
@@ -152,16 +152,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
 
 
 @pytest.fixture(scope="module")
-def keyed_server(demo_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """API keys on (docs stay public, the default); two tiny torch demo variants."""
-    folder = tmp_path_factory.mktemp("browser-server")
-    catalogue = write_catalogue(
-        folder / "variants.toml",
-        demo_store,
-        [{"name": name, "checkpoint": name} for name in VARIANTS],
-        max_batch_size=8,
-        max_seq_len=128,
-    )
-    with running_server(catalogue, folder, extra_env={"XNLI_SERVE_API_KEYS": API_KEY}, wait=False) as server:
-        server.wait_ready(headers={"Authorization": f"Bearer {API_KEY}"})
-        yield server
+def keyed_server(secured_server: ServerProcess) -> ServerProcess:
+    """The session's keyed server (tests/integration/conftest.py): API keys on (docs stay public, the default), two
+    tiny torch demo variants."""
+    return secured_server

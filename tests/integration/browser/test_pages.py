@@ -17,7 +17,8 @@ from selenium.webdriver.support.ui import WebDriverWait
 from app.engine.labels import LABELS
 from app.samples import sample_pairs
 from tests.helpers import ServerProcess
-from tests.integration.browser.conftest import API_KEY, SCREENSHOT_DIR, VARIANTS, Browser
+from tests.integration.browser.conftest import SCREENSHOT_DIR, VARIANTS, Browser
+from tests.integration.conftest import API_KEY
 
 pytestmark = pytest.mark.integration
 
