@@ -33,6 +33,7 @@ import torch
 from app import metrics
 from app.engine.padding import PAD_MULTIPLE, collate, padded_length
 from app.engine.runner import warm_up_inputs
+from app.engine.stages import Done, Queued
 
 log = logging.getLogger(__name__)
 
@@ -119,34 +120,6 @@ class HostBatch:
     input_ids: npt.NDArray[np.int64]
     attention_mask: npt.NDArray[np.int64]
     bucket: Shape | None
-
-
-class Finished:
-    """A launch that already ran to the end on the host's clock."""
-
-    device_timed = False
-
-    def __init__(self, probabilities: npt.NDArray[np.float32], seconds: float) -> None:
-        self._result = (probabilities, seconds)
-
-    def collect(self) -> tuple[npt.NDArray[np.float32], float]:
-        return self._result
-
-
-class Queued:
-    """A graph replay queued on the CUDA stream, its result copied into pinned host memory behind it."""
-
-    device_timed = True
-
-    def __init__(self, host: torch.Tensor, began: torch.cuda.Event, ended: torch.cuda.Event) -> None:
-        self._host = host
-        self._began = began
-        self._ended = ended
-
-    def collect(self) -> tuple[npt.NDArray[np.float32], float]:
-        self._ended.synchronize()
-        probabilities: npt.NDArray[np.float32] = self._host.numpy()
-        return probabilities, self._began.elapsed_time(self._ended) / 1000.0
 
 
 class CapturedBucket:
@@ -267,7 +240,7 @@ class BucketRunner:
         return HostBatch(rows, input_ids, attention_mask, bucket)
 
     @torch.inference_mode()
-    def launch(self, batch: HostBatch, yield_point: Callable[[], None] | None = None) -> Finished | Queued:
+    def launch(self, batch: HostBatch, yield_point: Callable[[], None] | None = None) -> Done | Queued:
         started = time.perf_counter()
         if yield_point is not None or batch.bucket is None:
             metrics.GRAPH_EAGER_BATCHES.labels(
@@ -279,11 +252,11 @@ class BucketRunner:
                 probabilities = self.eager.forward_tensors(ids, mask)
             else:
                 probabilities = self.eager.forward_tensors_preemptible(ids, mask, yield_point)
-            return Finished(probabilities, time.perf_counter() - started)
+            return Done(probabilities, time.perf_counter() - started)
         input_ids, attention_mask = self.eager.to_device(batch.input_ids), self.eager.to_device(batch.attention_mask)
         if not self._cuda:
             result: npt.NDArray[np.float32] = self._run_bucket(input_ids, attention_mask)[: batch.count].numpy()
-            return Finished(result, time.perf_counter() - started)
+            return Done(result, time.perf_counter() - started)
         stream = torch.cuda.current_stream(self.device)
         began = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
         ended = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]

@@ -20,6 +20,7 @@ from app.engine.catalogue import CatalogueError, VariantSpec, load_catalogue
 from app.engine.model_store import CheckpointError, inspect_checkpoint
 from app.engine.padding import padded_length
 from app.engine.runner import PreemptibleRunner, WarmableRunner
+from app.engine.torch_stages import stages_for
 
 TORCH = get_backend("torch")
 LIMITS = [(32, 8192, 256), (256, 16384, 128), (8, 512, 64), (3, 100, 24), (1, 64, 8)]
@@ -184,6 +185,8 @@ def test_preemptible_batches_run_eagerly_and_pause_between_blocks(
     eager, compiled = runners
     interfaces: tuple[PreemptibleRunner, WarmableRunner] = (compiled, compiled)  # what the engine asks (mypy)
     assert interfaces[0] is compiled
+    assert stages_for(compiled) is compiled  # the device worker runs it in its own stages
+    assert compiled.preemptible
     batch = sequences(rows, 12, seed=rows)
     pauses: list[int] = []
     before = eager_count("preemptible")
