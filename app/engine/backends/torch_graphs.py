@@ -24,7 +24,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -122,6 +122,29 @@ class HostBatch:
     bucket: Shape | None
 
 
+class EagerRunner(Protocol):
+    """What a bucket runner uses of the eager ``TorchRunner`` it wraps."""
+
+    model: Any
+    device: torch.device
+    pad_token_id: int
+
+    def to_device(self, array: npt.NDArray[np.int64]) -> torch.Tensor: ...
+
+    def probabilities(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor: ...
+
+    def forward_tensors(
+        self, input_ids: npt.NDArray[np.int64], attention_mask: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.float32]: ...
+
+    def forward_tensors_preemptible(
+        self,
+        input_ids: npt.NDArray[np.int64],
+        attention_mask: npt.NDArray[np.int64],
+        yield_point: Callable[[], None],
+    ) -> npt.NDArray[np.float32]: ...
+
+
 class CapturedBucket:
     """One CUDA graph: static input buffers on the device and the probabilities its replay writes."""
 
@@ -158,7 +181,7 @@ class BucketRunner:
     ``build`` compiles or captures every bucket; the backend calls it before the variant is guarded and ready.
     """
 
-    def __init__(self, eager: Any, graph: str, shapes: Sequence[Shape], variant: str) -> None:
+    def __init__(self, eager: EagerRunner, graph: str, shapes: Sequence[Shape], variant: str) -> None:
         if graph not in GRAPHS[1:]:
             raise ValueError(f"graph must be one of {GRAPHS[1:]}, got {graph!r}")
         self.eager = eager
