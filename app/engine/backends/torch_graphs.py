@@ -3,8 +3,10 @@
 ready.
 
 Each batch is padded up to the smallest bucket that holds it (extra rows attend to one pad token, extra columns are
-padding, as in ``collate``) and its rows of the result are sliced back. A batch that fits no bucket runs eagerly and
-is counted in ``xnli_graph_eager_batches_total{reason="no_bucket"}``.
+padding, as in ``collate``) and its rows of the result are sliced back. A batch with a few long rows may run as two
+buckets instead, its shortest rows in one, the rest in the other, when that computes clearly fewer padded tokens
+(``SPLIT_GAIN``): less padding for one more replay. A batch that fits no bucket (whole or split) runs eagerly and is
+counted in ``xnli_graph_eager_batches_total{reason="no_bucket"}``.
 
 Preemption: a compiled or captured forward pass runs to its end, it cannot pause between encoder blocks. So batches
 the device worker runs preemptibly (batch-priority and shadow batches, which are handed a ``yield_point``) run eagerly
@@ -39,6 +41,9 @@ log = logging.getLogger(__name__)
 
 GRAPHS = ("eager", "compile", "cuda-graphs")
 CAPTURE_WARM_UP_PASSES = 3
+SPLIT_GAIN = 0.75
+"""A batch runs as two buckets (shortest rows, longest rows) only when they compute at most this share of the padded
+tokens of the one bucket that holds it whole: a second replay or compiled call is cheap, not free."""
 Shape = tuple[int, int]
 Probabilities = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -113,13 +118,24 @@ def pad_to_bucket(
 
 
 @dataclass(frozen=True, slots=True)
+class Part:
+    """Rows of a batch padded into one bucket; ``rows``: their places in the batch (None: all of them, in order)."""
+
+    rows: npt.NDArray[np.int64] | None
+    count: int
+    input_ids: npt.NDArray[np.int64]
+    attention_mask: npt.NDArray[np.int64]
+    bucket: Shape
+
+
+@dataclass(frozen=True, slots=True)
 class HostBatch:
-    """A collated batch on the host, and the bucket it runs in (None: eagerly)."""
+    """A collated batch on the host and the bucketed parts it runs as (none: eagerly)."""
 
     count: int
     input_ids: npt.NDArray[np.int64]
     attention_mask: npt.NDArray[np.int64]
-    bucket: Shape | None
+    parts: tuple[Part, ...]
 
 
 class EagerRunner(Protocol):
@@ -197,6 +213,8 @@ class BucketRunner:
             raise ValueError(f"graph 'cuda-graphs' needs a CUDA device; this variant runs on {self.device}")
         self._compiled: Probabilities | None = None
         self._captured: dict[Shape, CapturedBucket] = {}
+        self._buckets: dict[tuple[int, int], Shape | None] = {}
+        self._rows = sorted({rows for rows, _ in self.shapes})
         self.build_seconds = 0.0
 
     def describe(self) -> dict[str, Any]:
@@ -243,7 +261,34 @@ class BucketRunner:
 
     def bucket_for(self, rows: int, width: int) -> Shape | None:
         """The smallest bucket that holds a (rows, width) batch, or None."""
-        return next((shape for shape in self.shapes if shape[0] >= rows and shape[1] >= width), None)
+        key = (rows, width)
+        if key not in self._buckets:
+            self._buckets[key] = next((shape for shape in self.shapes if shape[0] >= rows and shape[1] >= width), None)
+        return self._buckets[key]
+
+    def plan(self, lengths: npt.NDArray[np.int64]) -> list[tuple[npt.NDArray[np.int64] | None, Shape]]:
+        """The buckets a batch of rows this long runs in: the smallest that holds it whole, or its shortest rows in
+        one bucket and the rest in another when that computes at most ``SPLIT_GAIN`` of the padded tokens (a batch
+        with a few long rows); empty when neither fits (it runs eagerly). Split points tried: the bucket row counts
+        from either end."""
+        count = len(lengths)
+        whole = self.bucket_for(count, padded_length(int(lengths.max())))
+        best: list[tuple[npt.NDArray[np.int64] | None, Shape]] = [(None, whole)] if whole is not None else []
+        best_tokens = whole[0] * whole[1] * SPLIT_GAIN if whole is not None else math.inf
+        if count < 2:
+            return best
+        order = np.argsort(lengths, kind="stable")
+        ordered = lengths[order]
+        longest = padded_length(int(ordered[-1]))
+        for split in sorted({r for r in self._rows if r < count} | {count - r for r in self._rows if r < count}):
+            short = self.bucket_for(split, padded_length(int(ordered[split - 1])))
+            long = self.bucket_for(count - split, longest)
+            if short is None or long is None:
+                continue
+            tokens = short[0] * short[1] + long[0] * long[1]
+            if tokens < best_tokens:
+                best_tokens, best = tokens, [(order[:split], short), (order[split:], long)]
+        return best
 
     def _run_bucket(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         shape = (int(input_ids.shape[0]), int(input_ids.shape[1]))
@@ -256,35 +301,52 @@ class BucketRunner:
         return self._host_batch(input_ids, attention_mask)
 
     def _host_batch(self, input_ids: npt.NDArray[np.int64], attention_mask: npt.NDArray[np.int64]) -> HostBatch:
-        rows, width = input_ids.shape
-        bucket = self.bucket_for(rows, width)
-        if bucket is not None:
-            input_ids, attention_mask = pad_to_bucket(input_ids, attention_mask, bucket, self.pad_token_id)
-        return HostBatch(rows, input_ids, attention_mask, bucket)
+        lengths = attention_mask.sum(axis=1)
+        parts = []
+        for rows, bucket in self.plan(lengths):
+            ids, mask = (input_ids, attention_mask) if rows is None else (input_ids[rows], attention_mask[rows])
+            width = padded_length(int(lengths.max() if rows is None else lengths[rows].max()))
+            padded_ids, padded_mask = pad_to_bucket(ids[:, :width], mask[:, :width], bucket, self.pad_token_id)
+            parts.append(Part(rows, len(ids), padded_ids, padded_mask, bucket))
+        return HostBatch(len(lengths), input_ids, attention_mask, tuple(parts))
+
+    def _run_part(self, part: Part) -> torch.Tensor:
+        """The part's probabilities on the device, its rows only (a view of a graph's output until the next replay)."""
+        output = self._run_bucket(self.eager.to_device(part.input_ids), self.eager.to_device(part.attention_mask))
+        return output[: part.count]
+
+    def _run_parts(self, batch: HostBatch) -> torch.Tensor:
+        if len(batch.parts) == 1:
+            return self._run_part(batch.parts[0])
+        probabilities = torch.empty((batch.count, 3), dtype=torch.float32, device=self.device)
+        for part in batch.parts:
+            assert part.rows is not None
+            # Placed before the next replay can overwrite the graph's output (same stream).
+            probabilities.index_copy_(0, self.eager.to_device(part.rows), self._run_part(part))
+        return probabilities
 
     @torch.inference_mode()
     def launch(self, batch: HostBatch, yield_point: Callable[[], None] | None = None) -> Done | Queued:
         started = time.perf_counter()
-        if yield_point is not None or batch.bucket is None:
+        if yield_point is not None or not batch.parts:
             metrics.GRAPH_EAGER_BATCHES.labels(
                 self.variant, "no_bucket" if yield_point is None else "preemptible"
             ).inc()
-            width = padded_length(int(batch.attention_mask[: batch.count].sum(axis=1).max()))
-            ids, mask = batch.input_ids[: batch.count, :width], batch.attention_mask[: batch.count, :width]
             if yield_point is None:
-                probabilities = self.eager.forward_tensors(ids, mask)
+                probabilities = self.eager.forward_tensors(batch.input_ids, batch.attention_mask)
             else:
-                probabilities = self.eager.forward_tensors_preemptible(ids, mask, yield_point)
+                probabilities = self.eager.forward_tensors_preemptible(
+                    batch.input_ids, batch.attention_mask, yield_point
+                )
             return Done(probabilities, time.perf_counter() - started)
-        input_ids, attention_mask = self.eager.to_device(batch.input_ids), self.eager.to_device(batch.attention_mask)
         if not self._cuda:
-            result: npt.NDArray[np.float32] = self._run_bucket(input_ids, attention_mask)[: batch.count].numpy()
+            result: npt.NDArray[np.float32] = self._run_parts(batch).numpy()
             return Done(result, time.perf_counter() - started)
         stream = torch.cuda.current_stream(self.device)
         began = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
         ended = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
         began.record(stream)
-        output = self._run_bucket(input_ids, attention_mask)[: batch.count]
+        output = self._run_parts(batch)
         host = torch.empty(output.shape, dtype=output.dtype, pin_memory=True)
         host.copy_(output, non_blocking=True)  # before the next replay overwrites the graph's output
         ended.record(stream)

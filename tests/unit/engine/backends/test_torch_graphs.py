@@ -132,8 +132,8 @@ def eager_count(reason: str) -> float:
 
 @pytest.fixture(scope="module")
 def runners(demo_store: Path) -> tuple[TorchRunner, BucketRunner]:
-    """The same tiny checkpoint run eagerly and compiled over two buckets, (1, 16) and (2, 16)."""
-    limits = {"device": "cpu", "max_batch_size": 2, "max_batch_tokens": 64, "max_seq_len": 16, "graph_buckets": 2}
+    """The same tiny checkpoint run eagerly and compiled over three buckets: (1, 16), (2, 16) and (1, 128)."""
+    limits = {"device": "cpu", "max_batch_size": 2, "max_batch_tokens": 256, "max_seq_len": 128, "graph_buckets": 3}
     built = [
         prepare_variant(inspect_checkpoint(spec(demo_store / "xlmr-mnli", graph=graph, **limits)), threads=2)
         for graph in ("eager", "compile")
@@ -141,53 +141,88 @@ def runners(demo_store: Path) -> tuple[TorchRunner, BucketRunner]:
     eager, compiled = built[0].runner, built[1].runner
     assert isinstance(eager, TorchRunner)
     assert isinstance(compiled, BucketRunner)
-    assert built[1].execution["graph"]["buckets"] == [[1, 16], [2, 16]]
+    assert built[1].execution["graph"]["buckets"] == [[1, 16], [2, 16], [1, 128]]
+    assert built[1].execution["graph"]["build_seconds"] > 0  # built while loading: before the variant can be ready
     return eager, compiled
 
 
-def sequences(rows: int, longest: int, seed: int) -> list[list[int]]:
+def sequences(lengths: list[int], seed: int = 0) -> list[list[int]]:
+    """Token rows of exactly these lengths (<s> ... </s>)."""
     rng = np.random.default_rng(seed)
-    return [[0, *rng.integers(5, 1000, size=int(rng.integers(1, longest - 1))).tolist(), 2] for _ in range(rows)]
+    return [[0, *rng.integers(5, 1000, size=length - 2).tolist(), 2] for length in lengths]
+
+
+def planned(runner: BucketRunner, lengths: list[int]) -> list[tuple[list[int] | None, tuple[int, int]]]:
+    plan = runner.plan(np.array(lengths, dtype=np.int64))
+    return [(None if rows is None else rows.tolist(), bucket) for rows, bucket in plan]
+
+
+def unbuilt(shapes: list[tuple[int, int]]) -> BucketRunner:
+    return BucketRunner(TorchRunner(torch.nn.Identity(), torch.device("cpu"), 1, (0, 1, 2)), "compile", shapes, "p")
+
+
+@pytest.mark.parametrize(
+    ("lengths", "expected"),
+    [
+        ([5], [(None, (1, 16))]),
+        ([11, 16], [(None, (2, 16))]),
+        ([10, 12], [(None, (2, 16))]),  # two (1, 16) buckets would compute more, not less
+        ([100, 10], [([1], (1, 16)), ([0], (1, 128))]),  # fits no bucket whole
+        ([12, 70, 9], [([2, 0], (2, 16)), ([1], (1, 128))]),
+        ([40, 40, 40], []),  # neither whole nor split: eagerly
+        ([200], []),
+    ],
+)
+def test_a_batch_runs_whole_split_by_length_or_eagerly(
+    lengths: list[int], expected: list[tuple[list[int] | None, tuple[int, int]]]
+) -> None:
+    assert planned(unbuilt([(1, 16), (2, 16), (1, 128)]), lengths) == expected
+
+
+def test_a_few_long_rows_split_off_when_that_saves_a_quarter_of_the_tokens() -> None:
+    runner = unbuilt(bucket_shapes(32, 8192, 256, 32))
+    assert planned(runner, [40] * 31 + [250]) == [(list(range(31)), (32, 64)), ([31], (1, 256))]
+    assert planned(runner, [60] * 15 + [70]) == [(list(range(15)), (16, 64)), ([15], (1, 128))]  # 1152, not 2048
+    assert planned(runner, [60] * 8 + [70] * 8) == [(None, (16, 128))]  # a split would save exactly a quarter
+    assert planned(runner, [60] * 16) == [(None, (16, 64))]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("rows", "longest"), [(1, 4), (1, 16), (2, 11), (2, 16)])
-def test_compiled_buckets_answer_as_eager_does(
-    runners: tuple[TorchRunner, BucketRunner], rows: int, longest: int
-) -> None:
+@pytest.mark.parametrize("lengths", [[4], [16], [11, 16], [16, 16], [100], [10, 100], [12, 70, 9]])
+def test_compiled_buckets_answer_as_eager_does(runners: tuple[TorchRunner, BucketRunner], lengths: list[int]) -> None:
     eager, compiled = runners
-    batch = sequences(rows, longest, seed=rows * 100 + longest)
+    batch = sequences(lengths, seed=sum(lengths))
     before = eager_count("no_bucket")
     with torch.compiler.set_stance("fail_on_recompile"):  # every bucket was compiled at build
         np.testing.assert_allclose(compiled.forward(batch), eager.forward(batch), atol=1e-5)
         staged = compiled.launch(compiled.prepare(batch)).collect()[0]
-    assert eager_count("no_bucket") == before
     np.testing.assert_allclose(staged, eager.forward(batch), atol=1e-5)
+    assert eager_count("no_bucket") == before
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("rows", "longest"), [(3, 10), (1, 40)])
+@pytest.mark.parametrize("lengths", [[40, 40, 40], [200]])
 def test_batches_that_fit_no_bucket_run_eagerly_and_are_counted(
-    runners: tuple[TorchRunner, BucketRunner], rows: int, longest: int
+    runners: tuple[TorchRunner, BucketRunner], lengths: list[int]
 ) -> None:
     eager, compiled = runners
-    batch = sequences(rows, longest, seed=7)
+    batch = sequences(lengths, seed=7)
     before = eager_count("no_bucket")
     np.testing.assert_array_equal(compiled.forward(batch), eager.forward(batch))
     assert eager_count("no_bucket") == before + 1
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("rows", [1, 2])
+@pytest.mark.parametrize("lengths", [[12], [9, 14]])
 def test_preemptible_batches_run_eagerly_and_pause_between_blocks(
-    runners: tuple[TorchRunner, BucketRunner], rows: int
+    runners: tuple[TorchRunner, BucketRunner], lengths: list[int]
 ) -> None:
     eager, compiled = runners
     interfaces: tuple[PreemptibleRunner, WarmableRunner] = (compiled, compiled)  # what the engine asks (mypy)
     assert interfaces[0] is compiled
     assert stages_for(compiled) is compiled  # the device worker runs it in its own stages
     assert compiled.preemptible
-    batch = sequences(rows, 12, seed=rows)
+    batch = sequences(lengths)
     pauses: list[int] = []
     before = eager_count("preemptible")
     result = compiled.forward_preemptible(batch, lambda: pauses.append(1))
@@ -206,5 +241,6 @@ def test_warm_up_runs_through_the_buckets(runners: tuple[TorchRunner, BucketRunn
     before = eager_count("no_bucket")
     with torch.compiler.set_stance("fail_on_recompile"):
         compiled.warm_up(2, 16)
+        compiled.warm_up(1, 128)
         compiled.warm_up(1, 8)
     assert eager_count("no_bucket") == before
