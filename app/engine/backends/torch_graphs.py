@@ -236,7 +236,9 @@ class BucketRunner:
             dynamo.accumulated_recompile_limit = dynamo.accumulated_recompile_limit + len(self.shapes)
             self._compiled = torch.compile(self.eager.probabilities, mode="default", dynamic=False, fullgraph=False)
             for shape in reversed(self.shapes):
-                for _ in range(2):  # the second call checks the guards hold (no recompilation once serving)
+                self._run_bucket(*self._dummy(shape))
+            with torch.compiler.set_stance("fail_on_recompile"):  # each bucket's compiled code holds: none recompiles
+                for shape in self.shapes:
                     self._run_bucket(*self._dummy(shape))
         else:
             pool = torch.cuda.graph_pool_handle()
