@@ -176,9 +176,11 @@ class EngineServer:
             task.cancel()
         await tasks[2]  # loading finishes its current step (a thread cannot be interrupted)
         await asyncio.to_thread(self.engine.close)
-        self.requests.close()
-        self.state.close()
-        self.context.term()
+        self.close()
+
+    def close(self) -> None:
+        """Close the sockets and the context (a context left to the garbage collector blocks whoever frees it)."""
+        self.context.destroy(linger=0)
 
 
 def main() -> None:
