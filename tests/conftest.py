@@ -27,15 +27,6 @@ def demo_catalogue(demo_store: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def one_variant_catalogue(demo_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The smallest catalogue a real server can show most behaviour with: one tiny torch variant, xlmr-mnli."""
-    from tests.helpers import write_catalogue
-
-    folder = tmp_path_factory.mktemp("one_variant")
-    return write_catalogue(folder / "variants.toml", demo_store, [{"name": "xlmr-mnli"}])
-
-
-@pytest.fixture(scope="session")
 def xnli_dir() -> Path:
     if not XNLI_DIR.is_dir():
         message = f"XNLI dev set not found at {XNLI_DIR} (it sits beside the checkout in CI)"

@@ -1,13 +1,12 @@
-"""API keys, public routes, CORS and body limits on a live process."""
+"""API keys, public routes, CORS and body limits on a live process (private health and metrics are checked
+in-process by tests/unit/api/test_private_endpoints.py)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.helpers import ServerProcess, running_server
+from tests.helpers import ServerProcess
 from tests.integration.conftest import API_KEY, CORS_ORIGIN, FILE_KEY
 
 pytestmark = pytest.mark.integration
@@ -67,17 +66,6 @@ def test_protected_routes(
 @pytest.mark.parametrize("path", PUBLIC)
 def test_public_routes_need_no_key(secured_server: ServerProcess, path: str) -> None:
     assert httpx.get(f"{secured_server.base_url}{path}").status_code == 200
-
-
-def test_private_metrics_when_configured(one_variant_catalogue: Path, tmp_path: Path) -> None:
-    env = {"XNLI_SERVE_API_KEYS": KEYS[0], "XNLI_SERVE_PUBLIC_METRICS": "false", "XNLI_SERVE_PUBLIC_HEALTH": "false"}
-    with running_server(one_variant_catalogue, tmp_path, extra_env=env, wait=False) as server:
-        server.wait_ready(headers={"Authorization": f"Bearer {KEYS[0]}"})
-        for path in ("/metrics", "/health/live"):
-            assert httpx.get(f"{server.base_url}{path}").status_code == 401
-            assert (
-                httpx.get(f"{server.base_url}{path}", headers={"Authorization": f"Bearer {KEYS[0]}"}).status_code == 200
-            )
 
 
 def test_cors_only_for_configured_origins(secured_server: ServerProcess) -> None:
