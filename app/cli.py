@@ -86,16 +86,9 @@ def serve(
     if (warning := settings.exposure_warning(keys)) is not None:
         log.warning(warning)
     if settings.frontend_processes > 1:
-        from app.frontend.supervisor import missing_packages, run_supervisor
+        from app.frontend.supervisor import run_supervisor
 
         engine.close()  # checked only: the engine process builds and loads its own
-        if missing := missing_packages():
-            print(
-                f"xnli-serve: cannot start: XNLI_SERVE_FRONTEND_PROCESSES={settings.frontend_processes} needs "
-                f"{' and '.join(missing)} (pip install 'xnli-serve[frontends]')",
-                file=sys.stderr,
-            )
-            raise typer.Exit(2)
         raise typer.Exit(
             run_supervisor(settings, {f"XNLI_SERVE_{key.upper()}": str(value) for key, value in overrides.items()})
         )

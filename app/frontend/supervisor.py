@@ -10,7 +10,6 @@ front ends, keep them running, and stop them in an order that loses no accepted 
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import shutil
@@ -30,13 +29,6 @@ log = logging.getLogger(__name__)
 POLL_S = 0.1
 RESTART_PAUSE_S = 1.0  # a front end that keeps dying is restarted at most this often
 EXIT_MARGIN_S = 10.0  # beyond the drain timeout, before a process that does not exit is killed
-
-
-def missing_packages() -> list[str]:
-    """The distributions the front ends and the engine process need that are not installed (extra `frontends`)."""
-    return [
-        name for name, module in (("pyzmq", "zmq"), ("msgpack", "msgpack")) if importlib.util.find_spec(module) is None
-    ]
 
 
 def exit_now(code: int) -> None:

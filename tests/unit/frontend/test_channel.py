@@ -76,18 +76,3 @@ def test_prediction_results_cross_bit_for_bit(rows: int) -> None:
 def test_engine_state_crosses() -> None:
     state = channel.EngineState(True, True, False, "alpha", [({"name": "alpha"}, {"name": "alpha", "status": "ready"})])
     assert channel.EngineState.decode(state.encode()) == state
-
-
-@pytest.mark.parametrize(
-    ("absent", "missing"), [((), []), (("zmq",), ["pyzmq"]), (("zmq", "msgpack"), ["pyzmq", "msgpack"])]
-)
-def test_serve_names_the_packages_several_front_ends_need(
-    absent: tuple[str, ...], missing: list[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from importlib import util
-
-    from app.frontend import supervisor
-
-    real = util.find_spec
-    monkeypatch.setattr(util, "find_spec", lambda name: None if name in absent else real(name))
-    assert supervisor.missing_packages() == missing
