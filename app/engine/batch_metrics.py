@@ -14,8 +14,8 @@ import numpy.typing as npt
 
 from app import metrics
 from app.engine.labels import LABELS
+from app.engine.padding import padded_length
 from app.engine.requests import PendingPair, Priority
-from app.engine.runner import padded_length
 
 if TYPE_CHECKING:
     from prometheus_client import Counter

@@ -6,7 +6,7 @@ import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from app.engine.runner import padded_length
+from app.engine.padding import padded_length
 
 
 @dataclass(frozen=True, slots=True)

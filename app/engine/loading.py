@@ -19,8 +19,9 @@ from app.engine.batching import BatchLimits
 from app.engine.catalogue import VariantSpec
 from app.engine.faults import FaultInjectingRunner
 from app.engine.model_store import CheckpointError, CheckpointInfo, dtype_name, inspect_checkpoint
+from app.engine.padding import padded_length
 from app.engine.queues import VariantQueue
-from app.engine.runner import BatchRunner, WarmableRunner, padded_length
+from app.engine.runner import BatchRunner, WarmableRunner
 from app.engine.status import VariantRuntime, VariantStatus
 from app.engine.worker import DeviceWorker
 

@@ -1,7 +1,7 @@
 """What the batcher and the engine need from a backend's runner: token sequences in, label probabilities out.
 
 Torch-free: each backend's runner lives in its module under ``app.engine.backends`` (``TorchRunner`` in
-``app.engine.backends.torch``). ``padded_length`` and ``collate`` are re-exported from ``app.engine.padding``.
+``app.engine.backends.torch``).
 """
 
 from __future__ import annotations
@@ -12,14 +12,10 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from app.engine.padding import collate, padded_length
-
 __all__ = [
     "BatchRunner",
     "PreemptibleRunner",
     "WarmableRunner",
-    "collate",
-    "padded_length",
     "warm_up_inputs",
 ]
 

@@ -28,7 +28,7 @@ from app.engine.errors import (
     UnknownVariantError,
     VariantNotReadyError,
 )
-from app.engine.scheduler import Priority
+from app.engine.requests import Priority
 from app.metrics import Outcome
 
 ClientPriority = Literal["interactive", "batch"]

@@ -16,8 +16,10 @@ from app.engine.batching import BatchLimits
 from app.engine.catalogue import load_catalogue
 from app.engine.engine import Engine
 from app.engine.errors import InferenceError
-from app.engine.scheduler import DeviceWorker, InferenceRequest, Priority, VariantQueue
+from app.engine.queues import VariantQueue
+from app.engine.requests import InferenceRequest, Priority
 from app.engine.torch_stages import TorchStages
+from app.engine.worker import DeviceWorker
 
 
 class FakeLaunch:

@@ -17,7 +17,9 @@ import torch
 
 from app.engine.batching import BatchLimits
 from app.engine.errors import OverloadedError
-from app.engine.scheduler import DeviceWorker, InferenceRequest, Priority, ShadowRefused, VariantQueue
+from app.engine.queues import VariantQueue
+from app.engine.requests import InferenceRequest, Priority, ShadowRefused
+from app.engine.worker import DeviceWorker
 from tests.helpers import metric_value
 from tests.unit.engine.test_scheduler import RecordingRunner
 

@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from app.engine.admission import ADMISSION_HEADROOM
 from app.engine.batching import BatchLimits
 from app.engine.errors import (
     DeadlineExceededError,
@@ -19,7 +20,9 @@ from app.engine.errors import (
     OverloadedError,
     RequestTooLargeError,
 )
-from app.engine.scheduler import ADMISSION_HEADROOM, DeviceWorker, InferenceRequest, PendingPair, VariantQueue
+from app.engine.queues import VariantQueue
+from app.engine.requests import InferenceRequest, PendingPair
+from app.engine.worker import DeviceWorker
 
 
 class RecordingRunner:
