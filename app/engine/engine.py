@@ -47,7 +47,7 @@ from app.engine.status import (
     VariantRuntime,
     VariantStatus,
 )
-from app.engine.tokenization import INLINE_TOKENIZATION_CHARS, TokenizationPool
+from app.engine.tokenization import INLINE_TOKENIZATION_CHARS, EncodedPairs, TokenizationPool, checked_encoding
 from app.engine.traffic import TrafficRouter
 
 __all__ = [
@@ -206,6 +206,40 @@ class Engine(ModelRepository, ShadowRunner):
         InputTooLongError, OverloadedError, DeadlineExceededError, DrainingError or InferenceError; each is counted
         in xnli_request_failures_total.
         """
+        return await self._serve(pairs, None, variant, truncate, timeout_s, priority, language)
+
+    async def predict_encoded(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        encoded: EncodedPairs,
+        fingerprint: str,
+        variant: str | None = None,
+        truncate: bool = True,
+        timeout_s: float | None = None,
+        *,
+        priority: Priority = Priority.INTERACTIVE,
+        language: str | None = None,
+        tokenization_s: float = 0.0,
+    ) -> PredictionResult:
+        """``predict`` for pairs a front-end process already tokenized with the variant's ``PairEncoder`` (same
+        truncation and length refusals): admission, routing, priority, deadline, shadows and metrics are the same,
+        and this process does not tokenize them. ``fingerprint`` is the encoder's: if it is not the one this variant
+        serves with now (a reload changed its tokenizer since the front end loaded it), the pairs are tokenized here
+        as ``predict`` does. The pairs also feed the shadows whose candidate tokenizes differently.
+        ``tokenization_s``: how long the front end took to encode them (observed and reported as tokenization)."""
+        given = (encoded, fingerprint, tokenization_s)
+        return await self._serve(pairs, given, variant, truncate, timeout_s, priority, language)
+
+    async def _serve(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        given: tuple[EncodedPairs, str, float] | None,
+        variant: str | None,
+        truncate: bool,
+        timeout_s: float | None,
+        priority: Priority,
+        language: str | None,
+    ) -> PredictionResult:
         if priority is Priority.SHADOW:
             raise ValueError("shadow priority is reserved for the engine's own shadow work")
         runtime = self.resolve(variant)
@@ -216,9 +250,9 @@ class Engine(ModelRepository, ShadowRunner):
         metrics.INFLIGHT_REQUESTS.inc()
         metrics.PRIORITY_REQUESTS.labels(name, priority.label).inc()
         try:
-            result = await self._predict(runtime, pairs, truncate, timeout_s, priority, language_label)
+            result, used = await self._predict(runtime, pairs, truncate, timeout_s, priority, language_label, given)
             if name in self.router.shadows:
-                self._start_shadows(name, pairs, result, truncate, language_label)
+                self._start_shadows(name, pairs, result, truncate, language_label, used)
             return result
         except EngineError as error:
             metrics.REQUEST_FAILURES.labels(name, error.reason).inc()
@@ -243,24 +277,34 @@ class Engine(ModelRepository, ShadowRunner):
         timeout_s: float | None,
         priority: Priority = Priority.INTERACTIVE,
         language: str = metrics.UNSPECIFIED_LANGUAGE,
-    ) -> PredictionResult:
+        given: tuple[EncodedPairs, str, float] | None = None,
+    ) -> tuple[PredictionResult, tuple[EncodedPairs, str]]:
+        """The answer, and the encoding its pairs ran with and its encoder's fingerprint (for the shadows)."""
         name = runtime.spec.name
         if self.draining:
             raise DrainingError("the service is shutting down and takes no new requests")
         if runtime.status is not VariantStatus.READY:
             raise VariantNotReadyError(name, str(runtime.status))
-        assert runtime.encoder is not None
+        encoder = runtime.encoder
+        assert encoder is not None
         assert runtime.queue is not None
         assert runtime.worker is not None
         timeout = self.request_timeout_s if timeout_s is None else min(timeout_s, self.request_timeout_s)
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         deadline = started + timeout
+        earlier = 0.0  # tokenization done before this call, by the front end
         reservation = runtime.worker.admit(runtime.queue, len(pairs), deadline, priority)
         try:
-            encoded = await self.tokenization.encode(runtime.encoder, pairs, truncate)
-            tokenized = time.perf_counter()
-            metrics.TOKENIZATION_DURATION.labels(name).observe(tokenized - started)
+            if given is not None and given[1] == encoder.fingerprint:
+                encoded = checked_encoding(given[0], len(pairs), encoder.max_seq_len)
+                tokenized = time.perf_counter()
+                earlier = given[2]
+                metrics.TOKENIZATION_DURATION.labels(name).observe(earlier + tokenized - started)
+            else:
+                encoded = await self.tokenization.encode(encoder, pairs, truncate)
+                tokenized = time.perf_counter()
+                metrics.TOKENIZATION_DURATION.labels(name).observe(tokenized - started)
             request = InferenceRequest(len(encoded.ids), loop, deadline, language)
             runtime.worker.submit(runtime.queue, request, encoded.ids, reservation, priority)
         finally:
@@ -279,12 +323,13 @@ class Engine(ModelRepository, ShadowRunner):
         queue_s = max(0.0, request.done_at - request.enqueued_at - request.compute_s)
         metrics.QUEUE_DURATION.labels(name).observe(queue_s)
         finished = time.perf_counter()
-        return PredictionResult(
+        result = PredictionResult(
             variant=name,
             probabilities=request.probabilities,
             truncated=encoded.truncated,
-            timings=Timings(tokenized - started, queue_s, request.compute_s, finished - started),
+            timings=Timings(earlier + tokenized - started, queue_s, request.compute_s, earlier + finished - started),
         )
+        return result, (encoded, encoder.fingerprint)
 
     # -- live traffic between variants ---------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from app.engine.errors import DeadlineExceededError, EngineError, InputTooLongEr
 from app.engine.labels import LABELS
 from app.engine.requests import InferenceRequest, Priority, ShadowRefused
 from app.engine.status import PredictionResult, VariantRuntime, VariantStatus
-from app.engine.tokenization import TokenizationPool
+from app.engine.tokenization import EncodedPairs, TokenizationPool
 from app.engine.traffic import TrafficRouter
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,9 @@ class ShadowJob:
     primary_probabilities: npt.NDArray[np.float32]
     truncate: bool
     language: str
+    # The primary's encoding of these pairs and its encoder's fingerprint: a candidate with the same fingerprint
+    # runs them as they are, any other tokenizes the pairs itself.
+    encoded: tuple[list[list[int]], str] | None = None
 
     def drop(self, reason: str) -> None:
         metrics.SHADOW_DROPPED_PAIRS.labels(self.primary, self.candidate, reason).inc(len(self.pairs))
@@ -85,6 +88,7 @@ class ShadowRunner:
         result: PredictionResult,
         truncate: bool,
         language: str,
+        encoded: tuple[EncodedPairs, str] | None = None,
     ) -> None:
         """Sample the answered pairs for each shadow of ``primary`` and start its comparison as a background task.
         Nothing here may fail the client's answer: errors are logged and counted as dropped pairs."""
@@ -102,6 +106,7 @@ class ShadowRunner:
                     result.probabilities[chosen],
                     truncate,
                     language,
+                    None if encoded is None else ([encoded[0].ids[index] for index in chosen], encoded[1]),
                 )
                 task = asyncio.get_running_loop().create_task(self._run_shadow(job))
                 self._shadow_tasks.add(task)
@@ -144,14 +149,17 @@ class ShadowRunner:
         loop = asyncio.get_running_loop()
         deadline = time.perf_counter() + self.shadow_timeout_s
         try:
-            if not self.tokenization.inline(pairs) and self.tokenization.waiting_pairs:
-                return "busy"  # client requests are waiting for the tokenizer threads: they go first
-            encoded = await self.tokenization.encode(encoder, pairs, truncate)
+            if job.encoded is not None and job.encoded[1] == encoder.fingerprint:
+                ids = job.encoded[0]  # the candidate tokenizes as the primary did: nothing to tokenize
+            else:
+                if not self.tokenization.inline(pairs) and self.tokenization.waiting_pairs:
+                    return "busy"  # client requests are waiting for the tokenizer threads: they go first
+                ids = (await self.tokenization.encode(encoder, pairs, truncate)).ids
             request = InferenceRequest(len(pairs), loop, deadline, job.language)
             worker.submit(
                 queue,
                 request,
-                encoded.ids,
+                ids,
                 reservation,
                 Priority.SHADOW,
                 max_shadow_pairs=limits[0],

@@ -7,6 +7,7 @@ in a thread pool beside the event loop and the device worker.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,15 +27,35 @@ class EncodedPairs:
     truncated: list[bool]
 
 
+def checked_encoding(encoded: EncodedPairs, pairs: int, max_seq_len: int) -> EncodedPairs:
+    """Pairs another process encoded with the same ``PairEncoder``: one sequence per pair, none over the limit."""
+    if len(encoded.ids) != pairs or len(encoded.truncated) != pairs:
+        raise ValueError(f"{len(encoded.ids)} encoded sequences for {pairs} pairs")
+    for index, ids in enumerate(encoded.ids):
+        if len(ids) > max_seq_len:
+            raise InputTooLongError(
+                index,
+                len(ids),
+                max_seq_len,
+                f"pair {index} is {len(ids)} tokens long, over max_seq_len {max_seq_len}; "
+                "send truncate=true to cut the premise",
+            )
+    return encoded
+
+
 class PairEncoder:
     """Encodes (premise, hypothesis) pairs; over-long pairs lose premise tokens (``only_first``) or are refused."""
 
     def __init__(self, backend: Tokenizer, max_seq_len: int) -> None:
         self.max_seq_len = max_seq_len
-        self._plain = Tokenizer.from_str(backend.to_str())
+        definition = backend.to_str()
+        # Names the encoding rules: two encoders with the same fingerprint give the same ids for every pair (the
+        # front-end processes send it with the ids they encoded, the engine process checks it against its own).
+        self.fingerprint = hashlib.blake2b(f"{max_seq_len}\n{definition}".encode(), digest_size=16).hexdigest()
+        self._plain = Tokenizer.from_str(definition)
         self._plain.no_padding()
         self._plain.no_truncation()
-        self._truncating = Tokenizer.from_str(backend.to_str())
+        self._truncating = Tokenizer.from_str(definition)
         self._truncating.no_padding()
         self._truncating.enable_truncation(max_seq_len, strategy="only_first")
 

@@ -3,6 +3,8 @@
 Requests (front DEALER -> engine ROUTER), one frame each: ``[kind, call_id, payload]``
 
 * ``predict``: ``[pairs, variant, truncate, timeout_s, priority, language]`` answered with a prediction;
+* ``predict_encoded``: ``[pairs, ids, truncated, fingerprint, tokenization_s, variant, truncate, timeout_s, priority,
+  language]``: pairs the front end tokenized with the variant's encoder (``fingerprint`` names it), answered the same;
 * ``cancel``: the client of ``call_id`` hung up: the engine cancels that prediction (its queued pairs are dropped);
 * ``call``: ``[method, args, kwargs]`` for the engine methods in :data:`CALLS` (repository, metrics scrape).
 
@@ -28,6 +30,7 @@ from app.engine import errors as engine_errors
 from app.engine.engine import PredictionResult, Timings
 
 PREDICT = "predict"
+PREDICT_ENCODED = "predict_encoded"
 CANCEL = "cancel"
 CALL = "call"
 
@@ -110,8 +113,9 @@ class EngineState:
     live: bool
     draining: bool
     default_variant: str
-    # Per variant: its spec as JSON (``VariantSpec.model_dump(mode="json")``) and ``VariantRuntime.describe()``.
-    variants: list[tuple[dict[str, Any], dict[str, Any]]]
+    # Per variant: its spec as JSON (``VariantSpec.model_dump(mode="json")``), ``VariantRuntime.describe()`` and the
+    # fingerprint of the encoder it serves with (None before it is loaded): front ends load the same one to tokenize.
+    variants: list[tuple[dict[str, Any], dict[str, Any], str | None]]
     sent_at: float = field(default_factory=time.time)
 
     def encode(self) -> bytes:

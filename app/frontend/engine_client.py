@@ -3,6 +3,9 @@ answered over ZeroMQ by the engine process (:mod:`app.frontend.engine_server`).
 
 State (readiness, liveness, variants and their descriptions) comes from the engine's periodic broadcast, so health,
 ``/variants`` and routing cost no round trip; predictions, repository changes and the metrics scrape are requests.
+Each front end tokenizes its own requests with the variant's ``PairEncoder``, loaded from the checkpoint folder the
+broadcast names and checked against the engine's by fingerprint (:class:`FrontEncoders`), and sends the ids: the
+engine process only admits, batches and runs them. Until a variant's encoder is loaded here, its pairs go as text.
 Silence from the engine for ``channel.STALE_AFTER_S`` makes this front unready and unlive, and fails the requests it
 is waiting on with 503 (the supervisor then stops every process: the orchestrator restarts the service).
 """
@@ -33,7 +36,9 @@ from app.engine.errors import (
     UnknownVariantError,
     VariantNotReadyError,
 )
+from app.engine.model_store import load_fast_tokenizer
 from app.engine.scheduler import Priority
+from app.engine.tokenization import PairEncoder, TokenizationPool
 from app.engine.traffic import TrafficRouter
 from app.frontend import channel
 
@@ -76,11 +81,91 @@ def _initial(spec: VariantSpec) -> RemoteVariant:
     return RemoteVariant(spec, runtime.describe())
 
 
+class FrontEncoders:
+    """The served variants' ``PairEncoder``s in this front end, loaded in a thread from the checkpoint folders the
+    engine's broadcast names, and again whenever a variant's encoder fingerprint there changes (a repository load or
+    reload). An encoder is used only while its fingerprint equals the engine's; one that cannot be loaded, or loads
+    different, is logged once and its variant's pairs go to the engine as text."""
+
+    def __init__(self) -> None:
+        self._wanted: dict[str, tuple[VariantSpec, str]] = {}
+        self._encoders: dict[str, PairEncoder] = {}
+        self._failed: set[tuple[str, str]] = set()
+        self._changed = threading.Event()
+        self._closed = threading.Event()
+        self._loader = threading.Thread(target=self._load, name="front-encoders", daemon=True)
+        self._loader.start()
+
+    def want(self, wanted: dict[str, tuple[VariantSpec, str]]) -> None:
+        if wanted != self._wanted:
+            self._wanted = wanted
+            self._changed.set()
+
+    def settled(self) -> bool:
+        """Every variant the engine serves has its encoder here, or failed to get one (its pairs go as text)."""
+        return all(
+            (name, fingerprint) in self._failed
+            or (name in self._encoders and self._encoders[name].fingerprint == fingerprint)
+            for name, (_, fingerprint) in self._wanted.items()
+        )
+
+    def get(self, name: str) -> PairEncoder | None:
+        encoder = self._encoders.get(name)
+        wanted = self._wanted.get(name)
+        return encoder if encoder is not None and wanted is not None and wanted[1] == encoder.fingerprint else None
+
+    def _load(self) -> None:
+        while not self._closed.is_set():
+            if not self._changed.wait(0.1):
+                continue
+            self._changed.clear()
+            wanted = self._wanted
+            for name in set(self._encoders) - set(wanted):
+                del self._encoders[name]
+            for name, (spec, fingerprint) in wanted.items():
+                encoder = self._encoders.get(name)
+                if (encoder is not None and encoder.fingerprint == fingerprint) or (name, fingerprint) in self._failed:
+                    continue
+                try:
+                    encoder = load_encoder(spec)
+                except Exception as error:
+                    log.warning("variant %s: no tokenizer in this front end, pairs go as text: %s", name, error)
+                    self._failed.add((name, fingerprint))
+                    continue
+                if encoder.fingerprint != fingerprint:
+                    log.warning("variant %s: this front end's tokenizer is not the engine's, pairs go as text", name)
+                    self._failed.add((name, fingerprint))
+                    continue
+                self._encoders[name] = encoder
+
+    def close(self, timeout: float | None = None) -> None:
+        self._closed.set()
+        self._loader.join(timeout)
+
+
+def load_encoder(spec: VariantSpec) -> PairEncoder:
+    """The variant's encoder as the engine builds it: the checkpoint's fast tokenizer and the variant's length."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(spec.path, local_files_only=True)
+    backend, _ = load_fast_tokenizer(spec, config)
+    return PairEncoder(backend, spec.max_seq_len)
+
+
 class EngineClient:
     def __init__(
-        self, catalogue: Catalogue, run_dir: Path, request_timeout_s: float, traffic_seed: int | None = None
+        self,
+        catalogue: Catalogue,
+        run_dir: Path,
+        request_timeout_s: float,
+        traffic_seed: int | None = None,
+        *,
+        tokenization_workers: int = 2,
+        max_tokenizing_pairs: int = 1024,
     ) -> None:
         self.run_dir = run_dir
+        self.tokenization = TokenizationPool(tokenization_workers, max_tokenizing_pairs)
+        self.encoders = FrontEncoders()
         self.request_timeout_s = request_timeout_s
         self.default_variant = catalogue.default_variant
         self.variants: dict[str, RemoteVariant] = {spec.name: _initial(spec) for spec in catalogue.variants}
@@ -138,13 +223,17 @@ class EngineClient:
 
     def _apply(self, state: channel.EngineState) -> None:
         variants: dict[str, RemoteVariant] = {}
-        for spec_json, described in state.variants:
+        wanted: dict[str, tuple[VariantSpec, str]] = {}
+        for spec_json, described, fingerprint in state.variants:
             key = channel.pack(spec_json)
             spec = self._specs.get(key)
             if spec is None:
                 spec = self._specs[key] = VariantSpec.model_validate(spec_json)
             variants[spec.name] = RemoteVariant(spec, described)
+            if fingerprint is not None:
+                wanted[spec.name] = (spec, fingerprint)
         self.variants = variants
+        self.encoders.want(wanted)
         self.default_variant = state.default_variant
         self._state = state
         self._heard_at = time.monotonic()
@@ -220,10 +309,11 @@ class EngineClient:
     # -- lifecycle (what the app's lifespan and the draining server call) ------------------------------------------
 
     def load(self) -> None:
-        """Wait (in a thread) until the engine process has loaded every variant; raise if its loading failed."""
+        """Wait (in a thread) until the engine process has loaded every variant and this front end their tokenizers;
+        raise if the engine's loading failed."""
         while not (self._closed.is_set() or self._give_up or self.draining):
             state = self._state
-            if state is not None and state.ready:
+            if state is not None and state.ready and self.encoders.settled():
                 return
             if state is not None and not state.live:
                 raise RuntimeError("the engine process failed to load its variants")
@@ -245,6 +335,8 @@ class EngineClient:
 
     def close(self, timeout: float | None = 30.0) -> None:
         self._closed.set()
+        self.encoders.close(timeout)
+        self.tokenization.close()
         for task in self._tasks:
             task.cancel()
         self._listener.join(timeout)
@@ -341,8 +433,31 @@ class EngineClient:
         timeout = self.request_timeout_s if timeout_s is None else min(timeout_s, self.request_timeout_s)
         self.inflight += 1
         try:
-            payload = [list(pairs), name, truncate, timeout_s, priority.name, language]
-            body = await self._request(channel.PREDICT, payload, name, timeout + ANSWER_GRACE_S)
+            encoder = self.encoders.get(name)
+            if encoder is None:
+                kind, payload = channel.PREDICT, [list(pairs), name, truncate, timeout_s, priority.name, language]
+            else:
+                started = time.perf_counter()
+                try:
+                    encoded = await self.tokenization.encode(encoder, pairs, truncate)
+                except EngineError as refused:  # too long, or this front end's tokenizer backlog is full
+                    metrics.REQUEST_FAILURES.labels(name, refused.reason).inc()
+                    raise
+                tokenization_s = time.perf_counter() - started
+                kind = channel.PREDICT_ENCODED
+                payload = [
+                    list(pairs),
+                    encoded.ids,
+                    encoded.truncated,
+                    encoder.fingerprint,
+                    tokenization_s,
+                    name,
+                    truncate,
+                    timeout_s,
+                    priority.name,
+                    language,
+                ]
+            body = await self._request(kind, payload, name, timeout + ANSWER_GRACE_S)
             return channel.decode_result(body)
         finally:
             self.inflight -= 1

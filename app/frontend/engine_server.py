@@ -1,7 +1,9 @@
 """The engine process: one ``Engine`` (models, queues, device workers) serving the front ends over ZeroMQ.
 
-Run by the supervisor as ``python -m app.frontend.engine_server RUN_DIR``. Admission (429/503), deadlines and
-tokenization all happen here, in the one place that sees the whole load; errors go back typed (see channel).
+Run by the supervisor as ``python -m app.frontend.engine_server RUN_DIR``. Admission (429/503) and deadlines happen
+here, in the one place that sees the whole load; errors go back typed (see channel). The front ends tokenize: this
+process tokenizes only pairs a front end sent without ids (it had no encoder for the variant yet, or an outdated one)
+and a shadow sample whose candidate's tokenizer differs from its primary's.
 SIGTERM: stop admitting (the supervisor sends it only after the front ends have drained), wait for what was accepted,
 stop the workers, exit 0.
 """
@@ -24,6 +26,7 @@ from prometheus_client import REGISTRY, generate_latest
 from app.engine.engine import Engine, RepositoryEntry
 from app.engine.errors import EngineError
 from app.engine.scheduler import Priority
+from app.engine.tokenization import EncodedPairs
 from app.frontend import channel
 from app.frontend.supervisor import exit_now
 from app.settings import Settings
@@ -61,7 +64,12 @@ class EngineServer:
             draining=engine.draining,
             default_variant=engine.default_variant,
             variants=[
-                (runtime.spec.model_dump(mode="json"), runtime.describe()) for runtime in engine.variants.values()
+                (
+                    runtime.spec.model_dump(mode="json"),
+                    runtime.describe(),
+                    None if runtime.encoder is None else runtime.encoder.fingerprint,
+                )
+                for runtime in engine.variants.values()
             ],
         )
 
@@ -76,17 +84,33 @@ class EngineServer:
     async def _reply(self, identity: bytes, call_id: int, status: int, body: Any) -> None:
         await self.requests.send_multipart([identity, channel.pack([call_id, status, body])])
 
-    async def _predict(self, identity: bytes, call_id: int, payload: list[Any]) -> None:
-        pairs, variant, truncate, timeout_s, priority, language = payload
+    async def _predict(self, identity: bytes, call_id: int, kind: str, payload: list[Any]) -> None:
         try:
-            result = await self.engine.predict(
-                [(premise, hypothesis) for premise, hypothesis in pairs],
-                variant,
-                truncate,
-                timeout_s,
-                priority=Priority[priority],
-                language=language,
-            )
+            if kind == channel.PREDICT_ENCODED:
+                pairs, ids, truncated, fingerprint, tokenization_s, variant, truncate, timeout_s, priority, language = (
+                    payload
+                )
+                result = await self.engine.predict_encoded(
+                    [(premise, hypothesis) for premise, hypothesis in pairs],
+                    EncodedPairs(ids, truncated),
+                    fingerprint,
+                    variant,
+                    truncate,
+                    timeout_s,
+                    priority=Priority[priority],
+                    language=language,
+                    tokenization_s=tokenization_s,
+                )
+            else:
+                pairs, variant, truncate, timeout_s, priority, language = payload
+                result = await self.engine.predict(
+                    [(premise, hypothesis) for premise, hypothesis in pairs],
+                    variant,
+                    truncate,
+                    timeout_s,
+                    priority=Priority[priority],
+                    language=language,
+                )
         except asyncio.CancelledError:
             return  # the front's client hung up: nobody waits for an answer
         except EngineError as error:
@@ -138,8 +162,10 @@ class EngineServer:
                 if task is not None:
                     task.cancel()
                 continue
-            handler = self._predict if kind == channel.PREDICT else self._call
-            self._calls[key] = loop.create_task(handler(identity, call_id, payload))
+            if kind == channel.CALL:
+                self._calls[key] = loop.create_task(self._call(identity, call_id, payload))
+            else:
+                self._calls[key] = loop.create_task(self._predict(identity, call_id, kind, payload))
 
     def stop(self, drain: bool) -> None:
         if drain and not self.engine.draining:

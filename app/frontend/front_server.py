@@ -1,4 +1,4 @@
-"""A front-end process: the unchanged FastAPI app (HTTP, validation, routing, metrics of requests) around an
+"""A front-end process: the FastAPI app (HTTP, validation, routing, request metrics) and tokenization around an
 :class:`EngineClient`, on the listening socket the supervisor bound and shares with the other front ends.
 
 Run by the supervisor as ``python -m app.frontend.front_server RUN_DIR FD``, with ``PROMETHEUS_MULTIPROC_DIR`` set.
@@ -44,7 +44,14 @@ def main() -> None:
 
     configure_logging(settings.log_level, settings.log_format)
     catalogue = load_catalogue(settings.catalogue, settings.variants)
-    client = EngineClient(catalogue, run_dir, settings.request_timeout_s, settings.traffic_seed)
+    client = EngineClient(
+        catalogue,
+        run_dir,
+        settings.request_timeout_s,
+        settings.traffic_seed,
+        tokenization_workers=settings.tokenization_workers,
+        max_tokenizing_pairs=settings.max_tokenizing_pairs,
+    )
     serve_service_metrics(client.engine_metrics, Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
     # The engine client stands in for the engine: it has every attribute and method the API layer uses of it.
     app = create_app(settings, cast(Engine, client))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -74,5 +76,6 @@ def test_prediction_results_cross_bit_for_bit(rows: int) -> None:
 
 
 def test_engine_state_crosses() -> None:
-    state = channel.EngineState(True, True, False, "alpha", [({"name": "alpha"}, {"name": "alpha", "status": "ready"})])
+    variants: list[tuple[dict[str, Any], dict[str, Any], str | None]] = [({"name": "alpha"}, {"name": "alpha"}, "f00d")]
+    state = channel.EngineState(True, True, False, "alpha", variants)
     assert channel.EngineState.decode(state.encode()) == state
