@@ -27,9 +27,20 @@ def faulty_server(demo_store: Path, tmp_path_factory: pytest.TempPathFactory) ->
             {"name": "healthy"},
             {"name": "broken", "checkpoint": "xlmr-squad-mnli", "faults": {"fail_every": 1, "delay_ms": 20}},
             {"name": "small-memory", "checkpoint": "xlmr-hellaswag-mnli", "faults": {"oom_above": 2}},
-            # Kills the device worker that every variant here shares: only the module's last test calls it.
-            {"name": "doomed", "checkpoint": "xlmr-multitask-mnli", "faults": {"kill_after": 1}},
         ],
+    )
+    with running_server(catalogue, folder, extra_env=FAULTS_ON) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def doomed_server(demo_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server of its own: its device worker dies, whatever order the tests run in."""
+    folder = tmp_path_factory.mktemp("doomed")
+    catalogue = write_catalogue(
+        folder / "variants.toml",
+        demo_store,
+        [{"name": "healthy"}, {"name": "doomed", "checkpoint": "xlmr-multitask-mnli", "faults": {"kill_after": 1}}],
     )
     with running_server(catalogue, folder, extra_env=FAULTS_ON) as server:
         yield server
@@ -66,9 +77,9 @@ def test_out_of_memory_splits_the_batch_and_answers(faulty_server: ServerProcess
     assert metric_value(metrics, "xnli_batch_splits_total", variant="small-memory") >= 3  # 8 -> 4+4 -> 2+2+2+2
 
 
-def test_dead_device_worker_fails_liveness(faulty_server: ServerProcess) -> None:
-    """Last in this module: afterwards nothing runs on the device any more."""
-    base_url = faulty_server.base_url
+def test_dead_device_worker_fails_liveness(doomed_server: ServerProcess) -> None:
+    """Afterwards nothing runs on that server's device any more."""
+    base_url = doomed_server.base_url
     first = httpx.post(f"{base_url}/predict", json={**PAIR, "variant": "doomed"})
     assert first.status_code == 500
     assert first.json()["error"]["type"] == "inference_error"
