@@ -33,14 +33,18 @@ def checked_encoding(encoded: EncodedPairs, pairs: int, max_seq_len: int) -> Enc
         raise ValueError(f"{len(encoded.ids)} encoded sequences for {pairs} pairs")
     for index, ids in enumerate(encoded.ids):
         if len(ids) > max_seq_len:
-            raise InputTooLongError(
-                index,
-                len(ids),
-                max_seq_len,
-                f"pair {index} is {len(ids)} tokens long, over max_seq_len {max_seq_len}; "
-                "send truncate=true to cut the premise",
-            )
+            raise too_long(index, len(ids), max_seq_len)
     return encoded
+
+
+def too_long(index: int, length: int, max_seq_len: int) -> InputTooLongError:
+    """The refusal of a pair over ``max_seq_len`` when truncation was not asked for."""
+    return InputTooLongError(
+        index,
+        length,
+        max_seq_len,
+        f"pair {index} is {length} tokens long, over max_seq_len {max_seq_len}; send truncate=true to cut the premise",
+    )
 
 
 class PairEncoder:
@@ -64,13 +68,7 @@ class PairEncoder:
             encodings = self._plain.encode_batch(list(pairs))
             for index, encoding in enumerate(encodings):
                 if len(encoding.ids) > self.max_seq_len:
-                    raise InputTooLongError(
-                        index,
-                        len(encoding.ids),
-                        self.max_seq_len,
-                        f"pair {index} is {len(encoding.ids)} tokens long, over max_seq_len {self.max_seq_len}; "
-                        "send truncate=true to cut the premise",
-                    )
+                    raise too_long(index, len(encoding.ids), self.max_seq_len)
             return EncodedPairs([encoding.ids for encoding in encodings], [False] * len(encodings))
         try:
             encodings = self._truncating.encode_batch(list(pairs))
