@@ -23,10 +23,10 @@ def test_collate_right_pads_and_masks() -> None:
     assert input_ids.dtype == mask.dtype == np.int64
 
 
-def test_catalogue_batching_and_the_backend_registry_do_not_import_torch() -> None:
+def test_catalogue_batching_the_backend_registry_and_the_stages_do_not_import_torch() -> None:
     code = (
         "import sys\n"
-        "import app.engine.backends, app.engine.batching, app.engine.catalogue, app.engine.runner\n"
+        "import app.engine.backends, app.engine.batching, app.engine.catalogue, app.engine.runner, app.engine.stages\n"
         "print(sorted(name for name in sys.modules if name.split('.')[0] in ('torch', 'onnxruntime')))\n"
     )
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
