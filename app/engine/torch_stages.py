@@ -1,7 +1,10 @@
 """A torch runner's forward pass in stages (see ``app.engine.stages``): collate, then on CUDA a pinned,
 non-blocking host-to-device copy on a copy stream; the forward pass queued on the compute stream behind that copy;
 the probabilities copied back into pinned memory behind it. On CPU the same operations in the same order as
-``TorchRunner.forward``, so results are identical whichever way a batch ran."""
+``TorchRunner.forward``, so results are identical whichever way a batch ran.
+
+Yield points on CUDA are paced (``device_yield_point``): the hooks fire when a block's kernels are queued, so without
+pacing the host would queue a whole background batch before an interactive one could be launched behind it."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import torch
 from app.engine.backends.torch import TorchRunner, yield_modules
 from app.engine.padding import collate
 from app.engine.runner import BatchRunner
-from app.engine.stages import Done, Launched, Queued, Stages, WholeForward, YieldPoint
+from app.engine.stages import Done, Launched, Queued, Stages, WholeForward, YieldPoint, device_yield_point
 
 
 class _OnDevice:
@@ -54,7 +57,7 @@ class TorchStages:
         model = self.runner.model
         handles = []
         if yield_point is not None:
-            pause = yield_point
+            pause = device_yield_point(yield_point, self.runner.device)
             handles = [block.register_forward_pre_hook(lambda *_: pause()) for block in yield_modules(model)]
         try:
             if not self._cuda:

@@ -4,7 +4,9 @@ When the device is free the worker takes what is waiting (no timer unless a vari
 serving the highest-priority ready lane first and variants round-robin within a priority so none starves. Batches of
 background lanes (batch, shadow) are kept short (``max_background_batch_s``), and where the runner allows it (torch)
 they pause between encoder blocks to let ready interactive batches run first, so an interactive request waits for
-one block at most. A failing batch fails only its own requests; out of memory splits a batch in halves.
+one block at most (on CUDA the pauses are paced, ``app.engine.stages.PacedYieldPoint``: the host waits for the device
+there, else it would have queued the whole background batch ahead). A failing batch fails only its own requests; out
+of memory splits a batch in halves.
 
 Each batch goes through stages (``app.engine.stages``): prepare, launch, and finish (collect the probabilities,
 answer the requests, record metrics). When the worker pipelines (``pipeline``, on for CUDA devices by default), the
@@ -138,8 +140,8 @@ class DeviceWorker(AdmissionControl):
     def _preempt(self) -> None:
         """Yield point of a background batch (between two encoder blocks): launch the interactive batches that are
         ready now, then let the background batch go on. An interactive request thus waits for one block of a
-        background batch, not all of it. Calls made while it runs (the interactive forward passes trigger the same
-        hooks) return at once."""
+        background batch, not all of it (on CUDA because the runner paces its yield points). Calls made while it runs
+        (the interactive forward passes trigger the same hooks) return at once."""
         if self._preempting or self._current is None:
             return
         self._preempting = True

@@ -10,7 +10,8 @@ counted in ``xnli_graph_eager_batches_total{reason="no_bucket"}``.
 
 Preemption: a compiled or captured forward pass runs to its end, it cannot pause between encoder blocks. So batches
 the device worker runs preemptibly (batch-priority and shadow batches, which are handed a ``yield_point``) run eagerly
-with their pauses (``reason="preemptible"``); interactive batches run on the buckets.
+with their pauses (``reason="preemptible"``), paced on CUDA (``app.engine.stages.device_yield_point``); interactive
+batches run on the buckets.
 
 ``compile`` uses ``torch.compile`` with ``mode="default"`` and static shapes, one specialisation per bucket (on CUDA
 too: "reduce-overhead" keeps its CUDA graphs per Python thread, and the engine builds a variant on its loading thread
@@ -35,7 +36,7 @@ import torch
 from app import metrics
 from app.engine.padding import PAD_MULTIPLE, collate, padded_length
 from app.engine.runner import warm_up_inputs
-from app.engine.stages import Done, Queued
+from app.engine.stages import Done, Queued, device_yield_point
 
 log = logging.getLogger(__name__)
 
@@ -337,9 +338,8 @@ class BucketRunner:
             if yield_point is None:
                 probabilities = self.eager.forward_tensors(batch.input_ids, batch.attention_mask)
             else:
-                probabilities = self.eager.forward_tensors_preemptible(
-                    batch.input_ids, batch.attention_mask, yield_point
-                )
+                paced = device_yield_point(yield_point, self.device)
+                probabilities = self.eager.forward_tensors_preemptible(batch.input_ids, batch.attention_mask, paced)
             return Done(probabilities, time.perf_counter() - started)
         if not self._cuda:
             result: npt.NDArray[np.float32] = self._run_parts(batch).numpy()

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pytest
+import torch
 
 from app.engine.batching import BatchLimits
 from app.engine.catalogue import load_catalogue
@@ -18,6 +19,7 @@ from app.engine.engine import Engine
 from app.engine.errors import InferenceError
 from app.engine.queues import VariantQueue
 from app.engine.requests import InferenceRequest, Priority
+from app.engine.stages import PacedYieldPoint, device_yield_point
 from app.engine.torch_stages import TorchStages
 from app.engine.worker import DeviceWorker
 
@@ -295,3 +297,74 @@ async def test_engine_serves_with_the_pipeline_on(demo_catalogue: Path) -> None:
         np.testing.assert_allclose(result.probabilities.sum(axis=1), 1.0, rtol=1e-5)
     finally:
         engine.close()
+
+
+class FakeMarker:
+    def __init__(self, journal: list[str], number: int) -> None:
+        self.journal = journal
+        self.number = number
+
+    def synchronize(self) -> None:
+        self.journal.append(f"wait {self.number}")
+
+
+def test_a_paced_yield_point_keeps_one_block_queued_ahead_of_what_it_launches() -> None:
+    """On CUDA the hooks fire when blocks are queued: before yielding, the host waits until only the last block
+    queued is still ahead (so an interactive batch launched there waits for one block, and the device never idles)."""
+    journal: list[str] = []
+    markers = iter(range(1, 100))
+    paced: PacedYieldPoint
+    inside = False
+
+    def yield_point() -> None:  # as the worker's: returns at once when called from inside itself
+        nonlocal inside
+        journal.append("yield")
+        if not inside:
+            inside = True
+            paced()  # a forward pass launched inside triggers the hooks again: not paced, no marker
+            inside = False
+
+    def mark() -> FakeMarker:
+        number = next(markers)
+        journal.append(f"mark {number}")
+        return FakeMarker(journal, number)
+
+    paced = PacedYieldPoint(yield_point, mark)
+    for _ in range(3):  # before blocks 1, 2, 3
+        paced()
+    assert journal == [
+        "mark 1",
+        "yield",
+        "yield",
+        "mark 2",
+        "wait 1",  # block 1 done; block 2 may still run
+        "yield",
+        "yield",
+        "mark 3",
+        "wait 2",
+        "yield",
+        "yield",
+    ]
+
+
+def test_yield_points_are_paced_on_cuda_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    journal: list[str] = []
+
+    class Event:
+        def record(self, stream: object) -> None:
+            journal.append(f"record on {stream}")
+
+        def synchronize(self) -> None:
+            journal.append("synchronize")
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: f"stream of {device}")
+
+    def yield_point() -> None:
+        journal.append("yield")
+
+    assert device_yield_point(yield_point, torch.device("cpu")) is yield_point
+    paced = device_yield_point(yield_point, torch.device("cuda:0"))
+    paced()
+    paced()
+    assert journal == ["record on stream of cuda:0", "yield", "record on stream of cuda:0", "synchronize", "yield"]

@@ -20,6 +20,7 @@ from app.engine.catalogue import CatalogueError, VariantSpec, load_catalogue
 from app.engine.model_store import CheckpointError, inspect_checkpoint
 from app.engine.padding import padded_length
 from app.engine.runner import PreemptibleRunner, WarmableRunner
+from app.engine.stages import PacedYieldPoint
 from app.engine.torch_stages import stages_for
 
 TORCH = get_backend("torch")
@@ -244,3 +245,22 @@ def test_warm_up_runs_through_the_buckets(runners: tuple[TorchRunner, BucketRunn
         compiled.warm_up(1, 128)
         compiled.warm_up(1, 8)
     assert eager_count("no_bucket") == before
+
+
+def test_preemptible_batches_on_cuda_pause_at_paced_yield_points() -> None:
+    """On CUDA the hooks fire as blocks are queued: the eager pass gets a yield point that waits for the device."""
+    handed: list[object] = []
+
+    class Eager:
+        model = torch.nn.Identity()
+        device = torch.device("cuda:0")
+        pad_token_id = 1
+
+        def forward_tensors_preemptible(self, ids: object, mask: object, yield_point: object) -> np.ndarray:
+            handed.append(yield_point)
+            return np.zeros((1, 3), dtype=np.float32)
+
+    runner = BucketRunner(Eager(), "compile", [(1, 16)], "probe")  # type: ignore[arg-type]
+    batch = runner.prepare([[0, 5, 2]])
+    runner.launch(batch, lambda: None).collect()
+    assert isinstance(handed[0], PacedYieldPoint)
