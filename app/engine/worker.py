@@ -146,7 +146,6 @@ class DeviceWorker(AdmissionControl):
             return
         self._preempting = True
         outer = self._current
-        resumed_busy_until = self._busy_until
         started = time.perf_counter()
         try:
             while (work := self._ready_interactive()) is not None:
@@ -156,7 +155,8 @@ class DeviceWorker(AdmissionControl):
                     self._dispatch(flight)
         finally:
             outer.preempted_s += time.perf_counter() - started
-            self._busy_until = resumed_busy_until + (time.perf_counter() - started)
+            with self._condition:  # busy for the background batch and the nested ones not answered yet
+                self._busy_until = time.perf_counter() + self._in_flight_s
             self._yielding = True
             self._current = outer
             self._preempting = False

@@ -17,6 +17,7 @@ from app.engine.batching import BatchLimits
 from app.engine.catalogue import load_catalogue
 from app.engine.engine import Engine
 from app.engine.errors import InferenceError
+from app.engine.pipeline import Flight
 from app.engine.queues import VariantQueue
 from app.engine.requests import InferenceRequest, Priority
 from app.engine.stages import PacedYieldPoint, device_yield_point
@@ -368,3 +369,22 @@ def test_yield_points_are_paced_on_cuda_only(monkeypatch: pytest.MonkeyPatch) ->
     paced()
     paced()
     assert journal == ["record on stream of cuda:0", "yield", "record on stream of cuda:0", "synchronize", "yield"]
+
+
+async def test_a_yield_point_keeps_the_estimates_of_the_batches_it_launched() -> None:
+    """With the pipeline on, the interactive batches launched at a yield point are still in flight when it returns:
+    the device stays busy for them and for the rest of the background batch."""
+    worker = DeviceWorker("test", pipeline=True)  # not started: nothing lands
+    queue = VariantQueue("a", StagedRunner(), BatchLimits(1, 100_000), seconds_per_pair=1.0)
+    worker.add_queue(queue)
+    outer = Flight(queue, [], Priority.BATCH, 0)
+    outer.estimate_s = 3.0
+    with worker._condition:
+        worker._in_flight_s = outer.estimate_s
+        worker._busy_until = time.perf_counter() + outer.estimate_s
+    worker._current = outer
+    submit(worker, queue, [1])
+    worker._preempt()
+    assert len(outer.nested) == 1
+    assert worker._in_flight_s == pytest.approx(4.0)
+    assert worker._busy_until - time.perf_counter() == pytest.approx(4.0, abs=0.2)
