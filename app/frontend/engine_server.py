@@ -120,8 +120,6 @@ class EngineServer:
             await self._reply(identity, call_id, channel.FAILED, f"{type(error).__name__}: {error}")
         else:
             await self._reply(identity, call_id, channel.OK, channel.encode_result(result))
-        finally:
-            self._calls.pop((identity, call_id), None)
 
     async def _call(self, identity: bytes, call_id: int, payload: list[Any]) -> None:
         method, args, kwargs = payload
@@ -148,8 +146,6 @@ class EngineServer:
             await self._reply(identity, call_id, channel.FAILED, f"{type(error).__name__}: {error}")
         else:
             await self._reply(identity, call_id, channel.OK, body)
-        finally:
-            self._calls.pop((identity, call_id), None)
 
     async def receive(self) -> None:
         loop = asyncio.get_running_loop()
@@ -163,9 +159,17 @@ class EngineServer:
                     task.cancel()
                 continue
             if kind == channel.CALL:
-                self._calls[key] = loop.create_task(self._call(identity, call_id, payload))
+                task = loop.create_task(self._call(identity, call_id, payload))
             else:
-                self._calls[key] = loop.create_task(self._predict(identity, call_id, kind, payload))
+                task = loop.create_task(self._predict(identity, call_id, kind, payload))
+            self._calls[key] = task
+            # The entry goes when the task ends, however it ends: a task cancelled before it first runs (its CANCEL
+            # was already buffered behind it) never reaches its own ``finally``.
+            task.add_done_callback(lambda done, key=key: self._forget(key, done))
+
+    def _forget(self, key: tuple[bytes, int], task: asyncio.Task[None]) -> None:
+        if self._calls.get(key) is task:
+            del self._calls[key]
 
     def stop(self, drain: bool) -> None:
         if drain and not self.engine.draining:

@@ -12,6 +12,7 @@ from typing import Any, cast
 
 import numpy as np
 import pytest
+import zmq
 
 from app import metrics
 from app.engine.catalogue import load_catalogue
@@ -231,3 +232,29 @@ async def test_repository_calls_are_forwarded(harness: Harness) -> None:
     await harness.client.unload_variant("alpha")
     assert harness.engine.calls == [("unload", "alpha")]
     assert b"xnli_" in harness.client.engine_metrics()
+
+
+def test_a_call_cancelled_before_it_starts_leaves_no_entry(harness: Harness) -> None:
+    """A CANCEL buffered right behind its request cancels the task before it runs: its entry must still go."""
+    harness.engine.hold = True
+    context = zmq.Context()
+    dealer = context.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(channel.request_address(harness.client.run_dir))
+    try:
+        frames = []
+        for call_id in range(50):
+            frames.append(
+                channel.pack([channel.PREDICT, call_id, [[("a", "b")], "alpha", True, None, "INTERACTIVE", None]])
+            )
+            frames.append(channel.pack([channel.CANCEL, call_id, None]))
+        for frame in frames:
+            dealer.send(frame)
+        deadline = time.monotonic() + 5
+        while harness.server._calls and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        assert harness.server._calls == {}
+    finally:
+        dealer.close()
+        context.term()
