@@ -87,7 +87,12 @@ class PostStage:
             try:
                 self._finish(flight)
             except BaseException as error:  # the thread goes on: the worker waits for the slots it gives back
-                self._fatal(flight, error)
+                try:
+                    self._fatal(flight, error)
+                except BaseException:
+                    log.exception(
+                        "handling a fault while answering batch %d failed; the post stage goes on", flight.batch_id
+                    )
             finally:
                 if flight.holds_slot:
                     self._slots.release()

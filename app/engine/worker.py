@@ -21,6 +21,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,6 +46,15 @@ PIPELINE_DEPTH = 2
 
 def _is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+def _tell(answer: Callable[[Any], None], result: Any) -> None:
+    """Answer a request (``complete`` or ``fail``); one whose event loop is closed (a server shutting down) has nobody
+    to hear it, and the thread answering goes on."""
+    try:
+        answer(result)
+    except RuntimeError as error:
+        log.warning("a request could not be answered: %s", error)
 
 
 class DeviceWorker(AdmissionControl):
@@ -268,7 +279,7 @@ class DeviceWorker(AdmissionControl):
                     request.compute_s += elapsed
                 request.remaining -= 1
                 if request.remaining == 0:
-                    request.complete(finished)
+                    _tell(request.complete, finished)
         except Exception as error:  # answering must not take the worker down: fail what is still unanswered
             self._fail_batch(queue, batch, [request for request in flight.requests if request.remaining > 0], error)
             return
@@ -288,7 +299,7 @@ class DeviceWorker(AdmissionControl):
 
     def _fail_requests(self, requests: list[InferenceRequest], error: BaseException) -> None:
         for request in requests:
-            request.fail(InferenceError(f"device worker {self.device} stopped: {error!r}"))
+            _tell(request.fail, InferenceError(f"device worker {self.device} stopped: {error!r}"))
 
     def _fail_batch(
         self, queue: VariantQueue, batch: list[PendingPair], requests: list[InferenceRequest], error: Exception
@@ -304,7 +315,7 @@ class DeviceWorker(AdmissionControl):
         )
         failure = InferenceError(f"inference failed for variant {queue.name!r}: {type(error).__name__}: {error}")
         for request in requests:
-            request.fail(failure)
+            _tell(request.fail, failure)
 
     def _fail_everything(self, error: BaseException) -> None:
         with self._condition:

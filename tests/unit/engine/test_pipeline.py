@@ -17,7 +17,7 @@ from app.engine.batching import BatchLimits
 from app.engine.catalogue import load_catalogue
 from app.engine.engine import Engine
 from app.engine.errors import InferenceError
-from app.engine.pipeline import Flight
+from app.engine.pipeline import Flight, PostStage
 from app.engine.queues import VariantQueue
 from app.engine.requests import InferenceRequest, Priority
 from app.engine.stages import PacedYieldPoint, device_yield_point
@@ -388,3 +388,56 @@ async def test_a_yield_point_keeps_the_estimates_of_the_batches_it_launched() ->
     assert len(outer.nested) == 1
     assert worker._in_flight_s == pytest.approx(4.0)
     assert worker._busy_until - time.perf_counter() == pytest.approx(4.0, abs=0.2)
+
+
+@pytest.mark.parametrize("pipeline", [True, False])
+async def test_a_request_whose_event_loop_closed_takes_nothing_down(pipeline: bool) -> None:
+    """At shutdown a request's event loop may be closed before its answer: answering it raises, and neither the
+    thread that answers nor the worker may die or hang, nor may the other requests of its batch fail."""
+    worker = DeviceWorker("test", pipeline=pipeline)
+    runner = StagedRunner()
+    runner.fail_in = {"collect": {3}}
+    queue = add_queue(worker, runner, max_batch_size=2)
+    closed = asyncio.new_event_loop()
+    closed.close()
+    orphans = [InferenceRequest(1, closed) for _ in range(2)]
+    worker.submit(queue, orphans[0], [[1, 5, 6]])  # answered: the loop refuses the answer
+    alive = submit(worker, queue, [2])  # same batch
+    worker.submit(queue, orphans[1], [[3, 5, 6]])  # failed: the loop refuses the failure
+    later = submit(worker, queue, [4])  # same batch, fails with it
+    last = submit(worker, queue, [5])
+    worker.start()
+    try:
+        results = await asyncio.wait_for(
+            asyncio.gather(alive.future, later.future, last.future, return_exceptions=True), 5
+        )
+        assert results[0] is None
+        assert results[2] is None
+        assert isinstance(results[1], InferenceError)
+        assert [alive.probabilities[0, 0], last.probabilities[0, 0]] == [2, 5]
+        assert worker.alive
+    finally:
+        worker.stop(5)
+
+
+def test_the_post_stage_goes_on_when_handling_a_fault_fails() -> None:
+    finished: list[int] = []
+
+    def finish(flight: Flight) -> None:
+        if flight.batch_id == 1:
+            raise RuntimeError("answering failed")
+        finished.append(flight.batch_id)
+
+    def fatal(flight: Flight, error: BaseException) -> None:
+        raise RuntimeError("and so did failing its requests")
+
+    post = PostStage("test", finish, fatal, depth=1)
+    post.start()
+    queue = VariantQueue("a", StagedRunner(), BatchLimits(1, 100_000))
+    for batch_id in (1, 2):
+        post.reserve()  # the second waits for the slot the first flight gives back
+        flight = Flight(queue, [], Priority.INTERACTIVE, batch_id)
+        flight.holds_slot = True
+        post.put(flight)
+    post.close()
+    assert finished == [2]
