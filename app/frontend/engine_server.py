@@ -11,6 +11,7 @@ stop the workers, exit 0.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -165,7 +166,7 @@ class EngineServer:
             self._calls[key] = task
             # The entry goes when the task ends, however it ends: a task cancelled before it first runs (its CANCEL
             # was already buffered behind it) never reaches its own ``finally``.
-            task.add_done_callback(lambda done, key=key: self._forget(key, done))
+            task.add_done_callback(functools.partial(self._forget, key))
 
     def _forget(self, key: tuple[bytes, int], task: asyncio.Task[None]) -> None:
         if self._calls.get(key) is task:

@@ -8,6 +8,7 @@ is loaded, guarded and warmed up, and keeps serving if that fails. Protected by 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
@@ -90,7 +91,7 @@ async def repository_index(request: Request) -> list[IndexEntry]:
     """Every variant of the catalogue file and every variant the service holds, with its state and why."""
     body = await _parse(request, IndexRequest)
     engine: Engine = request.app.state.engine
-    entries = engine.repository_index()
+    entries = await asyncio.to_thread(engine.repository_index)
     return [_entry(entry) for entry in entries if not body.ready or entry.state is RepositoryState.READY]
 
 
@@ -111,7 +112,7 @@ async def load_model(request: Request, name: str) -> Response:
         await engine.load_variant(name, min_queue_pairs=request.app.state.settings.max_pairs_per_request)
     except EngineError as error:
         raise from_engine(error) from None
-    return _json(_entry(engine.repository_entry(name)))
+    return _json(_entry(await asyncio.to_thread(engine.repository_entry, name)))
 
 
 @router.post(
@@ -133,4 +134,4 @@ async def unload_model(request: Request, name: str) -> Response:
         await engine.unload_variant(name)
     except EngineError as error:
         raise from_engine(error) from None
-    return _json(_entry(engine.repository_entry(name)))
+    return _json(_entry(await asyncio.to_thread(engine.repository_entry, name)))

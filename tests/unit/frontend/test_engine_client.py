@@ -10,11 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+import httpx
 import numpy as np
 import pytest
 import zmq
+from prometheus_client import REGISTRY
 
 from app import metrics
+from app.api.app import create_app
 from app.engine.catalogue import load_catalogue
 from app.engine.engine import (
     Engine,
@@ -33,9 +36,11 @@ from app.engine.errors import (
     VariantNotReadyError,
 )
 from app.engine.scheduler import Priority
-from app.frontend import channel
+from app.frontend import channel, engine_server
 from app.frontend.engine_client import EngineClient
 from app.frontend.engine_server import EngineServer
+from app.frontend.service_metrics import ServiceMetrics
+from app.settings import Settings
 from tests.helpers import write_catalogue
 
 
@@ -258,3 +263,32 @@ def test_a_call_cancelled_before_it_starts_leaves_no_entry(harness: Harness) -> 
     finally:
         dealer.close()
         context.term()
+
+
+async def test_a_slow_engine_metrics_answer_does_not_block_the_front(
+    harness: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/metrics waits on the engine process in a thread: /health/live on the same front end answers meanwhile."""
+
+    def slow_exposition(registry: Any) -> bytes:
+        time.sleep(0.6)  # the engine process is busy (this blocks its loop, as a slow collection would)
+        return b"# slow\n"
+
+    monkeypatch.setattr(engine_server, "generate_latest", slow_exposition)
+    folder = tmp_path / "front-metrics"
+    folder.mkdir()
+    collector = ServiceMetrics(harness.client.engine_metrics, folder)
+    REGISTRY.register(collector)
+    app = create_app(Settings(), harness.client)  # type: ignore[arg-type]
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://front") as http:
+            started = time.monotonic()
+            scrape = asyncio.ensure_future(http.get("/metrics"))
+            await asyncio.sleep(0)  # the scrape starts first
+            live = await http.get("/health/live")
+            waited = time.monotonic() - started
+            assert live.status_code == 200
+            assert waited < 0.3, f"/health/live waited {waited:.2f}s behind the metrics call"
+            assert (await scrape).status_code == 200
+    finally:
+        REGISTRY.unregister(collector)
