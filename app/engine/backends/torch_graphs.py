@@ -2,11 +2,8 @@
 (``graph = "cuda-graphs"``) over a small fixed set of (rows, padded length) buckets, all built before the variant is
 ready.
 
-Each batch is padded up to the smallest bucket that holds it (extra rows attend to one pad token, extra columns are
-padding, as in ``collate``) and its rows of the result are sliced back. A batch with a few long rows may run as two
-buckets instead, its shortest rows in one, the rest in the other, when that computes clearly fewer padded tokens
-(``SPLIT_GAIN``): less padding for one more replay. A batch that fits no bucket (whole or split) runs eagerly and is
-counted in ``xnli_graph_eager_batches_total{reason="no_bucket"}``.
+Which buckets to build, and which of them a batch runs in, is ``app.engine.backends.torch_buckets``; a batch that fits
+no bucket (whole or split) runs eagerly and is counted in ``xnli_graph_eager_batches_total{reason="no_bucket"}``.
 
 Preemption: a compiled or captured forward pass runs to its end, it cannot pause between encoder blocks. So batches
 the device worker runs preemptibly (batch-priority and shadow batches, which are handed a ``yield_point``) run eagerly
@@ -23,10 +20,10 @@ at a time on one stream, as captured); CUDA only.
 from __future__ import annotations
 
 import logging
-import math
+import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import numpy as np
@@ -34,109 +31,40 @@ import numpy.typing as npt
 import torch
 
 from app import metrics
-from app.engine.padding import PAD_MULTIPLE, collate, padded_length
+from app.engine.backends.torch_buckets import (
+    SPLIT_GAIN,
+    BucketPlan,
+    HostBatch,
+    Part,
+    Shape,
+    bucket_shapes,
+    length_axis,
+    pad_to_bucket,
+    rows_axis,
+)
 from app.engine.runner import warm_up_inputs
 from app.engine.stages import Done, Queued, device_yield_point
+
+__all__ = [  # the bucket names were defined here before torch_buckets: still importable from here
+    "GRAPHS",
+    "SPLIT_GAIN",
+    "BucketPlan",
+    "BucketRunner",
+    "CapturedBucket",
+    "HostBatch",
+    "Part",
+    "Shape",
+    "bucket_shapes",
+    "length_axis",
+    "pad_to_bucket",
+    "rows_axis",
+]
 
 log = logging.getLogger(__name__)
 
 GRAPHS = ("eager", "compile", "cuda-graphs")
 CAPTURE_WARM_UP_PASSES = 3
-SPLIT_GAIN = 0.75
-"""A batch runs as two buckets (shortest rows, longest rows) only when they compute at most this share of the padded
-tokens of the one bucket that holds it whole: a second replay or compiled call is cheap, not free."""
-Shape = tuple[int, int]
 Probabilities = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def length_axis(longest: int) -> list[int]:
-    """Padded lengths a bucket may have: every 16 up to 64, every 32 up to 256, every 64 up to 512, then every 128
-    (a step is at most half the length below it), and ``longest`` itself."""
-    lengths: list[int] = []
-    length = 16
-    while length < longest:
-        lengths.append(length)
-        length += 16 if length < 64 else 32 if length < 256 else 64 if length < 512 else 128
-    return [*lengths, longest]
-
-
-def rows_axis(max_rows: int) -> list[int]:
-    """Rows a bucket may have: powers of two below ``max_rows``, and ``max_rows``."""
-    rows = [1 << power for power in range(max_rows.bit_length()) if 1 << power < max_rows]
-    return [*rows, max_rows]
-
-
-def _gap(axis: list[int]) -> tuple[float, int]:
-    """The inner value of ``axis`` whose neighbours are closest (by ratio): the one whose loss adds least padding."""
-    if len(axis) <= 2:
-        return math.inf, 0
-    return min((axis[index + 1] / axis[index - 1], index) for index in range(1, len(axis) - 1))
-
-
-def bucket_shapes(max_batch_size: int, max_batch_tokens: int, max_seq_len: int, count: int) -> list[Shape]:
-    """At most ``count`` (rows, length) buckets, smallest first, covering every batch the batcher can form.
-
-    Each length gets the rows axis below the most rows a batch padded to a width in (previous length, length] may
-    hold (``max_batch_tokens`` over the narrowest such width), plus that most. When the grid is larger than
-    ``count``, inner lengths or rows are dropped, one at a time, where neighbours are closest (by ratio); if even the
-    corners are too many, the smallest buckets are kept (single pairs gain most, large batches least).
-    """
-    lengths = length_axis(padded_length(max_seq_len))
-    rows = rows_axis(max_batch_size)
-
-    def grid() -> list[Shape]:
-        shapes: list[Shape] = []
-        previous = 0
-        for length in lengths:
-            most = max(1, min(max_batch_size, max_batch_tokens // (previous + PAD_MULTIPLE)))
-            shapes += [(row, length) for row in rows if row < most] + [(most, length)]
-            previous = length
-        return shapes
-
-    shapes = grid()
-    while len(shapes) > count and max(len(rows), len(lengths)) > 2:
-        (length_gap, length_index), (row_gap, row_index) = _gap(lengths), _gap(rows)
-        if length_gap < row_gap:
-            lengths = lengths[:length_index] + lengths[length_index + 1 :]
-        else:
-            rows = rows[:row_index] + rows[row_index + 1 :]
-        shapes = grid()
-    return sorted(shapes, key=lambda shape: (shape[0] * shape[1], shape))[:count]
-
-
-def pad_to_bucket(
-    input_ids: npt.NDArray[np.int64], attention_mask: npt.NDArray[np.int64], shape: Shape, pad_token_id: int
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """The batch in the top-left corner of a (rows, length) block; extra columns are padding and each extra row
-    attends to one pad token only (a row with nothing to attend to could give NaN in some attention kernels)."""
-    rows, width = input_ids.shape
-    ids = np.full(shape, pad_token_id, dtype=np.int64)
-    mask = np.zeros(shape, dtype=np.int64)
-    ids[:rows, :width] = input_ids
-    mask[:rows, :width] = attention_mask
-    mask[rows:, 0] = 1
-    return ids, mask
-
-
-@dataclass(frozen=True, slots=True)
-class Part:
-    """Rows of a batch padded into one bucket; ``rows``: their places in the batch (None: all of them, in order)."""
-
-    rows: npt.NDArray[np.int64] | None
-    count: int
-    input_ids: npt.NDArray[np.int64]
-    attention_mask: npt.NDArray[np.int64]
-    bucket: Shape
-
-
-@dataclass(frozen=True, slots=True)
-class HostBatch:
-    """A collated batch on the host and the bucketed parts it runs as (none: eagerly)."""
-
-    count: int
-    input_ids: npt.NDArray[np.int64]
-    attention_mask: npt.NDArray[np.int64]
-    parts: tuple[Part, ...]
 
 
 class EagerRunner(Protocol):
@@ -160,6 +88,31 @@ class EagerRunner(Protocol):
         attention_mask: npt.NDArray[np.int64],
         yield_point: Callable[[], None],
     ) -> npt.NDArray[np.float32]: ...
+
+
+_COMPILING = threading.Lock()
+_compiled_buckets = 0  # bucket specialisations compiled in this process so far
+
+
+@contextmanager
+def compile_settings(buckets: int) -> Iterator[None]:
+    """Dynamo's recompile limits raised for compiling ``buckets`` more specialisations, restored after.
+
+    Every variant's buckets are specialisations of one code object (``probabilities``), so the limits must cover all
+    compiled in the process so far: they are checked only when code is compiled, never when compiled code runs, so
+    the defaults are put back once a variant is built. Dynamo's settings (and the ``fail_on_recompile`` stance a
+    build checks its buckets under) are process-wide: builds hold a lock, so no two see each other's."""
+    global _compiled_buckets
+    dynamo = torch._dynamo.config
+    with _COMPILING:
+        previous = dynamo.recompile_limit, dynamo.accumulated_recompile_limit
+        _compiled_buckets += buckets
+        dynamo.recompile_limit = previous[0] + _compiled_buckets
+        dynamo.accumulated_recompile_limit = previous[1] + _compiled_buckets
+        try:
+            yield
+        finally:
+            dynamo.recompile_limit, dynamo.accumulated_recompile_limit = previous
 
 
 class CapturedBucket:
@@ -207,15 +160,14 @@ class BucketRunner:
         self.pad_token_id: int = eager.pad_token_id
         self.graph = graph
         self.variant = variant
-        self.shapes = sorted(shapes, key=lambda shape: (shape[0] * shape[1], shape))
+        self.buckets = BucketPlan(shapes, self.pad_token_id)
+        self.shapes = self.buckets.shapes
         self.preemptible = True
         self._cuda = self.device.type == "cuda"
         if graph == "cuda-graphs" and not self._cuda:
             raise ValueError(f"graph 'cuda-graphs' needs a CUDA device; this variant runs on {self.device}")
         self._compiled: Probabilities | None = None
         self._captured: dict[Shape, CapturedBucket] = {}
-        self._buckets: dict[tuple[int, int], Shape | None] = {}
-        self._rows = sorted({rows for rows, _ in self.shapes})
         self.build_seconds = 0.0
 
     def describe(self) -> dict[str, Any]:
@@ -231,16 +183,13 @@ class BucketRunner:
         """Compile or capture every bucket, largest first (captures then reuse the memory of larger ones)."""
         started = time.perf_counter()
         if self.graph == "compile":
-            dynamo = torch._dynamo.config
-            # One specialisation per bucket and variant: all share the code of ``probabilities``.
-            dynamo.recompile_limit = dynamo.recompile_limit + len(self.shapes)
-            dynamo.accumulated_recompile_limit = dynamo.accumulated_recompile_limit + len(self.shapes)
-            self._compiled = torch.compile(self.eager.probabilities, mode="default", dynamic=False, fullgraph=False)
-            for shape in reversed(self.shapes):
-                self._run_bucket(*self._dummy(shape))
-            with torch.compiler.set_stance("fail_on_recompile"):  # each bucket's compiled code holds: none recompiles
-                for shape in self.shapes:
+            with compile_settings(len(self.shapes)):
+                self._compiled = torch.compile(self.eager.probabilities, mode="default", dynamic=False)
+                for shape in reversed(self.shapes):
                     self._run_bucket(*self._dummy(shape))
+                with torch.compiler.set_stance("fail_on_recompile"):  # each bucket's code holds: none recompiles
+                    for shape in self.shapes:
+                        self._run_bucket(*self._dummy(shape))
         else:
             pool = torch.cuda.graph_pool_handle()
             for shape in reversed(self.shapes):
@@ -263,35 +212,10 @@ class BucketRunner:
         return ids, mask
 
     def bucket_for(self, rows: int, width: int) -> Shape | None:
-        """The smallest bucket that holds a (rows, width) batch, or None."""
-        key = (rows, width)
-        if key not in self._buckets:
-            self._buckets[key] = next((shape for shape in self.shapes if shape[0] >= rows and shape[1] >= width), None)
-        return self._buckets[key]
+        return self.buckets.bucket_for(rows, width)
 
     def plan(self, lengths: npt.NDArray[np.int64]) -> list[tuple[npt.NDArray[np.int64] | None, Shape]]:
-        """The buckets a batch of rows this long runs in: the smallest that holds it whole, or its shortest rows in
-        one bucket and the rest in another when that computes at most ``SPLIT_GAIN`` of the padded tokens (a batch
-        with a few long rows); empty when neither fits (it runs eagerly). Split points tried: the bucket row counts
-        from either end."""
-        count = len(lengths)
-        whole = self.bucket_for(count, padded_length(int(lengths.max())))
-        best: list[tuple[npt.NDArray[np.int64] | None, Shape]] = [(None, whole)] if whole is not None else []
-        best_tokens = whole[0] * whole[1] * SPLIT_GAIN if whole is not None else math.inf
-        if count < 2:
-            return best
-        order = np.argsort(lengths, kind="stable")
-        ordered = lengths[order]
-        longest = padded_length(int(ordered[-1]))
-        for split in sorted({r for r in self._rows if r < count} | {count - r for r in self._rows if r < count}):
-            short = self.bucket_for(split, padded_length(int(ordered[split - 1])))
-            long = self.bucket_for(count - split, longest)
-            if short is None or long is None:
-                continue
-            tokens = short[0] * short[1] + long[0] * long[1]
-            if tokens < best_tokens:
-                best_tokens, best = tokens, [(order[:split], short), (order[split:], long)]
-        return best
+        return self.buckets.plan(lengths)
 
     def _run_bucket(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         shape = (int(input_ids.shape[0]), int(input_ids.shape[1]))
@@ -300,18 +224,7 @@ class BucketRunner:
         return self._captured[shape].replay(input_ids, attention_mask)
 
     def prepare(self, sequences: Sequence[Sequence[int]]) -> HostBatch:
-        input_ids, attention_mask = collate(sequences, self.pad_token_id)
-        return self._host_batch(input_ids, attention_mask)
-
-    def _host_batch(self, input_ids: npt.NDArray[np.int64], attention_mask: npt.NDArray[np.int64]) -> HostBatch:
-        lengths = attention_mask.sum(axis=1)
-        parts = []
-        for rows, bucket in self.plan(lengths):
-            ids, mask = (input_ids, attention_mask) if rows is None else (input_ids[rows], attention_mask[rows])
-            width = padded_length(int(lengths.max() if rows is None else lengths[rows].max()))
-            padded_ids, padded_mask = pad_to_bucket(ids[:, :width], mask[:, :width], bucket, self.pad_token_id)
-            parts.append(Part(rows, len(ids), padded_ids, padded_mask, bucket))
-        return HostBatch(len(lengths), input_ids, attention_mask, tuple(parts))
+        return self.buckets.prepare(sequences)
 
     def _run_part(self, part: Part) -> torch.Tensor:
         """The part's probabilities on the device, its rows only (a view of a graph's output until the next replay)."""
@@ -367,7 +280,7 @@ class BucketRunner:
     def forward_tensors(
         self, input_ids: npt.NDArray[np.int64], attention_mask: npt.NDArray[np.int64]
     ) -> npt.NDArray[np.float32]:
-        return self.launch(self._host_batch(input_ids, attention_mask)).collect()[0]
+        return self.launch(self.buckets.host_batch(input_ids, attention_mask)).collect()[0]
 
     def warm_up(self, rows: int, width: int) -> None:
         """A full-size dummy batch through the buckets (or eagerly, if it fits none)."""
