@@ -13,7 +13,9 @@
 # sweep in-process, then a real server driven by single-pair clients (1 and many) and 16-pair clients; after the first
 # run, its engine sweep again with each graph of GPU_CHECK_GRAPHS (default cuda-graphs on CUDA, none on the CPU; at
 # most 75 s each: the budget's last run may be skipped for it), e.g. "cuda-graphs compile", over at most
-# GPU_CHECK_GRAPH_BUCKETS (rows, length) buckets (default 32). Each phase runs
+# GPU_CHECK_GRAPH_BUCKETS (rows, length) buckets (default 32); then, once, the device worker's stage pipeline off vs on
+# (benchmarks.pipeline, GPU_CHECK_PIPELINE_LOADS) and single-pair requests/s through 1 and N front-end processes
+# (benchmarks.frontend). Each phase runs
 # under a time limit and a run that no longer fits the budget is skipped and said so. $OUT (at most 8 files come back)
 # gets gpu_check.log (everything printed), summary.md (the table, rewritten after each run) and results.tar.gz (each
 # run's JSON, its log and its server's log, repacked after each run).
@@ -35,11 +37,11 @@ BUDGET=${GPU_CHECK_BUDGET_S:-420}
 GRAPHS=${GPU_CHECK_GRAPHS-$( [ "$DEVICE" = cuda ] && echo cuda-graphs )}  # engine sweeps again with these, once
 if [ "$DEVICE" = cpu ]; then  # the CPU proof: tiny shapes, short phases
   BATCHES=1,8,32; ENGINE_S=1; CONC=1,8; CONC16=4; SECONDS_EACH=2; CLIENTS=2; PAIRS=256; RUN_LIMIT=150
-  MAX_BATCH=32; MAX_TOKENS=8192
+  MAX_BATCH=32; MAX_TOKENS=8192; PIPELINE_LOADS=${GPU_CHECK_PIPELINE_LOADS-1x8,16x4}
   FRONTENDS=${GPU_CHECK_FRONTENDS:-1,2}; FRONT_CONC=8
 else
   BATCHES=1,16,64,128,256,512; ENGINE_S=1.5; CONC=1,256; CONC16=32; SECONDS_EACH=4; CLIENTS=6; PAIRS=4096
-  RUN_LIMIT=100; MAX_BATCH=256; MAX_TOKENS=32768
+  RUN_LIMIT=100; MAX_BATCH=256; MAX_TOKENS=32768; PIPELINE_LOADS=${GPU_CHECK_PIPELINE_LOADS-1x64,16x32}
   FRONTENDS=${GPU_CHECK_FRONTENDS:-1,8,16}; FRONT_CONC=256
 fi
 mkdir -p "$OUT_DIR" "$WORK"
@@ -131,6 +133,17 @@ graphs() {  # size dtype: the engine sweep of the run just made (eager) again wi
   GRAPHS=""  # the first run's shape only (base float16 by default)
 }
 
+pipeline() {  # size dtype: the device worker's stage pipeline off vs on, in-process, interleaved rounds, once
+  local name="$1-$2" limit=$(( $(left) < 60 ? $(left) : 60 ))
+  if [ "$limit" -lt 30 ]; then say "SKIPPED worker pipeline on $name: $(left) s left"; PIPELINE_LOADS=""; return; fi
+  say "worker pipeline off vs on, $name (limit ${limit} s)"
+  timeout -k 5 "$limit" "$PY" -m benchmarks.pipeline --catalogue "$STORE/$1/variants-$2.toml" --variant xlmr-mnli \
+    --data "$XNLI" --pairs "$PAIRS" --loads "$PIPELINE_LOADS" --rounds 2 --out "$WORK/pipeline-$name.json" 2>&1 \
+    | tee "$WORK/pipeline-$name.log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || say "worker pipeline on $name failed or timed out; see pipeline-$name.log"
+  PIPELINE_LOADS=""  # the first run's shape only
+}
+
 frontends() {  # size dtype: single-pair requests/s through 1 and N front-end processes (app.frontend), once
   local name="$1-$2" limit=$(( $(left) < 150 ? $(left) : 150 ))
   if [ "$limit" -lt 60 ]; then say "SKIPPED front ends on $name: $(left) s left"; return; fi
@@ -165,6 +178,7 @@ for dtype in $DTYPES; do
     cp "$TMPDIR/xnli-bench-server.log" "$WORK/server-$name.log" 2> /dev/null
     [ "$status" -eq 0 ] || say "run $name failed or timed out (exit $status); see run-$name.log, server-$name.log"
     [ -z "$GRAPHS" ] || graphs "$size" "$dtype"
+    [ -z "$PIPELINE_LOADS" ] || pipeline "$size" "$dtype"
     [ -z "$FRONTENDS" ] || frontends "$size" "$dtype"
     summarise
   done

@@ -75,6 +75,7 @@ PROJECT_MODULES = (
     "benchmarks.service",
     "benchmarks.summary",
     "benchmarks.frontend",
+    "benchmarks.pipeline",
 )
 PLATFORMS = (
     "manylinux_2_28_x86_64",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -64,9 +65,16 @@ def test_gpu_check_runs_end_to_end_on_the_cpu(demo_store: Path, xnli_dir: Path, 
     assert "building the tiny demo store (--tokenizer-from" in log
     assert "run tiny-float32 (limit" in log
     assert "failed or timed out" not in log
+    assert "worker pipeline off vs on, tiny-float32" in log
+    assert re.search(r"on/off per round \[[0-9., ]+\], median [0-9.]+", log)
     summary = (out / "summary.md").read_text(encoding="utf-8")
     assert "| gpu-tiny-float32.json | tiny, float32, cpu (" in summary
     with tarfile.open(out / "results.tar.gz") as archive:
         names = {Path(name).name for name in archive.getnames()}
-    assert {"gpu-tiny-float32.json", "run-tiny-float32.log", "server-tiny-float32.log"} <= names
+    assert {
+        "gpu-tiny-float32.json",
+        "run-tiny-float32.log",
+        "server-tiny-float32.log",
+        "pipeline-tiny-float32.json",
+    } <= names
     assert sorted(path.name for path in out.iterdir()) == ["gpu_check.log", "results.tar.gz", "summary.md"]
