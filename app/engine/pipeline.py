@@ -3,6 +3,9 @@ device, probabilities to the host) and their requests answered in launch order, 
 prepares and launches the next batch. At most ``depth`` batches are in flight: the worker takes the next batch from
 the queues only when one is answered, so it never decides long before the device can start a batch (an interactive
 request arriving then waits behind ``depth`` batches at most, not a backlog of launched ones).
+
+``answer`` is the last stage itself (on this thread, or on the worker's when it does not pipeline): collect a flight,
+answer its requests and record it. A request whose event loop is closed (shutdown) is logged and skipped.
 """
 
 from __future__ import annotations
@@ -10,8 +13,14 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
+from typing import Any
 
+import numpy as np
+
+from app.engine.errors import InferenceError
+from app.engine.labels import LABELS
 from app.engine.queues import VariantQueue
 from app.engine.requests import InferenceRequest, PendingPair, Priority
 from app.engine.stages import Launched
@@ -96,3 +105,73 @@ class PostStage:
             finally:
                 if flight.holds_slot:
                     self._slots.release()
+
+
+def tell(answer: Callable[[Any], None], result: Any) -> None:
+    """Answer a request (``complete`` or ``fail``); one whose event loop is closed (a server shutting down) has nobody
+    to hear it, and the thread answering goes on."""
+    try:
+        answer(result)
+    except RuntimeError as error:
+        log.warning("a request could not be answered: %s", error)
+
+
+def fail_requests(requests: list[InferenceRequest], failure: InferenceError) -> None:
+    for request in requests:
+        tell(request.fail, failure)
+
+
+def fail_batch(queue: VariantQueue, pairs: int, requests: list[InferenceRequest], error: Exception) -> None:
+    """The batch's requests fail with a 500; the worker and every other batch go on."""
+    log.error(
+        "inference failed for variant %s (batch of %d pairs): %s: %s",
+        queue.name,
+        pairs,
+        type(error).__name__,
+        error,
+        exc_info=error,
+    )
+    fail_requests(
+        requests, InferenceError(f"inference failed for variant {queue.name!r}: {type(error).__name__}: {error}")
+    )
+
+
+def answer(flight: Flight, stopped: Callable[[list[InferenceRequest], BaseException], None]) -> None:
+    """Collect a launched batch, answer its requests and record it. A failing batch fails its own requests; a fatal
+    fault (not an ``Exception``) fails them through ``stopped`` and is raised."""
+    queue, batch = flight.queue, flight.batch
+    try:
+        collected = [launch.collect() for launch in flight.launches]
+        probabilities = np.concatenate([rows for rows, _ in collected]) if len(collected) > 1 else collected[0][0]
+        if probabilities.shape != (len(batch), len(LABELS)):
+            raise ValueError(f"the runner returned shape {probabilities.shape} for {len(batch)} pairs")
+    except Exception as error:
+        fail_batch(queue, len(batch), flight.requests, error)
+        return
+    except BaseException as error:
+        stopped(flight.requests, error)
+        raise
+    seconds = sum(seconds for _, seconds in collected)
+    if flight.launches[0].device_timed:
+        seconds -= sum(nested.elapsed for nested in flight.nested)
+    else:
+        seconds -= flight.preempted_s
+    flight.elapsed = elapsed = max(0.0, seconds)
+    finished = time.perf_counter()
+    try:
+        for pair, row in zip(batch, probabilities, strict=True):
+            request = pair.request
+            request.probabilities[pair.index] = row
+            if request.last_batch != flight.batch_id:
+                request.last_batch = flight.batch_id
+                request.compute_s += elapsed
+            request.remaining -= 1
+            if request.remaining == 0:
+                tell(request.complete, finished)
+    except Exception as error:  # answering must not take the worker down: fail what is still unanswered
+        fail_batch(queue, len(batch), [request for request in flight.requests if request.remaining > 0], error)
+        return
+    try:
+        queue.record_batch(batch, elapsed, probabilities, flight.priority)
+    except Exception:  # every request is answered; only bookkeeping was lost
+        log.exception("recording batch metrics failed for variant %s; the worker goes on", queue.name)

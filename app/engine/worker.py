@@ -9,11 +9,11 @@ there, else it would have queued the whole background batch ahead). A failing ba
 of memory splits a batch in halves.
 
 Each batch goes through stages (``app.engine.stages``): prepare, launch, and finish (collect the probabilities,
-answer the requests, record metrics). When the worker pipelines (``pipeline``, on for CUDA devices by default), the
-finish runs on a post-stage thread (``app.engine.pipeline``) in launch order while the worker thread prepares and
-launches the next batch, so on a GPU the collate and host-to-device copy of batch N+1 and the answers of batch N-1
-overlap batch N; at most ``PIPELINE_DEPTH`` batches are in flight. A request's compute time is the device time of
-its batches (CUDA events on a GPU); the rest of its time in the engine is queue time.
+answer the requests, record metrics: ``app.engine.pipeline.answer``). When the worker pipelines (``pipeline``, on
+for CUDA devices by default), the finish runs on a post-stage thread (``app.engine.pipeline``) in launch order while
+the worker thread prepares and launches the next batch, so on a GPU the collate and host-to-device copy of batch N+1
+and the answers of batch N-1 overlap batch N; at most ``PIPELINE_DEPTH`` batches are in flight. A request's compute
+time is the device time of its batches (CUDA events on a GPU); the rest of its time in the engine is queue time.
 """
 
 from __future__ import annotations
@@ -21,17 +21,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
 
-import numpy as np
 import torch
 
 from app import metrics
 from app.engine.admission import AdmissionControl
 from app.engine.errors import InferenceError
-from app.engine.labels import LABELS
-from app.engine.pipeline import Flight, PostStage
+from app.engine.pipeline import Flight, PostStage, answer, fail_batch, fail_requests
 from app.engine.queues import VariantQueue
 from app.engine.requests import InferenceRequest, PendingPair, Priority
 from app.engine.stages import Launched, Stages
@@ -46,15 +42,6 @@ PIPELINE_DEPTH = 2
 
 def _is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
-
-
-def _tell(answer: Callable[[Any], None], result: Any) -> None:
-    """Answer a request (``complete`` or ``fail``); one whose event loop is closed (a server shutting down) has nobody
-    to hear it, and the thread answering goes on."""
-    try:
-        answer(result)
-    except RuntimeError as error:
-        log.warning("a request could not be answered: %s", error)
 
 
 class DeviceWorker(AdmissionControl):
@@ -204,7 +191,7 @@ class DeviceWorker(AdmissionControl):
             flight.launches = self._launch_halves(stages, queue, [pair.ids for pair in batch], background)
         except Exception as error:
             self._landed(flight)
-            self._fail_batch(queue, batch, flight.requests, error)
+            fail_batch(queue, len(batch), flight.requests, error)
             return None
         except BaseException as error:
             self._landed(flight)
@@ -246,47 +233,9 @@ class DeviceWorker(AdmissionControl):
         """Collect a launched batch, answer its requests and record it. Runs on the post-stage thread when the
         worker pipelines (the one thread that answers requests then), else on the worker thread."""
         try:
-            self._answer(flight)
+            answer(flight, self._fail_requests)
         finally:
             self._landed(flight)
-
-    def _answer(self, flight: Flight) -> None:
-        queue, batch = flight.queue, flight.batch
-        try:
-            collected = [launch.collect() for launch in flight.launches]
-            probabilities = np.concatenate([rows for rows, _ in collected]) if len(collected) > 1 else collected[0][0]
-            if probabilities.shape != (len(batch), len(LABELS)):
-                raise ValueError(f"the runner returned shape {probabilities.shape} for {len(batch)} pairs")
-        except Exception as error:
-            self._fail_batch(queue, batch, flight.requests, error)
-            return
-        except BaseException as error:
-            self._fail_requests(flight.requests, error)
-            raise
-        seconds = sum(seconds for _, seconds in collected)
-        if flight.launches[0].device_timed:
-            seconds -= sum(nested.elapsed for nested in flight.nested)
-        else:
-            seconds -= flight.preempted_s
-        flight.elapsed = elapsed = max(0.0, seconds)
-        finished = time.perf_counter()
-        try:
-            for pair, row in zip(batch, probabilities, strict=True):
-                request = pair.request
-                request.probabilities[pair.index] = row
-                if request.last_batch != flight.batch_id:
-                    request.last_batch = flight.batch_id
-                    request.compute_s += elapsed
-                request.remaining -= 1
-                if request.remaining == 0:
-                    _tell(request.complete, finished)
-        except Exception as error:  # answering must not take the worker down: fail what is still unanswered
-            self._fail_batch(queue, batch, [request for request in flight.requests if request.remaining > 0], error)
-            return
-        try:
-            queue.record_batch(batch, elapsed, probabilities, flight.priority)
-        except Exception:  # every request is answered; only bookkeeping was lost
-            log.exception("recording batch metrics failed for variant %s; the worker goes on", queue.name)
 
     def _post_failed(self, flight: Flight, error: BaseException) -> None:
         """A fatal fault while answering a batch on the post-stage thread: the worker is down, as if its own thread
@@ -298,24 +247,7 @@ class DeviceWorker(AdmissionControl):
         self._fail_everything(error)
 
     def _fail_requests(self, requests: list[InferenceRequest], error: BaseException) -> None:
-        for request in requests:
-            _tell(request.fail, InferenceError(f"device worker {self.device} stopped: {error!r}"))
-
-    def _fail_batch(
-        self, queue: VariantQueue, batch: list[PendingPair], requests: list[InferenceRequest], error: Exception
-    ) -> None:
-        """The batch's requests fail with a 500; the worker and every other batch go on."""
-        log.error(
-            "inference failed for variant %s (batch of %d pairs): %s: %s",
-            queue.name,
-            len(batch),
-            type(error).__name__,
-            error,
-            exc_info=error,
-        )
-        failure = InferenceError(f"inference failed for variant {queue.name!r}: {type(error).__name__}: {error}")
-        for request in requests:
-            _tell(request.fail, failure)
+        fail_requests(requests, InferenceError(f"device worker {self.device} stopped: {error!r}"))
 
     def _fail_everything(self, error: BaseException) -> None:
         with self._condition:
