@@ -196,6 +196,7 @@ class Engine(ModelRepository, ShadowRunner):
         *,
         priority: Priority = Priority.INTERACTIVE,
         language: str | None = None,
+        spent_s: float = 0.0,
     ) -> PredictionResult:
         """Tokenize off the event loop, queue every pair, and wait until the batches carrying them have run.
 
@@ -204,9 +205,10 @@ class Engine(ModelRepository, ShadowRunner):
         counters. Once answered, the catalogue's shadows of this variant get their sample of the pairs, without
         delaying this answer. Raises an EngineError subclass: UnknownVariantError, VariantNotReadyError,
         InputTooLongError, OverloadedError, DeadlineExceededError, DrainingError or InferenceError; each is counted
-        in xnli_request_failures_total.
+        in xnli_request_failures_total. ``spent_s``: time the request already spent before this call (in a front-end
+        process): its deadline is that much nearer.
         """
-        return await self._serve(pairs, None, variant, truncate, timeout_s, priority, language)
+        return await self._serve(pairs, None, variant, truncate, timeout_s, priority, language, spent_s)
 
     async def predict_encoded(
         self,
@@ -226,9 +228,10 @@ class Engine(ModelRepository, ShadowRunner):
         and this process does not tokenize them. ``fingerprint`` is the encoder's: if it is not the one this variant
         serves with now (a reload changed its tokenizer since the front end loaded it), the pairs are tokenized here
         as ``predict`` does. The pairs also feed the shadows whose candidate tokenizes differently.
-        ``tokenization_s``: how long the front end took to encode them (observed and reported as tokenization)."""
+        ``tokenization_s``: how long the front end took to encode them (observed and reported as tokenization); the
+        request's deadline is that much nearer, as if it had been tokenized here."""
         given = (encoded, fingerprint, tokenization_s)
-        return await self._serve(pairs, given, variant, truncate, timeout_s, priority, language)
+        return await self._serve(pairs, given, variant, truncate, timeout_s, priority, language, tokenization_s)
 
     async def _serve(
         self,
@@ -239,6 +242,7 @@ class Engine(ModelRepository, ShadowRunner):
         timeout_s: float | None,
         priority: Priority,
         language: str | None,
+        spent_s: float = 0.0,
     ) -> PredictionResult:
         if priority is Priority.SHADOW:
             raise ValueError("shadow priority is reserved for the engine's own shadow work")
@@ -250,7 +254,9 @@ class Engine(ModelRepository, ShadowRunner):
         metrics.INFLIGHT_REQUESTS.inc()
         metrics.PRIORITY_REQUESTS.labels(name, priority.label).inc()
         try:
-            result, used = await self._predict(runtime, pairs, truncate, timeout_s, priority, language_label, given)
+            result, used = await self._predict(
+                runtime, pairs, truncate, timeout_s, priority, language_label, given, spent_s
+            )
             if name in self.router.shadows:
                 self._start_shadows(name, pairs, result, truncate, language_label, used)
             return result
@@ -278,6 +284,7 @@ class Engine(ModelRepository, ShadowRunner):
         priority: Priority = Priority.INTERACTIVE,
         language: str = metrics.UNSPECIFIED_LANGUAGE,
         given: tuple[EncodedPairs, str, float] | None = None,
+        spent_s: float = 0.0,
     ) -> tuple[PredictionResult, tuple[EncodedPairs, str]]:
         """The answer, and the encoding its pairs ran with and its encoder's fingerprint (for the shadows)."""
         name = runtime.spec.name
@@ -292,9 +299,11 @@ class Engine(ModelRepository, ShadowRunner):
         timeout = self.request_timeout_s if timeout_s is None else min(timeout_s, self.request_timeout_s)
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        deadline = started + timeout
+        # Admission judges the whole timeout, as when the request arrives here (a deadline too short for the variant
+        # is the client's error, whatever a front end spent); the answer is due ``spent_s`` earlier.
+        reservation = runtime.worker.admit(runtime.queue, len(pairs), started + timeout, priority)
+        deadline = started + timeout - spent_s
         earlier = 0.0  # tokenization done before this call, by the front end
-        reservation = runtime.worker.admit(runtime.queue, len(pairs), deadline, priority)
         try:
             if given is not None and given[1] == encoder.fingerprint:
                 encoded = checked_encoding(given[0], len(pairs), encoder.max_seq_len)

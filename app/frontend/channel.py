@@ -2,9 +2,11 @@
 
 Requests (front DEALER -> engine ROUTER), one frame each: ``[kind, call_id, payload]``
 
-* ``predict``: ``[pairs, variant, truncate, timeout_s, priority, language]`` answered with a prediction;
+* ``predict``: ``[pairs, variant, truncate, timeout_s, priority, language, spent_s]`` answered with a prediction;
+  ``spent_s`` is the time the request already spent in the front end: the engine's deadline is that much nearer;
 * ``predict_encoded``: ``[pairs, ids, truncated, fingerprint, tokenization_s, variant, truncate, timeout_s, priority,
   language]``: pairs the front end tokenized with the variant's encoder (``fingerprint`` names it), answered the same;
+  ``tokenization_s`` (the front end's time on the request, its wait for a tokenizer thread included) is spent too;
 * ``cancel``: the client of ``call_id`` hung up: the engine cancels that prediction (its queued pairs are dropped);
 * ``call``: ``[method, args, kwargs]`` for the engine methods in :data:`CALLS` (repository, metrics scrape).
 

@@ -421,6 +421,7 @@ class EngineClient:
         """``Engine.predict`` in the engine process: admission, deadline and cancellation are decided there."""
         if priority is Priority.SHADOW:
             raise ValueError("shadow priority is reserved for the engine's own shadow work")
+        arrived = time.perf_counter()  # the deadline runs from here: the engine subtracts what this front end spends
         name = self.resolve(variant).spec.name
         if self.draining or not self.connected:
             error: EngineError = (
@@ -435,15 +436,18 @@ class EngineClient:
         try:
             encoder = self.encoders.get(name)
             if encoder is None:
-                kind, payload = channel.PREDICT, [list(pairs), name, truncate, timeout_s, priority.name, language]
+                spent_s = time.perf_counter() - arrived
+                kind, payload = (
+                    channel.PREDICT,
+                    [list(pairs), name, truncate, timeout_s, priority.name, language, spent_s],
+                )
             else:
-                started = time.perf_counter()
                 try:
                     encoded = await self.tokenization.encode(encoder, pairs, truncate)
                 except EngineError as refused:  # too long, or this front end's tokenizer backlog is full
                     metrics.REQUEST_FAILURES.labels(name, refused.reason).inc()
                     raise
-                tokenization_s = time.perf_counter() - started
+                tokenization_s = time.perf_counter() - arrived  # with the wait for a tokenizer thread
                 kind = channel.PREDICT_ENCODED
                 payload = [
                     list(pairs),

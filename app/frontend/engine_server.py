@@ -103,7 +103,7 @@ class EngineServer:
                     tokenization_s=tokenization_s,
                 )
             else:
-                pairs, variant, truncate, timeout_s, priority, language = payload
+                pairs, variant, truncate, timeout_s, priority, language, spent_s = payload
                 result = await self.engine.predict(
                     [(premise, hypothesis) for premise, hypothesis in pairs],
                     variant,
@@ -111,6 +111,7 @@ class EngineServer:
                     timeout_s,
                     priority=Priority[priority],
                     language=language,
+                    spent_s=spent_s,
                 )
         except asyncio.CancelledError:
             return  # the front's client hung up: nobody waits for an answer

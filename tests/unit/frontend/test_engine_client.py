@@ -72,7 +72,9 @@ class ScriptedEngine:
         *,
         priority: Priority = Priority.INTERACTIVE,
         language: str | None = None,
+        spent_s: float = 0.0,
     ) -> PredictionResult:
+        assert 0.0 <= spent_s < 1.0
         self.calls.append((list(pairs), variant, truncate, timeout_s, priority, language))
         if self.raises is not None:
             raise self.raises

@@ -20,7 +20,13 @@ from prometheus_client import REGISTRY
 
 from app.engine.catalogue import Catalogue, load_catalogue
 from app.engine.engine import Engine, PredictionResult
-from app.engine.errors import InputTooLongError
+from app.engine.errors import (
+    DeadlineExceededError,
+    DeadlineTooShortError,
+    EngineError,
+    InputTooLongError,
+    OverloadedError,
+)
 from app.engine.tokenization import EncodedPairs, PairEncoder
 from app.frontend.engine_client import EngineClient, FrontEncoders, load_encoder
 from app.frontend.engine_server import EngineServer
@@ -235,3 +241,41 @@ def test_the_encoders_follow_the_engine(setup: Setup) -> None:
         assert encoders.get("ft-twin") is None
     finally:
         encoders.close(10)
+
+
+@pytest.mark.parametrize("encoded", [True, False], ids=["ids", "text"])
+async def test_time_spent_in_the_front_end_counts_against_the_deadline(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch, encoded: bool
+) -> None:
+    """The front end (its tokenizer backlog, say) used more than the request's timeout: refused as one process
+    refuses a request whose tokenization used its timeout, not given a fresh timeout in the engine process; a timeout
+    too short for the variant is still the client's error (422) however little the front end spent."""
+    engine, front = setup.engine, setup.front
+    counted = engine.tokenization.encode
+
+    async def slow_encode(encoder: PairEncoder, pairs: Sequence[tuple[str, str]], truncate: bool) -> EncodedPairs:
+        await asyncio.sleep(0.5)  # one process: tokenizing (its backlog) uses more than the timeout
+        return await counted(encoder, pairs, truncate)
+
+    monkeypatch.setattr(engine.tokenization, "encode", slow_encode)
+    with pytest.raises(EngineError) as single:
+        setup.on_engine(engine.predict(PAIRS[:1], "ft-twin", timeout_s=0.4))
+    monkeypatch.setattr(engine.tokenization, "encode", counted)
+    assert isinstance(single.value, DeadlineExceededError | OverloadedError)
+
+    real_resolve = front.resolve
+
+    def slow_resolve(name: str | None) -> Any:
+        time.sleep(0.5)  # stands in for time lost in this front end before the request is sent
+        return real_resolve(name)
+
+    if not encoded:
+        monkeypatch.setattr(front.encoders, "get", lambda name: None)
+    monkeypatch.setattr(front, "resolve", slow_resolve)
+    with pytest.raises(EngineError) as multi:
+        await front.predict(PAIRS[:1], "ft-twin", timeout_s=0.4)
+    assert (type(multi.value), multi.value.reason) == (type(single.value), single.value.reason)
+    monkeypatch.setattr(front, "resolve", real_resolve)
+    assert (await front.predict(PAIRS[:1], "ft-twin", timeout_s=2.0)).variant == "ft-twin"
+    with pytest.raises(DeadlineTooShortError):
+        await front.predict(PAIRS[:1], "ft-twin", timeout_s=1e-6)
