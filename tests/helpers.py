@@ -7,11 +7,23 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import httpx
 
 from app.local_server import LocalServer, free_port, local_server, server_command
 from loadtests import scrape
 
-__all__ = ["ServerProcess", "free_port", "metric_value", "running_server", "server_command", "write_catalogue"]
+__all__ = [
+    "Outcome",
+    "ServerProcess",
+    "free_port",
+    "metric_value",
+    "predict_until_refused",
+    "running_server",
+    "server_command",
+    "write_catalogue",
+]
 
 
 ServerProcess = LocalServer
@@ -25,6 +37,26 @@ def running_server(
     env = {"XNLI_SERVE_TORCH_THREADS": "1", **(extra_env or {})}
     with local_server(catalogue, log_dir / f"server-{time.monotonic_ns()}.log", env, wait) as server:
         yield server
+
+
+# One /predict call under a drain test's load: (sent at, answered at, status or "503 <error type>" or transport error).
+Outcome = tuple[float, float, int | str]
+
+
+async def predict_until_refused(http: httpx.AsyncClient, body: dict[str, Any], sent: list[Outcome]) -> None:
+    """POST ``body`` to /predict back to back, recording each outcome in ``sent``, until one is not a 200."""
+    while True:
+        started = time.perf_counter()
+        try:
+            response = await http.post("/predict", json=body)
+            outcome: int | str = response.status_code
+            if response.status_code != 200:
+                outcome = f"{response.status_code} {response.json()['error']['type']}"
+        except httpx.TransportError as error:
+            outcome = type(error).__name__
+        sent.append((started, time.perf_counter(), outcome))
+        if outcome != 200:
+            return
 
 
 def _toml_value(value: object) -> str:

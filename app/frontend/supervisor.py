@@ -6,6 +6,10 @@ front ends, keep them running, and stop them in an order that loses no accepted 
   on with 503; the supervisor stops them and exits 1, so the orchestrator restarts the whole service.
 * SIGTERM: the front ends drain first (readiness 503, new requests 503, accepted ones finish, since the engine still
   answers), then the engine process drains and stops; exit 0. SIGINT: everything stops without waiting.
+* The children run in process groups of their own and hear signals only from the supervisor, in that order: a
+  signal to the supervisor's whole group (systemd's default KillMode, ``kill -TERM -PGID``, Ctrl-C in a terminal)
+  would otherwise drain the engine process while the front ends still send it accepted requests, and give each
+  front end a second SIGTERM (which cuts its drain). A child whose supervisor is gone stops by itself.
 """
 
 from __future__ import annotations
@@ -70,7 +74,7 @@ class Supervisor:
     def _start_front(self, index: int) -> None:
         fd = self.listener.fileno()
         command = [sys.executable, "-m", "app.frontend.front_server", str(self.run_dir), str(fd)]
-        self.fronts[index] = subprocess.Popen(command, env=self.front_env, pass_fds=(fd,))
+        self.fronts[index] = subprocess.Popen(command, env=self.front_env, pass_fds=(fd,), process_group=0)
         self.started_at[index] = time.monotonic()
         log.info("front end %d started (pid %d)", index, self.fronts[index].pid)  # type: ignore[union-attr]
 
@@ -92,7 +96,7 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         command = [sys.executable, "-m", "app.frontend.engine_server", str(self.run_dir)]
-        self.engine = subprocess.Popen(command, env=self.engine_env)
+        self.engine = subprocess.Popen(command, env=self.engine_env, process_group=0)
         log.info("engine process started (pid %d); %d front ends on %s:%d", self.engine.pid, self.count,
                  self.settings.host, self.settings.port)  # fmt: skip
         for index in range(self.count):

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import running_server, write_catalogue
+from tests.helpers import Outcome, predict_until_refused, running_server, write_catalogue
 
 pytestmark = pytest.mark.integration
 
@@ -25,23 +25,9 @@ def test_sigterm_drains_accepted_requests_and_exits_zero(demo_store: Path, tmp_p
     env = {"XNLI_SERVE_ENABLE_FAULT_INJECTION": "true", "XNLI_SERVE_DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S)}
     with running_server(catalogue, tmp_path, extra_env=env) as server:
         # (send time, answer time, status or "503 <error type>" or transport error)
-        sent: list[tuple[float, float, int | str]] = []
+        sent: list[Outcome] = []
         readiness: list[tuple[float, int | str]] = []
         sigterm_at = 0.0
-
-        async def client(http: httpx.AsyncClient) -> None:
-            while True:
-                started = time.perf_counter()
-                try:
-                    response = await http.post("/predict", json={**PAIR, "variant": "steady"})
-                    outcome: int | str = response.status_code
-                    if response.status_code != 200:
-                        outcome = f"{response.status_code} {response.json()['error']['type']}"
-                except httpx.TransportError as error:
-                    outcome = type(error).__name__
-                sent.append((started, time.perf_counter(), outcome))
-                if outcome != 200:
-                    return
 
         async def watch_readiness(http: httpx.AsyncClient) -> None:
             while True:
@@ -59,7 +45,10 @@ def test_sigterm_drains_accepted_requests_and_exits_zero(demo_store: Path, tmp_p
                 httpx.AsyncClient(base_url=server.base_url, timeout=30) as http,
                 httpx.AsyncClient(base_url=server.base_url, timeout=5) as probe,
             ):
-                clients = [asyncio.ensure_future(client(http)) for _ in range(12)]
+                clients = [
+                    asyncio.ensure_future(predict_until_refused(http, {**PAIR, "variant": "steady"}, sent))
+                    for _ in range(12)
+                ]
                 await asyncio.sleep(1.0)
                 sigterm_at = time.perf_counter()
                 server.process.send_signal(signal.SIGTERM)

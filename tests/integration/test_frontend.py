@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import ServerProcess, metric_value, running_server, write_catalogue
+from app import local_server
+from tests.helpers import (
+    Outcome,
+    ServerProcess,
+    metric_value,
+    predict_until_refused,
+    running_server,
+    write_catalogue,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -242,39 +251,41 @@ def test_a_disconnect_reaches_the_engine(fronts: ServerProcess) -> None:
     )
 
 
-def test_sigterm_drains_without_losing_a_request(store_catalogue: Path, tmp_path: Path) -> None:
+def in_own_session(*args: str) -> list[str]:
+    """``xnli-serve`` as the leader of its own process group, so a test can signal the whole group."""
+    start = "import os, sys; os.setsid(); os.execv(sys.executable, [sys.executable, '-m', 'app', *sys.argv[1:]])"
+    return [sys.executable, "-c", start, *args]
+
+
+@pytest.mark.parametrize("group", [False, True], ids=["supervisor", "process-group"])
+def test_sigterm_drains_without_losing_a_request(
+    store_catalogue: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, group: bool
+) -> None:
+    """SIGTERM to the supervisor, or to its whole process group (systemd's KillMode, ``kill -TERM -PGID``): the
+    children hear it only from the supervisor, so the engine process drains after the front ends."""
+    if group:
+        monkeypatch.setattr(local_server, "server_command", in_own_session)
     env = {**ENV, **FRONTS, "XNLI_SERVE_DRAIN_TIMEOUT_S": "10"}
     with running_server(store_catalogue, tmp_path, extra_env=env) as server:
-        sent: list[tuple[float, float, int | str]] = []
+        sent: list[Outcome] = []
         sigterm_at = 0.0
-
-        async def client() -> None:
-            async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
-                while True:
-                    started = time.perf_counter()
-                    try:
-                        response = await http.post("/predict", json={"inputs": [{"premise": "a", "hypothesis": "b"}],
-                                                                      "variant": "slow"})  # fmt: skip
-                        outcome: int | str = response.status_code
-                        if response.status_code != 200:
-                            outcome = f"{response.status_code} {response.json()['error']['type']}"
-                    except httpx.TransportError as error:
-                        outcome = type(error).__name__
-                    sent.append((started, time.perf_counter(), outcome))
-                    if outcome != 200:
-                        return
+        body = {"inputs": [{"premise": "a", "hypothesis": "b"}], "variant": "slow"}
 
         async def run() -> list[int]:
             nonlocal sigterm_at
-            clients = [asyncio.ensure_future(client()) for _ in range(6)]
-            await asyncio.sleep(1.0)
-            sigterm_at = time.perf_counter()
-            server.process.send_signal(signal.SIGTERM)
-            readiness = []
-            async with httpx.AsyncClient(base_url=server.base_url, timeout=5) as probe:
-                with contextlib.suppress(httpx.TransportError):
-                    readiness.append((await probe.get("/health/ready")).status_code)
-            await asyncio.wait_for(asyncio.gather(*clients), 20)
+            async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
+                clients = [asyncio.ensure_future(predict_until_refused(http, body, sent)) for _ in range(6)]
+                await asyncio.sleep(1.0)
+                sigterm_at = time.perf_counter()
+                if group:
+                    os.killpg(server.process.pid, signal.SIGTERM)
+                else:
+                    server.process.send_signal(signal.SIGTERM)
+                readiness = []
+                async with httpx.AsyncClient(base_url=server.base_url, timeout=5) as probe:
+                    with contextlib.suppress(httpx.TransportError):
+                        readiness.append((await probe.get("/health/ready")).status_code)
+                await asyncio.wait_for(asyncio.gather(*clients), 20)
             return readiness
 
         readiness = asyncio.run(run())
