@@ -18,13 +18,14 @@ import uvicorn
 
 from app.api.app import create_app
 from app.engine.engine import Engine
+from app.service.engine import ServingEngine
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, engine: Engine, drain_timeout_s: float) -> None:
+    def __init__(self, config: uvicorn.Config, engine: ServingEngine, drain_timeout_s: float) -> None:
         super().__init__(config)
         self.engine = engine
         self.drain_timeout_s = drain_timeout_s

@@ -29,15 +29,14 @@ from app import metrics
 from app.engine.catalogue import Catalogue
 from app.engine.errors import (
     DeadlineExceededError,
-    DrainingError,
     EngineError,
-    UnknownVariantError,
     VariantNotReadyError,
 )
 from app.engine.loading import DeviceWorkers, check_faults, load_runtime, warmup_shapes
 from app.engine.model_store import inspect_checkpoint
 from app.engine.repository import ModelRepository
 from app.engine.requests import InferenceRequest, Priority
+from app.engine.serving import Inflight, refuse_while_draining, request_timeout, resolve_variant
 from app.engine.shadows import ShadowJob, ShadowRunner
 from app.engine.status import (
     PredictionResult,
@@ -101,8 +100,7 @@ class Engine(ModelRepository, ShadowRunner):
         self.export_cache_dir = export_cache_dir
         self.load_error: str | None = None
         self.draining = False
-        self.inflight = 0
-        self._idle = asyncio.Event()
+        self._inflight = Inflight()
         self.started = False  # start-up loading finished (or failed): the repository may change variants
         self.router = TrafficRouter(catalogue.traffic, catalogue.default_variant, traffic_seed)
 
@@ -142,9 +140,12 @@ class Engine(ModelRepository, ShadowRunner):
 
     async def wait_idle(self) -> None:
         """Return once no request is inside the engine (bound it with asyncio.timeout)."""
-        while self.inflight:
-            self._idle.clear()
-            await self._idle.wait()
+        await self._inflight.wait_idle()
+
+    @property
+    def inflight(self) -> int:
+        """Requests inside the engine now."""
+        return self._inflight.count
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Finish queued work, then stop the workers and the tokenizer pool."""
@@ -168,11 +169,7 @@ class Engine(ModelRepository, ShadowRunner):
         return self.load_error is None and all(worker.alive for worker in self._devices)
 
     def resolve(self, name: str | None) -> VariantRuntime:
-        runtime = self.variants.get(name or self.default_variant)
-        if runtime is None or not runtime.spec.enabled:
-            served = [runtime.spec.name for runtime in self.variants.values() if runtime.spec.enabled]
-            raise UnknownVariantError(str(name or self.default_variant), served)
-        return runtime
+        return resolve_variant(self.variants, self.default_variant, name)
 
     def variant_ready(self, name: str) -> bool:
         """This variant alone serves now (others may be loading, reloading or failed): per-model readiness."""
@@ -249,7 +246,7 @@ class Engine(ModelRepository, ShadowRunner):
         runtime = self.resolve(variant)
         name = runtime.spec.name
         language_label = metrics.language_label(language)
-        self.inflight += 1
+        self._inflight.enter()
         runtime.active += 1
         metrics.INFLIGHT_REQUESTS.inc()
         metrics.PRIORITY_REQUESTS.labels(name, priority.label).inc()
@@ -267,13 +264,11 @@ class Engine(ModelRepository, ShadowRunner):
             metrics.REQUEST_FAILURES.labels(name, "disconnected").inc()
             raise
         finally:
-            self.inflight -= 1
             runtime.active -= 1
             if runtime.active == 0 and runtime.drained is not None:
                 runtime.drained.set()
             metrics.INFLIGHT_REQUESTS.dec()
-            if self.inflight == 0:
-                self._idle.set()
+            self._inflight.leave()
 
     async def _predict(
         self,
@@ -288,15 +283,14 @@ class Engine(ModelRepository, ShadowRunner):
     ) -> tuple[PredictionResult, tuple[EncodedPairs, str]]:
         """The answer, and the encoding its pairs ran with and its encoder's fingerprint (for the shadows)."""
         name = runtime.spec.name
-        if self.draining:
-            raise DrainingError("the service is shutting down and takes no new requests")
+        refuse_while_draining(self.draining)
         if runtime.status is not VariantStatus.READY:
             raise VariantNotReadyError(name, str(runtime.status))
         encoder = runtime.encoder
         assert encoder is not None
         assert runtime.queue is not None
         assert runtime.worker is not None
-        timeout = self.request_timeout_s if timeout_s is None else min(timeout_s, self.request_timeout_s)
+        timeout = request_timeout(self.request_timeout_s, timeout_s)
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         # Admission judges the whole timeout, as when the request arrives here (a deadline too short for the variant

@@ -12,7 +12,6 @@ is waiting on with 503 (the supervisor then stops every process: the orchestrato
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -24,12 +23,11 @@ from app import metrics
 from app.engine.catalogue import Catalogue, VariantSpec
 from app.engine.engine import PredictionResult, RepositoryEntry, RepositoryState, VariantRuntime, VariantStatus
 from app.engine.errors import (
-    DrainingError,
     EngineError,
-    UnknownVariantError,
     VariantNotReadyError,
 )
 from app.engine.scheduler import Priority
+from app.engine.serving import Inflight, refuse_while_draining, request_timeout, resolve_variant
 from app.engine.tokenization import TokenizationPool
 from app.engine.traffic import TrafficRouter
 from app.frontend import channel
@@ -91,8 +89,7 @@ class EngineClient:
         self.variants: dict[str, RemoteVariant] = {spec.name: _initial(spec) for spec in catalogue.variants}
         self.router = TrafficRouter(catalogue.traffic, catalogue.default_variant, traffic_seed)
         self.draining = False
-        self.inflight = 0
-        self._idle = asyncio.Event()
+        self._inflight = Inflight()
         self._state: channel.EngineState | None = None
         self._specs: dict[bytes, VariantSpec] = {}
         self._closed = threading.Event()
@@ -143,9 +140,12 @@ class EngineClient:
         self.draining = True
 
     async def wait_idle(self) -> None:
-        while self.inflight:
-            self._idle.clear()
-            await self._idle.wait()
+        await self._inflight.wait_idle()
+
+    @property
+    def inflight(self) -> int:
+        """Requests this front end has forwarded and not had answered yet."""
+        return self._inflight.count
 
     def close(self, timeout: float | None = 30.0) -> None:
         self._closed.set()
@@ -167,11 +167,7 @@ class EngineClient:
         return state is None or (self.connected and state.live)
 
     def resolve(self, name: str | None) -> RemoteVariant:
-        runtime = self.variants.get(name or self.default_variant)
-        if runtime is None or not runtime.spec.enabled:
-            served = [runtime.spec.name for runtime in self.variants.values() if runtime.spec.enabled]
-            raise UnknownVariantError(str(name or self.default_variant), served)
-        return runtime
+        return resolve_variant(self.variants, self.default_variant, name)
 
     def variant_ready(self, name: str) -> bool:
         runtime = self.variants.get(name)
@@ -232,16 +228,15 @@ class EngineClient:
             raise ValueError("shadow priority is reserved for the engine's own shadow work")
         arrived = time.perf_counter()  # the deadline runs from here: the engine subtracts what this front end spends
         name = self.resolve(variant).spec.name
-        if self.draining or not self.connected:
-            error: EngineError = (
-                DrainingError("the service is shutting down and takes no new requests")
-                if self.draining
-                else VariantNotReadyError(name, "engine process unavailable")
-            )
-            metrics.REQUEST_FAILURES.labels(name, error.reason).inc()
-            raise error
-        timeout = self.request_timeout_s if timeout_s is None else min(timeout_s, self.request_timeout_s)
-        self.inflight += 1
+        try:
+            refuse_while_draining(self.draining)
+            if not self.connected:
+                raise VariantNotReadyError(name, "engine process unavailable")
+        except EngineError as refused:
+            metrics.REQUEST_FAILURES.labels(name, refused.reason).inc()
+            raise
+        timeout = request_timeout(self.request_timeout_s, timeout_s)
+        self._inflight.enter()
         try:
             encoder = self.encoders.get(name)
             if encoder is None:
@@ -273,9 +268,7 @@ class EngineClient:
             body = await self.channel.request(kind, payload, name, timeout + ANSWER_GRACE_S)
             return channel.decode_result(body)
         finally:
-            self.inflight -= 1
-            if self.inflight == 0:
-                self._idle.set()
+            self._inflight.leave()
 
 
 def _entry(fields: list[str]) -> RepositoryEntry:

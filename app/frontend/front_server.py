@@ -13,14 +13,12 @@ import socket
 import sys
 from pathlib import Path
 from types import FrameType
-from typing import cast
 
 import uvicorn
 
 from app.api.app import create_app
 from app.api.server import DrainingServer
 from app.engine.catalogue import load_catalogue
-from app.engine.engine import Engine
 from app.frontend.engine_client import EngineClient
 from app.frontend.service_metrics import serve_service_metrics
 from app.frontend.supervisor import exit_now
@@ -29,7 +27,7 @@ from app.settings import Settings
 
 class FrontServer(DrainingServer):
     def __init__(self, config: uvicorn.Config, client: EngineClient, drain_timeout_s: float) -> None:
-        super().__init__(config, cast(Engine, client), drain_timeout_s)
+        super().__init__(config, client, drain_timeout_s)
         self.client = client
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -53,8 +51,8 @@ def main() -> None:
         max_tokenizing_pairs=settings.max_tokenizing_pairs,
     )
     serve_service_metrics(client.engine_metrics, Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
-    # The engine client stands in for the engine: it has every attribute and method the API layer uses of it.
-    app = create_app(settings, cast(Engine, client))
+    # The engine client stands in for the engine: it satisfies ServingEngine, what the API layer uses of one.
+    app = create_app(settings, client)
     config = uvicorn.Config(
         app,
         loop="uvloop",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from app import metrics
-from app.engine.engine import Engine, PredictionResult
+from app.engine.engine import PredictionResult
 from app.engine.errors import (
     DeadlineExceededError,
     DeadlineTooShortError,
@@ -30,6 +30,7 @@ from app.engine.errors import (
 )
 from app.engine.requests import Priority
 from app.metrics import Outcome
+from app.service.engine import ServingEngine
 
 ClientPriority = Literal["interactive", "batch"]
 """The priority classes a client may ask for (the engine keeps ``shadow`` for itself)."""
@@ -120,7 +121,7 @@ Disconnected = Callable[[], Awaitable[object]]
 class PredictionService:
     """The engine as every transport sees it: one call per request, counted once."""
 
-    def __init__(self, engine: Engine, max_pairs_per_request: int) -> None:
+    def __init__(self, engine: ServingEngine, max_pairs_per_request: int) -> None:
         self.engine = engine
         self.max_pairs_per_request = max_pairs_per_request
 

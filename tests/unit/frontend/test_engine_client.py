@@ -281,7 +281,7 @@ async def test_a_slow_engine_metrics_answer_does_not_block_the_front(
     folder.mkdir()
     collector = ServiceMetrics(harness.client.engine_metrics, folder)
     REGISTRY.register(collector)
-    app = create_app(Settings(), harness.client)  # type: ignore[arg-type]
+    app = create_app(Settings(), harness.client)
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://front") as http:
             started = time.monotonic()
