@@ -11,10 +11,26 @@ from typing import Any
 
 import httpx
 
+from app.engine.errors import (
+    DeadlineExceededError,
+    DeadlineTooShortError,
+    DrainingError,
+    EngineError,
+    InferenceError,
+    InputTooLongError,
+    OverloadedError,
+    RepositoryBusyError,
+    RequestTooLargeError,
+    UnknownVariantError,
+    VariantLoadError,
+    VariantNotReadyError,
+)
 from app.local_server import LocalServer, free_port, local_server, server_command
 from loadtests import scrape
 
 __all__ = [
+    "ENGINE_ERRORS",
+    "REPOSITORY_ERRORS",
     "Outcome",
     "ServerProcess",
     "free_port",
@@ -37,6 +53,25 @@ def running_server(
     env = {"XNLI_SERVE_TORCH_THREADS": "1", **(extra_env or {})}
     with local_server(catalogue, log_dir / f"server-{time.monotonic_ns()}.log", env, wait) as server:
         yield server
+
+
+# One of each error a prediction may raise in the engine, with the attributes the API reads.
+ENGINE_ERRORS: list[EngineError] = [
+    UnknownVariantError("nope", ["alpha", "beta"]),
+    VariantNotReadyError("alpha", "loading"),
+    InputTooLongError(3, 700, 512, "pair 3 has 700 tokens; max_seq_len is 512"),
+    OverloadedError("the queue is full", retry_after_s=2.4),
+    RequestTooLargeError("more pairs than the queue holds", limit=64),
+    DeadlineTooShortError("the deadline is shorter than one forward pass", minimum_s=0.0123),
+    DeadlineExceededError("no answer within 0.100s"),
+    DrainingError("shutting down"),
+    InferenceError("the batch failed"),
+]
+# ... and those only the repository calls raise (load, unload).
+REPOSITORY_ERRORS: list[EngineError] = [
+    VariantLoadError("alpha", "bad labels", server_fault=True),
+    RepositoryBusyError("alpha is being loaded"),
+]
 
 
 # One /predict call under a drain test's load: (sent at, answered at, status or "503 <error type>" or transport error).

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 import uvicorn
+from fastapi import FastAPI
 
 from app.api.app import create_app
 from app.engine.engine import Engine
@@ -61,10 +62,10 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def run_server(settings: Settings, engine: Engine, api_keys: Sequence[str] | None = None) -> None:
-    """``api_keys``: as the caller already read them from ``settings`` (read again when not given)."""
-    config = uvicorn.Config(
-        create_app(settings, engine, api_keys),
+def server_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
+    """How every serving process runs uvicorn (one process, or each front end of several)."""
+    return uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
@@ -74,4 +75,9 @@ def run_server(settings: Settings, engine: Engine, api_keys: Sequence[str] | Non
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
         timeout_keep_alive=int(settings.keep_alive_s),
     )
+
+
+def run_server(settings: Settings, engine: Engine, api_keys: Sequence[str] | None = None) -> None:
+    """``api_keys``: as the caller already read them from ``settings`` (read again when not given)."""
+    config = server_config(create_app(settings, engine, api_keys), settings)
     DrainingServer(config, engine, settings.drain_timeout_s).run()

@@ -17,7 +17,7 @@ from types import FrameType
 import uvicorn
 
 from app.api.app import create_app
-from app.api.server import DrainingServer
+from app.api.server import DrainingServer, server_config
 from app.engine.catalogue import load_catalogue
 from app.frontend.engine_client import EngineClient
 from app.frontend.service_metrics import serve_service_metrics
@@ -53,15 +53,7 @@ def main() -> None:
     serve_service_metrics(client.engine_metrics, Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
     # The engine client stands in for the engine: it satisfies ServingEngine, what the API layer uses of one.
     app = create_app(settings, client)
-    config = uvicorn.Config(
-        app,
-        loop="uvloop",
-        http="httptools",
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
-        timeout_keep_alive=int(settings.keep_alive_s),
-    )
+    config = server_config(app, settings)  # host and port unused: it serves on the supervisor's socket
     listener = socket.socket(fileno=fd)
     FrontServer(config, client, settings.drain_timeout_s).run(sockets=[listener])
     exit_now(0)

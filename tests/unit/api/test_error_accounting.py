@@ -13,19 +13,11 @@ from app.api.accounting import outcome_for
 from app.api.errors import from_engine
 from app.engine.engine import Engine
 from app.engine.errors import (
-    DeadlineExceededError,
-    DeadlineTooShortError,
-    DrainingError,
     EngineError,
-    InferenceError,
-    InputTooLongError,
-    OverloadedError,
-    RequestTooLargeError,
-    UnknownVariantError,
-    VariantNotReadyError,
 )
 from app.metrics import UNKNOWN_VARIANT
 from app.service.prediction import ClientDisconnected, InvalidQueryError, TooManyPairsError, outcome_of
+from tests.helpers import ENGINE_ERRORS
 from tests.unit.api.conftest import client_for
 
 PAIR = {"premise": "Il pleut depuis ce matin.", "hypothesis": "Le sol est sec."}
@@ -187,15 +179,7 @@ async def test_validation_errors_take_the_shape_of_the_router(client: httpx.Asyn
 
 
 ERRORS: list[Exception] = [
-    UnknownVariantError("ghost", ["xlmr-mnli"]),
-    VariantNotReadyError("xlmr-mnli", "loading"),
-    InputTooLongError(0, 900, 256, "too long"),
-    OverloadedError("full", retry_after_s=1.0),
-    RequestTooLargeError("larger than the queue", limit=8),
-    DeadlineTooShortError("too short", minimum_s=0.01),
-    DeadlineExceededError("late"),
-    DrainingError("draining"),
-    InferenceError("forward pass failed"),
+    *ENGINE_ERRORS,
     InvalidQueryError("no pairs"),
     TooManyPairsError(9, 8),
     EngineError("anything else"),

@@ -10,34 +10,12 @@ import pytest
 from app.api.errors import from_engine
 from app.engine.engine import PredictionResult, Timings
 from app.engine.errors import (
-    DeadlineExceededError,
-    DeadlineTooShortError,
-    DrainingError,
     EngineError,
-    InferenceError,
-    InputTooLongError,
-    OverloadedError,
-    RepositoryBusyError,
-    RequestTooLargeError,
-    UnknownVariantError,
-    VariantLoadError,
-    VariantNotReadyError,
 )
 from app.frontend import channel
+from tests.helpers import ENGINE_ERRORS, REPOSITORY_ERRORS
 
-ERRORS: list[EngineError] = [
-    UnknownVariantError("nope", ["alpha", "beta"]),
-    VariantNotReadyError("alpha", "loading"),
-    InputTooLongError(3, 700, 512, "pair 3 has 700 tokens; max_seq_len is 512"),
-    OverloadedError("the queue is full", retry_after_s=2.4),
-    RequestTooLargeError("more pairs than the queue holds", limit=64),
-    DeadlineTooShortError("the deadline is shorter than one forward pass", minimum_s=0.0123),
-    DeadlineExceededError("no answer within 0.100s"),
-    DrainingError("shutting down"),
-    InferenceError("the batch failed"),
-    VariantLoadError("alpha", "bad labels", server_fault=True),
-    RepositoryBusyError("alpha is being loaded"),
-]
+ERRORS = [*ENGINE_ERRORS, *REPOSITORY_ERRORS]
 
 
 @pytest.mark.parametrize("error", ERRORS, ids=lambda error: type(error).__name__)
