@@ -29,7 +29,7 @@ import msgpack
 import numpy as np
 
 from app.engine import errors as engine_errors
-from app.engine.engine import PredictionResult, Timings
+from app.engine.status import PredictionResult, Timings
 
 PREDICT = "predict"
 PREDICT_ENCODED = "predict_encoded"

@@ -21,13 +21,13 @@ from typing import Any
 
 from app import metrics
 from app.engine.catalogue import Catalogue, VariantSpec
-from app.engine.engine import PredictionResult, RepositoryEntry, RepositoryState, VariantRuntime, VariantStatus
 from app.engine.errors import (
     EngineError,
     VariantNotReadyError,
 )
-from app.engine.scheduler import Priority
+from app.engine.requests import Priority
 from app.engine.serving import Inflight, refuse_while_draining, request_timeout, resolve_variant
+from app.engine.status import PredictionResult, RepositoryEntry, RepositoryState, VariantRuntime, VariantStatus
 from app.engine.tokenization import TokenizationPool
 from app.engine.traffic import TrafficRouter
 from app.frontend import channel

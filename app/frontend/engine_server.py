@@ -24,9 +24,10 @@ import zmq
 import zmq.asyncio
 from prometheus_client import REGISTRY, generate_latest
 
-from app.engine.engine import Engine, RepositoryEntry
+from app.engine.engine import Engine
 from app.engine.errors import EngineError
-from app.engine.scheduler import Priority
+from app.engine.requests import Priority
+from app.engine.status import RepositoryEntry
 from app.engine.tokenization import EncodedPairs
 from app.frontend import channel
 from app.frontend.supervisor import exit_now

@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from app.engine.catalogue import VariantSpec
-from app.engine.engine import PredictionResult, RepositoryEntry, VariantStatus
 from app.engine.requests import Priority
+from app.engine.status import PredictionResult, RepositoryEntry, VariantStatus
 
 
 class ServedVariant(Protocol):

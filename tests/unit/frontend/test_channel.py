@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from app.api.errors import from_engine
-from app.engine.engine import PredictionResult, Timings
 from app.engine.errors import (
     EngineError,
 )
+from app.engine.status import PredictionResult, Timings
 from app.frontend import channel
 from tests.helpers import ENGINE_ERRORS, REPOSITORY_ERRORS
 

@@ -19,15 +19,7 @@ from prometheus_client import REGISTRY
 from app import metrics
 from app.api.app import create_app
 from app.engine.catalogue import load_catalogue
-from app.engine.engine import (
-    Engine,
-    PredictionResult,
-    RepositoryEntry,
-    RepositoryState,
-    Timings,
-    VariantRuntime,
-    VariantStatus,
-)
+from app.engine.engine import Engine
 from app.engine.errors import (
     DrainingError,
     EngineError,
@@ -35,7 +27,8 @@ from app.engine.errors import (
     UnknownVariantError,
     VariantNotReadyError,
 )
-from app.engine.scheduler import Priority
+from app.engine.requests import Priority
+from app.engine.status import PredictionResult, RepositoryEntry, RepositoryState, Timings, VariantRuntime, VariantStatus
 from app.frontend import channel, engine_server
 from app.frontend.engine_client import EngineClient
 from app.frontend.engine_server import EngineServer

@@ -19,7 +19,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from app.engine.catalogue import Catalogue, load_catalogue
-from app.engine.engine import Engine, PredictionResult
+from app.engine.engine import Engine
 from app.engine.errors import (
     DeadlineExceededError,
     DeadlineTooShortError,
@@ -27,6 +27,7 @@ from app.engine.errors import (
     InputTooLongError,
     OverloadedError,
 )
+from app.engine.status import PredictionResult
 from app.engine.tokenization import EncodedPairs, PairEncoder
 from app.frontend.engine_client import EngineClient, FrontEncoders, load_encoder
 from app.frontend.engine_server import EngineServer
