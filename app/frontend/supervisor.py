@@ -44,6 +44,33 @@ def exit_now(code: int) -> None:
     os._exit(code)
 
 
+RUN_DIR_PREFIX = "xnli-serve-"
+OWNER_FILE = "supervisor.pid"
+
+
+def remove_stale_run_dirs(root: Path) -> list[Path]:
+    """Remove the run folders under ``root`` whose supervisor is gone (it was killed before it could clean up: its
+    children stop by themselves once it is gone); those of a running supervisor, or of another user, stay."""
+    removed = []
+    for folder in root.glob(f"{RUN_DIR_PREFIX}*"):
+        try:
+            if folder.stat().st_uid != os.getuid():
+                continue
+            pid = int((folder / OWNER_FILE).read_text(encoding="ascii"))
+        except (OSError, ValueError):
+            continue  # not ours to judge (or being created right now)
+        try:
+            os.kill(pid, 0)
+            continue  # its supervisor still runs
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # a live process of another user has that pid
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
 def bind_listener(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
@@ -58,7 +85,10 @@ class Supervisor:
     def __init__(self, settings: Settings, environment: dict[str, str]) -> None:
         self.settings = settings
         self.count = settings.frontend_processes
-        self.run_dir = Path(tempfile.mkdtemp(prefix="xnli-serve-"))
+        for stale in remove_stale_run_dirs(Path(tempfile.gettempdir())):
+            log.info("removed %s, left by a supervisor that was killed", stale)
+        self.run_dir = Path(tempfile.mkdtemp(prefix=RUN_DIR_PREFIX))
+        (self.run_dir / OWNER_FILE).write_text(str(os.getpid()), encoding="ascii")
         self.metrics_dir = self.run_dir / "metrics"
         self.metrics_dir.mkdir()
         base = {key: value for key, value in environment.items() if key != "PROMETHEUS_MULTIPROC_DIR"}
