@@ -161,6 +161,14 @@ class Settings(BaseSettings):
         description="HTTP front-end processes; above 1, they share the port and feed one engine process over "
         "ZeroMQ, so HTTP parsing and validation do not cap a fast device (see app.frontend).",
     )
+    engine_silence_s: float = Field(
+        2.0,
+        gt=0.2,
+        description="With several front ends: how long the engine process may go without its state broadcast (sent "
+        "every 50 ms from its event loop) before a front end takes it for gone (unready, waiting requests 503). Not "
+        "lower: a busy engine loop (a large request tokenized inline, shadow comparisons, a CPU-starved container) "
+        "can delay broadcasts for a second without anything being wrong.",
+    )
     enable_fault_injection: bool = Field(False, description="Honour [variant.faults] in the catalogue (tests only).")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"

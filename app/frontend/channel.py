@@ -15,7 +15,7 @@ Replies (engine -> front), one frame: ``[call_id, status, body]`` with status OK
 same status and JSON body as in one process) or FAILED (anything else, answered as the API's 500).
 
 State (engine PUB -> front SUB), every :data:`STATE_INTERVAL_S`: :class:`EngineState`; a front that hears nothing
-for :data:`STALE_AFTER_S` treats the engine process as gone.
+for ``XNLI_SERVE_ENGINE_SILENCE_S`` (default :data:`STALE_AFTER_S`) treats the engine process as gone.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ FAILED = 2
 CALLS = frozenset({"repository_index", "repository_entry", "load_variant", "unload_variant", "metrics"})
 
 STATE_INTERVAL_S = 0.05
-STALE_AFTER_S = 1.0
+STALE_AFTER_S = 2.0  # the default of XNLI_SERVE_ENGINE_SILENCE_S (app.settings says why not lower)
 
 
 def request_address(run_dir: Path) -> str:

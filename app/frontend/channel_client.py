@@ -2,8 +2,8 @@
 and calls to the engine process, awaited on the event loop (predictions, repository changes) or blocking (for the
 API's synchronous methods, run off the event loop by the routes).
 
-Silence from the engine for ``channel.STALE_AFTER_S`` makes the channel disconnected: what waits on it fails (503 for
-predictions, whose variant is known; :class:`EngineUnavailableError` for other calls).
+Silence from the engine for ``silence_s`` (``XNLI_SERVE_ENGINE_SILENCE_S``) makes the channel disconnected: what
+waits on it fails (503 for predictions, whose variant is known; :class:`EngineUnavailableError` for other calls).
 """
 
 from __future__ import annotations
@@ -37,8 +37,11 @@ class EngineUnavailableError(EngineError):
 class EngineChannel:
     """Sockets to the engine process; ``on_state`` is called (in the listener thread) with each broadcast."""
 
-    def __init__(self, run_dir: Path, on_state: Callable[[channel.EngineState], None]) -> None:
+    def __init__(
+        self, run_dir: Path, on_state: Callable[[channel.EngineState], None], silence_s: float = channel.STALE_AFTER_S
+    ) -> None:
         self.run_dir = run_dir
+        self.silence_s = silence_s
         self.on_state = on_state
         self.heard = False
         self._heard_at = 0.0
@@ -88,8 +91,8 @@ class EngineChannel:
 
     @property
     def connected(self) -> bool:
-        """The engine process was heard from within ``channel.STALE_AFTER_S``."""
-        return self.heard and time.monotonic() - self._heard_at < channel.STALE_AFTER_S
+        """The engine process was heard from within ``silence_s``."""
+        return self.heard and time.monotonic() - self._heard_at < self.silence_s
 
     def _start(self) -> zmq.asyncio.Socket:
         if self._socket is None:
@@ -109,7 +112,7 @@ class EngineChannel:
     async def _watch(self) -> None:
         """Fail what waits on an engine process that fell silent (503 for predictions)."""
         while True:
-            await asyncio.sleep(channel.STALE_AFTER_S / 4)
+            await asyncio.sleep(self.silence_s / 4)
             if self._pending and not self.connected:
                 log.error("the engine process is silent: failing %d waiting call(s)", len(self._pending))
                 for future, variant in list(self._pending.values()):

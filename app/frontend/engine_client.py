@@ -6,7 +6,7 @@ State (readiness, liveness, variants and their descriptions) comes from the engi
 Each front end tokenizes its own requests with the variant's ``PairEncoder``, loaded from the checkpoint folder the
 broadcast names and checked against the engine's by fingerprint (:class:`FrontEncoders`), and sends the ids: the
 engine process only admits, batches and runs them. Until a variant's encoder is loaded here, its pairs go as text.
-Silence from the engine for ``channel.STALE_AFTER_S`` makes this front unready and unlive, and fails the requests it
+Silence from the engine for ``engine_silence_s`` makes this front unready and unlive, and fails the requests it
 is waiting on with 503 (the supervisor then stops every process: the orchestrator restarts the service).
 """
 
@@ -80,6 +80,7 @@ class EngineClient:
         *,
         tokenization_workers: int = 2,
         max_tokenizing_pairs: int = 1024,
+        engine_silence_s: float = channel.STALE_AFTER_S,
     ) -> None:
         self.run_dir = run_dir
         self.tokenization = TokenizationPool(tokenization_workers, max_tokenizing_pairs)
@@ -94,7 +95,7 @@ class EngineClient:
         self._specs: dict[bytes, VariantSpec] = {}
         self._closed = threading.Event()
         self._give_up = False
-        self.channel = EngineChannel(run_dir, self._apply)
+        self.channel = EngineChannel(run_dir, self._apply, engine_silence_s)
 
     def _apply(self, state: channel.EngineState) -> None:
         variants: dict[str, RemoteVariant] = {}
@@ -114,7 +115,7 @@ class EngineClient:
 
     @property
     def connected(self) -> bool:
-        """The engine process was heard from within ``channel.STALE_AFTER_S``."""
+        """The engine process was heard from within ``engine_silence_s``."""
         return self.channel.connected
 
     # -- lifecycle (what the app's lifespan and the draining server call) ------------------------------------------

@@ -49,6 +49,7 @@ def main() -> None:
         settings.traffic_seed,
         tokenization_workers=settings.tokenization_workers,
         max_tokenizing_pairs=settings.max_tokenizing_pairs,
+        engine_silence_s=settings.engine_silence_s,
     )
     serve_service_metrics(client.engine_metrics, Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
     # The engine client stands in for the engine: it satisfies ServingEngine, what the API layer uses of one.

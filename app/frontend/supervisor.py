@@ -2,7 +2,7 @@
 front ends, keep them running, and stop them in an order that loses no accepted request.
 
 * A front end that dies is started again (the others keep serving on the shared socket meanwhile).
-* If the engine process dies, the front ends turn unready within ``channel.STALE_AFTER_S`` and fail what they wait
+* If the engine process dies, the front ends turn unready within ``XNLI_SERVE_ENGINE_SILENCE_S`` and fail what they wait
   on with 503; the supervisor stops them and exits 1, so the orchestrator restarts the whole service.
 * SIGTERM: the front ends drain first (readiness 503, new requests 503, accepted ones finish, since the engine still
   answers), then the engine process drains and stops; exit 0. SIGINT: everything stops without waiting.
