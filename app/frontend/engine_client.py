@@ -31,12 +31,12 @@ from app.engine.status import PredictionResult, RepositoryEntry, RepositoryState
 from app.engine.tokenization import TokenizationPool
 from app.engine.traffic import TrafficRouter
 from app.frontend import channel
-from app.frontend.channel_client import EngineChannel, EngineUnavailableError
-from app.frontend.front_encoders import FrontEncoders, load_encoder
+from app.frontend.channel_client import EngineChannel
+from app.frontend.front_encoders import FrontEncoders
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EngineClient", "EngineUnavailableError", "FrontEncoders", "RemoteVariant", "load_encoder"]
+__all__ = ["EngineClient", "RemoteVariant"]
 
 # A prediction's answer comes by its deadline (the engine enforces it); past it by this much, the front stops waiting.
 ANSWER_GRACE_S = 5.0

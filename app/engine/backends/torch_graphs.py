@@ -32,33 +32,15 @@ import torch
 
 from app import metrics
 from app.engine.backends.torch_buckets import (
-    SPLIT_GAIN,
     BucketPlan,
     HostBatch,
     Part,
     Shape,
-    bucket_shapes,
-    length_axis,
-    pad_to_bucket,
-    rows_axis,
 )
 from app.engine.runner import warm_up_inputs
 from app.engine.stages import Done, Queued, device_yield_point
 
-__all__ = [  # the bucket names were defined here before torch_buckets: still importable from here
-    "GRAPHS",
-    "SPLIT_GAIN",
-    "BucketPlan",
-    "BucketRunner",
-    "CapturedBucket",
-    "HostBatch",
-    "Part",
-    "Shape",
-    "bucket_shapes",
-    "length_axis",
-    "pad_to_bucket",
-    "rows_axis",
-]
+__all__ = ["GRAPHS", "BucketRunner", "CapturedBucket", "compile_settings"]
 
 log = logging.getLogger(__name__)
 

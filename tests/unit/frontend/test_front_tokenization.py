@@ -29,8 +29,9 @@ from app.engine.errors import (
 )
 from app.engine.status import PredictionResult
 from app.engine.tokenization import EncodedPairs, PairEncoder
-from app.frontend.engine_client import EngineClient, FrontEncoders, load_encoder
+from app.frontend.engine_client import EngineClient
 from app.frontend.engine_server import EngineServer
+from app.frontend.front_encoders import FrontEncoders, load_encoder
 from app.samples import sample_pairs
 from tests.helpers import write_catalogue
 
