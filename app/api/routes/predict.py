@@ -3,6 +3,7 @@ prediction service, render its result)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -55,6 +56,14 @@ def render(result: PredictionResult) -> bytes:
     return orjson.dumps({"variant": result.variant, "predictions": predictions})
 
 
+def timeout_seconds(timeout_ms: float | None) -> float | None:
+    """The schema accepts any positive ``timeout_ms``; the smallest of them (5e-324) underflows to 0.0 s once divided,
+    so it is kept at the smallest positive float: a deadline too short to meet (422), not an invalid value."""
+    if timeout_ms is None:
+        return None
+    return max(timeout_ms / 1000.0, math.ulp(0.0))
+
+
 async def serve_prediction(
     request: Request, body: PairBody | PairsBody, variant: str | None, endpoint: str
 ) -> Response:
@@ -63,7 +72,7 @@ async def serve_prediction(
         variant=variant,
         routing_key=routing_key(request),
         truncate=body.truncate,
-        timeout_s=body.timeout_ms / 1000.0 if body.timeout_ms is not None else None,
+        timeout_s=timeout_seconds(body.timeout_ms),
         priority=body.priority,
         language=body.language,
     )
