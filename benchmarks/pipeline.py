@@ -17,7 +17,7 @@ from typing import Any
 
 from benchmarks.common import argument_parser, machine, mixed_pairs, print_machine, write_json
 
-MODES = {"off": False, "on": True}
+MODES = ("off", "on")
 
 
 async def closed_loop(engine: Any, variant: str, requests: list[list[tuple[str, str]]], clients: int) -> float:
@@ -36,20 +36,12 @@ async def closed_loop(engine: Any, variant: str, requests: list[list[tuple[str, 
 async def compare(
     catalogue: Path, variant: str, pairs: list[tuple[str, str]], loads: list[tuple[int, int]], rounds: int
 ) -> dict[str, Any]:
-    from app.engine.catalogue import load_catalogue
-    from app.engine.engine import Engine
+    from app.cli import build_engine
     from app.settings import Settings
 
-    settings = Settings()
-    spec_catalogue = load_catalogue(catalogue, [variant])
     engines = {}
-    for mode, pipeline in MODES.items():
-        engine = Engine(
-            spec_catalogue,
-            tokenization_workers=settings.tokenization_workers,
-            torch_threads=settings.torch_threads,
-            worker_pipeline=pipeline,
-        )
+    for mode in MODES:  # built exactly as `xnli-serve serve` builds its engine, but for the pipeline setting
+        engine = build_engine(Settings(catalogue=catalogue, variants=[variant], worker_pipeline=mode))
         engine.load()
         engines[mode] = engine
     results: dict[str, Any] = {}
@@ -58,7 +50,7 @@ async def compare(
             requests = [pairs[i : i + pairs_per_request] for i in range(0, len(pairs), pairs_per_request)]
             rates: dict[str, list[float]] = {mode: [] for mode in MODES}
             for round_index in range(rounds):  # off-on, on-off, ...: neither mode always runs second
-                order = list(MODES) if round_index % 2 == 0 else list(reversed(MODES))
+                order = MODES if round_index % 2 == 0 else MODES[::-1]
                 for mode in order:
                     rates[mode].append(await closed_loop(engines[mode], variant, requests, clients))
             ratios = [on / off for on, off in zip(rates["on"], rates["off"], strict=True)]

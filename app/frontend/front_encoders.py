@@ -7,7 +7,7 @@ import logging
 import threading
 
 from app.engine.catalogue import VariantSpec
-from app.engine.model_store import load_fast_tokenizer
+from app.engine.model_store import inspect_checkpoint
 from app.engine.tokenization import PairEncoder
 
 log = logging.getLogger(__name__)
@@ -76,9 +76,5 @@ class FrontEncoders:
 
 
 def load_encoder(spec: VariantSpec) -> PairEncoder:
-    """The variant's encoder as the engine builds it: the checkpoint's fast tokenizer and the variant's length."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(spec.path, local_files_only=True)
-    backend, _ = load_fast_tokenizer(spec, config)
-    return PairEncoder(backend, spec.max_seq_len)
+    """The variant's encoder as the engine builds it: the tokenizer its start-up check loads, its max_seq_len."""
+    return PairEncoder(inspect_checkpoint(spec).backend_tokenizer, spec.max_seq_len)
