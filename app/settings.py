@@ -71,8 +71,13 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+MIN_API_KEY_LENGTH = 16
+"""Shorter keys are refused at start-up: a guessable key is an open door that looks shut."""
+MAKE_A_KEY = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
+
+
 class KeySourceError(ValueError):
-    """An API key source was configured but yields no key: starting would leave every route open."""
+    """An API key source was configured but yields no usable key: starting would leave routes open (or as good as)."""
 
 
 class Settings(BaseSettings):
@@ -119,12 +124,37 @@ class Settings(BaseSettings):
         "server never closes a connection a client is about to reuse (that race surfaces as a reset request).",
     )
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted (413 beyond).")
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A connection must send complete request headers within this long of opening (or of the first "
+        "byte of its next request); else 408 and close.",
+    )
+    body_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Longest pause between a request body's bytes; past it the connection closes (so does a body "
+        "slower than min_body_rate_bytes_s once this long has passed).",
+    )
+    min_body_rate_bytes_s: float = Field(
+        4096.0, ge=0, description="Slowest average rate a request body may arrive at, after body_timeout_s."
+    )
+    max_header_bytes: int = Field(
+        65_536, ge=4096, description="Request line and headers together; beyond, 431 and close, nothing buffered."
+    )
+    max_connections: int = Field(
+        1024,
+        ge=1,
+        description="Open connections per serving process (lowered to stay 128 below the descriptor limit). A new "
+        "one beyond it closes the longest-waiting connection with no request in flight, or gets 503 at once.",
+    )
     drain_timeout_s: float = Field(
         30.0, ge=0, description="On SIGTERM, how long accepted requests may take to finish before the process exits."
     )
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
-        description="Bearer keys that may call protected routes (comma-separated). Set but empty refuses to start.",
+        description="Bearer keys that may call protected routes (comma-separated), each at least 16 characters. Set "
+        "but empty, or a shorter key, refuses to start.",
     )
     api_key_file: Path | None = Field(
         None,
@@ -198,13 +228,24 @@ class Settings(BaseSettings):
         keys = [key.get_secret_value() for key in self.api_keys]
         if "api_keys" in self.model_fields_set and not keys:
             raise KeySourceError("XNLI_SERVE_API_KEYS is set but holds no key")
+        for number, key in enumerate(keys, start=1):
+            _check_key_length(key, f"key {number} of XNLI_SERVE_API_KEYS")
         if self.api_key_file is not None:
-            from_file = [
-                line.strip()
-                for line in self.api_key_file.read_text(encoding="utf-8").splitlines()
-                if line.strip() and not line.strip().startswith("#")
-            ]
+            from_file: list[str] = []
+            for number, line in enumerate(self.api_key_file.read_text(encoding="utf-8").splitlines(), start=1):
+                key = line.strip()
+                if key and not key.startswith("#"):
+                    _check_key_length(key, f"line {number} of the API key file {self.api_key_file}")
+                    from_file.append(key)
             if not from_file:
                 raise KeySourceError(f"the API key file {self.api_key_file} holds no key")
             keys += from_file
         return keys
+
+
+def _check_key_length(key: str, where: str) -> None:
+    """Refuse a short key, saying where it is but never what it is (the message goes to logs)."""
+    if len(key) < MIN_API_KEY_LENGTH:
+        raise KeySourceError(
+            f"{where} has {len(key)} characters, fewer than {MIN_API_KEY_LENGTH}; make a key with {MAKE_A_KEY}"
+        )

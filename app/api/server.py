@@ -18,6 +18,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from app.api.app import create_app
+from app.api.edge import EdgeLimits, connection_cap, edge_protocol
 from app.engine.engine import Engine
 from app.service.engine import ServingEngine
 from app.settings import Settings
@@ -63,13 +64,21 @@ class DrainingServer(uvicorn.Server):
 
 
 def server_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
-    """How every serving process runs uvicorn (one process, or each front end of several)."""
+    """How every serving process runs uvicorn (one process, or each front end of several): behind the bounded
+    HTTP edge (app.api.edge)."""
+    limits = EdgeLimits(
+        header_timeout_s=settings.header_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+        min_body_rate_bytes_s=settings.min_body_rate_bytes_s,
+        max_header_bytes=settings.max_header_bytes,
+        max_connections=connection_cap(settings.max_connections),
+    )
     return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=edge_protocol(limits),
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),

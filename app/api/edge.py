@@ -1,0 +1,277 @@
+"""The HTTP edge: what a connection may cost before it has earned a request.
+
+uvicorn bounds none of this (its keep-alive timer starts only after a first response, httptools buffers header values
+of any size, ``limit_concurrency`` still lets a connection in and keeps it until it speaks), so one client without a key
+could hold every descriptor or gigabytes of header buffer. :class:`EdgeProtocol` is uvicorn's httptools protocol with:
+
+* a **header deadline**: complete request headers within ``header_timeout_s`` of the connection opening (or of the
+  first byte of a following request on a kept-alive connection), else 408 and close;
+* a **body deadline**: no gap longer than ``body_timeout_s`` between body bytes, and, past that long, at least
+  ``min_body_rate_bytes_s`` on average, else the connection closes (the app sees a disconnect). Time the app itself
+  leaves the body unread (flow control paused) is not charged to the client;
+* a **header size limit**: more than ``max_header_bytes`` before the headers end gets 431 and a close; nothing past the
+  limit is fed to the parser, so it buffers at most the limit plus one read;
+* a **connection cap** per process (``max_connections``, and below the descriptor limit): a new connection beyond it
+  evicts the connection that has waited longest without a request in flight (a slow or silent client, or an idle
+  keep-alive one); when every connection carries a request, the newcomer gets 503 with ``Retry-After`` at once.
+
+Every close is counted in ``xnli_http_connections_closed_total{reason}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import time
+from asyncio import TimerHandle
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from app import metrics
+from app.api.error_shapes import NATIVE
+
+DESCRIPTOR_RESERVE = 128  # descriptors kept for model files, pipes, sockets to the engine and logs
+CHECK_INTERVAL_S = 0.5  # how often a body in progress is checked for a stall or a crawl
+LINGER_S = 1.0  # how long a refused connection stays half-closed for its answer to be read
+LINGER_MAX_BYTES = 256 * 1024  # ... and how much more it may send meanwhile (read and dropped)
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeLimits:
+    header_timeout_s: float
+    body_timeout_s: float
+    min_body_rate_bytes_s: float
+    max_header_bytes: int
+    max_connections: int
+
+
+def connection_cap(configured: int, descriptor_limit: int | None = None) -> int:
+    """The configured cap, lowered to leave ``DESCRIPTOR_RESERVE`` descriptors free: a cap above the process's
+    descriptor limit would let accept() fail with EMFILE, and the kernel would then hold new connections unanswered."""
+    if descriptor_limit is None:
+        descriptor_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if descriptor_limit == resource.RLIM_INFINITY or descriptor_limit <= 0:
+        return configured
+    return max(1, min(configured, descriptor_limit - DESCRIPTOR_RESERVE))
+
+
+def _response(status: int, error_type: str, message: str, extra: bytes = b"") -> bytes:
+    """A whole HTTP/1.1 answer in the native error shape, written before (or instead of) the app."""
+    body = orjson.dumps(NATIVE.body(error_type, message))
+    head = (
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n"
+    ).encode("ascii")
+    return head + extra + b"\r\n" + body
+
+
+class EdgeProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, bounded as the module says. One instance per connection; timers are armed only
+    when a request is actually partial, so a request that arrives in one read costs no timer."""
+
+    limits: EdgeLimits  # set on the subclass that :func:`edge_protocol` makes
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self._awaiting_headers = True  # the next request's headers are not complete yet
+        self._header_bytes = 0
+        self._request_began = 0.0
+        self._header_timer: TimerHandle | None = None
+        self._body_timer: TimerHandle | None = None
+        self._body_started = 0.0
+        self._body_bytes = 0
+        self._last_body_byte = 0.0
+        self._paused_since: float | None = None
+        self._paused_total = 0.0
+        self._waiting_since = time.monotonic()  # since when this connection carries no request (eviction order)
+        self._closing = False
+        self._discarded = 0
+
+    # Connection life
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        over = len(self.connections) >= self.limits.max_connections
+        super().connection_made(transport)
+        if over and not self._make_room():
+            message = (
+                f"this process holds its limit of {self.limits.max_connections} connections, each with a request "
+                "in progress; retry shortly"
+            )
+            self._refuse(503, "overloaded", message, "over_capacity", b"retry-after: 1\r\n")
+            return
+        self._request_began = self._waiting_since
+        self._header_timer = self.loop.call_later(self.limits.header_timeout_s, self._on_header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timers()
+        super().connection_lost(exc)
+
+    def _make_room(self) -> bool:
+        """Close the connection that has waited longest without a request in flight; False if none has."""
+        idle = [
+            connection
+            for connection in self.connections
+            if isinstance(connection, EdgeProtocol) and connection is not self and connection._evictable()
+        ]
+        if not idle:
+            return False
+        min(idle, key=lambda connection: connection._waiting_since)._close("evicted")
+        return True
+
+    def _evictable(self) -> bool:
+        return not self._closing and self._awaiting_headers and (self.cycle is None or self.cycle.response_complete)
+
+    def _close(self, reason: str) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._cancel_timers()
+        metrics.HTTP_CONNECTIONS_CLOSED.labels(reason).inc()
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def _refuse(self, status: int, error_type: str, message: str, reason: str, extra: bytes = b"") -> None:
+        """Answer, half-close, and close after a short linger: closing at once with the client's bytes unread would
+        send a reset, which can destroy the answer before the client reads it. What arrives meanwhile is dropped."""
+        if self._closing or self.transport.is_closing():
+            return
+        self.transport.write(_response(status, error_type, message, extra))
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self._closing = True
+        self._cancel_timers()
+        metrics.HTTP_CONNECTIONS_CLOSED.labels(reason).inc()
+        self.loop.call_later(LINGER_S, self.transport.close)
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._header_timer, self._body_timer):
+            if timer is not None:
+                timer.cancel()
+        self._header_timer = self._body_timer = None
+
+    # Headers
+
+    def _on_header_timeout(self) -> None:
+        self._header_timer = None
+        if self._awaiting_headers and (self.cycle is None or self.cycle.response_complete):
+            message = f"request headers were not complete within {self.limits.header_timeout_s:g} s"
+            self._refuse(408, "request_timeout", message, "header_timeout")
+
+    def _headers_too_large(self) -> None:
+        message = f"request headers exceed {self.limits.max_header_bytes} bytes"
+        self._refuse(431, "headers_too_large", message, "headers_too_large")
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:  # a refused connection lingers: what it still sends is dropped, up to a bound
+            self._discarded += len(data)
+            if self._discarded > LINGER_MAX_BYTES and not self.transport.is_closing():
+                self.transport.close()
+            return
+        if self._awaiting_headers:
+            if self._header_bytes == 0 and self._header_timer is None:
+                self._request_began = time.monotonic()  # a kept-alive connection starts its next request
+            self._header_bytes += len(data)
+        super().data_received(data)
+        if self._closing or self.transport.is_closing():
+            return
+        if self._awaiting_headers:
+            if self._header_bytes > self.limits.max_header_bytes:
+                self._headers_too_large()
+            elif self._header_bytes and self._header_timer is None:  # partial headers: bound the wait for the rest
+                left = self.limits.header_timeout_s - (time.monotonic() - self._request_began)
+                self._header_timer = self.loop.call_later(max(0.0, left), self._on_header_timeout)
+        elif self.cycle is not None and self.cycle.more_body and not self.cycle.response_complete:
+            self._last_body_byte = time.monotonic()
+            if self._body_timer is None:  # a partial body: watch it for a stall or a crawl
+                self._body_timer = self.loop.call_later(CHECK_INTERVAL_S, self._check_body)
+
+    def on_url(self, url: bytes) -> None:
+        if not self._closing:
+            super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._closing:
+            super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self._closing:
+            return
+        # Headers that arrived whole in one read were counted with the body after them; count them exactly here.
+        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if size > self.limits.max_header_bytes:
+            self._headers_too_large()
+            return
+        self._awaiting_headers = False
+        self._header_bytes = 0
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        self._body_started = self._last_body_byte = time.monotonic()
+        self._body_bytes = 0
+        self._paused_since = None
+        self._paused_total = 0.0
+        super().on_headers_complete()
+
+    # Body
+
+    def on_body(self, body: bytes) -> None:
+        if not self._closing:
+            self._body_bytes += len(body)
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        if not self._closing:
+            super().on_message_complete()
+
+    def _check_body(self) -> None:
+        """A stalled body (no byte for ``body_timeout_s``) or a crawling one (under ``min_body_rate_bytes_s`` on
+        average once ``body_timeout_s`` has passed) closes the connection; paused reading is the app's time."""
+        self._body_timer = None
+        if self._closing or self.cycle is None or not self.cycle.more_body or self.cycle.response_complete:
+            return
+        now = time.monotonic()
+        if self.flow.read_paused:
+            if self._paused_since is None:
+                self._paused_since = now
+        else:
+            if self._paused_since is not None:
+                self._paused_total += now - self._paused_since
+                self._last_body_byte = now  # the client's wait starts again when reading resumes
+                self._paused_since = None
+            limit = self.limits.body_timeout_s
+            stalled = now - self._last_body_byte > limit
+            elapsed = now - self._body_started - self._paused_total
+            crawling = elapsed > limit and self._body_bytes < self.limits.min_body_rate_bytes_s * elapsed
+            if stalled or crawling:
+                self._close("body_timeout")
+                return
+        self._body_timer = self.loop.call_later(CHECK_INTERVAL_S, self._check_body)
+
+    # Between requests
+
+    def on_response_complete(self) -> None:
+        if not self.pipeline:
+            self._awaiting_headers = True
+            self._header_bytes = 0
+        self._waiting_since = time.monotonic()
+        super().on_response_complete()
+
+
+def edge_protocol(limits: EdgeLimits) -> type[EdgeProtocol]:
+    """A protocol class bound to ``limits``: uvicorn builds each connection's protocol from a class alone."""
+    return type("BoundEdgeProtocol", (EdgeProtocol,), {"limits": limits})
