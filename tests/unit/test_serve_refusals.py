@@ -123,6 +123,42 @@ def test_a_key_source_without_keys(
     assert refuse(demo_catalogue, env).strip() == f"xnli-serve: cannot start: API keys: {message.format(file=file)}"
 
 
+@pytest.mark.parametrize(
+    ("key_file", "keys", "where"),
+    [
+        pytest.param(None, "#", "key 1 of XNLI_SERVE_API_KEYS has 1 characters", id="one-character"),
+        pytest.param(
+            None, "long-enough-key-0123,fifteen-chars-x", "key 2 of XNLI_SERVE_API_KEYS has 15 characters", id="second"
+        ),
+        pytest.param(
+            "# operators\nlong-enough-key-0123\n\n  short-key  \n",
+            None,
+            "line 4 of the API key file {file} has 9 characters",
+            id="file-line",
+        ),
+    ],
+)
+def test_a_short_key(
+    refuse: Refuse, demo_catalogue: Path, tmp_path: Path, key_file: str | None, keys: str | None, where: str
+) -> None:
+    """Keys under 16 characters stop start-up: one line that says where the key is, never the key itself."""
+    env: dict[str, str] = {}
+    file = tmp_path / "keys.txt"
+    if key_file is not None:
+        file.write_text(key_file, encoding="utf-8")
+        env["XNLI_SERVE_API_KEY_FILE"] = str(file)
+    if keys is not None:
+        env["XNLI_SERVE_API_KEYS"] = keys
+    stderr = refuse(demo_catalogue, env)
+    assert stderr.count("\n") == 1
+    assert stderr.strip() == (
+        f"xnli-serve: cannot start: API keys: {where.format(file=file)}, fewer than 16; make a key with "
+        'python -c "import secrets; print(secrets.token_urlsafe(32))"'
+    )
+    assert "fifteen-chars" not in stderr
+    assert "short-key" not in stderr
+
+
 def test_requests_must_fit_every_variant_queue(refuse: Refuse, demo_store: Path, tmp_path: Path) -> None:
     catalogue = tmp_path / "variants.toml"
     catalogue.write_text(
