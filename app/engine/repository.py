@@ -20,6 +20,7 @@ from app.engine.errors import DrainingError, RepositoryBusyError, UnknownVariant
 from app.engine.loading import DeviceWorkers, check_faults, free_memory, load_runtime, release_export
 from app.engine.model_store import CheckpointError
 from app.engine.status import RepositoryEntry, RepositoryState, VariantRuntime, VariantStatus
+from app.engine.traffic import TrafficRouter
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,8 @@ class ModelRepository:
 
     catalogue: Catalogue
     variants: dict[str, VariantRuntime]
+    default_variant: str
+    router: TrafficRouter
     draining: bool
     started: bool
     request_timeout_s: float
@@ -167,8 +170,19 @@ class ModelRepository:
                 self.catalogue_entry(name)  # raises UnknownVariantError unless the catalogue names it
             return
         self._claim(name)
+        self._refuse_unloading_the_fallback(name)
         self._unloading.add(name)
         await self._run_to_completion(self._unload(name, runtime))
+
+    def _refuse_unloading_the_fallback(self, name: str) -> None:
+        """The default variant answers every request that names none unless a traffic split chooses for them; with
+        it unloaded each of those would get 404 while the service still reads as ready."""
+        if name == self.default_variant and not self.router.splits:
+            raise RepositoryBusyError(
+                f"variant {name!r} is the default variant: requests that name no variant fall back to it and no "
+                "[traffic] split covers them, so it stays loaded; to unload it, make another variant the catalogue's "
+                "default_variant (or add a [traffic] split) and restart"
+            )
 
     async def _unload(self, name: str, runtime: VariantRuntime) -> None:
         try:

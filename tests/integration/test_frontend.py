@@ -251,6 +251,16 @@ def test_a_disconnect_reaches_the_engine(fronts: ServerProcess) -> None:
     )
 
 
+def test_unloading_the_default_variant_is_refused_by_the_engine_process(fronts: ServerProcess) -> None:
+    """The unload goes through a front end's engine client; the engine process refuses it (409, the reason)."""
+    with httpx.Client(base_url=fronts.base_url, timeout=30) as http:
+        refused = http.post("/v2/repository/models/fast/unload")
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["error"].startswith("variant 'fast' is the default variant: requests that name no")
+        assert http.get("/v2/models/fast/ready").status_code == 200
+        assert http.post("/predict", json={"premise": "a", "hypothesis": "b"}).headers["X-Variant"] == "fast"
+
+
 def in_own_session(*args: str) -> list[str]:
     """``xnli-serve`` as the leader of its own process group, so a test can signal the whole group."""
     start = "import os, sys; os.setsid(); os.execv(sys.executable, [sys.executable, '-m', 'app', *sys.argv[1:]])"

@@ -115,6 +115,16 @@ async def test_unload_frees_the_variant_and_everything_follows(
     assert (await http.post("/v2/repository/models/beta/unload")).status_code == 200  # nothing to do
 
 
+async def test_unloading_the_default_variant_is_refused(http: httpx.AsyncClient) -> None:
+    """409 naming why (no split covers it); the variant keeps serving and the service stays ready."""
+    refused = await http.post("/v2/repository/models/alpha/unload")
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["error"].startswith("variant 'alpha' is the default variant: requests that name no variant")
+    assert (await http.get("/v2/models/alpha/ready")).status_code == 200
+    assert (await http.post("/predict", json={"premise": "a", "hypothesis": "b"})).headers["X-Variant"] == "alpha"
+    assert (await http.get("/health/ready")).status_code == 200
+
+
 async def test_reload_switches_to_the_changed_checkpoint(
     http: httpx.AsyncClient, catalogue: Path, demo_store: Path, tmp_path: Path
 ) -> None:

@@ -233,6 +233,31 @@ async def test_unload_finishes_accepted_work_then_refuses_and_forgets(
     assert engine.variant_ready("slow")
 
 
+async def test_the_default_variant_stays_loaded_unless_a_split_covers_it(
+    engine: Engine, demo_store: Path, checkpoint: Path, tmp_path: Path
+) -> None:
+    """Unloaded, the default would turn every request that names no variant into a 404 while readiness said 200."""
+    with pytest.raises(RepositoryBusyError, match="'alpha' is the default variant: requests that name no variant"):
+        await engine.unload_variant("alpha")
+    assert engine.variant_ready("alpha")
+    assert index(engine)["alpha"] == (RepositoryState.READY, "")
+    assert engine.route(None).spec.name == "alpha"
+
+    split = write_catalogue(
+        tmp_path / "split.toml", demo_store, [{"name": "alpha", "path": str(checkpoint)}, {"name": "beta"}]
+    )
+    split.write_text(split.read_text(encoding="utf-8") + "\n[traffic]\nsplit = { alpha = 1.0, beta = 1.0 }\n")
+    covered = Engine(load_catalogue(split), tokenization_workers=1, torch_threads=1)
+    covered.preflight()
+    await asyncio.to_thread(covered.load)
+    try:
+        await covered.unload_variant("alpha")  # the split's other variant takes its share
+        assert not covered.variant_ready("alpha")
+        assert {covered.route(None).spec.name for _ in range(8)} == {"beta"}
+    finally:
+        covered.close()
+
+
 async def test_a_retired_queue_admits_nothing(engine: Engine) -> None:
     runtime = engine.variants["alpha"]
     assert runtime.worker is not None
