@@ -13,10 +13,19 @@ from app.service.prediction import (
     MAX_TIMEOUT_MS,
     ClientPriority,
 )
+from app.service.texts import CONTENT_PATTERN, MAX_TEXT_CHARS
 from app.service.variants import VariantInfo
 
-# `\S` (search semantics, as JSON Schema's `pattern`): blank strings are refused and the schema says so.
-Text = Annotated[str, Field(min_length=1, max_length=100_000, pattern=r"\S", description="Non-blank text.")]
+# One rule for every protocol (app.service.texts): the schema's pattern is the validator's, read alike by every engine.
+Text = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_TEXT_CHARS,
+        pattern=CONTENT_PATTERN,
+        description="Text with at least one character that is not white space (ECMAScript's or Unicode's).",
+    ),
+]
 
 
 class Pair(BaseModel):

@@ -23,6 +23,7 @@ from app.service.prediction import (
     PredictionQuery,
     is_language_code,
 )
+from app.service.texts import text_problem
 
 MAX_TIMEOUT_US = MAX_TIMEOUT_MS * 1000  # as /predict's timeout_ms allows
 
@@ -135,8 +136,9 @@ def _strings(tensor: RequestInput, max_pairs: int, binary: memoryview | None = N
     for index, value in enumerate(values):
         if not isinstance(value, str):
             raise bad_request(f"input {tensor.name!r} element {index} is {type(value).__name__}; expected a string")
-        if not value.strip():
-            raise bad_request(f"input {tensor.name!r} element {index} is empty")
+        problem = text_problem(value)
+        if problem is not None:
+            raise bad_request(f"input {tensor.name!r} element {index} {problem}")
     return values
 
 
