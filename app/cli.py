@@ -33,6 +33,7 @@ def build_engine(settings: Settings) -> Engine:
         allow_faults=settings.enable_fault_injection,
         export_cache_dir=settings.export_cache_dir,
         max_tokenizing_pairs=settings.max_tokenizing_pairs,
+        max_tokenizing_chars=settings.max_tokenizing_chars,
         traffic_seed=settings.traffic_seed,
         shadow_max_queue_pairs=settings.shadow_max_queue_pairs,
         shadow_timeout_s=settings.shadow_timeout_s,
@@ -60,6 +61,13 @@ def serve(
             f"xnli-serve: cannot start: XNLI_SERVE_MAX_TOKENIZING_PAIRS={settings.max_tokenizing_pairs} is below "
             f"XNLI_SERVE_MAX_PAIRS_PER_REQUEST={settings.max_pairs_per_request}: the largest request could never "
             "be tokenized",
+            file=sys.stderr,
+        )
+        raise typer.Exit(2)
+    if settings.max_tokenizing_chars < settings.max_body_bytes:
+        print(
+            f"xnli-serve: cannot start: XNLI_SERVE_MAX_TOKENIZING_CHARS={settings.max_tokenizing_chars} is below "
+            f"XNLI_SERVE_MAX_BODY_BYTES={settings.max_body_bytes}: the largest request could never be tokenized",
             file=sys.stderr,
         )
         raise typer.Exit(2)

@@ -105,6 +105,12 @@ class Settings(BaseSettings):
         description="Pairs that may wait for the tokenizer threads; requests beyond get 429 instead of queueing "
         "behind a burst.",
     )
+    max_tokenizing_chars: int = Field(
+        4 * 1_048_576,
+        ge=1,
+        description="Characters (after each text is cut to what max_seq_len can use) that may wait for the "
+        "tokenizer threads; requests beyond get 429. At least XNLI_SERVE_MAX_BODY_BYTES.",
+    )
     torch_threads: int = Field(
         default_factory=_physical_cores,
         ge=1,

@@ -46,7 +46,13 @@ from app.engine.status import (
     VariantRuntime,
     VariantStatus,
 )
-from app.engine.tokenization import INLINE_TOKENIZATION_CHARS, EncodedPairs, TokenizationPool, checked_encoding
+from app.engine.tokenization import (
+    DEFAULT_MAX_TOKENIZING_CHARS,
+    INLINE_TOKENIZATION_CHARS,
+    EncodedPairs,
+    TokenizationPool,
+    checked_encoding,
+)
 from app.engine.traffic import TrafficRouter
 
 __all__ = [
@@ -76,6 +82,7 @@ class Engine(ModelRepository, ShadowRunner):
         allow_faults: bool = False,
         export_cache_dir: Path | None = None,
         max_tokenizing_pairs: int = 1024,
+        max_tokenizing_chars: int = DEFAULT_MAX_TOKENIZING_CHARS,
         traffic_seed: int | None = None,
         shadow_max_queue_pairs: int = 256,
         shadow_timeout_s: float = 10.0,
@@ -93,7 +100,7 @@ class Engine(ModelRepository, ShadowRunner):
             if not runtime.spec.enabled:
                 runtime.status = VariantStatus.DISABLED
         self._devices = DeviceWorkers(worker_pipeline)
-        self.tokenization = TokenizationPool(tokenization_workers, max_tokenizing_pairs)
+        self.tokenization = TokenizationPool(tokenization_workers, max_tokenizing_pairs, max_tokenizing_chars)
         self._torch_threads = torch_threads
         self.request_timeout_s = request_timeout_s
         self.allow_faults = allow_faults

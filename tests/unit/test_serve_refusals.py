@@ -171,3 +171,10 @@ def test_requests_must_fit_every_variant_queue(refuse: Refuse, demo_store: Path,
 def test_requests_must_fit_the_tokenization_backlog(refuse: Refuse, demo_catalogue: Path) -> None:
     stderr = refuse(demo_catalogue, {"XNLI_SERVE_MAX_TOKENIZING_PAIRS": "16", "XNLI_SERVE_MAX_PAIRS_PER_REQUEST": "32"})
     assert "XNLI_SERVE_MAX_TOKENIZING_PAIRS=16 is below XNLI_SERVE_MAX_PAIRS_PER_REQUEST=32" in stderr
+
+
+def test_the_largest_body_must_fit_the_tokenization_backlog(refuse: Refuse, demo_catalogue: Path) -> None:
+    stderr = refuse(
+        demo_catalogue, {"XNLI_SERVE_MAX_TOKENIZING_CHARS": "1000000", "XNLI_SERVE_MAX_BODY_BYTES": "2000000"}
+    )
+    assert "XNLI_SERVE_MAX_TOKENIZING_CHARS=1000000 is below XNLI_SERVE_MAX_BODY_BYTES=2000000" in stderr

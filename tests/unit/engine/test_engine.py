@@ -129,8 +129,9 @@ async def test_inference_error_surfaces(engine: Engine) -> None:
     assert (await engine.predict([("a", "b")], "xlmr-mnli")).probabilities.shape == (1, 3)
 
 
+@pytest.mark.parametrize("bound", ["pairs", "characters"])
 async def test_tokenization_backlog_is_bounded_and_admission_counts_it(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, bound: str
 ) -> None:
     runtime = engine.variants["xlmr-mnli"]
     assert runtime.encoder is not None
@@ -143,12 +144,15 @@ async def test_tokenization_backlog_is_bounded_and_admission_counts_it(
         return encode(*args)
 
     monkeypatch.setattr(runtime.encoder, "encode", slow_encode)
-    monkeypatch.setattr(engine.tokenization, "max_pairs", 6)
     long_pair = ("Ein sehr langer Satz über das Wetter in den Bergen. " * 20, "Es regnet.")  # goes to the pool
+    if bound == "pairs":
+        monkeypatch.setattr(engine.tokenization, "max_pairs", 6)
+    else:  # room for the characters of six such pairs (as the encoder will read them), whatever the pair count
+        monkeypatch.setattr(engine.tokenization, "max_chars", runtime.encoder.cost([long_pair] * 6))
     waiting = [asyncio.ensure_future(engine.predict([long_pair] * 3, "xlmr-mnli")) for _ in range(2)]
     await asyncio.sleep(0.05)
     assert runtime.queue.reserved_pairs == 6  # admitted and held while they are tokenized
-    with pytest.raises(OverloadedError, match=r"tokenization backlog is full \(6 pairs waiting, at most 6\)"):
+    with pytest.raises(OverloadedError, match=r"tokenization backlog is full \(6 pairs, \d+ characters waiting"):
         await engine.predict([long_pair], "xlmr-mnli")
     assert runtime.queue.reserved_pairs == 6  # the refused request gave its room back
     gate.set()
