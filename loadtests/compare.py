@@ -32,7 +32,7 @@ import numpy as np
 
 from app.local_server import local_server
 from app.settings import DEFAULT_CATALOGUE
-from loadtests import report, stats
+from loadtests import analysis, outcomes, report, stats
 from loadtests.measurements import GUARD_FRACTION, unit_of
 from loadtests.measurements import LevelResult as LevelResult  # re-exported: callers name compare.Samples
 from loadtests.measurements import Samples as Samples
@@ -54,6 +54,7 @@ class LoadSettings:
     xnli_dir: str | None
     languages: str | None
     api_key: str
+    request_timeout: float = outcomes.DEFAULT_TIMEOUT_S
 
 
 def run_locust(
@@ -67,6 +68,7 @@ def run_locust(
         "--csv", str(prefix), "--only-summary", "--exit-code-on-error", "0",
         "--variants", ",".join(load.variants), "--pairs-per-request", str(load.pairs_per_request),
         "--samples-file", f"{prefix}_samples.json", "--seed", str(seed), "--loglevel", "WARNING",
+        "--request-timeout", f"{load.request_timeout:g}",
     ]  # fmt: skip
     if block_order:
         command += [
@@ -92,7 +94,8 @@ def run_locust(
 def variant_results(
     load: LoadSettings, level: float, design: str, samples: Samples, before: MetricSamples, after: MetricSamples
 ) -> list[LevelResult]:
-    """Per-variant numbers from the measured requests, and the service's histograms over the same run."""
+    """Per-variant numbers from the measured requests, and the service's histograms over the same run. Percentiles
+    count every request: one without an answer lasts at least the client's timeout (outcomes.censored)."""
     results = []
     measured = samples.measured()
     total = len(measured.start)
@@ -104,7 +107,8 @@ def variant_results(
             window = blocks * samples.block_seconds * (1 - GUARD_FRACTION)
         else:
             window = float(measured.start.max() - measured.start.min()) if total > 1 else 0.0
-        latencies = good.latency_ms if len(good.latency_ms) else np.array([np.nan])
+        censored = mine.censored_ms()
+        latencies = censored if len(censored) else np.array([np.nan])
         p50, p90, p95, p99 = (float(value) for value in np.percentile(latencies, [50, 90, 95, 99]))
         queue_sum = delta(before, after, "xnli_queue_duration_seconds_sum", variant=variant)
         request_sum = delta(before, after, "xnli_request_duration_seconds_sum", variant=variant)
@@ -112,7 +116,11 @@ def variant_results(
         padding_sum = delta(before, after, "xnli_batch_padding_ratio_sum", variant=variant)
         requests = len(mine.start)
         failures = int(np.sum(~mine.ok))
+        sent_rate = requests / window if window else 0.0
         rate = len(good.start) / window if window else 0.0
+        offered = 0.0
+        if load.mode == "rate":
+            offered = level if design == "capacity" else level * requests / total if total else 0.0
         results.append(
             LevelResult(
                 variant=variant,
@@ -123,7 +131,7 @@ def variant_results(
                 failures=failures,
                 error_rate=failures / requests if requests else 0.0,
                 window_s=window,
-                requests_per_s=rate,
+                requests_per_s=sent_rate,
                 pairs_per_s=rate * load.pairs_per_request,
                 share=requests / total if total else 0.0,
                 p50_ms=p50,
@@ -141,38 +149,48 @@ def variant_results(
                 if batches
                 else 0.0,
                 padding_ratio=padding_sum / batches if batches else 0.0,
+                refused=int(np.sum(mine.outcome == outcomes.REFUSED)),
+                timed_out=int(np.sum(mine.outcome == outcomes.TIMED_OUT)),
+                completed_per_s=rate,
+                offered_per_s=offered,
             )
         )
     return results
 
 
+CAPACITY_MIN_ROUNDS = 6  # orders drawn per round need a few rounds for the interval to cover a periodic disturbance
+SATURATION_SHARE = 0.95  # a variant that completed less than this share of the offered rate was saturated
+
+
 def level_comparisons(
     design: str, level: float, samples: Samples, margin: float, alpha: float, block_seconds: float | None,
-    pairs_per_request: int,
+    pairs_per_request: int, offered_rate: float = 0.0, tail_margin: float = analysis.DEFAULT_TAIL_MARGIN,
+    error_margin: float = analysis.DEFAULT_ERROR_MARGIN, seed: int = 0,
 ) -> list[stats.Comparison]:  # fmt: skip
-    """The verdicts of one level: interleaved time blocks, or alternating blocks paired by round."""
+    """The verdicts of one level (median, p95 and p99 tails, error rate; capacity: throughput too): interleaved time
+    blocks, or alternating blocks paired by round. Every request counts, failures censored at the timeout."""
     measured = samples.measured()
-    good = measured.subset(measured.ok)
+    latency, failed = measured.censored_ms(), ~measured.ok
     if design == "interleaved":
-        return stats.compare_interleaved(
-            samples.variants, level, good.start, good.variant, good.latency_ms, margin, alpha, block_seconds
-        )
-    n_blocks = len(samples.block_order)
-    medians, _ = stats.grouped_quantile(good.latency_ms, good.block, n_blocks, 0.5)
-    completed = np.bincount(good.block, minlength=n_blocks)[:n_blocks].astype(np.float64)
-    throughput = completed * pairs_per_request / (samples.block_seconds * (1 - GUARD_FRACTION))
-    throughput[completed < stats.MIN_PER_BLOCK] = np.nan
-    medians[completed < stats.MIN_PER_BLOCK] = np.nan
-    order = samples.block_order
-    return [
-        *stats.compare_rounds(
-            samples.variants, level, "pairs_per_s", stats.round_values(order, samples.variants, list(throughput)),
-            margin, alpha, higher_is_better=True,
-        ),
-        *stats.compare_rounds(
-            samples.variants, level, "p50_ms", stats.round_values(order, samples.variants, list(medians)), margin, alpha
-        ),
-    ]  # fmt: skip
+        return analysis.compare_interleaved(
+            samples.variants, level, measured.start, measured.variant, latency, margin, alpha, block_seconds, failed,
+            analysis.METRICS, tail_margin, error_margin, seed,
+        )  # fmt: skip
+    order, k = samples.block_order, len(samples.variants)
+    n_blocks = len(order)
+    rounds = measured.block // k  # the order is whole rounds of k blocks
+    found = analysis.compare_pairs(
+        samples.variants, level, rounds, measured.variant, latency, failed, n_blocks // k, stats.ALTERNATING, margin,
+        alpha, analysis.METRICS, tail_margin, error_margin, seed,
+    )  # fmt: skip
+    seconds = samples.block_seconds * (1 - GUARD_FRACTION)
+    completed = np.bincount(measured.block[measured.ok], minlength=n_blocks)[:n_blocks].astype(np.float64)
+    table = stats.round_values(order, samples.variants, list(completed * pairs_per_request / seconds))
+    saturated = True
+    if offered_rate > 0:  # every variant completed (nearly) all it was offered: throughput tells nothing apart
+        achieved = np.nanmean(table, axis=0) / pairs_per_request
+        saturated = bool(np.any(achieved < SATURATION_SHARE * offered_rate))
+    return [*analysis.compare_throughput(samples.variants, level, table, margin, alpha, saturated), *found]
 
 
 @dataclass
@@ -200,11 +218,14 @@ def compare(args: argparse.Namespace, url: str) -> Outcome:
         if unknown:
             raise SystemExit(f"variants not served at {url}: {unknown}")
         mode, levels = ("rate", parse_levels(args.rates)) if args.rates else ("users", parse_levels(args.users))
-        load = LoadSettings(url, variants, mode, args.pairs_per_request, args.xnli_dir, args.languages, args.api_key)
+        load = LoadSettings(
+            url, variants, mode, args.pairs_per_request, args.xnli_dir, args.languages, args.api_key,
+            args.request_timeout,
+        )  # fmt: skip
         design = args.mode
-        metrics = 2 if design == "capacity" else 1
+        metrics = len(analysis.METRICS) + (1 if design == "capacity" else 0)
         alpha = (1 - args.confidence) / stats.comparisons_in(len(variants), len(levels), metrics)
-        rounds = args.rounds or stats.default_rounds(len(variants))
+        rounds = args.rounds or stats.default_rounds(len(variants), CAPACITY_MIN_ROUNDS)
         raw = args.out / "locust"
         raw.mkdir(parents=True, exist_ok=True)
         if args.warmup > 0:  # discarded: first batches, allocator growth, connection set-up; every variant
@@ -212,7 +233,7 @@ def compare(args: argparse.Namespace, url: str) -> Outcome:
         outcome = Outcome([], [], {})
         for number, level in enumerate(levels):
             prefix = raw / f"{design}-{mode}-{level:g}"
-            order = stats.balanced_block_order(variants, rounds) if design == "capacity" else None
+            order = stats.randomized_block_order(variants, rounds, args.seed + number) if design == "capacity" else None
             seconds = len(order) * args.block_seconds + 3 if order else args.duration  # + spawning, stop
             print(f"{design} {mode}={level:g}: {', '.join(variants)} for {seconds:g}s", flush=True)
             before = scrape(client)
@@ -224,8 +245,9 @@ def compare(args: argparse.Namespace, url: str) -> Outcome:
                 result.metadata = {key: metadata[result.variant].get(key) for key in REPORTED_METADATA}
                 outcome.results.append(result)
             outcome.comparisons += level_comparisons(
-                design, level, samples, args.margin, alpha, args.analysis_block_seconds or None, args.pairs_per_request
-            )
+                design, level, samples, args.margin, alpha, args.analysis_block_seconds or None, args.pairs_per_request,
+                level if mode == "rate" else 0.0, args.tail_margin, args.error_margin, args.seed,
+            )  # fmt: skip
     outcome.results.sort(key=lambda result: (variants.index(result.variant), result.offered))
     return outcome
 
@@ -252,16 +274,39 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=float, default=3.0, help="Seconds of discarded load (all variants)")
     parser.add_argument("--block-seconds", type=float, default=2.0, help="Capacity: length of one variant's block")
     parser.add_argument(
-        "--rounds", type=int, default=0, help="Capacity: rounds of blocks (default: >= 3, a multiple of the variants)"
+        "--rounds",
+        type=int,
+        default=0,
+        help=f"Capacity: rounds of blocks (default: >= {CAPACITY_MIN_ROUNDS}, a multiple of the variants)",
     )
     parser.add_argument(
         "--analysis-block-seconds",
         type=float,
         default=0.0,
-        help="Interleaved: length of the time blocks the window is cut into (default: from the data, up to 30 blocks "
+        help="Interleaved: length of the time blocks the window is cut into (default: from the data, up to "
+        f"{stats.MAX_BLOCKS} blocks "
         f"of about {stats.TARGET_PER_BLOCK} requests per variant)",
     )
     parser.add_argument("--margin", type=float, default=0.05, help="Equivalence margin, share of a's level")
+    parser.add_argument(
+        "--tail-margin",
+        type=float,
+        default=analysis.DEFAULT_TAIL_MARGIN,
+        help="Tail verdicts: equivalence margin on the share above the threshold, as a share of the nominal tail "
+        "(0.5: p99 within p98.5..p99.5)",
+    )
+    parser.add_argument(
+        "--error-margin",
+        type=float,
+        default=analysis.DEFAULT_ERROR_MARGIN,
+        help="Error-rate verdicts: equivalence margin, an absolute share of requests",
+    )
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=outcomes.DEFAULT_TIMEOUT_S,
+        help="Seconds before a request counts as timed out (and every unanswered request as lasting this long)",
+    )
     parser.add_argument("--confidence", type=float, default=0.95, help="For the whole report (Bonferroni-shared)")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the users' variant shuffles")
     parser.add_argument("--pairs-per-request", type=int, default=1)

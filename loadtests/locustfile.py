@@ -15,14 +15,20 @@ Request names carry the variant (``xlmr-mnli /predict``) so Locust's statistics 
 and the rest of the client-side latency as ``other`` (HTTP, serialization, tokenization), so a report can say where
 the time went. ``--arrival-rate`` paces users to a fixed total request rate that does not slow down when answers do
 (an open-model schedule: a late request is sent at once rather than postponed), so coordinated omission does not
-hide latency. For a step ramp add ``loadtests/shapes.py`` to ``-f``. ``--api-key`` (default: the environment variable
-``XNLI_SERVE_API_KEY``) is sent as ``Authorization: Bearer <key>`` to a service that requires one.
+hide latency; ``--poisson`` draws the gaps at random (open-loop Poisson arrivals, what independent clients send),
+and ``--block-rates`` gives each block of the blocks schedule its own rate (the SLO search). Every request is kept
+with its outcome (answered, refused 429/503, failed, timed out after ``--request-timeout``). With Locust's
+``--processes`` each worker process writes its own samples file (``<samples-file>.<pid>``); ``--schedule-at`` (an
+epoch time) makes them all start the blocks schedule at the same moment. For a step ramp add ``loadtests/shapes.py``
+to ``-f``. ``--api-key`` (default: the environment variable ``XNLI_SERVE_API_KEY``) is sent as
+``Authorization: Bearer <key>`` to a service that requires one.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import random
 import time
@@ -32,13 +38,16 @@ from typing import Any, ClassVar
 import gevent
 from locust import HttpUser, events, task
 from locust.env import Environment
+from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import CSV_STATS_INTERVAL_SEC
+from requests.exceptions import Timeout
 
 from app.xnli import LabelledPair
+from loadtests import outcomes
 from loadtests.pairs import load_pairs
 
-SAMPLE_COLUMNS = ("start", "variant", "latency_ms", "queue_ms", "inference_ms", "ok", "block")
-_samples: list[tuple[float, int, float, float, float, int, int]] = []
+SAMPLE_COLUMNS = ("start", "variant", "latency_ms", "queue_ms", "inference_ms", "ok", "block", "outcome", "status")
+_samples: list[tuple[float, int, float, float, float, int, int, int, int]] = []
 _schedule_start: list[float] = []  # when every user had started (blocks schedule)
 
 
@@ -70,6 +79,21 @@ def _arguments(parser: Any) -> None:
     group.add_argument("--seed", type=int, default=0, help="Seed of the per-user variant shuffles")
     group.add_argument("--block-order", default="", help="blocks schedule: the variant of each block, comma-separated")
     group.add_argument("--block-seconds", type=float, default=2.0, help="blocks schedule: length of a block")
+    group.add_argument(
+        "--block-rates",
+        default="",
+        help="blocks schedule: each block's total arrival rate (requests/s), comma-separated",
+    )
+    group.add_argument("--poisson", action="store_true", help="Random (exponential) gaps between arrivals")
+    group.add_argument(
+        "--schedule-at", type=float, default=0.0, help="blocks schedule: epoch time its first block starts"
+    )
+    group.add_argument(
+        "--request-timeout",
+        type=float,
+        default=outcomes.DEFAULT_TIMEOUT_S,
+        help="Seconds a request may take before it counts as timed out",
+    )
     parser.add_argument(  # the parser's own add_argument: it masks secrets, a group's does not
         "--api-key",
         default=os.environ.get("XNLI_SERVE_API_KEY", ""),
@@ -84,6 +108,13 @@ def _start_schedule(user_count: int, **_: Any) -> None:
         _schedule_start.append(time.time())
 
 
+@events.init.add_listener
+def _fixed_schedule(environment: Environment, **_: Any) -> None:
+    options = environment.parsed_options
+    if options is not None and options.schedule_at and not _schedule_start:
+        _schedule_start.append(float(options.schedule_at))
+
+
 @events.test_stop.add_listener
 def _let_the_csv_writer_catch_up(environment: Environment, **_: Any) -> None:
     """Locust rewrites its CSVs every second and closes them at exit without a last write; waiting one interval
@@ -96,6 +127,10 @@ def _let_the_csv_writer_catch_up(environment: Environment, **_: Any) -> None:
 def _write_samples(environment: Environment, **_: Any) -> None:
     path = environment.parsed_options.samples_file if environment.parsed_options else ""
     options = environment.parsed_options
+    if isinstance(environment.runner, MasterRunner):
+        return  # the workers sent the requests; each writes its own
+    if isinstance(environment.runner, WorkerRunner):
+        path = f"{path}.{os.getpid()}"
     if path and options is not None:
         document = {
             "columns": SAMPLE_COLUMNS,
@@ -104,10 +139,16 @@ def _write_samples(environment: Environment, **_: Any) -> None:
             "schedule_start": _schedule_start[0] if _schedule_start else None,
             "block_seconds": options.block_seconds,
             "block_order": [name.strip() for name in options.block_order.split(",") if name.strip()],
+            "block_rates": _rates(options.block_rates),
+            "timeout_s": options.request_timeout,
             "rows": _samples,
         }
         with open(path, "w", encoding="utf-8") as handle:
             json.dump(document, handle)
+
+
+def _rates(option: str) -> list[float]:
+    return [float(rate) for rate in option.split(",") if rate.strip()]
 
 
 def shuffled_cycles(count: int, generator: random.Random) -> Iterator[int]:
@@ -143,6 +184,9 @@ class XnliUser(HttpUser):
         self.pairs_per_request = max(1, options.pairs_per_request)
         self.headers = {"Authorization": f"Bearer {options.api_key}"} if options.api_key else {}
         self.next_send = time.monotonic()
+        self.block_rates = _rates(options.block_rates)
+        self.timing = random.Random(f"{options.seed}:arrivals:{number}:{os.getpid()}")
+        self.last_block = -1
 
     def next_variant(self) -> tuple[int, int] | None:
         """(variant index, block index); None while the blocks schedule waits to start or after its last block."""
@@ -155,13 +199,28 @@ class XnliUser(HttpUser):
         block = int((time.time() - _schedule_start[0]) // options.block_seconds)
         return (self.block_order[block], block) if block < len(self.block_order) else None
 
+    def current_rate(self) -> float:
+        """The total arrival rate now: the current block's under --block-rates, else --arrival-rate."""
+        options = self.environment.parsed_options
+        if not self.block_rates or not _schedule_start:
+            return float(options.arrival_rate)
+        block = int((time.time() - _schedule_start[0]) // options.block_seconds)
+        if block != self.last_block:  # a new block owes nothing to the last: no backlog of late sends carried over
+            self.last_block = block
+            self.next_send = max(self.next_send, time.monotonic())
+        return self.block_rates[min(max(block, 0), len(self.block_rates) - 1)]
+
     def wait_time(self) -> float:
-        """Open-model pacing when --arrival-rate is set: fixed send times, never pushed back by slow answers."""
-        rate = self.environment.parsed_options.arrival_rate
+        """Open-model pacing when a rate is set: send times fixed in advance (every user sends its share of the total
+        rate, -u users in all, across every worker process), never pushed back by slow answers; --poisson draws
+        the gaps from an exponential distribution."""
+        options = self.environment.parsed_options
+        rate = self.current_rate()
         if rate <= 0:
             return 0.0
-        users = max(1, self.environment.runner.user_count if self.environment.runner else 1)
-        self.next_send += users / rate
+        users = max(1, int(options.num_users or 1))
+        gap = users / rate
+        self.next_send += -gap * math.log(1.0 - self.timing.random()) if options.poisson else gap
         return max(0.0, self.next_send - time.monotonic())
 
     @task
@@ -182,16 +241,22 @@ class XnliUser(HttpUser):
         name = f"{label} /predict" if self.pairs_per_request == 1 else f"{label} /predict x{self.pairs_per_request}"
         sent = time.time()
         started = time.perf_counter()
-        with self.client.post("/predict", json=body, name=name, headers=self.headers, catch_response=True) as response:
+        timeout = self.environment.parsed_options.request_timeout
+        with self.client.post(
+            "/predict", json=body, name=name, headers=self.headers, catch_response=True, timeout=timeout
+        ) as response:
             elapsed_ms = (time.perf_counter() - started) * 1000
-            if response.status_code != 200:
-                response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
-                _samples.append((sent, variant, elapsed_ms, 0.0, 0.0, 0, block))
+            status = int(response.status_code or 0)
+            if status != 200:
+                timed_out = isinstance(getattr(response, "error", None), Timeout)
+                outcome = outcomes.classify(status, timed_out)
+                response.failure(f"{outcomes.NAMES[outcome]} (HTTP {status}): {(response.text or '')[:200]}")
+                _samples.append((sent, variant, elapsed_ms, 0.0, 0.0, 0, block, outcome, status))
                 return
             queue_ms = float(response.headers.get("x-queue-time", 0.0))
             inference_ms = float(response.headers.get("x-inference-time", 0.0))
             response.success()
-        _samples.append((sent, variant, elapsed_ms, queue_ms, inference_ms, 1, block))
+        _samples.append((sent, variant, elapsed_ms, queue_ms, inference_ms, 1, block, outcomes.SUCCESS, status))
         for kind, value in (
             ("queue", queue_ms),
             ("inference", inference_ms),

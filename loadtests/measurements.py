@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from loadtests import outcomes
+
 GUARD_FRACTION = 0.15  # capacity blocks: the first part of a block is discarded (the previous variant drains)
 
 
@@ -43,6 +45,10 @@ class LevelResult:
     mean_batch_size: float
     padding_ratio: float
     metadata: dict[str, Any] = field(default_factory=dict)
+    refused: int = 0  # of the failures: 429/503
+    timed_out: int = 0  # of the failures: no answer within the client's timeout
+    completed_per_s: float = 0.0  # answered requests per second (requests_per_s counts every request sent)
+    offered_per_s: float = 0.0  # rate mode: the variant's share of the offered rate
 
 
 @dataclass
@@ -60,6 +66,13 @@ class Samples:
     schedule_start: float | None
     block_seconds: float
     block_order: list[str]
+    outcome: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # outcomes.SUCCESS, ...
+    timeout_ms: float = outcomes.DEFAULT_TIMEOUT_S * 1000
+    block_rates: list[float] = field(default_factory=list)  # blocks schedule: each block's arrival rate (SLO mode)
+
+    def __post_init__(self) -> None:
+        if len(self.outcome) != len(self.start):  # runs written before outcomes were kept: ok or failed
+            self.outcome = np.where(self.ok, outcomes.SUCCESS, outcomes.FAILED).astype(np.int64)
 
     @classmethod
     def read(cls, path: Path) -> Samples:
@@ -78,6 +91,9 @@ class Samples:
             schedule_start=document["schedule_start"],
             block_seconds=float(document["block_seconds"]),
             block_order=document["block_order"],
+            outcome=column["outcome"].astype(np.int64) if "outcome" in column else np.zeros(0, dtype=np.int64),
+            timeout_ms=float(document.get("timeout_s", outcomes.DEFAULT_TIMEOUT_S)) * 1000,
+            block_rates=[float(rate) for rate in document.get("block_rates", [])],
         )
 
     def subset(self, keep: np.ndarray) -> Samples:
@@ -93,7 +109,14 @@ class Samples:
             self.schedule_start,
             self.block_seconds,
             self.block_order,
+            self.outcome[keep],
+            self.timeout_ms,
+            self.block_rates,
         )
+
+    def censored_ms(self) -> np.ndarray:
+        """Latencies with every request that got no answer counted as lasting the client's timeout."""
+        return outcomes.censored(self.latency_ms, self.ok, self.timeout_ms)
 
     def measured(self) -> Samples:
         """Capacity blocks without their first GUARD_FRACTION (requests still draining from the previous variant);

@@ -149,7 +149,9 @@ def plots(
         figure, axis = plt.subplots(figsize=(8, 0.45 * len(comparisons) + 1.6))
         for row, c in enumerate(comparisons):
             base = abs(c.baseline) if c.baseline else math.nan
-            color = {"faster": "C2", "slower": "C3", "equivalent": "C0"}.get(c.verdict, "C7")
+            color = {"faster": "C2", "lower": "C2", "slower": "C3", "higher": "C3", "equivalent": "C0"}.get(
+                c.verdict, "C7"
+            )
             axis.errorbar(
                 c.difference / base * 100,
                 row,

@@ -18,29 +18,66 @@ from loadtests.measurements import LevelResult, Samples, unit_of
 from loadtests.plots import plots
 from loadtests.stats import ALTERNATING, Comparison
 
-METRIC_WORDS = {"p50_ms": "median latency", "pairs_per_s": "throughput (pairs/s)"}
-UNITS = {"p50_ms": "ms", "pairs_per_s": "pairs/s"}
+METRIC_WORDS = {
+    "p50_ms": "median latency",
+    "pairs_per_s": "throughput (pairs/s)",
+    "p95_tail": "p95 tail (share of requests above the pair's pooled p95)",
+    "p99_tail": "p99 tail (share of requests above the pair's pooled p99)",
+    "error_rate": "error rate (refused, failed or timed out)",
+    "capacity": "capacity at the SLO (pairs/s)",
+}
+UNITS = {"p50_ms": "ms", "pairs_per_s": "pairs/s", "capacity": "pairs/s"}
+SHARE_METRICS = ("p95_tail", "p99_tail", "error_rate")  # differences are shares of requests: shown in points
+DIFFERENT = ("faster", "slower", "higher", "lower")  # the words that claim a difference
+
+
+def _amount(value: float, metric: str) -> str:
+    return f"{value * 100:+.2f} pts" if metric in SHARE_METRICS else f"{value:+.2f} {UNITS.get(metric, '')}".rstrip()
+
+
+def _cell(value: float, metric: str) -> str:
+    return f"{value * 100:+.2f} pts" if metric in SHARE_METRICS else f"{value:+.2f}"
+
+
+def _percent(value: float) -> str:
+    return f"{value:.1f}%" if math.isfinite(value) else "-"
+
+
+def _precision(c: Comparison) -> str:
+    """What the run could have found: its interval's half-width and minimum detectable effect, % of a's level."""
+    if not math.isfinite(c.half_width_pct):
+        return ""
+    mde = f", detectable effect {c.mde_pct:.1f}%" if math.isfinite(c.mde_pct) else ""
+    return f" (half-width {c.half_width_pct:.1f}% of a{mde})"
 
 
 def verdict_sentence(comparison: Comparison, unit: str = "users") -> str:
     c = comparison
     what = METRIC_WORDS.get(c.metric, c.metric)
-    measure = UNITS.get(c.metric, "")
-    interval = f"{c.confidence:.1%} CI {c.ci_low:+.2f} to {c.ci_high:+.2f} {measure}"
+    scale, measure = (100.0, "pts") if c.metric in SHARE_METRICS else (1.0, UNITS.get(c.metric, ""))
+    interval = f"{c.confidence:.1%} CI {c.ci_low * scale:+.2f} to {c.ci_high * scale:+.2f} {measure}".rstrip()
     if not math.isfinite(c.difference):
         return f"At {c.level:g} {unit}, {c.b} vs {c.a} ({what}): inconclusive, too few blocks ({c.blocks})."
-    effect = f"{c.b} - {c.a} = {c.difference:+.2f} {measure} ({c.relative:+.1%}; {interval})"
-    basis = f"{c.blocks} {'rounds' if c.design == ALTERNATING else 'time blocks'}"
+    relative = f"{c.relative:+.1%}; " if math.isfinite(c.relative) else ""
+    effect = f"{c.b} - {c.a} = {_amount(c.difference, c.metric)} ({relative}{interval})"
+    units = "rounds" if c.design == ALTERNATING else "time blocks"
+    basis = f"{c.runs} runs" if c.runs > 1 else f"{c.blocks} {units}"
+    basis += _precision(c)
+    if c.metric in ("p95_tail", "p99_tail") and math.isfinite(c.threshold_ms):
+        basis += f"; threshold {c.threshold_ms:.1f} ms"
+    margin = _amount(c.margin, c.metric).lstrip("+")
     if c.verdict == "equivalent":
         return (
             f"At {c.level:g} {unit}, {c.b} and {c.a} are equivalent in {what}: {effect}, inside the equivalence margin "
-            f"of +-{c.margin:.2f} {measure}; {basis}."
+            f"of +-{margin}; {basis}."
         )
-    if c.verdict in ("faster", "slower"):
+    if c.verdict == "not_saturated":
+        return f"At {c.level:g} {unit}, {c.b} vs {c.a} in {what}: not saturated, {c.note}; {basis}."
+    if c.verdict in DIFFERENT:
         return f"At {c.level:g} {unit}, {c.b} is {c.verdict} than {c.a} in {what}: {effect}; {basis}."
     return (
         f"At {c.level:g} {unit}, {c.b} vs {c.a} in {what} is inconclusive: {effect} neither excludes 0 nor fits "
-        f"within +-{c.margin:.2f} {measure}; {basis} (measure longer for a verdict)."
+        f"within +-{margin}; {basis} (measure longer for a verdict)."
     )
 
 
@@ -70,21 +107,22 @@ def summary(results: Sequence[LevelResult], comparisons: Sequence[Comparison]) -
     )
     if comparisons:
         counts = {word: sum(c.verdict == word for c in comparisons) for word in ("equivalent", "inconclusive")}
-        differ = [c for c in comparisons if c.verdict in ("faster", "slower")]
+        differ = [c for c in comparisons if c.verdict in DIFFERENT]
         blocks = sorted({c.blocks for c in comparisons})
         basis = "rounds of alternating blocks" if comparisons[0].design == ALTERNATING else "interleaved time blocks"
         span = f"{blocks[0]}" if len(blocks) == 1 else f"{blocks[0]} to {blocks[-1]}"
         lines.append(
             f"{len(comparisons)} verdicts: {counts['equivalent']} equivalent (within +-{_margin_share(comparisons)} "
-            f"of the first variant's level), {len(differ)} faster/slower, {counts['inconclusive']} inconclusive; each "
+            f"of the first variant's level), {len(differ)} faster/slower/higher/lower, {counts['inconclusive']} "
+            "inconclusive; each "
             f"rests on {span} {basis}, with {comparisons[0].confidence:.1%} intervals (the confidence asked for, "
             "shared by all verdicts of this report)."
         )
         architecture = {result.variant: _architecture(result) for result in results}
         same = [c for c in comparisons if architecture.get(c.a) == architecture.get(c.b)]
-        if same and any(c.verdict in ("faster", "slower") for c in same):
+        if same and any(c.verdict in DIFFERENT for c in same):
             lines.append(
-                f"{sum(c.verdict in ('faster', 'slower') for c in same)} of {len(same)} verdicts between variants of "
+                f"{sum(c.verdict in DIFFERENT for c in same)} of {len(same)} verdicts between variants of "
                 "the same architecture, runtime and device say faster/slower: only the weights differ there, so look "
                 "for a real cause (a fault delay, another dtype, a different tokenizer) before trusting it."
             )
@@ -131,7 +169,9 @@ COLUMNS = (
     ("padding_ratio", "padding", "{:.0%}"),
 )
 
-VERDICT_HEADER = ["load", "a", "b", "metric", "b - a", "interval", "relative", "margin", "verdict", "blocks"]
+VERDICT_HEADER = [
+    "load", "a", "b", "metric", "b - a", "interval", "relative", "margin", "verdict", "blocks", "half-width", "MDE",
+]  # fmt: skip
 
 
 def _tables(results: Sequence[LevelResult]) -> list[tuple[str, str, list[list[str]]]]:
@@ -156,12 +196,14 @@ def _verdict_rows(comparisons: Sequence[Comparison]) -> list[list[str]]:
             c.a,
             c.b,
             c.metric,
-            f"{c.difference:+.2f}",
-            f"{c.ci_low:+.2f} .. {c.ci_high:+.2f}",
+            _cell(c.difference, c.metric),
+            f"{_cell(c.ci_low, c.metric)} .. {_cell(c.ci_high, c.metric)}",
             f"{c.relative:+.1%}",
-            f"+-{c.margin:.2f}",
+            f"+-{_cell(c.margin, c.metric).lstrip('+')}",
             f"**{c.verdict}**",
-            str(c.blocks),
+            f"{c.blocks}" + (f" ({c.runs} runs)" if c.runs > 1 else ""),
+            _percent(c.half_width_pct),
+            _percent(c.mde_pct),
         ]
         for c in comparisons
     ]
@@ -228,10 +270,15 @@ def write_report(
     confidence = comparisons[0].confidence if comparisons else 0.95
     reading = (
         "Each verdict says how b compares with a. equivalent: the two one-sided tests put b - a inside the margin "
-        "(a difference may exist but is smaller than the margin); faster / slower: the interval excludes 0; "
-        "inconclusive: neither, measure longer. Intervals are Student t intervals over blocks (never resampled single "
+        "(a difference may exist but is smaller than the margin); faster / slower (error rate: higher / lower): the "
+        "interval excludes 0; inconclusive: neither, measure longer; not_saturated: every variant completed the "
+        "offered rate, so throughput cannot tell them apart. Every request counts: refused, failed and timed-out "
+        "requests enter the latency verdicts as lasting the client's timeout. Tail verdicts (p95_tail, p99_tail) "
+        "compare each variant's share of requests above the pair's pooled p95/p99 (differences in percentage "
+        "points). Intervals are Student t intervals over blocks (never resampled single "
         f"requests, whose latencies are correlated in time), each at {confidence:.1%} so that all verdicts of this "
-        "report hold together at the confidence asked for (Bonferroni)."
+        "report hold together at the confidence asked for (Bonferroni). Half-width and MDE (the smallest difference "
+        "the run finds 80% of the time) are % of a's level: what this run could have seen."
     )
 
     lines = ["# xnli-serve variant comparison", "", f"Design: {design}.", "", f"Load: {mode}; {settings}.", ""]

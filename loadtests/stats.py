@@ -4,8 +4,9 @@ Latencies measured one after another are not independent samples: the machine dr
 processes), shifts level, and consecutive requests share its state. So nothing here resamples single requests.
 
 - **Interleaved** runs (the default) send every variant's requests in one time window. The window is cut into time
-  blocks; each block gives one median per variant, and the per-block differences ``b - a`` are the data. Drift and
-  level shifts move both medians of a block alike and cancel in the difference.
+  blocks; each block gives one value per variant (``loadtests.analysis``: a median over equal counts, a tail share,
+  an error share), and the per-block differences ``b - a`` are the data. Drift and level shifts move both values of
+  a block alike and cancel in the difference.
 - **Alternating blocks** (capacity in isolation) run one variant at a time in short blocks, A B C, B C A, C A B, ...
   (every variant in every position equally often); each round gives one difference ``b - a``.
 
@@ -35,9 +36,11 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
 VERDICTS = ("faster", "slower", "equivalent", "inconclusive")
+ERROR_VERDICTS = ("higher", "lower", "equivalent", "inconclusive")  # error rates: b's against a's
+NOT_SATURATED = "not_saturated"  # throughput at a fixed rate every variant completed: no verdict to give
+POWER = 0.8  # the minimum detectable effect of a verdict is the difference it finds with this probability
 MIN_BLOCKS = 3  # fewer blocks give no verdict
-MIN_PER_BLOCK = 5  # requests a variant needs in a block for that block's median to count
-MAX_BLOCKS = 30
+MAX_BLOCKS = 60
 TARGET_PER_BLOCK = 12  # interleaved runs: blocks are made this full (per variant) when the run allows it
 
 
@@ -82,25 +85,22 @@ def block_count(
     return max(1, min(max_blocks, fewest // target_per_block))
 
 
-def interleaved_block_medians(
-    times: FloatArray, variant_codes: IntArray, values: FloatArray, n_variants: int, n_blocks: int, q: float = 0.5
-) -> FloatArray:
-    """(n_blocks, n_variants) medians (or ``q`` quantiles) over equal time blocks of one shared window; NaN where a
-    variant has fewer than MIN_PER_BLOCK requests in a block."""
-    start, end = float(times.min()), float(times.max())
-    width = (end - start) / n_blocks if end > start else 1.0
-    blocks = np.minimum(((times - start) / width).astype(np.int64), n_blocks - 1)
-    quantiles, counts = grouped_quantile(values, blocks * n_variants + variant_codes, n_blocks * n_variants, q)
-    quantiles[counts < MIN_PER_BLOCK] = np.nan
-    return quantiles.reshape(n_blocks, n_variants)
-
-
 def balanced_block_order(variants: Sequence[str], rounds: int) -> list[str]:
     """Alternating blocks for capacity runs: round r runs the variants rotated by r (A B C, B C A, C A B, ...), so over
     a multiple of len(variants) rounds every variant sits in every position equally often and a linear drift
     favours none."""
     k = len(variants)
     return [variants[(r + position) % k] for r in range(rounds) for position in range(k)]
+
+
+def randomized_block_order(variants: Sequence[str], rounds: int, seed: int) -> list[str]:
+    """Alternating blocks in an order drawn at random for every round (seeded, so a run can be repeated). A fixed
+    rotation can fall in step with a periodic disturbance (a cron job, a GC cycle) and hand it to one variant in every
+    round; orders drawn independently per round turn any such disturbance into noise of random sign, which the
+    interval over rounds then covers. (Latin squares, balanced exactly, tie the rounds of a square together and
+    would not: the calibration shows it.) Every variant still has one block per round."""
+    generator = np.random.default_rng(seed)
+    return [variants[int(index)] for _ in range(rounds) for index in generator.permutation(len(variants))]
 
 
 def default_rounds(n_variants: int, minimum: int = 3) -> int:
@@ -132,6 +132,8 @@ class Verdict:
     baseline: float  # a's level: mean over the same blocks
     margin: float  # absolute equivalence margin used (margin fraction x baseline)
     blocks: int
+    error: float = math.nan  # standard error of the difference
+    df: float = math.nan  # its degrees of freedom
 
     @property
     def relative(self) -> float:
@@ -144,20 +146,28 @@ def paired_verdict(
     margin: float = 0.05,
     alpha: float = 0.05,
     higher_is_better: bool = False,
+    words: tuple[str, str] = ("faster", "slower"),
+    absolute_margin: float | None = None,
+    autocorrelation: bool = True,
 ) -> Verdict:
-    """Verdict on b against a from one value per block each (same blocks, NaN = missing, dropped pairwise)."""
+    """Verdict on b against a from one value per block each (same blocks, NaN = missing, dropped pairwise).
+
+    ``words`` name the better and the worse outcome (error rates: lower, higher); ``absolute_margin`` replaces
+    ``margin`` x a's level where that level may be 0 (error rates); ``autocorrelation`` off for values that are
+    independent by design (runs of ``--repeats``)."""
     keep = np.isfinite(a) & np.isfinite(b)
     a, b = a[keep], b[keep]
     n = len(a)
     baseline = float(np.mean(a)) if n else math.nan
-    absolute_margin = margin * abs(baseline) if n else math.nan
+    if absolute_margin is None:
+        absolute_margin = margin * abs(baseline) if n else math.nan
     if n < 2:
         return Verdict("inconclusive", math.nan, math.nan, math.nan, baseline, absolute_margin, n)
     differences = b - a
     mean = float(np.mean(differences))
     spread = float(np.std(differences, ddof=1))
     rho = 0.0
-    if n >= 8 and spread > 0:
+    if autocorrelation and n >= 8 and spread > 0:
         centred = differences - mean
         rho = float(np.clip(np.sum(centred[1:] * centred[:-1]) / np.sum(centred * centred), 0.0, 0.9))
     effective = max(2.0, n * (1 - rho) / (1 + rho))
@@ -172,10 +182,18 @@ def paired_verdict(
         verdict = "equivalent"
     elif low > 0 or high < 0:
         worse = (mean > 0) != higher_is_better
-        verdict = "slower" if worse else "faster"
+        verdict = words[1] if worse else words[0]
     else:
         verdict = "inconclusive"
-    return Verdict(verdict, mean, low, high, baseline, absolute_margin, n)
+    return Verdict(verdict, mean, low, high, baseline, absolute_margin, n, error, df)
+
+
+def detectable(verdict: Verdict, alpha: float, power: float = POWER) -> float:
+    """The smallest true difference (absolute) that this design finds with probability ``power`` at ``alpha``: what a
+    run could have found, so that "no difference seen" is read against it."""
+    if not math.isfinite(verdict.error) or not math.isfinite(verdict.df):
+        return math.nan
+    return (t_ppf(1 - alpha / 2, verdict.df) + t_ppf(power, verdict.df)) * verdict.error
 
 
 @dataclass(frozen=True)
@@ -196,9 +214,22 @@ class Comparison:
     blocks: int
     confidence: float  # of [ci_low, ci_high], after the Bonferroni share
     design: str  # "interleaved time blocks" or "alternating blocks (rounds)"
+    half_width_pct: float = math.nan  # half the interval's width, % of a's level: how precisely the run measured
+    mde: float = math.nan  # minimum detectable effect (80% power at the verdict's alpha), in the metric's unit
+    mde_pct: float = math.nan  # ... in % of a's level
+    threshold_ms: float = math.nan  # tail verdicts: the latency whose exceedance is compared
+    runs: int = 1  # --repeats: runs behind the verdict (then blocks counts runs too)
+    within_variance: float = math.nan  # --repeats: mean squared standard error of a run's difference
+    between_variance: float = math.nan  # --repeats: variance of the run-level differences
+    note: str = ""  # why a verdict is what it is when the words alone do not say it
 
 
-def comparison(a: str, b: str, metric: str, level: float, verdict: Verdict, alpha: float, design: str) -> Comparison:
+def comparison(
+    a: str, b: str, metric: str, level: float, verdict: Verdict, alpha: float, design: str,
+    threshold_ms: float = math.nan, note: str = "",
+) -> Comparison:  # fmt: skip
+    base = abs(verdict.baseline) if verdict.baseline and math.isfinite(verdict.baseline) else math.nan
+    mde = detectable(verdict, alpha)
     return Comparison(
         a=a,
         b=b,
@@ -214,36 +245,16 @@ def comparison(a: str, b: str, metric: str, level: float, verdict: Verdict, alph
         blocks=verdict.blocks,
         confidence=1 - alpha,
         design=design,
+        half_width_pct=(verdict.ci_high - verdict.ci_low) / 2 / base * 100,
+        mde=mde,
+        mde_pct=mde / base * 100,
+        threshold_ms=threshold_ms,
+        note=note,
     )
 
 
 INTERLEAVED = "interleaved time blocks"
 ALTERNATING = "alternating blocks (rounds)"
-
-
-def compare_interleaved(
-    names: Sequence[str],
-    level: float,
-    times: FloatArray,
-    variant_codes: IntArray,
-    latencies_ms: FloatArray,
-    margin: float = 0.05,
-    alpha: float = 0.05,
-    block_seconds: float | None = None,
-) -> list[Comparison]:
-    """Every pair (a before b in ``names``) on median latency, from one interleaved window."""
-    n_blocks = block_count(times, variant_codes, len(names), block_seconds)
-    medians = (
-        interleaved_block_medians(times, variant_codes, latencies_ms, len(names), n_blocks)
-        if n_blocks
-        else np.full((0, len(names)), np.nan)
-    )
-    results = []
-    for i, first in enumerate(names):
-        for j in range(i + 1, len(names)):
-            verdict = paired_verdict(medians[:, i], medians[:, j], margin, alpha)
-            results.append(comparison(first, names[j], "p50_ms", level, verdict, alpha, INTERLEAVED))
-    return results
 
 
 def compare_rounds(

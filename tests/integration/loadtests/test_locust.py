@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loadtests import compare
+from loadtests import analysis, compare
+from loadtests import stats as verdict_stats
 from tests.helpers import ServerProcess, running_server, write_catalogue
 from tests.integration.conftest import API_KEY
 
@@ -107,12 +108,14 @@ def test_compare_end_to_end(server: ServerProcess, tmp_path: Path) -> None:
             assert row["mean_batch_size"] >= 1.0
             assert row["metadata"]["backend"] in {"torch", "onnxruntime"}
     assert [(c["a"], c["b"], c["metric"], c["level"]) for c in document["comparisons"]] == [
-        ("xlmr-mnli", "xlmr-mnli-onnx-int8", "p50_ms", 1.0), ("xlmr-mnli", "xlmr-mnli-onnx-int8", "p50_ms", 4.0),
-    ]  # fmt: skip
+        ("xlmr-mnli", "xlmr-mnli-onnx-int8", metric, level) for level in (1.0, 4.0) for metric in analysis.METRICS
+    ]
     for comparison in document["comparisons"]:
-        assert comparison["verdict"] in {"faster", "slower", "equivalent", "inconclusive"}
+        words = verdict_stats.ERROR_VERDICTS if comparison["metric"] == "error_rate" else verdict_stats.VERDICTS
+        assert comparison["verdict"] in words
         assert comparison["ci_low"] <= comparison["difference"] <= comparison["ci_high"]
-        assert comparison["confidence"] == pytest.approx(1 - 0.05 / 2)  # two verdicts share the 5%
+        assert comparison["confidence"] == pytest.approx(1 - 0.05 / 8)  # eight verdicts share the 5%
+        assert comparison["half_width_pct"] >= 0 or comparison["metric"] == "error_rate"
     with (out / "results.csv").open(encoding="utf-8", newline="") as handle:
         assert len(list(csv.DictReader(handle))) == 4
     report = (out / "report.md").read_text(encoding="utf-8")
@@ -152,7 +155,7 @@ def test_a_a_comparison_finds_no_difference(same_checkpoint_server: ServerProces
          "--warmup", "1", "--confidence", "0.99", "--out", str(out)]
     )  # fmt: skip
     found = verdicts(out)
-    assert [(c["a"], c["b"]) for c in found] == [("a1", "a2"), ("a1", "a3"), ("a2", "a3")]
+    assert [(c["a"], c["b"]) for c in found if c["metric"] == "p50_ms"] == [("a1", "a2"), ("a1", "a3"), ("a2", "a3")]
     assert {c["verdict"] for c in found} <= {"equivalent", "inconclusive"}, found
     assert all(int(str(c["blocks"])) >= 3 for c in found)
 
@@ -163,7 +166,7 @@ def test_a_b_comparison_reports_a_known_delay_as_slower(same_checkpoint_server: 
         ["--url", same_checkpoint_server.base_url, "--variants", "a1,delayed", "--users", "4", "--duration", "5",
          "--warmup", "1", "--out", str(out)]
     )  # fmt: skip
-    (found,) = verdicts(out)
+    found = next(c for c in verdicts(out) if c["metric"] == "p50_ms")
     assert (found["a"], found["b"], found["metric"], found["verdict"]) == ("a1", "delayed", "p50_ms", "slower")
     assert 0 < float(str(found["ci_low"])) <= float(str(found["difference"]))
     report = (out / "report.md").read_text(encoding="utf-8")
@@ -180,17 +183,19 @@ def test_capacity_mode_runs_alternating_blocks(same_checkpoint_server: ServerPro
         ]
     )  # fmt: skip
     run = compare.Samples.read(out / "locust" / "capacity-users-4_samples.json")
-    assert run.block_order == ["a1", "delayed", "delayed", "a1", "a1", "delayed", "delayed", "a1"]
+    rounds = compare.CAPACITY_MIN_ROUNDS
+    assert run.block_order == verdict_stats.randomized_block_order(["a1", "delayed"], rounds, seed=0)
     for block, name in enumerate(run.block_order):  # every request went to its block's variant
         assert set(run.variant[run.block == block].tolist()) <= {run.variants.index(name)}
     found = {c["metric"]: c for c in verdicts(out)}
-    assert set(found) == {"pairs_per_s", "p50_ms"}
-    assert {c["blocks"] for c in found.values()} == {4}  # rounds
+    assert set(found) == {"pairs_per_s", *analysis.METRICS}
+    assert {c["blocks"] for c in found.values()} == {compare.CAPACITY_MIN_ROUNDS}  # rounds
     # The delayed variant sustains less and answers later; the sign must never come out the other way.
     assert float(str(found["pairs_per_s"]["difference"])) < 0
     assert found["pairs_per_s"]["verdict"] in {"slower", "inconclusive"}
     assert float(str(found["p50_ms"]["difference"])) > 0
     assert found["p50_ms"]["verdict"] in {"slower", "inconclusive"}
+    assert found["error_rate"]["verdict"] in {"equivalent", "inconclusive"}
     document = json.loads((out / "results.json").read_text(encoding="utf-8"))
     rates = {row["variant"]: row["pairs_per_s"] for row in document["results"]}
     assert rates["delayed"] < rates["a1"]

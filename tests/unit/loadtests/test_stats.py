@@ -7,19 +7,20 @@ import math
 import numpy as np
 import pytest
 
+from loadtests.analysis import compare_interleaved, equal_count_quantiles, time_blocks
 from loadtests.stats import (
+    MAX_BLOCKS,
     MIN_BLOCKS,
     TARGET_PER_BLOCK,
     VERDICTS,
     balanced_block_order,
     block_count,
-    compare_interleaved,
     compare_rounds,
     comparisons_in,
     default_rounds,
     grouped_quantile,
-    interleaved_block_medians,
     paired_verdict,
+    randomized_block_order,
     round_values,
 )
 from loadtests.student_t import t_ppf
@@ -76,7 +77,7 @@ def test_block_count_follows_the_least_sent_variant() -> None:
     codes = np.array([0] * 900 + [1] * 100, dtype=np.int64)
     assert block_count(times, codes, 2) == 100 // TARGET_PER_BLOCK
     assert block_count(times, codes, 2, block_seconds=0.5) == 20
-    assert block_count(np.linspace(0, 10, 10000), np.arange(10000) % 2, 2) == 30  # capped
+    assert block_count(np.linspace(0, 10, 20000), np.arange(20000) % 2, 2) == MAX_BLOCKS  # capped
     assert block_count(np.array([]), np.array([], dtype=np.int64), 2) == 0
 
 
@@ -112,13 +113,37 @@ def test_bonferroni_divisor() -> None:
     assert comparisons_in(1, 1, 1) == 1
 
 
-def test_sparse_blocks_are_dropped() -> None:
+def test_sparse_blocks_count_with_what_they_hold() -> None:
+    """A block where a variant sent a single request still gives a median for it, from as many of the other
+    variant's requests (subsampled): few completions never make a block a gap."""
     times = np.arange(100, dtype=np.float64)
     codes = np.zeros(100, dtype=np.int64)
-    codes[::25] = 1  # variant 1 has 4 requests in all: no block holds MIN_PER_BLOCK of them
-    medians = interleaved_block_medians(times, codes, times, 2, 4)
-    assert np.isfinite(medians[:, 0]).all()
-    assert np.isnan(medians[:, 1]).all()
+    codes[::25] = 1  # variant 1 has one request in each of the 4 blocks
+    units, n_units = time_blocks(times, codes, 2, block_seconds=25.0)
+    assert n_units == 4
+    a, b = equal_count_quantiles(units, codes, times, n_units, 0.5, np.random.default_rng(0))
+    assert np.isfinite(a).all()
+    assert b.tolist() == [0.0, 25.0, 50.0, 75.0]
+    assert all(25 * block <= value < 25 * (block + 1) for block, value in enumerate(a))
+
+
+def test_equal_count_medians_drop_only_blocks_a_variant_never_reached() -> None:
+    units = np.array([0, 0, 0, 1, 1], dtype=np.int64)
+    sides = np.array([0, 1, 1, 0, 0], dtype=np.int64)
+    a, b = equal_count_quantiles(units, sides, np.arange(5.0), 2, 0.5, np.random.default_rng(0))
+    assert a[0] == 0.0
+    assert b[0] in (1.0, 2.0)  # one of b's two, as many as a sent
+    assert np.isnan(a[1])
+    assert np.isnan(b[1])
+
+
+def test_randomized_orders_are_seeded_one_block_per_variant_per_round() -> None:
+    variants = ["a", "b", "c"]
+    order = randomized_block_order(variants, 6, seed=3)
+    assert order == randomized_block_order(variants, 6, seed=3)
+    assert len(order) == 18
+    assert all(sorted(order[3 * r : 3 * r + 3]) == variants for r in range(6))
+    assert len({tuple(randomized_block_order(variants, 6, seed)) for seed in range(20)}) > 5
 
 
 # --- calibration ------------------------------------------------------------------------------------------------
