@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 from collections.abc import Iterator
 
@@ -38,6 +40,17 @@ def test_docs_load_their_assets_from_the_service(client: TestClient, path: str) 
     assert all(url.startswith("/") for url in urls), urls
     for url in urls:
         assert client.get(url).status_code == 200, url
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc"])
+def test_docs_cannot_be_framed_and_run_only_their_own_scripts(client: TestClient, path: str) -> None:
+    response = client.get(path)
+    policy = response.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in policy
+    assert "'unsafe-inline'" not in policy.split("script-src", 1)[1].split(";", 1)[0]
+    for script in re.findall(r"<script>(.*?)</script>", response.text, re.DOTALL):  # inline: allowed by its hash
+        digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+        assert f"'sha256-{digest}'" in policy
 
 
 def test_redoc_may_not_fetch_its_vendors_logo(client: TestClient) -> None:
