@@ -6,6 +6,9 @@ front ends, keep them running, and stop them in an order that loses no accepted 
   on with 503; the supervisor stops them and exits 1, so the orchestrator restarts the whole service.
 * SIGTERM: the front ends drain first (readiness 503, new requests 503, accepted ones finish, since the engine still
   answers), then the engine process drains and stops; exit 0. SIGINT: everything stops without waiting.
+* The supervisor holds the listening socket longest: once every front end has exited (after SIGTERM, or after the
+  engine process died), it stops new handshakes, answers each connection the kernel had queued meanwhile with
+  503 draining and only then closes it (app.api.listener_drain): nothing is reset after its request was sent.
 * The children run in process groups of their own and hear signals only from the supervisor, in that order: a
   signal to the supervisor's whole group (systemd's default KillMode, ``kill -TERM -PGID``, Ctrl-C in a terminal)
   would otherwise drain the engine process while the front ends still send it accepted requests, and give each
@@ -26,6 +29,12 @@ import time
 from pathlib import Path
 from types import FrameType
 
+import orjson
+
+from app.api import listener_drain
+from app.api.error_shapes import NATIVE, OIP, ErrorShape
+from app.engine.errors import DrainingError
+from app.engine.serving import refuse_while_draining
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -69,6 +78,33 @@ def remove_stale_run_dirs(root: Path) -> list[Path]:
         shutil.rmtree(folder, ignore_errors=True)
         removed.append(folder)
     return removed
+
+
+OIP_PREFIX = b"/v2"  # the Open Inference Protocol's namespace (app.api.routes.open_inference.PREFIX): its error shape
+
+
+def _draining_message() -> str:
+    """The message the service's own 503 draining carries (one wording, whoever answers)."""
+    try:
+        refuse_while_draining(True)
+    except DrainingError as error:
+        return str(error)
+    raise AssertionError("refuse_while_draining(True) did not refuse")
+
+
+def draining_answer(head: bytes) -> bytes:
+    """503 draining for a connection the front ends left queued, as the service answers it: the error shape of the
+    protocol the path belongs to, ``Retry-After: 1`` and ``Connection: close``."""
+    parts = head.split(b" ", 2)
+    path = parts[1].split(b"?", 1)[0] if len(parts) > 1 else b""
+    shape: ErrorShape = OIP if path == OIP_PREFIX or path.startswith(OIP_PREFIX + b"/") else NATIVE
+    body = orjson.dumps(shape.body("draining", _draining_message()))
+    return (
+        b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+        + f"content-length: {len(body)}\r\n".encode("ascii")
+        + b"retry-after: 1\r\nconnection: close\r\n\r\n"
+        + body
+    )
 
 
 def bind_listener(host: str, port: int) -> socket.socket:
@@ -143,6 +179,7 @@ class Supervisor:
             if (code := self.engine.poll()) is not None:
                 log.error("the engine process exited with %s: stopping the front ends", code)
                 self._stop_fronts(signal.SIGTERM)
+                self._answer_backlog()
                 return code if code > 0 else 1
             for index, front in enumerate(self.fronts):
                 if front is not None and front.poll() is not None:
@@ -154,11 +191,20 @@ class Supervisor:
         sig = self.stop_signal
         log.info("%s: stopping the front ends, then the engine process", signal.Signals(sig).name)
         fronts_ok = self._stop_fronts(sig)
-        self.listener.close()
+        if sig == signal.SIGINT:
+            self.listener.close()
+        else:
+            self._answer_backlog()
         engine_ok = _stop(self.engine, sig, self.settings.drain_timeout_s + EXIT_MARGIN_S)
         if sig == signal.SIGINT:
             return 130
         return 0 if fronts_ok and engine_ok else 1
+
+    def _answer_backlog(self) -> None:
+        """Every front end has exited: answer what the kernel queued on the listening socket since, then close it."""
+        report = listener_drain.answer_backlog(self.listener, draining_answer)
+        if not report.filtered:
+            log.warning("new connections could not be stopped before the listening socket closed (not Linux?)")
 
     def _stop_fronts(self, sig: int) -> bool:
         running = [front for front in self.fronts if front is not None]
