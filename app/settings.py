@@ -148,6 +148,12 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(
         65_536, ge=4096, description="Request line and headers together; beyond, 431 and close, nothing buffered."
     )
+    max_inflight_requests: int = Field(
+        512,
+        ge=1,
+        description="Requests one serving process handles at once; beyond, 429 with Retry-After from the HTTP edge, "
+        "before routing (health probes and /metrics are never refused). Binds when HTTP itself is the bottleneck.",
+    )
     max_connections: int = Field(
         1024,
         ge=1,

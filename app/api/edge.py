@@ -29,6 +29,7 @@ from http import HTTPStatus
 from typing import Any
 
 import orjson
+from uvicorn._types import ASGI3Application, ASGIReceiveCallable, ASGISendCallable, Scope
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
@@ -40,6 +41,8 @@ DESCRIPTOR_RESERVE = 128  # descriptors kept for model files, pipes, sockets to 
 CHECK_INTERVAL_S = 0.5  # how often a body in progress is checked for a stall or a crawl
 LINGER_S = 1.0  # how long a refused connection stays half-closed for its answer to be read
 LINGER_MAX_BYTES = 256 * 1024  # ... and how much more it may send meanwhile (read and dropped)
+NEW_CONNECTION_GRACE_S = 1.0  # a connection younger than this is never evicted: its request may be unread yet
+KEEP_ALIVE_GRACE_S = 2.0  # a kept-alive connection idle for less is never evicted: its client may be reusing it
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +52,7 @@ class EdgeLimits:
     min_body_rate_bytes_s: float
     max_header_bytes: int
     max_connections: int
+    max_inflight_requests: int
 
 
 def connection_cap(configured: int, descriptor_limit: int | None = None) -> int:
@@ -76,6 +80,7 @@ class EdgeProtocol(HttpToolsProtocol):
     when a request is actually partial, so a request that arrives in one read costs no timer."""
 
     limits: EdgeLimits  # set on the subclass that :func:`edge_protocol` makes
+    shed_app: ASGI3Application  # ... and so is the answer to a request shed for overload
 
     def __init__(
         self,
@@ -96,6 +101,7 @@ class EdgeProtocol(HttpToolsProtocol):
         self._paused_since: float | None = None
         self._paused_total = 0.0
         self._waiting_since = time.monotonic()  # since when this connection carries no request (eviction order)
+        self._served = False  # whether a response was completed on it (a kept-alive connection)
         self._closing = False
         self._discarded = 0
 
@@ -119,15 +125,24 @@ class EdgeProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def _make_room(self) -> bool:
-        """Close the connection that has waited longest without a request in flight; False if none has."""
-        idle = [
-            connection
-            for connection in self.connections
-            if isinstance(connection, EdgeProtocol) and connection is not self and connection._evictable()
-        ]
-        if not idle:
+        """Close one connection with no request in flight: the one that has waited longest without ever completing a
+        request (silent, or dripping headers: what an attacker holds), else the kept-alive one idle longest. Only
+        past a grace: a connection accepted a moment ago may have its request in the socket, not read yet by a busy
+        loop, and a client may be reusing a kept-alive one this instant; either would see its request reset. False
+        if there is none."""
+        now = time.monotonic()
+        fresh: list[EdgeProtocol] = []
+        kept: list[EdgeProtocol] = []
+        for connection in self.connections:
+            if isinstance(connection, EdgeProtocol) and connection is not self and connection._evictable():
+                if not connection._served and now - connection._waiting_since >= NEW_CONNECTION_GRACE_S:
+                    fresh.append(connection)
+                elif connection._served and now - connection._waiting_since >= KEEP_ALIVE_GRACE_S:
+                    kept.append(connection)
+        oldest = min(fresh or kept, key=lambda connection: connection._waiting_since, default=None)
+        if oldest is None:
             return False
-        min(idle, key=lambda connection: connection._waiting_since)._close("evicted")
+        oldest._close("evicted")
         return True
 
     def _evictable(self) -> bool:
@@ -222,6 +237,16 @@ class EdgeProtocol(HttpToolsProtocol):
         self._body_bytes = 0
         self._paused_since = None
         self._paused_total = 0.0
+        if len(self.tasks) >= self.limits.max_inflight_requests and not _exempt(self.url):
+            # Shed here, before routing and validation: the answer costs a fraction of a served request, so an
+            # event loop that is itself the bottleneck keeps up with what arrives. The request's body, if any, is
+            # read and dropped by uvicorn, and the connection stays usable.
+            served_by, self.app = self.app, self.shed_app
+            try:
+                super().on_headers_complete()
+            finally:
+                self.app = served_by
+            return
         super().on_headers_complete()
 
     # Body
@@ -265,6 +290,7 @@ class EdgeProtocol(HttpToolsProtocol):
     # Between requests
 
     def on_response_complete(self) -> None:
+        self._served = True
         if not self.pipeline:
             self._awaiting_headers = True
             self._header_bytes = 0
@@ -272,6 +298,40 @@ class EdgeProtocol(HttpToolsProtocol):
         super().on_response_complete()
 
 
+# Probes and scrapes are never shed: an orchestrator must see a busy process as alive and ready, and Prometheus must
+# see the overload it is in.
+_NEVER_SHED = (b"/health/", b"/v2/health/", b"/metrics")
+
+
+def _exempt(url: bytes) -> bool:
+    path = url.split(b"?", 1)[0]
+    return path.startswith(_NEVER_SHED[:2]) or path == _NEVER_SHED[2]
+
+
+class ShedApp:
+    """The ASGI answer to a request shed at the edge: 429 ``overloaded`` with ``Retry-After``, counted as such."""
+
+    def __init__(self, limit: int) -> None:
+        self.body = orjson.dumps(
+            NATIVE.body(
+                "overloaded",
+                f"this process is handling its limit of {limit} requests at once; retry after 1 s",
+            )
+        )
+
+    async def __call__(self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+        metrics.REQUESTS.labels(metrics.UNKNOWN_VARIANT, metrics.Outcome.OVERLOADED).inc()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(self.body)).encode()),
+            (b"retry-after", b"1"),
+        ]
+        await send({"type": "http.response.start", "status": 429, "headers": headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+
 def edge_protocol(limits: EdgeLimits) -> type[EdgeProtocol]:
     """A protocol class bound to ``limits``: uvicorn builds each connection's protocol from a class alone."""
-    return type("BoundEdgeProtocol", (EdgeProtocol,), {"limits": limits})
+    return type(
+        "BoundEdgeProtocol", (EdgeProtocol,), {"limits": limits, "shed_app": ShedApp(limits.max_inflight_requests)}
+    )

@@ -90,3 +90,4 @@ def run_server(settings: Settings, engine: Engine, api_keys: Sequence[str] | Non
     """``api_keys``: as the caller already read them from ``settings`` (read again when not given)."""
     config = server_config(create_app(settings, engine, api_keys), settings)
     DrainingServer(config, engine, settings.drain_timeout_s).run()
+        max_inflight_requests=settings.max_inflight_requests,

@@ -242,12 +242,13 @@ def limited_descriptors(limit: int) -> object:
 def test_idle_connections_cannot_exhaust_descriptors(
     edge_catalogue: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Descriptor limit 400 (cap 272) and 350 idle connections held open: real requests are still answered, by
-    closing the connection that waited longest with no request."""
+    """Descriptor limit 400 (cap 272) and 350 idle connections held open: those beyond the cap get 503 at once, and
+    real requests are still answered, by closing the connection that waited longest with no request."""
     monkeypatch.setattr(local_server, "server_command", limited_descriptors(400))
     env = {**EDGE_ENV, "XNLI_SERVE_HEADER_TIMEOUT_S": "60"}
     with running_server(edge_catalogue, tmp_path, extra_env=env) as server:
         idle = [socket.create_connection(address(server)) for _ in range(350)]
+        time.sleep(1.5)  # past the grace a new connection has before it may be evicted (its request may be unread)
         try:
             statuses = []
             for _ in range(5):
@@ -255,7 +256,39 @@ def test_idle_connections_cannot_exhaust_descriptors(
                 statuses.append(answer.status_code)
             assert statuses == [200] * 5
             metrics = httpx.get(f"{server.base_url}/metrics", timeout=10).text
-            assert metric_value(metrics, "xnli_http_connections_closed_total", reason="evicted") >= 350 - 272
+            evicted = metric_value(metrics, "xnli_http_connections_closed_total", reason="evicted")
+            refused = metric_value(metrics, "xnli_http_connections_closed_total", reason="over_capacity")
+            assert evicted >= 1  # the real requests' connections took the place of idle ones
+            assert evicted + refused >= 350 - 272  # the idle ones beyond the cap arrived within the grace: 503
         finally:
             for sock in idle:
                 sock.close()
+
+
+def test_requests_beyond_the_inflight_limit_are_shed_before_routing(edge_catalogue: Path, tmp_path: Path) -> None:
+    """With every slot busy, a request gets 429 and Retry-After at once, on a connection that stays usable; health
+    probes and /metrics are never shed; the shed request is counted as overloaded."""
+    env = {**EDGE_ENV, "XNLI_SERVE_MAX_INFLIGHT_REQUESTS": "2"}
+    with running_server(edge_catalogue, tmp_path, extra_env=env) as server:
+        body = b'{"premise": "a", "hypothesis": "b", "variant": "sleepy"}'
+        request = b"POST /predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
+        busy = [socket.create_connection(address(server)) for _ in range(2)]
+        for sock in busy:
+            sock.sendall(request % len(body) + body)
+        time.sleep(0.3)
+        with httpx.Client(base_url=server.base_url, timeout=5) as http:
+            before = http.get("/metrics").text
+            started = time.perf_counter()
+            shed = [http.post("/predict", content=PREDICT, headers=JSON) for _ in range(3)]
+            assert time.perf_counter() - started < 1.0
+            assert [answer.status_code for answer in shed] == [429] * 3
+            assert shed[0].headers["retry-after"] == "1"
+            assert shed[0].json()["error"]["type"] == "overloaded"
+            assert http.get("/health/ready").status_code == 200
+            after = http.get("/metrics").text
+        counted = metric_value(after, "xnli_requests_total", variant="_unknown", outcome="overloaded")
+        assert counted - metric_value(before, "xnli_requests_total", variant="_unknown", outcome="overloaded") == 3
+        for sock in busy:
+            sock.settimeout(30)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+            sock.close()
