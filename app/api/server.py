@@ -72,6 +72,7 @@ def server_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
         min_body_rate_bytes_s=settings.min_body_rate_bytes_s,
         max_header_bytes=settings.max_header_bytes,
         max_connections=connection_cap(settings.max_connections),
+        max_inflight_requests=settings.max_inflight_requests,
     )
     return uvicorn.Config(
         app,
@@ -90,4 +91,3 @@ def run_server(settings: Settings, engine: Engine, api_keys: Sequence[str] | Non
     """``api_keys``: as the caller already read them from ``settings`` (read again when not given)."""
     config = server_config(create_app(settings, engine, api_keys), settings)
     DrainingServer(config, engine, settings.drain_timeout_s).run()
-        max_inflight_requests=settings.max_inflight_requests,
