@@ -21,14 +21,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import fcntl
 import logging
 import os
 import selectors
 import socket
 import struct
 import sys
-import termios
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -77,17 +75,6 @@ def queued_connections(sock: socket.socket | int) -> int | None:
         return None
     queued: int = struct.unpack_from("I", info, _TCP_INFO_UNACKED)[0]
     return queued
-
-
-def unread_bytes(fd: int) -> int:
-    """Bytes a connected socket has received that the process has not read yet (0 if it cannot tell)."""
-    buffer = bytearray(4)
-    try:
-        fcntl.ioctl(fd, termios.FIONREAD, buffer)
-    except OSError:
-        return 0
-    count: int = struct.unpack("i", buffer)[0]
-    return count
 
 
 @dataclass

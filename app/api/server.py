@@ -11,12 +11,16 @@ import asyncio
 import logging
 import signal
 import socket
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from types import FrameType
+from typing import cast
 
 import uvicorn
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api import listener_drain
 from app.api.app import create_app
 from app.api.edge import EdgeLimits, connection_cap, edge_protocol
 from app.engine.engine import Engine
@@ -26,11 +30,62 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 
+HANDOVER_S = 2.0  # after the drain, at most this long for what reached the process (queued, or on its way) to arrive
+_SETTLE_POLL_S = 0.01
+
+
+async def _poll_until(done: Callable[[], bool], deadline: float) -> None:
+    """Wait until ``done()`` (kernel and socket state: there is no event to await) or ``deadline``; returns right
+    after a check that held, with no await in between."""
+    while not done():
+        if time.monotonic() >= deadline:
+            return
+        await asyncio.sleep(_SETTLE_POLL_S)
+
+
+class CloseWhileDraining:
+    """Every response started while the server drains carries ``Connection: close``.
+
+    A client then sends its next request on a new connection (answered, queued and answered, or refused) instead of
+    reusing one this process is about to close: a request sent just as the server closes an idle keep-alive
+    connection is reset unanswered (the keep-alive close race)."""
+
+    def __init__(self, app: ASGIApp, draining: Callable[[], bool]) -> None:
+        self.app = app
+        self.draining = draining
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_closing(message: Message) -> None:
+            if message["type"] == "http.response.start" and self.draining():
+                headers = [(name, value) for name, value in message.get("headers", ()) if name.lower() != b"connection"]
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, receive, send_closing)
+
+
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, engine: ServingEngine, drain_timeout_s: float) -> None:
+    """uvicorn with the drain of the module's docstring.
+
+    ``last_holder``: whether this process holds the last copy of its listening socket (one process serving alone);
+    it then stops new handshakes and answers the connections the kernel already queued before closing the socket
+    (app.api.listener_drain). A front end is not the last holder: the supervisor keeps a copy and answers the queue
+    once every front end has exited.
+    """
+
+    def __init__(
+        self, config: uvicorn.Config, engine: ServingEngine, drain_timeout_s: float, *, last_holder: bool = True
+    ) -> None:
+        # server_config always passes the app itself (ASGI 3), never an import string.
+        config.app = CloseWhileDraining(cast("ASGIApp", config.app), lambda: self._draining)
         super().__init__(config)
         self.engine = engine
         self.drain_timeout_s = drain_timeout_s
+        self.last_holder = last_holder
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining = False
 
@@ -61,6 +116,39 @@ class DrainingServer(uvicorn.Server):
         else:
             log.warning("drain timeout: %d request(s) still in flight; shutting down", self.engine.inflight)
         self.should_exit = True
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's shutdown closes the listening socket, then every connection without a request in progress;
+        after a drain, first make sure nothing that reached this process is among those closed unanswered."""
+        if self._draining and not self.force_exit:
+            await self._hand_over()
+        await super().shutdown(sockets)
+
+    async def _hand_over(self) -> None:
+        deadline = time.monotonic() + HANDOVER_S
+        listeners = [listener.fileno() for server in self.servers for listener in server.sockets or ()]
+        if self.last_holder:
+            for listener in listeners:
+                listener_drain.refuse_new_connections(listener)
+            # The loop goes on accepting what the kernel queued (each answered 503 draining by the app).
+            await _poll_until(lambda: not any(listener_drain.queued_connections(fd) for fd in listeners), deadline)
+        for server in self.servers:
+            server.close()  # stop accepting (front ends: the queue is left to the others and the supervisor)
+        # Every response now closes its connection: wait for each open one to carry its client's next request (or
+        # for the deadline: a client that sends nothing more). The last check runs with no await between it and
+        # uvicorn closing what is left.
+        await _poll_until(lambda: not any(map(self._may_still_send, list(self.server_state.connections))), deadline)
+
+    @staticmethod
+    def _may_still_send(connection: object) -> bool:
+        """Whether closing ``connection`` now could drop a request: it is open and carries none, so its client may
+        be sending one (an idle keep-alive connection, or one opened during the drain, whose request is on its way).
+        One with a request in progress is safe: uvicorn lets its response finish, and the response closes it."""
+        cycle = getattr(connection, "cycle", None)
+        if cycle is not None and not cycle.response_complete:
+            return False
+        transport: asyncio.Transport | None = getattr(connection, "transport", None)
+        return transport is not None and not transport.is_closing()
 
 
 def server_config(app: FastAPI, settings: Settings) -> uvicorn.Config:

@@ -2,8 +2,10 @@
 :class:`EngineClient`, on the listening socket the supervisor bound and shares with the other front ends.
 
 Run by the supervisor as ``python -m app.frontend.front_server RUN_DIR FD``, with ``PROMETHEUS_MULTIPROC_DIR`` set.
-SIGTERM drains as one process does: readiness 503 and new requests 503 at once, accepted requests finish (their
-engine keeps answering: the supervisor stops it only after every front end has exited), then the process exits 0.
+SIGTERM drains as one process does: readiness 503 and new requests 503 at once (each response closing its
+connection), accepted requests finish (their engine keeps answering: the supervisor stops it only after every front
+end has exited), then the process stops accepting, answers what reached it, and exits 0. The connections still queued
+on the shared socket are the supervisor's to answer.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from app.settings import Settings
 
 class FrontServer(DrainingServer):
     def __init__(self, config: uvicorn.Config, client: EngineClient, drain_timeout_s: float) -> None:
-        super().__init__(config, client, drain_timeout_s)
+        # The supervisor holds the listening socket after every front end has gone, and answers what is queued.
+        super().__init__(config, client, drain_timeout_s, last_holder=False)
         self.client = client
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from benchmarks import drain_loss
 from tests.helpers import Outcome, predict_until_refused, running_server, write_catalogue
 
 pytestmark = pytest.mark.integration
@@ -84,3 +85,25 @@ def test_sigterm_drains_accepted_requests_and_exits_zero(demo_store: Path, tmp_p
     assert statuses[0] == 503, statuses  # readiness flipped while the listener still answered
     assert isinstance(statuses[-1], str), statuses  # ... and only then did the listener close
     assert "drained: no request in flight" in server.logs()
+
+
+def test_sigterm_loses_nothing_under_clients_that_keep_coming(demo_store: Path, tmp_path: Path) -> None:
+    """16 keep-alive clients that go on after each 503 (a new connection each time: every answer while draining
+    closes its connection) until their connection is refused. Before the process closes its listening socket it
+    stops new handshakes and answers what the kernel had queued, so no request is reset after it was sent."""
+    catalogue = write_catalogue(tmp_path / "variants.toml", demo_store, [{"name": "fast"}])
+    env = {"XNLI_SERVE_DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S)}
+    with running_server(catalogue, tmp_path, extra_env=env) as server:
+        sent = asyncio.run(
+            drain_loss.load_then_stop(
+                server.base_url, lambda: server.process.send_signal(signal.SIGTERM), "fast", clients=16
+            )
+        )
+        exit_code = server.process.wait(timeout=DRAIN_TIMEOUT_S + 5)
+    assert exit_code == 0, server.logs()
+    assert len([request for request in sent if request.sent_s < -0.5 and request.outcome == "200"]) > 12, sent
+    outcomes = {request.outcome for request in sent}
+    assert outcomes <= {"200", "503 draining", drain_loss.REFUSED}, [
+        request for request in sent if request.outcome not in ("200", "503 draining")
+    ]
+    assert "503 draining" in outcomes

@@ -75,20 +75,6 @@ def test_the_filter_stops_new_handshakes_and_keeps_the_queue(listener: socket.so
         assert queued.recv(10) == b"ok"
 
 
-def test_unread_bytes(listener: socket.socket) -> None:
-    with connect(listener, b"12345") as client:
-        accepted, _ = listener.accept()
-        with accepted:
-            for _ in range(500):
-                if listener_drain.unread_bytes(accepted.fileno()) == 5:
-                    break
-                select.select([], [], [], 0.01)
-            assert listener_drain.unread_bytes(accepted.fileno()) == 5
-            accepted.recv(5)
-            assert listener_drain.unread_bytes(accepted.fileno()) == 0
-        assert client.fileno() >= 0
-
-
 def test_answer_backlog_answers_every_queued_connection_then_closes(listener: socket.socket) -> None:
     address = listener.getsockname()
     body = b'{"premise": "a", "hypothesis": "b"}'
