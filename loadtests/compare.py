@@ -21,18 +21,20 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 
 from app.local_server import local_server
 from app.settings import DEFAULT_CATALOGUE
-from loadtests import analysis, outcomes, report, stats
+from loadtests import analysis, outcomes, report, slo, slo_run, stats
 from loadtests.measurements import GUARD_FRACTION, unit_of
 from loadtests.measurements import LevelResult as LevelResult  # re-exported: callers name compare.Samples
 from loadtests.measurements import Samples as Samples
@@ -59,9 +61,12 @@ class LoadSettings:
 
 def run_locust(
     load: LoadSettings, level: float, seconds: float, prefix: Path, seed: int, block_order: list[str] | None = None,
-    block_seconds: float = 0.0,
-) -> None:  # fmt: skip
+    block_seconds: float = 0.0, open_loop: slo_run.OpenLoop | None = None,
+) -> float:  # fmt: skip
+    """One headless Locust run; returns the load generator's CPU use, in cores per process (near 1: saturated)."""
     users = int(level) if load.mode == "users" else max(1, min(200, int(np.ceil(level))))
+    if open_loop:
+        users = open_loop.users
     command = [
         sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", load.url,
         "-u", str(users), "-r", str(users), "-t", f"{max(1, round(seconds))}s", "--stop-timeout", "10",
@@ -81,14 +86,23 @@ def run_locust(
         ]
     if load.mode == "rate":
         command += ["--arrival-rate", str(level)]
+    if open_loop:
+        command += ["--block-rates", ",".join(f"{rate:.4g}" for rate in open_loop.block_rates), "--poisson"]
+        command += ["--schedule-at", f"{open_loop.schedule_at:.3f}"]
+        if open_loop.processes > 1:
+            command += ["--processes", str(open_loop.processes)]
     if load.xnli_dir:
         command += ["--xnli-dir", load.xnli_dir]
     if load.languages:
         command += ["--languages", load.languages]
     env = {**os.environ, "XNLI_SERVE_API_KEY": load.api_key}  # not on the command line, where `ps` shows it
+    before, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
     completed = subprocess.run(command, capture_output=True, timeout=seconds + 120, env=env, text=True)
+    after, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic() - started
     if completed.returncode != 0:
         raise SystemExit(f"locust failed ({completed.returncode}):\n{completed.stderr[-3000:]}")
+    used = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return used / max(wall, 1e-9) / (open_loop.processes if open_loop else 1)
 
 
 def variant_results(
@@ -252,6 +266,55 @@ def compare(args: argparse.Namespace, url: str) -> Outcome:
     return outcome
 
 
+def served_variants(client: httpx.Client, url: str, wanted: str) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """The variants to compare (``wanted``, or every ready one) and the service's metadata about each."""
+    listing = client.get("/variants")
+    if listing.status_code in (401, 403):
+        raise SystemExit(f"{url} refused the API key ({listing.status_code}): pass --api-key or XNLI_SERVE_API_KEY")
+    listing.raise_for_status()
+    metadata = {entry["name"]: entry for entry in listing.json()["variants"] if entry["status"] == "ready"}
+    variants = [name.strip() for name in wanted.split(",") if name.strip()] if wanted else list(metadata)
+    unknown = [name for name in variants if name not in metadata]
+    if unknown:
+        raise SystemExit(f"variants not served at {url}: {unknown}")
+    return variants, metadata
+
+
+def compare_slo(args: argparse.Namespace, url: str) -> slo_run.SloOutcome:
+    """``--mode slo``: each variant's capacity at the SLO, its interval, verdicts per pair, fleet and cost."""
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    terms = [slo.parse_term(text) for text in args.slo]
+    with httpx.Client(base_url=url, timeout=10, headers=headers) as client:
+        variants, _ = served_variants(client, url, args.variants)
+    load = LoadSettings(
+        url, variants, "rate", args.pairs_per_request, args.xnli_dir, args.languages, args.api_key, args.request_timeout
+    )
+    raw = args.out / "locust"
+    raw.mkdir(parents=True, exist_ok=True)
+    if args.warmup > 0:
+        run_locust(load, max(1.0, args.start_rate), args.warmup, raw / "warmup", args.seed)
+    pairs = len(variants) * (len(variants) - 1) // 2
+    alpha = (1 - args.confidence) / max(1, pairs * len(slo.PAIR_METRICS))
+    rounds = args.rounds or slo_run.DEFAULT_ROUNDS
+
+    def run(prefix: Path, seed: int, order: list[str], block_seconds: float, schedule: slo_run.OpenLoop,
+            seconds: float) -> float:  # fmt: skip
+        return run_locust(load, max(schedule.block_rates), seconds, prefix, seed, order, block_seconds, schedule)
+
+    searches, steps, cpu = slo_run.run_search(
+        run, variants, terms, raw, start_rate=args.start_rate, steps=args.slo_steps, rounds=rounds,
+        block_seconds=args.block_seconds, processes=args.processes, seed=args.seed, alpha=alpha,
+        timeout_s=args.request_timeout,
+    )  # fmt: skip
+    found = slo_run.capacities(
+        searches, ", ".join(term.text for term in terms), args.pairs_per_request, args.price_per_hour, args.peak_rps,
+        args.utilisation, args.hardware,
+    )  # fmt: skip
+    comparisons = slo_run.pair_comparisons(found, steps, rounds, args.margin, alpha, args.seed)
+    points = {variant: search.points for variant, search in searches.items()}
+    return slo_run.SloOutcome(terms, found, comparisons, points, cpu)
+
+
 REPORTED_METADATA = (
     "intermediate_task", "base_model", "dtype", "backend", "quantization", "device", "parameters", "untrained",
 )  # fmt: skip
@@ -264,9 +327,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", default="", help="Comma-separated (default: every ready variant)")
     parser.add_argument(
         "--mode",
-        choices=("interleaved", "capacity"),
+        choices=("interleaved", "capacity", "slo"),
         default="interleaved",
-        help="interleaved: all variants in one window (latency); capacity: each alone in alternating blocks",
+        help="interleaved: all variants in one window (latency); capacity: each alone in alternating blocks; slo: "
+        "each variant's highest Poisson arrival rate that meets --slo",
+    )
+    parser.add_argument(
+        "--slo", action="append", default=[], help="SLO mode: a term, e.g. 'p99<=250ms' or 'errors<=0.1%%' (repeat)"
+    )
+    parser.add_argument("--start-rate", type=float, default=10.0, help="SLO mode: first rate tried, requests/s")
+    parser.add_argument("--slo-steps", type=int, default=6, help="SLO mode: search steps before the confirmation")
+    parser.add_argument("--peak-rps", type=float, default=0.0, help="SLO mode: peak pairs/s the fleet must carry")
+    parser.add_argument("--utilisation", type=float, default=0.7, help="SLO mode: target share of capacity used")
+    parser.add_argument("--price-per-hour", type=float, default=0.0, help="SLO mode: price of one replica per hour")
+    parser.add_argument("--hardware", default="", help="SLO mode: what one replica runs on, for the cost table")
+    parser.add_argument(
+        "--processes", type=int, default=1, help="SLO mode: Locust worker processes (a fast variant may need several)"
     )
     parser.add_argument("--users", default="1,8,32", help="Closed-loop user counts (the load levels)")
     parser.add_argument("--rates", default="", help="Fixed arrival rates in requests/s instead of --users")
@@ -327,13 +403,33 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--margin must be in (0, 1) and --confidence in (0.5, 1)")
     if args.block_seconds <= 0 or args.duration <= 0 or args.analysis_block_seconds < 0:
         parser.error("--block-seconds and --duration must be positive, --analysis-block-seconds not negative")
+    if args.mode == "slo":
+        try:
+            [slo.parse_term(text) for text in args.slo or ["?"]]
+        except ValueError as error:
+            parser.error(f"--slo: {error}" if args.slo else "--mode slo needs at least one --slo term")
+        if args.start_rate <= 0 or args.slo_steps < 1 or args.processes < 1 or not 0 < args.utilisation <= 1:
+            parser.error(
+                "--start-rate must be positive, --slo-steps and --processes at least 1, --utilisation in (0, 1]"
+            )
     args.out.mkdir(parents=True, exist_ok=True)
+    parameters = {key: value for key, value in vars(args).items() if key != "api_key"}
+    if args.mode == "slo":
+        if args.url:
+            found = compare_slo(args, args.url.rstrip("/"))
+        else:
+            with local_server(args.catalogue, args.out / "server.log") as server:
+                found = compare_slo(args, server.base_url)
+        slo_run.write(found, args.out, parameters)
+        print(f"report: {args.out / 'report.md'}")
+        for line in slo_run.sentences(found, args.price_per_hour, args.peak_rps, args.utilisation):
+            print(f"  {line}")
+        return
     if args.url:
         outcome = compare(args, args.url.rstrip("/"))
     else:
         with local_server(args.catalogue, args.out / "server.log") as server:
             outcome = compare(args, server.base_url)
-    parameters = {key: value for key, value in vars(args).items() if key != "api_key"}
     report.write_results(outcome.results, outcome.comparisons, args.out, parameters)
     report.write_report(outcome.results, outcome.comparisons, outcome.samples, args.out, parameters)
     print(f"report: {args.out / 'report.md'}")

@@ -44,9 +44,9 @@ from requests.exceptions import Timeout
 
 from app.xnli import LabelledPair
 from loadtests import outcomes
+from loadtests.measurements import SAMPLE_COLUMNS
 from loadtests.pairs import load_pairs
 
-SAMPLE_COLUMNS = ("start", "variant", "latency_ms", "queue_ms", "inference_ms", "ok", "block", "outcome", "status")
 _samples: list[tuple[float, int, float, float, float, int, int, int, int]] = []
 _schedule_start: list[float] = []  # when every user had started (blocks schedule)
 
@@ -197,7 +197,7 @@ class XnliUser(HttpUser):
         if not _schedule_start:
             return None
         block = int((time.time() - _schedule_start[0]) // options.block_seconds)
-        return (self.block_order[block], block) if block < len(self.block_order) else None
+        return (self.block_order[block], block) if 0 <= block < len(self.block_order) else None
 
     def current_rate(self) -> float:
         """The total arrival rate now: the current block's under --block-rates, else --arrival-rate."""

@@ -15,6 +15,7 @@ import numpy as np
 
 from loadtests import outcomes
 
+SAMPLE_COLUMNS = ("start", "variant", "latency_ms", "queue_ms", "inference_ms", "ok", "block", "outcome", "status")
 GUARD_FRACTION = 0.15  # capacity blocks: the first part of a block is discarded (the previous variant drains)
 
 
@@ -94,6 +95,34 @@ class Samples:
             outcome=column["outcome"].astype(np.int64) if "outcome" in column else np.zeros(0, dtype=np.int64),
             timeout_ms=float(document.get("timeout_s", outcomes.DEFAULT_TIMEOUT_S)) * 1000,
             block_rates=[float(rate) for rate in document.get("block_rates", [])],
+        )
+
+    @classmethod
+    def read_all(cls, path: Path) -> Samples:
+        """``path`` and the files Locust's worker processes wrote beside it (``<path>.<pid>``), as one run."""
+        parts = [cls.read(found) for found in [path, *sorted(path.parent.glob(f"{path.name}.*"))] if found.exists()]
+        if not parts:
+            raise FileNotFoundError(path)
+        first = parts[0]
+
+        def joined(name: str) -> np.ndarray:
+            return np.concatenate([getattr(part, name) for part in parts])
+
+        return cls(
+            variants=first.variants,
+            start=joined("start"),
+            variant=joined("variant"),
+            latency_ms=joined("latency_ms"),
+            queue_ms=joined("queue_ms"),
+            inference_ms=joined("inference_ms"),
+            ok=joined("ok"),
+            block=joined("block"),
+            schedule_start=first.schedule_start,
+            block_seconds=first.block_seconds,
+            block_order=first.block_order,
+            outcome=joined("outcome"),
+            timeout_ms=first.timeout_ms,
+            block_rates=first.block_rates,
         )
 
     def subset(self, keep: np.ndarray) -> Samples:

@@ -189,7 +189,7 @@ def _tables(results: Sequence[LevelResult]) -> list[tuple[str, str, list[list[st
     return tables
 
 
-def _verdict_rows(comparisons: Sequence[Comparison]) -> list[list[str]]:
+def verdict_rows(comparisons: Sequence[Comparison]) -> list[list[str]]:
     return [
         [
             f"{c.level:g}",
@@ -284,7 +284,7 @@ def write_report(
     lines = ["# xnli-serve variant comparison", "", f"Design: {design}.", "", f"Load: {mode}; {settings}.", ""]
     lines += ["## Summary", "", *[f"- {sentence}" for sentence in sentences], ""]
     lines += ["## Verdicts", "", reading, ""]
-    lines += markdown.table(VERDICT_HEADER, _verdict_rows(comparisons))
+    lines += markdown.table(VERDICT_HEADER, verdict_rows(comparisons))
     lines += ["", "## Results per variant", ""]
     for variant, caption, body in tables:
         lines += [f"### {variant}", "", caption, "", *markdown.table(header, body)]
@@ -314,7 +314,7 @@ def write_report(
         "<h2>Summary</h2><ul>",
         *[f"<li>{html.escape(sentence)}</li>" for sentence in sentences],
         f"</ul><h2>Verdicts</h2><p>{html.escape(reading)}</p>",
-        *table(VERDICT_HEADER, _verdict_rows(comparisons)),
+        *table(VERDICT_HEADER, verdict_rows(comparisons)),
         "<h2>Results per variant</h2>",
     ]
     for variant, caption, body in tables:

@@ -374,7 +374,7 @@ def capacity_verdict(a: Capacity, b: Capacity, margin: float) -> tuple[str, floa
     higher, never lower or equivalent."""
     difference = b.rate - a.rate
     low, high = b.ci_low - a.ci_high, b.ci_high - a.ci_low
-    if not all(math.isfinite(value) for value in (difference, low)):
+    if math.isnan(difference) or math.isnan(low) or math.isnan(high):
         return "inconclusive", difference, low, high
     absolute = margin * abs(a.rate)
     if low > 0 and not a.generator_bound:

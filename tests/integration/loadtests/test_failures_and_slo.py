@@ -1,0 +1,80 @@
+"""The verdicts on a real service with injected faults: a variant that fails every tenth forward pass has a higher
+error rate and is never called faster; in SLO mode a slow variant (50 ms per forward pass, batches of 4) has the
+lower capacity and two names for one checkpoint are not told apart."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from loadtests import compare
+from tests.helpers import ServerProcess, running_server, write_catalogue
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def faulty_server(demo_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    folder = tmp_path_factory.mktemp("faulty")
+    variants: list[dict[str, object]] = [
+        {"name": "a1"},
+        {"name": "a2"},
+        {"name": "slow", "max_batch_size": 4, "faults": {"delay_ms": 50}},
+        {"name": "flaky", "faults": {"fail_every": 10}},
+    ]
+    catalogue = write_catalogue(folder / "variants.toml", demo_store, variants, max_seq_len=128)
+    with running_server(catalogue, folder, extra_env={"XNLI_SERVE_ENABLE_FAULT_INJECTION": "true"}) as server:
+        yield server
+
+
+def document(out: Path) -> dict[str, list[dict[str, object]]]:
+    found: dict[str, list[dict[str, object]]] = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    return found
+
+
+def test_a_failing_variant_has_a_higher_error_rate_and_is_never_faster(
+    faulty_server: ServerProcess, tmp_path: Path
+) -> None:
+    out = tmp_path / "flaky"
+    compare.main(
+        ["--url", faulty_server.base_url, "--variants", "a1,flaky", "--users", "4", "--duration", "8",
+         "--warmup", "1", "--out", str(out)]
+    )  # fmt: skip
+    found = {c["metric"]: c for c in document(out)["comparisons"]}
+    assert found["error_rate"]["verdict"] == "higher", found["error_rate"]
+    assert 0.03 < float(str(found["error_rate"]["difference"])) < 0.3  # about one request in ten
+    for metric in ("p50_ms", "p95_tail", "p99_tail"):
+        assert found[metric]["verdict"] != "faster", found[metric]
+    rows = {row["variant"]: row for row in document(out)["results"]}
+    assert int(str(rows["flaky"]["failures"])) > 0
+    assert float(str(rows["flaky"]["p99_ms"])) >= 10_000  # unanswered requests count as lasting the timeout
+
+
+@pytest.mark.slow
+def test_slo_mode_finds_the_slow_variant_lower_and_twins_not_different(
+    faulty_server: ServerProcess, tmp_path: Path
+) -> None:
+    out = tmp_path / "slo"
+    compare.main(
+        ["--url", faulty_server.base_url, "--mode", "slo", "--slo", "p99<=250ms", "--slo", "errors<=0.1%",
+         "--variants", "a1,a2,slow", "--start-rate", "20", "--slo-steps", "4", "--rounds", "3",
+         "--block-seconds", "1.2", "--warmup", "1", "--peak-rps", "100", "--price-per-hour", "0.1",
+         "--hardware", "2 vCPU", "--out", str(out)]
+    )  # fmt: skip
+    results = document(out)
+    capacity = {str(c["variant"]): c for c in results["capacity"]}
+    assert set(capacity) == {"a1", "a2", "slow"}
+    for entry in capacity.values():
+        for key in ("slo", "rate", "ci_low", "ci_high", "p_latency_ms_at_rate", "error_rate_at_rate",
+                    "cost_per_million"):  # fmt: skip
+            assert key in entry
+    verdicts = {(c["a"], c["b"], c["metric"]): c["verdict"] for c in results["comparisons"]}
+    assert verdicts[("a1", "slow", "capacity")] == "lower"
+    assert verdicts[("a2", "slow", "capacity")] == "lower"
+    assert verdicts[("a1", "a2", "capacity")] not in {"higher", "lower"}
+    assert float(str(capacity["slow"]["rate"])) < float(str(capacity["a1"]["rate"]))
+    assert (out / "latency_vs_rate.png").stat().st_size > 0
+    assert "## Fleet and cost" in (out / "report.md").read_text(encoding="utf-8")
