@@ -20,12 +20,14 @@ list) and PNG plots, with a summary computed from the data.
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import resource
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,7 @@ import numpy as np
 
 from app.local_server import local_server
 from app.settings import DEFAULT_CATALOGUE
-from loadtests import analysis, outcomes, report, slo, slo_run, stats
+from loadtests import analysis, outcomes, repeats, report, sequential, slo, slo_run, stats
 from loadtests.measurements import GUARD_FRACTION, unit_of
 from loadtests.measurements import LevelResult as LevelResult  # re-exported: callers name compare.Samples
 from loadtests.measurements import Samples as Samples
@@ -214,23 +216,15 @@ class Outcome:
     results: list[LevelResult]
     comparisons: list[stats.Comparison]
     samples: dict[float, Samples]
+    alpha: float = 0.05  # each verdict's share of the report's error rate (Bonferroni)
+    runs: list[list[stats.Comparison]] = field(default_factory=list)  # --repeats: each run's own verdicts
 
 
-def compare(args: argparse.Namespace, url: str) -> Outcome:
+def compare(args: argparse.Namespace, url: str, run: int = 0) -> Outcome:
+    """One run of every level (run ``run`` of --repeats: its own seeds and raw folder)."""
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     with httpx.Client(base_url=url, timeout=10, headers=headers) as client:
-        listing = client.get("/variants")
-        if listing.status_code in (401, 403):
-            raise SystemExit(f"{url} refused the API key ({listing.status_code}): pass --api-key or XNLI_SERVE_API_KEY")
-        listing.raise_for_status()
-        catalogue = listing.json()
-        metadata = {entry["name"]: entry for entry in catalogue["variants"] if entry["status"] == "ready"}
-        variants = (
-            [name.strip() for name in args.variants.split(",") if name.strip()] if args.variants else list(metadata)
-        )
-        unknown = [name for name in variants if name not in metadata]
-        if unknown:
-            raise SystemExit(f"variants not served at {url}: {unknown}")
+        variants, metadata = served_variants(client, url, args.variants)
         mode, levels = ("rate", parse_levels(args.rates)) if args.rates else ("users", parse_levels(args.users))
         load = LoadSettings(
             url, variants, mode, args.pairs_per_request, args.xnli_dir, args.languages, args.api_key,
@@ -240,30 +234,85 @@ def compare(args: argparse.Namespace, url: str) -> Outcome:
         metrics = len(analysis.METRICS) + (1 if design == "capacity" else 0)
         alpha = (1 - args.confidence) / stats.comparisons_in(len(variants), len(levels), metrics)
         rounds = args.rounds or stats.default_rounds(len(variants), CAPACITY_MIN_ROUNDS)
-        raw = args.out / "locust"
+        raw = args.out / "locust" if args.repeats == 1 else args.out / "locust" / f"run-{run + 1}"
         raw.mkdir(parents=True, exist_ok=True)
+        seed = args.seed + 1000 * run
         if args.warmup > 0:  # discarded: first batches, allocator growth, connection set-up; every variant
-            run_locust(load, levels[0], args.warmup, raw / "warmup", args.seed)
-        outcome = Outcome([], [], {})
+            run_locust(load, levels[0], args.warmup, raw / "warmup", seed)
+        outcome = Outcome([], [], {}, alpha)
         for number, level in enumerate(levels):
-            prefix = raw / f"{design}-{mode}-{level:g}"
-            order = stats.randomized_block_order(variants, rounds, args.seed + number) if design == "capacity" else None
-            seconds = len(order) * args.block_seconds + 3 if order else args.duration  # + spawning, stop
-            print(f"{design} {mode}={level:g}: {', '.join(variants)} for {seconds:g}s", flush=True)
+            name = f"{design}-{mode}-{level:g}"
+            parts: list[Samples] = []
+
+            def measure(
+                look: int, level: float = level, number: int = number, name: str = name, parts: list[Samples] = parts
+            ) -> Samples:
+                """One more chunk of the level (look 1: the first), appended to what it measured so far."""
+                prefix = raw / (name if look == 1 else f"{name}-look{look}")
+                order = (
+                    stats.randomized_block_order(variants, rounds, seed + number + 100 * (look - 1))
+                    if design == "capacity"
+                    else None
+                )
+                seconds = len(order) * args.block_seconds + 3 if order else args.duration  # + spawning, stop
+                print(f"{design} {mode}={level:g}: {', '.join(variants)} for {seconds:g}s"
+                      + (f" (look {look})" if args.until_decided else ""), flush=True)  # fmt: skip
+                run_locust(load, level, seconds, prefix, seed + number + 100 * (look - 1), order, args.block_seconds)
+                parts.append(Samples.read(Path(f"{prefix}_samples.json")))
+                return Samples.joined(parts)
+
+            def analyse(samples: Samples, nominal: float, level: float = level) -> list[stats.Comparison]:
+                return level_comparisons(
+                    design, level, samples, args.margin, nominal, args.analysis_block_seconds or None,
+                    args.pairs_per_request, level if mode == "rate" else 0.0, args.tail_margin, args.error_margin,
+                    seed,
+                )  # fmt: skip
+
             before = scrape(client)
-            run_locust(load, level, seconds, prefix, args.seed + number, order, args.block_seconds)
+            if args.until_decided:
+                chunk = args.duration if design == "interleaved" else rounds * args.block_seconds
+                looks = max(1, math.ceil(args.max_duration / chunk - 1e-9))
+                found = sequential.until_decided(
+                    lambda look, nominal: analyse(measure(look), nominal), looks, alpha, args.spending
+                )
+            else:
+                found = analyse(measure(1), alpha)
+            samples = Samples.joined(parts)
             after = scrape(client)
-            samples = Samples.read(Path(f"{prefix}_samples.json"))
             outcome.samples[level] = samples
             for result in variant_results(load, level, design, samples, before, after):
                 result.metadata = {key: metadata[result.variant].get(key) for key in REPORTED_METADATA}
+                result.run = run + 1
                 outcome.results.append(result)
-            outcome.comparisons += level_comparisons(
-                design, level, samples, args.margin, alpha, args.analysis_block_seconds or None, args.pairs_per_request,
-                level if mode == "rate" else 0.0, args.tail_margin, args.error_margin, args.seed,
-            )  # fmt: skip
+            outcome.comparisons += found
     outcome.results.sort(key=lambda result: (variants.index(result.variant), result.offered))
     return outcome
+
+
+def replicated(args: argparse.Namespace) -> Outcome:
+    """``--repeats N`` runs (one without it): the service started afresh from --catalogue for every run (its
+    processes restarted, so each run draws the variants' own state anew), or N runs against --url without
+    restart. With N > 1 the verdicts rest on the run-level differences (loadtests.repeats)."""
+    found: list[Outcome] = []
+    for run in range(args.repeats):
+        if args.repeats > 1:
+            print(f"run {run + 1} of {args.repeats}" + (" (no restart: --url)" if args.url else ""), flush=True)
+        if args.url:
+            found.append(compare(args, args.url.rstrip("/"), run))
+        else:
+            log = args.out / ("server.log" if args.repeats == 1 else f"server-{run + 1}.log")
+            with local_server(args.catalogue, log) as server:
+                found.append(compare(args, server.base_url, run))
+    if len(found) == 1:
+        return found[0]
+    runs = [outcome.comparisons for outcome in found]
+    return Outcome(
+        results=[result for outcome in found for result in outcome.results],
+        comparisons=repeats.combine(runs, found[0].alpha, restarted=not args.url),
+        samples=found[-1].samples,
+        alpha=found[0].alpha,
+        runs=runs,
+    )
 
 
 def served_variants(client: httpx.Client, url: str, wanted: str) -> tuple[list[str], dict[str, dict[str, Any]]]:
@@ -344,6 +393,33 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--processes", type=int, default=1, help="SLO mode: Locust worker processes (a fast variant may need several)"
     )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="Run the comparison N times, the service restarted in between (with --url: without restart); N > 1: "
+        "verdicts from the run-level differences, with within- and between-run variance",
+    )
+    parser.add_argument(
+        "--until-decided",
+        action="store_true",
+        help="Measure each level in chunks of --duration (capacity: --rounds) and stop once every verdict is decided "
+        "(alpha spent over the looks), at most --max-duration",
+    )
+    parser.add_argument("--max-duration", type=float, default=0.0, help="--until-decided: most seconds per level")
+    parser.add_argument(
+        "--spending",
+        choices=sequential.SPENDING,
+        default="obrien-fleming",
+        help="--until-decided: Lan-DeMets alpha-spending function over the looks",
+    )
+    parser.add_argument(
+        "--plan",
+        action="store_true",
+        help="Print the duration (or repeats) each verdict needs for its detectable effect to reach --margin, from "
+        "--pilot or from this run as the pilot",
+    )
+    parser.add_argument("--pilot", type=Path, default=None, help="--plan: a pilot's results.json (or its folder)")
     parser.add_argument("--users", default="1,8,32", help="Closed-loop user counts (the load levels)")
     parser.add_argument("--rates", default="", help="Fixed arrival rates in requests/s instead of --users")
     parser.add_argument("--duration", type=float, default=20.0, help="Seconds measured per level (interleaved)")
@@ -403,6 +479,14 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--margin must be in (0, 1) and --confidence in (0.5, 1)")
     if args.block_seconds <= 0 or args.duration <= 0 or args.analysis_block_seconds < 0:
         parser.error("--block-seconds and --duration must be positive, --analysis-block-seconds not negative")
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    if args.until_decided and args.max_duration < (args.duration if args.mode == "interleaved" else 0):
+        parser.error("--until-decided needs --max-duration of at least --duration")
+    if args.mode == "slo" and (args.repeats > 1 or args.until_decided or args.plan):
+        parser.error("--repeats, --until-decided and --plan apply to the interleaved and capacity modes")
+    if args.pilot and not args.plan:
+        parser.error("--pilot goes with --plan")
     if args.mode == "slo":
         try:
             [slo.parse_term(text) for text in args.slo or ["?"]]
@@ -425,16 +509,41 @@ def main(argv: list[str] | None = None) -> None:
         for line in slo_run.sentences(found, args.price_per_hour, args.peak_rps, args.utilisation):
             print(f"  {line}")
         return
-    if args.url:
-        outcome = compare(args, args.url.rstrip("/"))
-    else:
-        with local_server(args.catalogue, args.out / "server.log") as server:
-            outcome = compare(args, server.base_url)
-    report.write_results(outcome.results, outcome.comparisons, args.out, parameters)
+    if args.pilot:
+        print_plan(args, *pilot(args.pilot))
+        return
+    outcome = replicated(args)
+    extra = {"runs": [[asdict(c) for c in run] for run in outcome.runs]} if outcome.runs else {}
+    report.write_results(outcome.results, outcome.comparisons, args.out, parameters, extra)
     report.write_report(outcome.results, outcome.comparisons, outcome.samples, args.out, parameters)
     print(f"report: {args.out / 'report.md'}")
     for line in report.verdict_lines(outcome.comparisons, unit_of(outcome.results)):
         print(f"  {line}")
+    if args.plan:
+        print_plan(args, outcome.comparisons, args.duration, args.rounds)
+
+
+def pilot(path: Path) -> tuple[list[stats.Comparison], float, int]:
+    """A pilot's verdicts, its seconds per level (or per look) and its rounds, from its results.json."""
+    file = path / "results.json" if path.is_dir() else path
+    if not file.exists():
+        raise SystemExit(f"--pilot: no results.json at {path}")
+    document = json.loads(file.read_text(encoding="utf-8"))
+    parameters = document.get("parameters", {})
+    found = [repeats.comparison_from(row) for row in document.get("comparisons", []) if row.get("metric") != "capacity"]
+    if not found:
+        raise SystemExit(f"--pilot: {file} has no verdicts to plan from")
+    return found, float(parameters.get("duration") or 20.0), int(parameters.get("rounds") or 0)
+
+
+def print_plan(args: argparse.Namespace, found: list[stats.Comparison], duration: float, rounds: int) -> None:
+    """The plan (loadtests.repeats.plan) on stdout and in plan.md beside the report."""
+    lines = repeats.plan_lines(repeats.plan(found, duration, rounds, args.margin), duration, rounds)
+    heading = f"Plan for a margin of {args.margin:.1%} (median, throughput; tails and errors: their own margins):"
+    print(heading)
+    for line in lines:
+        print(f"  {line}")
+    (args.out / "plan.md").write_text("\n".join([f"# {heading}", "", *[f"- {line}" for line in lines]]) + "\n")
 
 
 if __name__ == "__main__":

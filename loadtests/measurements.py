@@ -50,6 +50,7 @@ class LevelResult:
     timed_out: int = 0  # of the failures: no answer within the client's timeout
     completed_per_s: float = 0.0  # answered requests per second (requests_per_s counts every request sent)
     offered_per_s: float = 0.0  # rate mode: the variant's share of the offered rate
+    run: int = 1  # --repeats: which run (the variants' processes restarted in between unless --url)
 
 
 @dataclass
@@ -121,6 +122,44 @@ class Samples:
             block_seconds=first.block_seconds,
             block_order=first.block_order,
             outcome=joined("outcome"),
+            timeout_ms=first.timeout_ms,
+            block_rates=first.block_rates,
+        )
+
+    @classmethod
+    def joined(cls, parts: Sequence[Samples]) -> Samples:
+        """Consecutive Locust runs of one level (the looks of --until-decided) as one run. Blocks schedules are
+        cut to their measured part first and their blocks numbered on, so whole rounds stay whole."""
+        if len(parts) == 1:
+            return parts[0]
+        first = parts[0]
+        if first.schedule_start is None or not first.block_order:
+            pieces, order = list(parts), first.block_order
+        else:
+            pieces, order, offset = [], [], 0
+            for part in parts:
+                measured = part.measured()
+                measured.block = measured.block + offset
+                pieces.append(measured)
+                order += part.block_order
+                offset += len(part.block_order)
+
+        def column(name: str) -> np.ndarray:
+            return np.concatenate([getattr(piece, name) for piece in pieces])
+
+        return cls(
+            variants=first.variants,
+            start=column("start"),
+            variant=column("variant"),
+            latency_ms=column("latency_ms"),
+            queue_ms=column("queue_ms"),
+            inference_ms=column("inference_ms"),
+            ok=column("ok"),
+            block=column("block"),
+            schedule_start=None,
+            block_seconds=first.block_seconds,
+            block_order=order,
+            outcome=column("outcome"),
             timeout_ms=first.timeout_ms,
             block_rates=first.block_rates,
         )

@@ -209,6 +209,36 @@ def verdict_rows(comparisons: Sequence[Comparison]) -> list[list[str]]:
     ]
 
 
+REPLICATION_HEADER = ["load", "a", "b", "metric", "runs", "within-run SD", "between-run SD", "verdict"]
+
+
+def _spread(variance: float, c: Comparison) -> str:
+    """A variance component of a run's difference as a standard deviation: points (shares) or % of a's level."""
+    if not math.isfinite(variance):
+        return "-"
+    if c.metric in SHARE_METRICS:
+        return f"{math.sqrt(variance) * 100:.2f} pts"
+    return f"{math.sqrt(variance) / abs(c.baseline) * 100:.1f}%" if c.baseline else "-"
+
+
+def replication_rows(comparisons: Sequence[Comparison]) -> list[list[str]]:
+    """--repeats: each verdict's within-run and between-run variance (as standard deviations of a run's difference)."""
+    return [
+        [f"{c.level:g}", c.a, c.b, c.metric, f"{c.runs}", _spread(c.within_variance, c),
+         _spread(c.between_variance, c), c.verdict]
+        for c in comparisons
+        if c.runs > 1
+    ]  # fmt: skip
+
+
+REPLICATION_TEXT = (
+    "Verdicts rest on the run-level differences (a Student t interval over runs). Within-run SD: the standard "
+    "error of one run's difference from its own blocks (a longer run shrinks it); between-run SD: the spread of the "
+    "run-level differences beyond that (the variants' own state, drawn anew at every restart: only more runs "
+    "average it out)."
+)
+
+
 def _design(results: Sequence[LevelResult], comparisons: Sequence[Comparison]) -> str:
     if results[0].design == "capacity":
         return (
@@ -223,12 +253,17 @@ def _design(results: Sequence[LevelResult], comparisons: Sequence[Comparison]) -
 
 
 def write_results(
-    results: Sequence[LevelResult], comparisons: Sequence[Comparison], folder: Path, parameters: dict[str, Any]
+    results: Sequence[LevelResult],
+    comparisons: Sequence[Comparison],
+    folder: Path,
+    parameters: dict[str, Any],
+    extra: dict[str, Any] | None = None,
 ) -> None:
-    """The measurements as data: results.json (parameters, rows, comparisons), results.csv and comparisons.csv."""
+    """The measurements as data: results.json (parameters, rows, comparisons, and ``extra``: e.g. each run's own
+    verdicts under --repeats), results.csv and comparisons.csv."""
     rows = [asdict(result) for result in results]
     verdicts = [asdict(comparison) for comparison in comparisons]
-    document = {"parameters": parameters, "results": rows, "comparisons": verdicts}
+    document = {"parameters": parameters, "results": rows, "comparisons": verdicts, **(extra or {})}
     (folder / "results.json").write_text(json.dumps(document, indent=2, default=str), encoding="utf-8")
     flat = [{**{k: v for k, v in row.items() if k != "metadata"}, **row["metadata"]} for row in rows]
     with (folder / "results.csv").open("w", encoding="utf-8", newline="") as handle:
@@ -285,6 +320,20 @@ def write_report(
     lines += ["## Summary", "", *[f"- {sentence}" for sentence in sentences], ""]
     lines += ["## Verdicts", "", reading, ""]
     lines += markdown.table(VERDICT_HEADER, verdict_rows(comparisons))
+    replication = replication_rows(comparisons)
+    if replication:
+        runs = max(c.runs for c in comparisons)
+        restart = "without restart (--url)" if "without restart" in comparisons[0].note else "restarted in between"
+        lines += ["", "## Between runs", "", f"{runs} runs, the service {restart}. {REPLICATION_TEXT}", ""]
+        lines += markdown.table(REPLICATION_HEADER, replication)
+    looks = {(c.look, c.looks) for c in comparisons if c.looks > 1}
+    if looks:
+        lines += ["", "## Looks", ""]
+        lines += [
+            "Run until decided: each level measured in chunks, every verdict at the nominal level its look was "
+            "given by the alpha-spending function (so the extra looks keep the false rate at the confidence asked "
+            f"for). Looks taken per level (of planned): {', '.join(f'{a} of {b}' for a, b in sorted(looks))}.",
+        ]
     lines += ["", "## Results per variant", ""]
     for variant, caption, body in tables:
         lines += [f"### {variant}", "", caption, "", *markdown.table(header, body)]
@@ -315,6 +364,11 @@ def write_report(
         *[f"<li>{html.escape(sentence)}</li>" for sentence in sentences],
         f"</ul><h2>Verdicts</h2><p>{html.escape(reading)}</p>",
         *table(VERDICT_HEADER, verdict_rows(comparisons)),
+        *(
+            [f"<h2>Between runs</h2><p>{html.escape(REPLICATION_TEXT)}</p>", *table(REPLICATION_HEADER, replication)]
+            if replication
+            else []
+        ),
         "<h2>Results per variant</h2>",
     ]
     for variant, caption, body in tables:

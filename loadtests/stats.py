@@ -222,6 +222,10 @@ class Comparison:
     within_variance: float = math.nan  # --repeats: mean squared standard error of a run's difference
     between_variance: float = math.nan  # --repeats: variance of the run-level differences
     note: str = ""  # why a verdict is what it is when the words alone do not say it
+    standard_error: float = math.nan  # of the difference: what --plan scales to a target precision
+    df: float = math.nan  # its degrees of freedom
+    look: int = 1  # --until-decided: the look the verdict was made at (of ``looks`` planned)
+    looks: int = 1
 
 
 def comparison(
@@ -250,6 +254,8 @@ def comparison(
         mde_pct=mde / base * 100,
         threshold_ms=threshold_ms,
         note=note,
+        standard_error=verdict.error,
+        df=verdict.df,
     )
 
 
