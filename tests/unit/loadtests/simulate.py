@@ -93,3 +93,60 @@ def interleaved_verdicts(
 
 def rate(counts: Counter[str], *words: str) -> float:
     return sum(counts[word] for word in words) / sum(counts.values())
+
+
+# --- block-level simulation: one value per variant per block, for cases whose analysis starts from blocks ---------
+
+
+def block_medians(
+    generator: np.random.Generator,
+    runs: int,
+    repeats: int,
+    blocks: int,
+    state_sd: float = 0.03,
+    state_phi: float = 0.98,
+    noise_sd: float = 0.02,
+    effect: float = 0.0,
+) -> tuple[Matrix, Matrix]:
+    """Per-block median latency of a and b, shape (runs, repeats, blocks): a shared machine drift (it cancels in
+    the paired difference, so it is drawn as the model's level), each variant's own AR(1) state in log-latency
+    (``state_phi`` per block, stationary sd ``state_sd``; drawn afresh at every restart, i.e. every repeat), and the
+    sampling noise of a block median (``noise_sd``, log scale). ``effect``: b's true relative difference."""
+    shape = (runs, repeats, blocks)
+    shared = np.cumsum(generator.normal(0.0, 0.01, shape), axis=2)
+
+    def state() -> Matrix:
+        innovations = generator.normal(0.0, state_sd * np.sqrt(1 - state_phi**2), shape)
+        values = np.empty(shape)
+        values[..., 0] = generator.normal(0.0, state_sd, shape[:2])  # a fresh process: its stationary state
+        for index in range(1, blocks):
+            values[..., index] = state_phi * values[..., index - 1] + innovations[..., index]
+        return values
+
+    a = BASE_MS * np.exp(shared + state() + generator.normal(0.0, noise_sd, shape))
+    b = BASE_MS * (1 + effect) * np.exp(shared + state() + generator.normal(0.0, noise_sd, shape))
+    return a, b
+
+
+def mdc_sojourn_ms(arrivals: Matrix, servers: int, service_s: float) -> Matrix:
+    """Time in system (ms) of an M/D/c FIFO queue from empty, per row of arrival times (s). With equal service
+    times and FIFO, request n starts when it arrives or when request n - c finished, whichever is later: c
+    independent running maxima, vectorised."""
+    n = arrivals.shape[-1] - arrivals.shape[-1] % servers
+    grouped = arrivals[..., :n].reshape(*arrivals.shape[:-1], n // servers, servers)
+    offset = np.arange(n // servers)[:, None] * service_s
+    start = offset + np.maximum.accumulate(grouped - offset, axis=-2)
+    sojourn: Matrix = ((start - grouped + service_s) * 1000).reshape(*arrivals.shape[:-1], n)
+    return sojourn
+
+
+def mdc_capacity(servers: int, service_s: float, limit_ms: float, q: float, n: int, seed: int) -> float:
+    """The true capacity of an M/D/c queue at 'p(q) of time in system <= limit': bisection on the arrival rate
+    over one long stationary run (common random numbers make the quantile monotone in the rate)."""
+    gaps = np.random.default_rng(seed).exponential(1.0, n)
+    low, high = 0.0, servers / service_s
+    for _ in range(22):
+        middle = (low + high) / 2
+        sojourn = mdc_sojourn_ms(np.cumsum(gaps / middle), servers, service_s)[n // 20 :]
+        low, high = (middle, high) if np.quantile(sojourn, q) <= limit_ms else (low, middle)
+    return (low + high) / 2
