@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 from app.engine.errors import InputTooLongError, OverloadedError
 
@@ -51,8 +52,28 @@ def too_long(index: int, length: int, max_seq_len: int, at_least: bool = False) 
     )
 
 
-# Where a text may be cut before tokenizing: white space that every pre-tokenizer splits words at.
-_WORD_BREAK = re.compile(r"\s", re.UNICODE)
+# Where a text may be cut before tokenizing: before the first space of a run of spaces, so the head ends in a whole
+# word. Only U+0020 qualifies (and only for a tokenizer the start-up probe shows splitting there): other white space
+# may be deleted or joined by a normalizer (BERT's drops U+000B and U+001C-U+001F), and a cut there splits a word.
+_SAFE_BREAK = re.compile(r"(?<! ) ")
+# Texts the start-up probe cuts at every safe break (written for the project): ids of each head must begin the ids
+# of the whole text.
+_BREAK_PROBES = (
+    "Der Zug nach Hamburg kam heute  zwanzig Minuten zu spät an.",
+    "Il pleut sur la ville depuis ce matin, et personne n'a de parapluie.",
+    "El niño  corrió hasta la playa \u00a0 con su perro.",
+    "Он читал книгу\u000b весь вечер у окна.",
+    "他 在 喝茶 ， 她 在 看书 。",
+    "e\u0301 cole, cafe\u0301 noir,\u3000 fin",
+)
+
+
+class NeedsWholeText(Exception):
+    """A head could not prove the tokens of the whole text; the encoder must read ``chars`` characters in all."""
+
+    def __init__(self, chars: int) -> None:
+        super().__init__(f"{chars} characters to tokenize")
+        self.chars = chars
 
 
 def longest_piece_chars(backend: Tokenizer) -> int:
@@ -61,14 +82,28 @@ def longest_piece_chars(backend: Tokenizer) -> int:
     return max((len(piece.lstrip("\u2581").removeprefix("##")) for piece in backend.get_vocab()), default=1)
 
 
+def splits_at_spaces(backend: Tokenizer) -> bool:
+    """Whether cutting before a space keeps the tokens before it, on the probes: a normalizer or pre-tokenizer that
+    joins across spaces fails, and then no text is cut."""
+    for text in _BREAK_PROBES:
+        whole = backend.encode(text, add_special_tokens=False).ids
+        for match in _SAFE_BREAK.finditer(text):
+            head = backend.encode(text[: match.start()], add_special_tokens=False).ids
+            if whole[: len(head)] != head:
+                return False
+    return True
+
+
 class PairEncoder:
     """Encodes (premise, hypothesis) pairs; over-long pairs lose premise tokens (``only_first``) or are refused.
 
-    Tokenization costs time and memory in the length of the text, not of the result, so each text is first cut to
-    ``char_bound`` characters (at a word break in its last half when there is one): twice the characters that
-    ``max_seq_len`` tokens of the longest piece could cover. The tokens kept are then the same as from the whole text
-    (the words before the cut tokenize alike, and they hold more than ``max_seq_len`` tokens); where a cut text yields
-    too few tokens to prove that (a run of unknown characters fused into one token), the whole text is tokenized.
+    Tokenization costs time and memory in the length of the text, not of the result, so a text over ``char_bound``
+    characters (twice what ``max_seq_len`` tokens of the longest piece could cover) is first cut to its head: up to
+    the last space within the bound, in the bound's second half. Because the tokenizer splits words at that space, the
+    head's ids begin the whole text's, so a head that overflows keeps exactly the whole text's tokens, and a head too
+    long to fit proves the whole too long. Where there is no such space, or the head fits (spaces or a fused unknown
+    run held few tokens), the whole text decides: ``encode`` reads it, or, with ``read_whole=False``, raises
+    ``NeedsWholeText`` so the caller can account for it first.
     """
 
     def __init__(self, backend: Tokenizer, max_seq_len: int) -> None:
@@ -77,72 +112,106 @@ class PairEncoder:
         # Names the encoding rules: two encoders with the same fingerprint give the same ids for every pair (the
         # front-end processes send it with the ids they encoded, the engine process checks it against its own).
         self.fingerprint = hashlib.blake2b(f"{max_seq_len}\n{definition}".encode(), digest_size=16).hexdigest()
-        self.char_bound = 2 * max_seq_len * (longest_piece_chars(backend) + 1)
         self._plain = Tokenizer.from_str(definition)
         self._plain.no_padding()
         self._plain.no_truncation()
         self._truncating = Tokenizer.from_str(definition)
         self._truncating.no_padding()
         self._truncating.enable_truncation(max_seq_len, strategy="only_first")
+        self.cuts = splits_at_spaces(self._plain)
+        self.char_bound = 2 * max_seq_len * (longest_piece_chars(backend) + 1)
 
-    def bounded(self, text: str) -> str:
-        """``text`` itself if within ``char_bound``, else its head cut at a word break (or at the bound)."""
+    def head(self, text: str) -> str | None:
+        """``text`` itself within ``char_bound``; else its head before a safe break, or None where it has none."""
         if len(text) <= self.char_bound:
             return text
-        half = self.char_bound // 2
-        breaks = [match.start() for match in _WORD_BREAK.finditer(text, half, self.char_bound)]
-        return text[: breaks[-1] if breaks else self.char_bound]
+        if not self.cuts:
+            return None
+        breaks = [match.start() for match in _SAFE_BREAK.finditer(text, self.char_bound // 2, self.char_bound)]
+        return text[: breaks[-1]] if breaks else None
 
     def cost(self, pairs: Sequence[tuple[str, str]]) -> int:
-        """Characters the tokenizer will read for ``pairs`` (after the cut)."""
+        """Characters a first pass reads for ``pairs`` (heads only); ``NeedsWholeText`` names what a second reads."""
         bound = self.char_bound
         return sum(min(len(premise), bound) + min(len(hypothesis), bound) for premise, hypothesis in pairs)
 
-    def encode(self, pairs: Sequence[tuple[str, str]], truncate: bool = True) -> EncodedPairs:
-        bounded = [(self.bounded(premise), self.bounded(hypothesis)) for premise, hypothesis in pairs]
-        if not truncate:
-            return self._encode_plain(pairs, bounded)
-        try:
-            encodings = self._truncating.encode_batch(bounded)
-        except Exception:
-            # Only raised when a hypothesis alone leaves no room for the premise; find which pair, then refuse it.
-            for index, pair in enumerate(bounded):
-                try:
-                    self._truncating.encode(*pair)
-                except Exception:
-                    length = len(self._plain.encode(*pair).ids)
-                    measure = f"at least {length}" if pair[1] is not pairs[index][1] else str(length)
-                    raise InputTooLongError(
-                        index,
-                        length,
-                        self.max_seq_len,
-                        f"pair {index}: the hypothesis alone does not fit max_seq_len {self.max_seq_len} "
-                        f"(pair is {measure} tokens); only the premise is ever truncated",
-                    ) from None
-            raise
+    def encode(self, pairs: Sequence[tuple[str, str]], truncate: bool = True, read_whole: bool = True) -> EncodedPairs:
+        heads = [(self.head(premise), self.head(hypothesis)) for premise, hypothesis in pairs]
+        undecided = {
+            index for index, (premise, hypothesis) in enumerate(heads) if premise is None or hypothesis is None
+        }
+        decidable = [index for index in range(len(pairs)) if index not in undecided]
+        first_pass = [(heads[index][0] or "", heads[index][1] or "") for index in decidable]
+        if truncate:
+            decided = self._truncate_heads(pairs, decidable, first_pass, undecided)
+        else:
+            decided = self._refuse_heads(pairs, decidable, first_pass, undecided)
+        if undecided and not read_whole:
+            raise NeedsWholeText(self.cost(pairs) + sum(len(pairs[i][0]) + len(pairs[i][1]) for i in undecided))
         ids, truncated = [], []
-        for index, encoding in enumerate(encodings):
-            premise_cut = bounded[index][0] is not pairs[index][0]
-            hypothesis_cut = bounded[index][1] is not pairs[index][1]
-            if hypothesis_cut or (premise_cut and not encoding.overflowing):
-                encoding = self._truncating.encode(*pairs[index])  # the cut could not prove the tokens kept
+        for index, pair in enumerate(pairs):
+            encoding = self._encode_whole(index, pair, truncate) if index in undecided else decided[index]
             ids.append(encoding.ids)
             truncated.append(bool(encoding.overflowing))
         return EncodedPairs(ids, truncated)
 
-    def _encode_plain(self, pairs: Sequence[tuple[str, str]], bounded: list[tuple[str, str]]) -> EncodedPairs:
-        encodings = self._plain.encode_batch(bounded)
-        ids = []
-        for index, encoding in enumerate(encodings):
-            cut = bounded[index] != pairs[index]
+    def _truncate_heads(
+        self, pairs: Sequence[tuple[str, str]], indices: list[int], heads: list[tuple[str, str]], undecided: set[int]
+    ) -> dict[int, Encoding]:
+        """Heads that settle their pair; the others join ``undecided``."""
+        try:
+            encodings = self._truncating.encode_batch(heads)
+        except Exception:
+            for index, head in zip(indices, heads, strict=True):
+                self._refuse_a_hypothesis_that_cannot_fit(index, head, cut=head != pairs[index])
+            raise
+        decided = {}
+        for index, head, encoding in zip(indices, heads, encodings, strict=True):
+            premise_cut = len(head[0]) < len(pairs[index][0])
+            hypothesis_cut = len(head[1]) < len(pairs[index][1])
+            if hypothesis_cut or (premise_cut and not encoding.overflowing):
+                undecided.add(index)  # the hypothesis fits only so far, or the premise's head did not fill the budget
+            else:
+                decided[index] = encoding
+        return decided
+
+    def _refuse_heads(
+        self, pairs: Sequence[tuple[str, str]], indices: list[int], heads: list[tuple[str, str]], undecided: set[int]
+    ) -> dict[int, Encoding]:
+        decided = {}
+        for index, head, encoding in zip(indices, heads, self._plain.encode_batch(heads), strict=True):
+            cut = head != pairs[index]
             if len(encoding.ids) > self.max_seq_len:
                 raise too_long(index, len(encoding.ids), self.max_seq_len, at_least=cut)
-            if cut:  # the cut text fits, so it proves nothing about the whole one
-                encoding = self._plain.encode(*pairs[index])
-                if len(encoding.ids) > self.max_seq_len:
-                    raise too_long(index, len(encoding.ids), self.max_seq_len)
-            ids.append(encoding.ids)
-        return EncodedPairs(ids, [False] * len(encodings))
+            if cut:
+                undecided.add(index)  # the head fits, which proves nothing about the whole text
+            else:
+                decided[index] = encoding
+        return decided
+
+    def _encode_whole(self, index: int, pair: tuple[str, str], truncate: bool) -> Encoding:
+        if not truncate:
+            encoding = self._plain.encode(*pair)
+            if len(encoding.ids) > self.max_seq_len:
+                raise too_long(index, len(encoding.ids), self.max_seq_len)
+            return encoding
+        self._refuse_a_hypothesis_that_cannot_fit(index, pair, cut=False)
+        return self._truncating.encode(*pair)
+
+    def _refuse_a_hypothesis_that_cannot_fit(self, index: int, pair: tuple[str, str], cut: bool) -> None:
+        """The truncating tokenizer raises when a hypothesis alone leaves no room for the premise: refuse that pair."""
+        try:
+            self._truncating.encode(*pair)
+        except Exception:
+            length = len(self._plain.encode(*pair).ids)
+            measure = f"at least {length}" if cut else str(length)
+            raise InputTooLongError(
+                index,
+                length,
+                self.max_seq_len,
+                f"pair {index}: the hypothesis alone does not fit max_seq_len {self.max_seq_len} "
+                f"(pair is {measure} tokens); only the premise is ever truncated",
+            ) from None
 
 
 class TokenizationPool:
@@ -162,22 +231,35 @@ class TokenizationPool:
         return sum(len(premise) + len(hypothesis) for premise, hypothesis in pairs) <= INLINE_TOKENIZATION_CHARS
 
     async def encode(self, encoder: PairEncoder, pairs: Sequence[tuple[str, str]], truncate: bool) -> EncodedPairs:
-        """Raises OverloadedError past the backlog's bounds, InputTooLongError for a pair that cannot fit."""
+        """Raises OverloadedError past the backlog's bounds, InputTooLongError for a pair that cannot fit. A text whose
+        head cannot settle it is read whole in a second pass, admitted (or refused) for its full length."""
         if self.inline(pairs):
             return encoder.encode(pairs, truncate)
-        chars = encoder.cost(pairs)
-        if self.waiting_pairs + len(pairs) > self.max_pairs or self.waiting_chars + chars > self.max_chars:
+        try:
+            return await self._run(len(pairs), encoder.cost(pairs), encoder.encode, pairs, truncate, False)
+        except NeedsWholeText as needed:
+            chars = needed.chars
+        return await self._run(len(pairs), chars, encoder.encode, pairs, truncate, True)
+
+    async def _run(
+        self,
+        pairs: int,
+        chars: int,
+        encode: Callable[[Sequence[tuple[str, str]], bool, bool], EncodedPairs],
+        *arguments: Any,
+    ) -> EncodedPairs:
+        if self.waiting_pairs + pairs > self.max_pairs or self.waiting_chars + chars > self.max_chars:
             raise OverloadedError(
                 f"the tokenization backlog is full ({self.waiting_pairs} pairs, {self.waiting_chars} characters "
                 f"waiting; at most {self.max_pairs} pairs, {self.max_chars} characters)",
                 retry_after_s=1.0,
             )
-        self.waiting_pairs += len(pairs)
+        self.waiting_pairs += pairs
         self.waiting_chars += chars
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, encoder.encode, pairs, truncate)
+            return await asyncio.get_running_loop().run_in_executor(self._pool, encode, *arguments)
         finally:
-            self.waiting_pairs -= len(pairs)
+            self.waiting_pairs -= pairs
             self.waiting_chars -= chars
 
     def close(self) -> None:

@@ -28,7 +28,7 @@ from app.engine.errors import (
 from app.engine.requests import Priority
 from app.engine.serving import Inflight, refuse_while_draining, request_timeout, resolve_variant
 from app.engine.status import PredictionResult, RepositoryEntry, RepositoryState, VariantRuntime, VariantStatus
-from app.engine.tokenization import TokenizationPool
+from app.engine.tokenization import DEFAULT_MAX_TOKENIZING_CHARS, TokenizationPool
 from app.engine.traffic import TrafficRouter
 from app.frontend import channel
 from app.frontend.channel_client import EngineChannel
@@ -80,10 +80,11 @@ class EngineClient:
         *,
         tokenization_workers: int = 2,
         max_tokenizing_pairs: int = 1024,
+        max_tokenizing_chars: int = DEFAULT_MAX_TOKENIZING_CHARS,
         engine_silence_s: float = channel.STALE_AFTER_S,
     ) -> None:
         self.run_dir = run_dir
-        self.tokenization = TokenizationPool(tokenization_workers, max_tokenizing_pairs)
+        self.tokenization = TokenizationPool(tokenization_workers, max_tokenizing_pairs, max_tokenizing_chars)
         self.encoders = FrontEncoders()
         self.request_timeout_s = request_timeout_s
         self.default_variant = catalogue.default_variant

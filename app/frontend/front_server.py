@@ -38,22 +38,27 @@ class FrontServer(DrainingServer):
         super().handle_exit(sig, frame)
 
 
+def engine_client(settings: Settings, run_dir: Path) -> EngineClient:
+    """The front end's stand-in for the engine, bounded by the same settings as the engine's own tokenization."""
+    return EngineClient(
+        load_catalogue(settings.catalogue, settings.variants),
+        run_dir,
+        settings.request_timeout_s,
+        settings.traffic_seed,
+        tokenization_workers=settings.tokenization_workers,
+        max_tokenizing_pairs=settings.max_tokenizing_pairs,
+        max_tokenizing_chars=settings.max_tokenizing_chars,
+        engine_silence_s=settings.engine_silence_s,
+    )
+
+
 def main() -> None:
     run_dir, fd = Path(sys.argv[1]), int(sys.argv[2])
     settings = Settings()
     from app.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
-    catalogue = load_catalogue(settings.catalogue, settings.variants)
-    client = EngineClient(
-        catalogue,
-        run_dir,
-        settings.request_timeout_s,
-        settings.traffic_seed,
-        tokenization_workers=settings.tokenization_workers,
-        max_tokenizing_pairs=settings.max_tokenizing_pairs,
-        engine_silence_s=settings.engine_silence_s,
-    )
+    client = engine_client(settings, run_dir)
     serve_service_metrics(client.engine_metrics, Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
     # The engine client stands in for the engine: it satisfies ServingEngine, what the API layer uses of one.
     app = create_app(settings, client)

@@ -3,10 +3,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tokenizers import Regex, Tokenizer, normalizers
 from transformers import AutoTokenizer
 
-from app.engine.errors import InputTooLongError
-from app.engine.tokenization import PairEncoder
+from app.engine.errors import InputTooLongError, OverloadedError
+from app.engine.tokenization import NeedsWholeText, PairEncoder, TokenizationPool
 
 LONG_PREMISE = " ".join(["Der Zug nach Hamburg hatte heute Morgen zwanzig Minuten Verspätung."] * 20)
 
@@ -77,7 +78,6 @@ LONG_TEXTS = {
 def test_cutting_a_long_text_keeps_the_tokens_of_the_whole(encoder: PairEncoder, tokenizer: object, name: str) -> None:
     """The cut before tokenization never changes what is served: ids equal transformers' on the whole text."""
     text = LONG_TEXTS[name]
-    assert len(encoder.bounded(text)) < len(text)
     encoded = encoder.encode([(text, "Ein Satz."), ("Il pleut.", "Le sol est mouillé.")])
     expected = tokenizer(text, "Ein Satz.", truncation="only_first", max_length=32)  # type: ignore[operator]
     assert encoded.ids[0] == expected["input_ids"]
@@ -97,9 +97,111 @@ def test_too_long_is_refused_without_tokenizing_the_whole_text(encoder: PairEnco
     assert 32 < raised.value.length <= whole
 
 
-def test_the_cut_is_bounded_by_max_seq_len(encoder: PairEncoder) -> None:
-    text = LONG_TEXTS["en"]
-    assert encoder.char_bound < 10_000  # 32 tokens of this vocabulary's longest piece, twice
-    assert len(encoder.bounded(text)) <= encoder.char_bound
-    assert text[len(encoder.bounded(text))].isspace()  # cut at a word break
+@pytest.mark.parametrize("name", ["en", "de", "ar", "hi", "ru", "sw", "ko"])
+def test_a_text_with_spaces_is_settled_by_its_head_alone(encoder: PairEncoder, name: str) -> None:
+    text = LONG_TEXTS[name]
+    head = encoder.head(text)
+    assert head is not None
+    assert encoder.char_bound // 2 <= len(head) <= encoder.char_bound < 10_000
+    assert text[len(head)] == " "  # before the first space of a run
+    assert not head.endswith(" ")
     assert encoder.cost([(text, "kurz")]) == encoder.char_bound + 4
+    # read_whole=False: a pass over heads settles both modes (NeedsWholeText would say it could not)
+    assert encoder.encode([(text, "kurz")], read_whole=False).truncated == [True]
+    with pytest.raises(InputTooLongError, match="at least"):
+        encoder.encode([(text, "kurz")], truncate=False, read_whole=False)
+    with pytest.raises(InputTooLongError, match=r"the hypothesis alone does not fit .* at least"):
+        encoder.encode([("kurz", text)], read_whole=False)  # a long hypothesis refused from its head
+
+
+UNSETTLED = {
+    **{language: SAMPLES[language].replace(" ", "") * 400 for language in ("zh", "ja", "th")},  # no space at all
+    "unknown-run": LONG_TEXTS["unknown-run"],
+    "no-break": LONG_TEXTS["no-break"],
+}
+
+
+@pytest.mark.parametrize("name", list(UNSETTLED))
+def test_a_text_its_head_cannot_settle_is_read_whole_and_accounted(
+    encoder: PairEncoder, tokenizer: object, name: str
+) -> None:
+    """No space in the window, or a head that holds too few tokens: the first pass says how much it must read."""
+    text = UNSETTLED[name]
+    pairs = [(text, "kurz"), ("Il pleut.", "Le sol est mouillé.")]
+    with pytest.raises(NeedsWholeText) as needed:
+        encoder.encode(pairs, read_whole=False)
+    assert needed.value.chars == encoder.cost(pairs) + len(text) + len("kurz")
+    expected = tokenizer(text, "kurz", truncation="only_first", max_length=32)  # type: ignore[operator]
+    assert encoder.encode(pairs).ids[0] == expected["input_ids"]
+
+
+# Hostile layouts of words for a tokenizer whose normalizer deletes control characters (as BERT's does): words
+# joined by them (white space to a regex, not to the tokenizer), long runs of them or of spaces before a few words.
+JOINED = "\u000b".join(["Zugverspätung", "heute", "Morgen", "abcdef", "Bahnhof"] * 400)
+HOSTILE_TEXTS = {
+    "joined-by-vertical-tabs": JOINED,
+    "joined-with-spaces-far-apart": (JOINED[:3000] + " ") * 20,
+    "deleted-run-then-words": "\u001c" * 6000 + " ".join(["Zug", "Bahnhof", "heute"] * 300),
+    "space-run-then-words": " " * 6000 + " ".join(["Zug", "Bahnhof", "heute"] * 300),
+    "ideographic-spaces": "\u3000".join(["東京", "駅", "電車"] * 2000),
+    "double-spaces": "  ".join(["le", "train", "était", "en", "retard"] * 800),
+    "word-split-at-the-bound": "",  # built in the test: it depends on the encoder's bound
+}
+
+
+@pytest.fixture(scope="module")
+def control_deleting(tokenizer: object) -> Tokenizer:
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())  # type: ignore[attr-defined]
+    deleting = normalizers.Replace(Regex("[\u0000-\u001f]"), "")
+    backend.normalizer = (
+        normalizers.Sequence([deleting, backend.normalizer]) if backend.normalizer is not None else deleting
+    )
+    return backend
+
+
+@pytest.mark.parametrize("hypothesis_words", [1, 6, 12, 13])  # the premise keeps 26, 16, 4, 2 tokens
+@pytest.mark.parametrize("name", list(HOSTILE_TEXTS))
+def test_hostile_layouts_keep_the_tokens_of_the_whole(
+    control_deleting: Tokenizer, name: str, hypothesis_words: int
+) -> None:
+    """Whatever is left of the premise's budget (a long hypothesis leaves a few tokens), the ids are the whole
+    text's: no cut inside what the tokenizer sees as one word."""
+    encoder = PairEncoder(control_deleting, max_seq_len=32)
+    assert encoder.cuts
+    premise, hypothesis = HOSTILE_TEXTS[name], " ".join(["Zug"] * hypothesis_words)
+    if name == "word-split-at-the-bound":  # a cut at the vertical tab would keep "retard", not "retardretard"
+        premise = "\u001c" * (encoder.char_bound - 8) + "retard\u000bretard" + " Ende" * 10
+    reference = Tokenizer.from_str(control_deleting.to_str())
+    reference.enable_truncation(32, strategy="only_first")
+    whole = reference.encode(premise, hypothesis)
+    encoded = encoder.encode([(premise, hypothesis)])
+    assert encoded.ids[0] == whole.ids
+    assert encoded.truncated[0] == bool(whole.overflowing)
+    head = encoder.head(premise)
+    assert head is None or premise[len(head)] == " "
+
+
+def test_a_tokenizer_that_joins_across_spaces_is_never_cut(tokenizer: object) -> None:
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())  # type: ignore[attr-defined]
+    backend.normalizer = normalizers.Replace(" ", "")  # spaces deleted: "a b" is one word
+    encoder = PairEncoder(backend, max_seq_len=32)
+    assert not encoder.cuts
+    assert encoder.head(LONG_TEXTS["en"]) is None
+    reference = Tokenizer.from_str(backend.to_str())
+    reference.enable_truncation(32, strategy="only_first")
+    assert encoder.encode([(LONG_TEXTS["en"], "kurz")]).ids[0] == reference.encode(LONG_TEXTS["en"], "kurz").ids
+
+
+async def test_the_backlog_admits_the_second_pass_for_what_it_reads(encoder: PairEncoder) -> None:
+    """A text that must be read whole is charged its whole length: space padding cannot buy a cheap admission."""
+    padded = ("Ein Satz. " + " " * 90_000, "kurz")
+    pool = TokenizationPool(workers=1, max_pairs=64, max_chars=50_000)
+    try:
+        assert encoder.cost([padded]) <= 50_000 < encoder.cost([padded]) + len(padded[0])
+        with pytest.raises(OverloadedError, match="tokenization backlog is full"):
+            await pool.encode(encoder, [padded], truncate=True)
+        spaced = (LONG_TEXTS["en"], "kurz")  # as long, settled by its head: admitted
+        assert (await pool.encode(encoder, [spaced], truncate=True)).truncated == [True]
+        assert (pool.waiting_pairs, pool.waiting_chars) == (0, 0)
+    finally:
+        pool.close()

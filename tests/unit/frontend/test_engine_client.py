@@ -29,7 +29,7 @@ from app.engine.errors import (
 )
 from app.engine.requests import Priority
 from app.engine.status import PredictionResult, RepositoryEntry, RepositoryState, Timings, VariantRuntime, VariantStatus
-from app.frontend import channel, engine_server
+from app.frontend import channel, engine_server, front_server
 from app.frontend.engine_client import EngineClient
 from app.frontend.engine_server import EngineServer
 from app.frontend.service_metrics import ServiceMetrics
@@ -287,3 +287,14 @@ async def test_a_slow_engine_metrics_answer_does_not_block_the_front(
             assert (await scrape).status_code == 200
     finally:
         REGISTRY.unregister(collector)
+
+
+def test_a_front_end_bounds_its_tokenization_backlog_as_the_engine_does(demo_catalogue: Path, tmp_path: Path) -> None:
+    settings = Settings(
+        catalogue=demo_catalogue, tokenization_workers=1, max_tokenizing_pairs=77, max_tokenizing_chars=2_000_000
+    )
+    client = front_server.engine_client(settings, tmp_path)
+    try:
+        assert (client.tokenization.max_pairs, client.tokenization.max_chars) == (77, 2_000_000)
+    finally:
+        client.close()
