@@ -116,7 +116,8 @@ HTTP_CONNECTIONS_CLOSED = Counter(
     "xnli_http_connections_closed",
     "Connections the HTTP edge closed before a request was served: header_timeout (408), headers_too_large (431), "
     "body_timeout (stalled or crawling body), evicted (idle, closed for a new connection at the cap), over_capacity "
-    "(503 at the cap, every connection busy).",
+    "(503 at the cap, every connection busy), write_timeout (answers left unread), pipeline_limit (more pipelined "
+    "requests than a connection may park; closed once those parked were answered).",
     ["reason"],
 )
 INFLIGHT_REQUESTS = Gauge("xnli_inflight_requests", "Requests inside the engine (tokenizing, queued or computing).")

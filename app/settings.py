@@ -142,6 +142,12 @@ class Settings(BaseSettings):
         description="Longest pause between a request body's bytes; past it the connection closes (so does a body "
         "slower than min_body_rate_bytes_s once this long has passed).",
     )
+    write_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Longest a client may leave its answers unread once the send buffer is full; past it the "
+        "connection is reset (a client that does not read cannot hold a request slot).",
+    )
     min_body_rate_bytes_s: float = Field(
         4096.0, ge=0, description="Slowest average rate a request body may arrive at, after body_timeout_s."
     )

@@ -11,6 +11,10 @@ could hold every descriptor or gigabytes of header buffer. :class:`EdgeProtocol`
   leaves the body unread (flow control paused) is not charged to the client;
 * a **header size limit**: more than ``max_header_bytes`` before the headers end gets 431 and a close; nothing past the
   limit is fed to the parser, so it buffers at most the limit plus one read;
+* a **write deadline**: a client that stops reading its answers (the server's send buffer full for
+  ``write_timeout_s``) loses the connection, so it cannot hold a request slot by not reading;
+* a **pipelining bound**: at most ``MAX_PIPELINED`` requests parked behind the one in progress; requests past it are
+  not read, and the connection closes once the parked ones are answered (a pipelining client retries the rest);
 * a **connection cap** per process (``max_connections``, and below the descriptor limit): a new connection beyond it
   evicts the connection that has waited longest without a request in flight (a slow or silent client, or an idle
   keep-alive one); when every connection carries a request, the newcomer gets 503 with ``Retry-After`` at once.
@@ -38,6 +42,8 @@ from app import metrics
 from app.api.error_shapes import NATIVE
 
 DESCRIPTOR_RESERVE = 128  # descriptors kept for model files, pipes, sockets to the engine and logs
+MAX_LINGERING = DESCRIPTOR_RESERVE // 2  # refused connections half-open at once; past it a refusal resets at once
+MAX_PIPELINED = 16  # requests a connection may park behind the one in progress
 CHECK_INTERVAL_S = 0.5  # how often a body in progress is checked for a stall or a crawl
 LINGER_S = 1.0  # how long a refused connection stays half-closed for its answer to be read
 LINGER_MAX_BYTES = 256 * 1024  # ... and how much more it may send meanwhile (read and dropped)
@@ -53,6 +59,7 @@ class EdgeLimits:
     max_header_bytes: int
     max_connections: int
     max_inflight_requests: int
+    write_timeout_s: float
 
 
 def connection_cap(configured: int, descriptor_limit: int | None = None) -> int:
@@ -81,6 +88,7 @@ class EdgeProtocol(HttpToolsProtocol):
 
     limits: EdgeLimits  # set on the subclass that :func:`edge_protocol` makes
     shed_app: ASGI3Application  # ... and so is the answer to a request shed for overload
+    lingering = 0  # refused connections of this process still half-open (shared by every connection)
 
     def __init__(
         self,
@@ -90,11 +98,13 @@ class EdgeProtocol(HttpToolsProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        self._awaiting_headers = True  # the next request's headers are not complete yet
+        self._awaiting_headers = True  # the parser is between requests or inside one's headers
+        self._in_body = False  # ... or inside a body, answered or not (an early 401/413 leaves it unread)
         self._header_bytes = 0
         self._request_began = 0.0
         self._header_timer: TimerHandle | None = None
         self._body_timer: TimerHandle | None = None
+        self._write_timer: TimerHandle | None = None
         self._body_started = 0.0
         self._body_bytes = 0
         self._last_body_byte = 0.0
@@ -103,6 +113,7 @@ class EdgeProtocol(HttpToolsProtocol):
         self._waiting_since = time.monotonic()  # since when this connection carries no request (eviction order)
         self._served = False  # whether a response was completed on it (a kept-alive connection)
         self._closing = False
+        self._draining_pipeline = False  # past MAX_PIPELINED: answer what is parked, read nothing more, close
         self._discarded = 0
 
     # Connection life
@@ -142,19 +153,22 @@ class EdgeProtocol(HttpToolsProtocol):
         oldest = min(fresh or kept, key=lambda connection: connection._waiting_since, default=None)
         if oldest is None:
             return False
-        oldest._close("evicted")
+        oldest._close("evicted", abort=True)  # nothing it is owed; close() could wait on a client that never reads
         return True
 
     def _evictable(self) -> bool:
         return not self._closing and self._awaiting_headers and (self.cycle is None or self.cycle.response_complete)
 
-    def _close(self, reason: str) -> None:
-        if self._closing:
+    def _close(self, reason: str, abort: bool = False) -> None:
+        if self._closing and not self._draining_pipeline:
             return
         self._closing = True
+        self._draining_pipeline = False
         self._cancel_timers()
         metrics.HTTP_CONNECTIONS_CLOSED.labels(reason).inc()
-        if not self.transport.is_closing():
+        if abort:
+            self.transport.abort()
+        elif not self.transport.is_closing():
             self.transport.close()
 
     def _refuse(self, status: int, error_type: str, message: str, reason: str, extra: bytes = b"") -> None:
@@ -163,26 +177,60 @@ class EdgeProtocol(HttpToolsProtocol):
         if self._closing or self.transport.is_closing():
             return
         self.transport.write(_response(status, error_type, message, extra))
-        if self.transport.can_write_eof():
-            self.transport.write_eof()
         self._closing = True
         self._cancel_timers()
         metrics.HTTP_CONNECTIONS_CLOSED.labels(reason).inc()
-        self.loop.call_later(LINGER_S, self.transport.close)
+        cls = type(self)
+        if cls.lingering >= MAX_LINGERING or not self.transport.can_write_eof():
+            # Lingering holds a descriptor each; a flood of refusals must not eat the reserve the cap keeps free.
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        cls.lingering += 1
+
+        def close() -> None:
+            cls.lingering -= 1
+            self.transport.abort()  # its answer had LINGER_S to be read; a client that did not read it gets a reset
+
+        self.loop.call_later(LINGER_S, close)
 
     def _cancel_timers(self) -> None:
-        for timer in (self._header_timer, self._body_timer):
+        for timer in (self._header_timer, self._body_timer, self._write_timer):
             if timer is not None:
                 timer.cancel()
-        self._header_timer = self._body_timer = None
+        self._header_timer = self._body_timer = self._write_timer = None
+
+    # Answers
+
+    def pause_writing(self) -> None:
+        """The transport's buffer is full: the client is not reading. It has ``write_timeout_s`` to start again."""
+        super().pause_writing()
+        if self._write_timer is None and not self.transport.is_closing():
+            self._write_timer = self.loop.call_later(self.limits.write_timeout_s, self._on_write_timeout)
+
+    def resume_writing(self) -> None:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+        super().resume_writing()
+
+    def _on_write_timeout(self) -> None:
+        self._write_timer = None
+        if not self.transport.is_closing():
+            self._close("write_timeout", abort=True)  # close() would wait for the unread answer forever
 
     # Headers
 
     def _on_header_timeout(self) -> None:
         self._header_timer = None
-        if self._awaiting_headers and (self.cycle is None or self.cycle.response_complete):
-            message = f"request headers were not complete within {self.limits.header_timeout_s:g} s"
-            self._refuse(408, "request_timeout", message, "header_timeout")
+        if not self._awaiting_headers or self._closing:
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A pipelined request's headers are late, but the answer before it is still being written: 408 after it.
+            self._header_timer = self.loop.call_later(CHECK_INTERVAL_S, self._on_header_timeout)
+            return
+        message = f"request headers were not complete within {self.limits.header_timeout_s:g} s"
+        self._refuse(408, "request_timeout", message, "header_timeout")
 
     def _headers_too_large(self) -> None:
         message = f"request headers exceed {self.limits.max_header_bytes} bytes"
@@ -207,7 +255,7 @@ class EdgeProtocol(HttpToolsProtocol):
             elif self._header_bytes and self._header_timer is None:  # partial headers: bound the wait for the rest
                 left = self.limits.header_timeout_s - (time.monotonic() - self._request_began)
                 self._header_timer = self.loop.call_later(max(0.0, left), self._on_header_timeout)
-        elif self.cycle is not None and self.cycle.more_body and not self.cycle.response_complete:
+        elif self._in_body:
             self._last_body_byte = time.monotonic()
             if self._body_timer is None:  # a partial body: watch it for a stall or a crawl
                 self._body_timer = self.loop.call_later(CHECK_INTERVAL_S, self._check_body)
@@ -220,8 +268,16 @@ class EdgeProtocol(HttpToolsProtocol):
         if not self._closing:
             super().on_header(name, value)
 
+    def on_message_begin(self) -> None:
+        if not self._closing:
+            super().on_message_begin()
+
     def on_headers_complete(self) -> None:
         if self._closing:
+            return
+        if len(self.pipeline) >= MAX_PIPELINED:
+            # Not read: parked requests hold memory and no slot counts them. Answer those parked, then close.
+            self._closing = self._draining_pipeline = True
             return
         # Headers that arrived whole in one read were counted with the body after them; count them exactly here.
         size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
@@ -229,6 +285,7 @@ class EdgeProtocol(HttpToolsProtocol):
             self._headers_too_large()
             return
         self._awaiting_headers = False
+        self._in_body = True
         self._header_bytes = 0
         if self._header_timer is not None:
             self._header_timer.cancel()
@@ -260,14 +317,19 @@ class EdgeProtocol(HttpToolsProtocol):
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
-        if not self._closing:
-            super().on_message_complete()
+        if self._closing:
+            return
+        # Only now is the parser between requests: after an early answer (401, 413, 429) the body was still coming.
+        self._in_body = False
+        self._awaiting_headers = True
+        self._header_bytes = 0
+        super().on_message_complete()
 
     def _check_body(self) -> None:
         """A stalled body (no byte for ``body_timeout_s``) or a crawling one (under ``min_body_rate_bytes_s`` on
         average once ``body_timeout_s`` has passed) closes the connection; paused reading is the app's time."""
         self._body_timer = None
-        if self._closing or self.cycle is None or not self.cycle.more_body or self.cycle.response_complete:
+        if self._closing or not self._in_body:
             return
         now = time.monotonic()
         if self.flow.read_paused:
@@ -291,11 +353,11 @@ class EdgeProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         self._served = True
-        if not self.pipeline:
-            self._awaiting_headers = True
-            self._header_bytes = 0
         self._waiting_since = time.monotonic()
+        last = not self.pipeline  # else uvicorn now starts the next parked request
         super().on_response_complete()
+        if self._draining_pipeline and last and not self.transport.is_closing():
+            self._close("pipeline_limit")  # every parked request answered; the ones past the bound were never read
 
 
 # Probes and scrapes are never shed: an orchestrator must see a busy process as alive and ready, and Prometheus must

@@ -161,6 +161,7 @@ def server_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
         max_header_bytes=settings.max_header_bytes,
         max_connections=connection_cap(settings.max_connections),
         max_inflight_requests=settings.max_inflight_requests,
+        write_timeout_s=settings.write_timeout_s,
     )
     return uvicorn.Config(
         app,

@@ -5,6 +5,7 @@ without being buffered; a descriptor limit cannot be exhausted by idle connectio
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import sys
 import threading
@@ -16,15 +17,18 @@ import httpx
 import pytest
 
 from app import local_server
+from app.api import edge
 from tests.helpers import ServerProcess, metric_value, running_server, write_catalogue
 
 pytestmark = pytest.mark.integration
 
 HEADER_TIMEOUT_S = 2.0
 BODY_TIMEOUT_S = 2.0
+WRITE_TIMEOUT_S = 1.0
 EDGE_ENV = {
     "XNLI_SERVE_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
     "XNLI_SERVE_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
+    "XNLI_SERVE_WRITE_TIMEOUT_S": str(WRITE_TIMEOUT_S),
     "XNLI_SERVE_KEEP_ALIVE_S": "5",
     "XNLI_SERVE_ENABLE_FAULT_INJECTION": "true",
 }
@@ -128,6 +132,107 @@ def test_silent_dripping_and_stalled_connections_are_closed_while_real_requests_
             before, "xnli_http_connections_closed_total", reason=reason
         )
         assert delta == count, (reason, delta)
+
+
+def closed_count(server: ServerProcess, reason: str) -> float:
+    metrics = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+    return metric_value(metrics, "xnli_http_connections_closed_total", reason=reason)
+
+
+def read_answers(sock: socket.socket, limit_s: float, until: int | None = None) -> tuple[list[bytes], bool]:
+    """The status lines the server sent on ``sock`` (within ``limit_s``, or until ``until`` came) and whether it
+    closed it."""
+    received = b""
+    deadline = time.monotonic() + limit_s
+    closed = False
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            break
+        except OSError:
+            closed = True
+            break
+        if not chunk:
+            closed = True
+            break
+        received += chunk
+        if until is not None and len(re.findall(rb"HTTP/1\.1 \d{3} ", received)) >= until:
+            break
+    return re.findall(rb"HTTP/1\.1 \d{3} [^\r]*", received), closed  # a body has no line end before the next
+
+
+EARLY = b"POST /no-such-route HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
+
+
+def test_a_body_sent_after_an_early_answer_is_read_as_body(edge_server: ServerProcess) -> None:
+    """A 404 goes out before the body is read and keeps the connection; the body that follows is discarded as body
+    (it was counted as the next request's headers: a stray 431 or 408), and the next request is served."""
+    with socket.create_connection(address(edge_server)) as sock:
+        sock.sendall(EARLY % 500_000)
+        time.sleep(0.3)  # the answer goes out with the body unread
+        sock.sendall(b"x" * 500_000)
+        sock.sendall(b"POST /predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n")
+        sock.sendall(b"content-length: %d\r\n\r\n" % len(PREDICT) + PREDICT)
+        statuses, closed = read_answers(sock, 5, until=2)
+    assert [status.split(b" ")[1] for status in statuses] == [b"404", b"200"], (statuses, closed)
+
+
+def test_a_body_crawling_after_an_early_answer_is_still_timed_out(edge_server: ServerProcess) -> None:
+    """The body deadline lasts until the body ends, answered or not: a client cannot hold the connection by dripping
+    the rest of a body it was already answered for."""
+    before = closed_count(edge_server, "body_timeout")
+    with socket.create_connection(address(edge_server)) as sock:
+        sock.sendall(EARLY % 900_000)  # under the body limit (a 413 closes the connection itself)
+        started = time.monotonic()
+        stop = threading.Event()
+
+        def drip() -> None:
+            while not stop.wait(0.25):
+                with contextlib.suppress(OSError):
+                    sock.sendall(b"x")
+
+        dripper = threading.Thread(target=drip, daemon=True)
+        dripper.start()
+        try:
+            statuses, closed = read_answers(sock, BODY_TIMEOUT_S + 3.0)
+        finally:
+            stop.set()
+            dripper.join()
+    assert [status.split(b" ")[1] for status in statuses] == [b"404"], statuses
+    assert closed, f"still open {time.monotonic() - started:.1f} s after the answer"
+    assert closed_count(edge_server, "body_timeout") == before + 1
+
+
+def test_pipelined_requests_beyond_the_bound_are_not_read(edge_server: ServerProcess) -> None:
+    """40 pipelined requests in one write: the one in progress and the 16 parked behind it are answered, then the
+    connection closes; the rest were never read (a pipelining client retries them)."""
+    before = closed_count(edge_server, "pipeline_limit")
+    with socket.create_connection(address(edge_server)) as sock:
+        sock.sendall(b"GET /health/live HTTP/1.1\r\nhost: x\r\n\r\n" * 40)
+        statuses, closed = read_answers(sock, 5)
+    assert statuses == [b"HTTP/1.1 200 OK"] * (edge.MAX_PIPELINED + 1)
+    assert closed
+    assert closed_count(edge_server, "pipeline_limit") == before + 1
+
+
+def test_a_client_that_stops_reading_loses_its_connection(edge_server: ServerProcess) -> None:
+    """Large answers requested in pipelined rounds and never read: once the send buffers are full, the connection
+    is reset after the write timeout, and the slot it held serves others."""
+    before = closed_count(edge_server, "write_timeout")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(address(edge_server))
+    sock.settimeout(0.5)
+    started = time.monotonic()
+    with sock:
+        while time.monotonic() - started < 30 and closed_count(edge_server, "write_timeout") == before:
+            with contextlib.suppress(TimeoutError, OSError):
+                sock.sendall(b"GET /openapi.json HTTP/1.1\r\nhost: x\r\n\r\n" * edge.MAX_PIPELINED)
+            time.sleep(0.2)
+    assert closed_count(edge_server, "write_timeout") == before + 1
+    assert predict_latency(edge_server) < 5
 
 
 def test_a_silent_connection_gets_408_in_the_native_error_shape(edge_server: ServerProcess) -> None:
