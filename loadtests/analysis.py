@@ -19,6 +19,11 @@ from the paired per-unit differences (``stats.paired_verdict``). What the values
 - **Error rate** (``error_rate``): each unit's share of requests that were refused, failed or timed out; verdicts
   ``higher`` / ``lower`` / ``equivalent`` (within +-``error_margin``, an absolute share) / ``inconclusive``.
 - **Throughput** (``pairs_per_s``, capacity runs): completions per measured second, zero included.
+
+A variant that fails more is not faster: when a pair's error-rate verdict says one side fails more, a latency
+verdict that would call that side faster (its answered requests may well be quicker: a failed batch frees the
+device) is withheld (``inconclusive``, with the reason in its note). Withholding claims can only lower the false
+rate, and the difference and interval stay as measured.
 """
 
 from __future__ import annotations
@@ -147,7 +152,27 @@ def compare_pairs(
                 results.append(
                     stats.comparison(first, names[j], metric, level, verdict, alpha, design, threshold_ms=threshold)
                 )
-    return results
+    return failures_are_not_speed(results)
+
+
+FAILS_MORE = "not called faster: it fails more (error rate higher)"
+
+
+def failures_are_not_speed(comparisons: Sequence[Comparison]) -> list[Comparison]:
+    """Withhold every latency verdict that calls the side with the higher error rate faster (see the module)."""
+    higher = {
+        (c.level, c.a, c.b): c.b if c.verdict == "higher" else c.a
+        for c in comparisons
+        if c.metric == "error_rate" and c.verdict in ("higher", "lower")
+    }
+    result = []
+    for c in comparisons:
+        worse = higher.get((c.level, c.a, c.b))
+        faster = c.b if c.verdict == "faster" else c.a if c.verdict == "slower" else None
+        if c.metric in LATENCY_METRICS and worse is not None and faster == worse:
+            c = replace(c, verdict="inconclusive", note="; ".join(x for x in (c.note, f"{worse} {FAILS_MORE}") if x))
+        result.append(c)
+    return result
 
 
 def compare_throughput(

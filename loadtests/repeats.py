@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from loadtests import stats
+from loadtests import analysis, stats
 from loadtests.stats import Comparison
 from loadtests.student_t import t_ppf
 
@@ -73,7 +73,7 @@ def combine(runs: Sequence[Sequence[Comparison]], alpha: float, restarted: bool)
                 between_variance=max(0.0, spread - within) if math.isfinite(spread + within) else spread,
             )
         )
-    return combined
+    return analysis.failures_are_not_speed(combined)
 
 
 def comparison_from(row: dict[str, Any]) -> Comparison:

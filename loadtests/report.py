@@ -14,6 +14,7 @@ from typing import Any
 
 from app import markdown
 from app.engine.catalogue import runtime_label
+from loadtests.analysis import FAILS_MORE
 from loadtests.measurements import LevelResult, Samples, unit_of
 from loadtests.plots import plots
 from loadtests.stats import ALTERNATING, Comparison
@@ -75,6 +76,8 @@ def verdict_sentence(comparison: Comparison, unit: str = "users") -> str:
         return f"At {c.level:g} {unit}, {c.b} vs {c.a} in {what}: not saturated, {c.note}; {basis}."
     if c.verdict in DIFFERENT:
         return f"At {c.level:g} {unit}, {c.b} is {c.verdict} than {c.a} in {what}: {effect}; {basis}."
+    if FAILS_MORE in c.note:
+        return f"At {c.level:g} {unit}, {c.b} vs {c.a} in {what}: {effect}, but {c.note.split('; ')[-1]}; {basis}."
     return (
         f"At {c.level:g} {unit}, {c.b} vs {c.a} in {what} is inconclusive: {effect} neither excludes 0 nor fits "
         f"within +-{margin}; {basis} (measure longer for a verdict)."

@@ -29,6 +29,7 @@ from statistics import NormalDist
 import numpy as np
 import numpy.typing as npt
 
+from loadtests.analysis import FAILS_MORE
 from loadtests.stats import Comparison
 
 SPENDING = ("obrien-fleming", "pocock")
@@ -113,8 +114,9 @@ def _nominal_alphas(fractions: tuple[float, ...], alpha: float, kind: str) -> tu
 
 
 def decided(comparisons: Sequence[Comparison]) -> bool:
-    """Every verdict says something (``not_saturated`` is a statement too): nothing is inconclusive."""
-    return all(c.verdict != "inconclusive" for c in comparisons)
+    """Every verdict says something (``not_saturated`` is a statement too, and so is a latency verdict withheld
+    because the side it would call faster fails more): nothing is left open."""
+    return all(c.verdict != "inconclusive" or FAILS_MORE in c.note for c in comparisons)
 
 
 def until_decided(

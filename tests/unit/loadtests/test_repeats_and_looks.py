@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
-from loadtests import compare, repeats, sequential, stats
+from loadtests import analysis, compare, repeats, report, sequential, stats
 from loadtests.measurements import SAMPLE_COLUMNS, Samples
 from loadtests.stats import balanced_block_order
 
@@ -219,3 +219,28 @@ def test_nonsense_arguments_are_refused(arguments: list[str]) -> None:
     with pytest.raises(SystemExit) as caught:
         compare.main(["--url", "http://127.0.0.1:1", *arguments])
     assert caught.value.code == 2
+
+
+def test_a_variant_that_fails_more_is_never_called_faster() -> None:
+    """What the real service showed (fail_every = 10): a variant whose failed batches free the device answers the
+    rest a little sooner, so even with its failures censored at the timeout its median can come out lower. It
+    fails more, so it is not called faster: the latency verdict is withheld, with the reason, and the numbers
+    stay. Run-level combination (--repeats) and the looks keep the rule."""
+    generator = np.random.default_rng(9)
+    n = 6000
+    codes = np.tile([0, 1], n // 2)
+    failed = (codes == 1) & (generator.random(n) < 0.1)
+    latency = 20.0 * np.exp(generator.normal(0.0, 0.1, n)) * np.where(codes == 1, 0.8, 1.0)
+    latency = np.where(failed, 10_000.0, latency)
+    found = analysis.compare_interleaved(
+        ["a", "b"], 4, np.linspace(0, 60, n), codes, latency, failed=failed, metrics=analysis.METRICS
+    )
+    verdicts = {c.metric: c for c in found}
+    assert verdicts["error_rate"].verdict == "higher"
+    assert verdicts["p50_ms"].difference < 0  # b's median is lower, failures counted
+    assert verdicts["p50_ms"].verdict == "inconclusive"
+    assert analysis.FAILS_MORE in verdicts["p50_ms"].note
+    assert sequential.decided(found)  # withheld is a decision: the looks stop
+    assert "b not called faster: it fails more" in report.verdict_sentence(verdicts["p50_ms"])
+    combined = repeats.combine([found, found], 0.05, restarted=True)
+    assert next(c for c in combined if c.metric == "p50_ms").verdict == "inconclusive"
