@@ -36,12 +36,11 @@ def simulate_blocks(
     gaps = generator.exponential(1.0, (len(rates), count)) / rates[:, None]
     arrivals = np.cumsum(gaps, axis=1)
     service = generator.exponential(1.0, (len(rates), count)) / mus[:, None]
-    wait = np.zeros(len(rates))
-    sojourn = np.empty((len(rates), count))
-    for n in range(count):
-        if n:
-            wait = np.maximum(0.0, wait + service[:, n - 1] - gaps[:, n])
-        sojourn[:, n] = wait + service[:, n]
+    # Lindley's recursion w_n = max(0, w_{n-1} + s_{n-1} - gap_n) in closed form: the walk of (s_{n-1} - gap_n)
+    # minus its running minimum (from 0), vectorised over requests as well as rows.
+    walk = np.concatenate([np.zeros((len(rates), 1)), np.cumsum(service[:, :-1] - gaps[:, 1:], axis=1)], axis=1)
+    wait = walk - np.minimum.accumulate(np.minimum(walk, 0.0), axis=1)
+    sojourn = wait + service
     return arrivals, sojourn * 1000, arrivals < BLOCK_SECONDS
 
 
