@@ -44,12 +44,12 @@ lint: install-dev
 
 # Every test but the few long end-to-end runs marked `slow` (see pyproject.toml); CI (.ci/run) runs both targets.
 test: install-dev lint
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -m "not slow" --durations=15
 
 # The long end-to-end runs: the image's install in a clean venv, the benchmark harness, the bounded schema fuzzing
 # and benchmarks/gpu_check.sh's CPU proof.
 test-slow: install-dev
-	$(BIN)/pytest -m slow
+	$(BIN)/pytest -m slow --durations=15
 
 # Compare every demo variant under the same Locust load (starts its own server on a free port).
 COMPARE_ARGS ?= --users 1,8,32 --duration 20
