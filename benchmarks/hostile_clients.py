@@ -10,7 +10,8 @@ Scenarios (``--only`` picks some), each on a fresh ``xnli-serve serve`` on loopb
 * ``huge-headers``: 4 connections each sending 100 MB of an unterminated header value; server memory before, at its
   peak and after;
 * ``huge-texts``: 16 concurrent /v2 requests with a 1 MB premise, then 16 with the longest premise accepted
-  (100,000 characters): wall time, statuses, server memory growth.
+  (100,000 characters) as sentences, as one sentence padded with spaces, and in a script without spaces (the last
+  two are read whole): wall time, statuses, server memory growth.
 
 Prints one block per scenario and writes JSON (--out).
 """
@@ -156,8 +157,17 @@ def huge_headers(server: LocalServer, variant: str) -> dict[str, Any]:
     return {"rss_mb_before": before, "rss_mb_peak": peak, "rss_mb_after": resident_mb(pid), "bytes_taken": sent}
 
 
-async def _texts(server: LocalServer, variant: str, chars: int) -> dict[str, Any]:
-    premise = ("Der Fluss fließt ruhig durch das Tal. " * (chars // 38 + 1))[:chars]
+# Premises of a given length: sentences with spaces (settled by a head the length of max_seq_len), spaces after one
+# sentence (a head too short to prove its tokens: read whole), and a script written without spaces (no cut).
+LAYOUTS: dict[str, Callable[[int], str]] = {
+    "sentences": lambda chars: ("Der Fluss fließt ruhig durch das Tal. " * (chars // 38 + 1))[:chars],
+    "space-padded": lambda chars: "Der Fluss fließt. " + " " * (chars - 18),
+    "no-spaces": lambda chars: ("河流静静地流过山谷。" * (chars // 10 + 1))[:chars],
+}
+
+
+async def _texts(server: LocalServer, variant: str, chars: int, layout: str = "sentences") -> dict[str, Any]:
+    premise = LAYOUTS[layout](chars)
     body = {
         "inputs": [
             {"name": "premise", "shape": [1], "datatype": "BYTES", "data": [premise]},
@@ -172,6 +182,7 @@ async def _texts(server: LocalServer, variant: str, chars: int) -> dict[str, Any
         wall = time.perf_counter() - began
     return {
         "premise_chars": chars,
+        "layout": layout,
         "wall_s": wall,
         "statuses": dict(Counter(str(answer.status_code) for answer in answers)),
         "rss_mb_growth": resident_mb(pid) - before,
@@ -182,6 +193,8 @@ def huge_texts(server: LocalServer, variant: str) -> dict[str, Any]:
     return {
         "one_megabyte": asyncio.run(_texts(server, variant, 1_000_000)),
         "longest_accepted": asyncio.run(_texts(server, variant, 100_000)),
+        "longest_space_padded": asyncio.run(_texts(server, variant, 100_000, "space-padded")),
+        "longest_without_spaces": asyncio.run(_texts(server, variant, 100_000, "no-spaces")),
     }
 
 
