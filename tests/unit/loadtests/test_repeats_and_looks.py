@@ -63,6 +63,7 @@ def service(monkeypatch: pytest.MonkeyPatch) -> FakeService:
     fake = FakeService({"a": 20.0, "b": 20.0})
     monkeypatch.setattr(compare, "run_locust", fake.run_locust)
     monkeypatch.setattr(compare, "scrape", lambda client: {})
+    monkeypatch.setattr(report, "plots", lambda *args: [])  # the figures have their own tests; seconds saved here
     metadata = {name: {"name": name} for name in ("a", "b")}
     monkeypatch.setattr(compare, "served_variants", lambda client, url, wanted: (["a", "b"], metadata))
 
