@@ -24,8 +24,11 @@ Every close is counted in ``xnli_http_connections_closed_total{reason}``.
 
 from __future__ import annotations
 
+import array
 import asyncio
+import fcntl
 import resource
+import termios
 import time
 from asyncio import TimerHandle
 from dataclasses import dataclass
@@ -70,6 +73,23 @@ def connection_cap(configured: int, descriptor_limit: int | None = None) -> int:
     if descriptor_limit == resource.RLIM_INFINITY or descriptor_limit <= 0:
         return configured
     return max(1, min(configured, descriptor_limit - DESCRIPTOR_RESERVE))
+
+
+def unread_bytes(transport: asyncio.BaseTransport) -> int:
+    """Bytes the kernel holds for the connection that the event loop has not read yet (0 if it cannot tell)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    pending = array.array("i", [0])
+    try:
+        fcntl.ioctl(sock.fileno(), termios.FIONREAD, pending, True)
+    except OSError:
+        return 0
+    return pending[0]
+
+
+def _waited(connection: EdgeProtocol) -> float:
+    return connection._waiting_since
 
 
 def _response(status: int, error_type: str, message: str, extra: bytes = b"") -> bytes:
@@ -137,10 +157,10 @@ class EdgeProtocol(HttpToolsProtocol):
 
     def _make_room(self) -> bool:
         """Close one connection with no request in flight: the one that has waited longest without ever completing a
-        request (silent, or dripping headers: what an attacker holds), else the kept-alive one idle longest. Only
-        past a grace: a connection accepted a moment ago may have its request in the socket, not read yet by a busy
-        loop, and a client may be reusing a kept-alive one this instant; either would see its request reset. False
-        if there is none."""
+        request (silent, or dripping headers: what an attacker holds), else the kept-alive one idle longest. Never one
+        whose bytes wait unread in the kernel (a loop busy for seconds has not read their requests yet), and only past
+        a grace: a request may be on its way on a connection accepted a moment ago, or on a kept-alive one its client
+        is reusing this instant; either would see its request reset. False if there is none."""
         now = time.monotonic()
         fresh: list[EdgeProtocol] = []
         kept: list[EdgeProtocol] = []
@@ -150,11 +170,12 @@ class EdgeProtocol(HttpToolsProtocol):
                     fresh.append(connection)
                 elif connection._served and now - connection._waiting_since >= KEEP_ALIVE_GRACE_S:
                     kept.append(connection)
-        oldest = min(fresh or kept, key=lambda connection: connection._waiting_since, default=None)
-        if oldest is None:
-            return False
-        oldest._close("evicted", abort=True)  # nothing it is owed; close() could wait on a client that never reads
-        return True
+        oldest_first = sorted(fresh, key=_waited) + sorted(kept, key=_waited)
+        for candidate in oldest_first:
+            if unread_bytes(candidate.transport) == 0:  # else its request is there, unread by a busy loop
+                candidate._close("evicted", abort=True)  # owed nothing; close() could wait on a client that never reads
+                return True
+        return False
 
     def _evictable(self) -> bool:
         return not self._closing and self._awaiting_headers and (self.cycle is None or self.cycle.response_complete)
