@@ -133,7 +133,8 @@ class EdgeProtocol(HttpToolsProtocol):
         self._waiting_since = time.monotonic()  # since when this connection carries no request (eviction order)
         self._served = False  # whether a response was completed on it (a kept-alive connection)
         self._closing = False
-        self._draining_pipeline = False  # past MAX_PIPELINED: answer what is parked, read nothing more, close
+        self._draining_pipeline = False  # answer what is parked, read nothing more, then refuse or close
+        self._deferred_refusal: tuple[int, str, str, str, bytes] | None = None  # ... the refusal it then sends
         self._discarded = 0
 
     # Connection life
@@ -178,7 +179,13 @@ class EdgeProtocol(HttpToolsProtocol):
         return False
 
     def _evictable(self) -> bool:
-        return not self._closing and self._awaiting_headers and (self.cycle is None or self.cycle.response_complete)
+        """No request in progress, and no answer still in the buffer (complete for uvicorn, unsent to the client)."""
+        return (
+            not self._closing
+            and self._awaiting_headers
+            and (self.cycle is None or self.cycle.response_complete)
+            and self.transport.get_write_buffer_size() == 0
+        )
 
     def _close(self, reason: str, abort: bool = False) -> None:
         if self._closing and not self._draining_pipeline:
@@ -194,8 +201,13 @@ class EdgeProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: int, error_type: str, message: str, reason: str, extra: bytes = b"") -> None:
         """Answer, half-close, and close after a short linger: closing at once with the client's bytes unread would
-        send a reset, which can destroy the answer before the client reads it. What arrives meanwhile is dropped."""
+        send a reset, which can destroy the answer before the client reads it. What arrives meanwhile is dropped.
+        While an earlier request's answer is still due, the refusal waits for it (and for any parked behind it)."""
         if self._closing or self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._deferred_refusal = (status, error_type, message, reason, extra)
+            self._stop_reading()
             return
         self.transport.write(_response(status, error_type, message, extra))
         self._closing = True
@@ -214,6 +226,15 @@ class EdgeProtocol(HttpToolsProtocol):
             self.transport.abort()  # its answer had LINGER_S to be read; a client that did not read it gets a reset
 
         self.loop.call_later(LINGER_S, close)
+
+    def _stop_reading(self) -> None:
+        """Parse nothing more (reading paused where uvicorn allows, the rest dropped unparsed): answer the requests
+        already taken (in flight and parked), then close or refuse."""
+        self._closing = self._draining_pipeline = True
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        self.flow.pause_reading()
 
     def _cancel_timers(self) -> None:
         for timer in (self._header_timer, self._body_timer, self._write_timer):
@@ -246,10 +267,6 @@ class EdgeProtocol(HttpToolsProtocol):
         self._header_timer = None
         if not self._awaiting_headers or self._closing:
             return
-        if self.cycle is not None and not self.cycle.response_complete:
-            # A pipelined request's headers are late, but the answer before it is still being written: 408 after it.
-            self._header_timer = self.loop.call_later(CHECK_INTERVAL_S, self._on_header_timeout)
-            return
         message = f"request headers were not complete within {self.limits.header_timeout_s:g} s"
         self._refuse(408, "request_timeout", message, "header_timeout")
 
@@ -260,6 +277,8 @@ class EdgeProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:  # a refused connection lingers: what it still sends is dropped, up to a bound
             self._discarded += len(data)
+            if self._draining_pipeline:
+                return  # dropped unparsed, without the linger bound: the answers still due must go out
             if self._discarded > LINGER_MAX_BYTES and not self.transport.is_closing():
                 self.transport.close()
             return
@@ -298,7 +317,7 @@ class EdgeProtocol(HttpToolsProtocol):
             return
         if len(self.pipeline) >= MAX_PIPELINED:
             # Not read: parked requests hold memory and no slot counts them. Answer those parked, then close.
-            self._closing = self._draining_pipeline = True
+            self._stop_reading()
             return
         # Headers that arrived whole in one read were counted with the body after them; count them exactly here.
         size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
@@ -377,7 +396,16 @@ class EdgeProtocol(HttpToolsProtocol):
         self._waiting_since = time.monotonic()
         last = not self.pipeline  # else uvicorn now starts the next parked request
         super().on_response_complete()
-        if self._draining_pipeline and last and not self.transport.is_closing():
+        if not self._draining_pipeline or self.transport.is_closing():
+            return
+        self.flow.pause_reading()  # uvicorn resumed it (an app reading its body resumes it too: then data is dropped)
+        if not last:
+            return
+        if self._deferred_refusal is not None:  # every request taken before it is answered: the refusal's turn
+            refusal, self._deferred_refusal = self._deferred_refusal, None
+            self._closing = self._draining_pipeline = False
+            self._refuse(*refusal)
+        else:
             self._close("pipeline_limit")  # every parked request answered; the ones past the bound were never read
 
 

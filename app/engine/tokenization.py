@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -52,10 +53,20 @@ def too_long(index: int, length: int, max_seq_len: int, at_least: bool = False) 
     )
 
 
-# Where a text may be cut before tokenizing: before the first space of a run of spaces, so the head ends in a whole
-# word. Only U+0020 qualifies (and only for a tokenizer the start-up probe shows splitting there): other white space
-# may be deleted or joined by a normalizer (BERT's drops U+000B and U+001C-U+001F), and a cut there splits a word.
-_SAFE_BREAK = re.compile(r"(?<! ) ")
+# Where a text may be cut before tokenizing: at a U+0020 that follows no white space, so the head ends in a word's
+# last character. Only U+0020 qualifies (and only for a tokenizer whose pre-tokenizer splits words at spaces and that
+# passes the start-up probe): other white space may be deleted or joined by a normalizer (BERT's drops U+000B and
+# U+001C-U+001F), and a head ending in white space may end in a token of its own (a lone "▁" after NFKC).
+_SAFE_BREAK = re.compile(r"(?<!\s) ")
+# Pre-tokenizers that split words at spaces (with a split flag, the value it must have): a model that may join
+# words (SentencePiece trained across spaces, Metaspace without split) can change every id when the text is cut.
+_SPLITTING_PRE_TOKENIZERS = {
+    "WhitespaceSplit": None,
+    "Whitespace": None,
+    "BertPreTokenizer": None,
+    "Metaspace": ("split", True),
+    "ByteLevel": ("use_regex", True),
+}
 # Texts the start-up probe cuts at every safe break (written for the project): ids of each head must begin the ids
 # of the whole text.
 _BREAK_PROBES = (
@@ -82,9 +93,25 @@ def longest_piece_chars(backend: Tokenizer) -> int:
     return max((len(piece.lstrip("\u2581").removeprefix("##")) for piece in backend.get_vocab()), default=1)
 
 
+def _splits_words_at_spaces(definition: dict[str, Any]) -> bool:
+    """What the tokenizer's definition says: a pre-tokenizer that splits at spaces, no added token that holds one."""
+    if any(" " in token.get("content", "") for token in definition.get("added_tokens") or []):
+        return False
+    pre_tokenizer = definition.get("pre_tokenizer") or {}
+    steps = pre_tokenizer.get("pretokenizers", []) if pre_tokenizer.get("type") == "Sequence" else [pre_tokenizer]
+    for step in steps:
+        if step.get("type") in _SPLITTING_PRE_TOKENIZERS:
+            flag = _SPLITTING_PRE_TOKENIZERS[step["type"]]
+            if flag is None or step.get(flag[0], flag[1]) == flag[1]:
+                return True
+    return False
+
+
 def splits_at_spaces(backend: Tokenizer) -> bool:
-    """Whether cutting before a space keeps the tokens before it, on the probes: a normalizer or pre-tokenizer that
-    joins across spaces fails, and then no text is cut."""
+    """Whether cutting before a space keeps the tokens before it: the definition must say its words split at spaces,
+    and the probes must agree (a normalizer that joins across spaces fails them). Else no text is cut."""
+    if not _splits_words_at_spaces(json.loads(backend.to_str())):
+        return False
     for text in _BREAK_PROBES:
         whole = backend.encode(text, add_special_tokens=False).ids
         for match in _SAFE_BREAK.finditer(text):
@@ -131,9 +158,11 @@ class PairEncoder:
         return text[: breaks[-1]] if breaks else None
 
     def cost(self, pairs: Sequence[tuple[str, str]]) -> int:
-        """Characters a first pass reads for ``pairs`` (heads only); ``NeedsWholeText`` names what a second reads."""
+        """Characters a first pass may read for ``pairs``: each head twice and one pair's heads once more (only to find
+        and measure the pair a refusal is for); ``NeedsWholeText`` names what a second pass may read."""
         bound = self.char_bound
-        return sum(min(len(premise), bound) + min(len(hypothesis), bound) for premise, hypothesis in pairs)
+        heads = sum(min(len(premise), bound) + min(len(hypothesis), bound) for premise, hypothesis in pairs)
+        return 2 * heads + 2 * bound
 
     def encode(self, pairs: Sequence[tuple[str, str]], truncate: bool = True, read_whole: bool = True) -> EncodedPairs:
         heads = [(self.head(premise), self.head(hypothesis)) for premise, hypothesis in pairs]
@@ -147,7 +176,8 @@ class PairEncoder:
         else:
             decided = self._refuse_heads(pairs, decidable, first_pass, undecided)
         if undecided and not read_whole:
-            raise NeedsWholeText(self.cost(pairs) + sum(len(pairs[i][0]) + len(pairs[i][1]) for i in undecided))
+            whole = sum(len(pairs[index][0]) + len(pairs[index][1]) for index in undecided)
+            raise NeedsWholeText(self.cost(pairs) + 2 * whole)  # a whole pair is read twice only to refuse it
         ids, truncated = [], []
         for index, pair in enumerate(pairs):
             encoding = self._encode_whole(index, pair, truncate) if index in undecided else decided[index]
@@ -195,8 +225,11 @@ class PairEncoder:
             if len(encoding.ids) > self.max_seq_len:
                 raise too_long(index, len(encoding.ids), self.max_seq_len)
             return encoding
-        self._refuse_a_hypothesis_that_cannot_fit(index, pair, cut=False)
-        return self._truncating.encode(*pair)
+        try:
+            return self._truncating.encode(*pair)
+        except Exception:
+            self._refuse_a_hypothesis_that_cannot_fit(index, pair, cut=False)
+            raise
 
     def _refuse_a_hypothesis_that_cannot_fit(self, index: int, pair: tuple[str, str], cut: bool) -> None:
         """The truncating tokenizer raises when a hypothesis alone leaves no room for the premise: refuse that pair."""

@@ -97,3 +97,27 @@ async def test_schema_and_service_agree(client: httpx.AsyncClient, published_pat
 @pytest.mark.parametrize(("length", "valid"), [(MAX_TEXT_CHARS, True), (MAX_TEXT_CHARS + 1, False)])
 async def test_one_length_rule_for_every_protocol(client: httpx.AsyncClient, length: int, valid: bool) -> None:
     assert await service_says_valid(client, "a" * length) == [valid] * 4
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "says"),
+    [
+        ("/predict", '{"premise": "a\\ud800b", "hypothesis": "b"}', 422, "unicode string"),
+        ("/variants/xlmr-mnli/predict", '{"inputs": [{"premise": "a", "hypothesis": "\\udfff"}]}', 422, "unicode"),
+        (
+            "/v2/models/xlmr-mnli/infer",
+            '{"inputs": [{"name": "premise", "shape": [1], "datatype": "BYTES", "data": ["a\\ud800"]},'
+            ' {"name": "hypothesis", "shape": [1], "datatype": "BYTES", "data": ["b"]}]}',
+            400,
+            "hex escape",  # /v2 bodies are parsed by pydantic's own JSON reader, which refuses it already
+        ),
+    ],
+)
+async def test_a_lone_surrogate_is_refused_as_input(
+    client: httpx.AsyncClient, path: str, body: str, status: int, says: str
+) -> None:
+    """JSON may escape half a UTF-16 pair, and Python's json keeps it; no tokenizer can read it (TypeError), so each
+    protocol must refuse it as input before the engine sees it: the pattern check does, and /v2's JSON reader."""
+    answer = await client.post(path, content=body.encode("ascii"), headers={"content-type": "application/json"})
+    assert answer.status_code == status, answer.text
+    assert says in answer.text

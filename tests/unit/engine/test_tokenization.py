@@ -3,7 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tokenizers import Regex, Tokenizer, normalizers
+from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
 from transformers import AutoTokenizer
 
 from app.engine.errors import InputTooLongError, OverloadedError
@@ -105,7 +105,7 @@ def test_a_text_with_spaces_is_settled_by_its_head_alone(encoder: PairEncoder, n
     assert encoder.char_bound // 2 <= len(head) <= encoder.char_bound < 10_000
     assert text[len(head)] == " "  # before the first space of a run
     assert not head.endswith(" ")
-    assert encoder.cost([(text, "kurz")]) == encoder.char_bound + 4
+    assert encoder.cost([(text, "kurz")]) == 2 * (encoder.char_bound + 4) + 2 * encoder.char_bound  # read twice at most
     # read_whole=False: a pass over heads settles both modes (NeedsWholeText would say it could not)
     assert encoder.encode([(text, "kurz")], read_whole=False).truncated == [True]
     with pytest.raises(InputTooLongError, match="at least"):
@@ -130,7 +130,7 @@ def test_a_text_its_head_cannot_settle_is_read_whole_and_accounted(
     pairs = [(text, "kurz"), ("Il pleut.", "Le sol est mouillé.")]
     with pytest.raises(NeedsWholeText) as needed:
         encoder.encode(pairs, read_whole=False)
-    assert needed.value.chars == encoder.cost(pairs) + len(text) + len("kurz")
+    assert needed.value.chars == encoder.cost(pairs) + 2 * (len(text) + len("kurz"))
     expected = tokenizer(text, "kurz", truncation="only_first", max_length=32)  # type: ignore[operator]
     assert encoder.encode(pairs).ids[0] == expected["input_ids"]
 
@@ -190,6 +190,23 @@ def test_a_tokenizer_that_joins_across_spaces_is_never_cut(tokenizer: object) ->
     reference = Tokenizer.from_str(backend.to_str())
     reference.enable_truncation(32, strategy="only_first")
     assert encoder.encode([(LONG_TEXTS["en"], "kurz")]).ids[0] == reference.encode(LONG_TEXTS["en"], "kurz").ids
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["metaspace-without-split", "added-token-with-a-space", "no-pre-tokenizer"],
+)
+def test_a_tokenizer_that_may_join_words_is_never_cut(tokenizer: object, change: str) -> None:
+    """A model that may merge across spaces (SentencePiece trained so) changes ids anywhere when its text is cut: the
+    definition must say words split at spaces, whatever the probes show."""
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())  # type: ignore[attr-defined]
+    if change == "metaspace-without-split":
+        backend.pre_tokenizer = pre_tokenizers.Metaspace(split=False)
+    elif change == "added-token-with-a-space":
+        backend.add_tokens(["New York"])
+    else:
+        backend.pre_tokenizer = None
+    assert not PairEncoder(backend, max_seq_len=32).cuts
 
 
 async def test_the_backlog_admits_the_second_pass_for_what_it_reads(encoder: PairEncoder) -> None:
