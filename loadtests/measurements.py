@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,15 @@ class LevelResult:
     completed_per_s: float = 0.0  # answered requests per second (requests_per_s counts every request sent)
     offered_per_s: float = 0.0  # rate mode: the variant's share of the offered rate
     run: int = 1  # --repeats: which run (the variants' processes restarted in between unless --url)
+
+
+# The per-request columns of Samples (the rest describe the run).
+_ROW_COLUMNS = ("start", "variant", "latency_ms", "queue_ms", "inference_ms", "ok", "block", "outcome")
+
+
+def _rows_of(parts: Sequence[Samples]) -> dict[str, Any]:  # arrays, typed for Samples(**...)
+    """Every per-request column of ``parts``, one part after another."""
+    return {name: np.concatenate([getattr(part, name) for part in parts]) for name in _ROW_COLUMNS}
 
 
 @dataclass
@@ -104,27 +113,7 @@ class Samples:
         parts = [cls.read(found) for found in [path, *sorted(path.parent.glob(f"{path.name}.*"))] if found.exists()]
         if not parts:
             raise FileNotFoundError(path)
-        first = parts[0]
-
-        def joined(name: str) -> np.ndarray:
-            return np.concatenate([getattr(part, name) for part in parts])
-
-        return cls(
-            variants=first.variants,
-            start=joined("start"),
-            variant=joined("variant"),
-            latency_ms=joined("latency_ms"),
-            queue_ms=joined("queue_ms"),
-            inference_ms=joined("inference_ms"),
-            ok=joined("ok"),
-            block=joined("block"),
-            schedule_start=first.schedule_start,
-            block_seconds=first.block_seconds,
-            block_order=first.block_order,
-            outcome=joined("outcome"),
-            timeout_ms=first.timeout_ms,
-            block_rates=first.block_rates,
-        )
+        return replace(parts[0], **_rows_of(parts))
 
     @classmethod
     def joined(cls, parts: Sequence[Samples]) -> Samples:
@@ -144,25 +133,7 @@ class Samples:
                 order += part.block_order
                 offset += len(part.block_order)
 
-        def column(name: str) -> np.ndarray:
-            return np.concatenate([getattr(piece, name) for piece in pieces])
-
-        return cls(
-            variants=first.variants,
-            start=column("start"),
-            variant=column("variant"),
-            latency_ms=column("latency_ms"),
-            queue_ms=column("queue_ms"),
-            inference_ms=column("inference_ms"),
-            ok=column("ok"),
-            block=column("block"),
-            schedule_start=None,
-            block_seconds=first.block_seconds,
-            block_order=order,
-            outcome=column("outcome"),
-            timeout_ms=first.timeout_ms,
-            block_rates=first.block_rates,
-        )
+        return replace(first, **_rows_of(pieces), schedule_start=None, block_order=order)
 
     def subset(self, keep: np.ndarray) -> Samples:
         return Samples(

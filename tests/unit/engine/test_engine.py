@@ -147,8 +147,8 @@ async def test_tokenization_backlog_is_bounded_and_admission_counts_it(
     long_pair = ("Ein sehr langer Satz über das Wetter in den Bergen. " * 20, "Es regnet.")  # goes to the pool
     if bound == "pairs":
         monkeypatch.setattr(engine.tokenization, "max_pairs", 6)
-    else:  # room for the characters of six such pairs (as the encoder will read them), whatever the pair count
-        monkeypatch.setattr(engine.tokenization, "max_chars", runtime.encoder.cost([long_pair] * 6))
+    else:  # room for the characters of two such requests (as the encoder may read them), whatever the pair count
+        monkeypatch.setattr(engine.tokenization, "max_chars", 2 * runtime.encoder.cost([long_pair] * 3))
     waiting = [asyncio.ensure_future(engine.predict([long_pair] * 3, "xlmr-mnli")) for _ in range(2)]
     await asyncio.sleep(0.05)
     assert runtime.queue.reserved_pairs == 6  # admitted and held while they are tokenized
