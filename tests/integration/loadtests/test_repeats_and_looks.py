@@ -12,7 +12,9 @@ import pytest
 from loadtests import compare
 from tests.helpers import ServerProcess, running_server, write_catalogue
 
-pytestmark = pytest.mark.integration
+# Real-service runs of --repeats (a restart per run) and --until-decided: long, so in `make test-slow`; the
+# calibration of both is in tests/unit/loadtests (make test).
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def document(out: Path) -> dict[str, Any]:
