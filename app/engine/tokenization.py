@@ -107,10 +107,11 @@ def _splits_words_at_spaces(definition: dict[str, Any]) -> bool:
     return False
 
 
-def splits_at_spaces(backend: Tokenizer) -> bool:
+def splits_at_spaces(backend: Tokenizer, definition: str) -> bool:
     """Whether cutting before a space keeps the tokens before it: the definition must say its words split at spaces,
-    and the probes must agree (a normalizer that joins across spaces fails them). Else no text is cut."""
-    if not _splits_words_at_spaces(json.loads(backend.to_str())):
+    and the probes must agree (a normalizer that joins across spaces fails them). Else no text is cut. ``definition``
+    is ``backend.to_str()``, which the encoder has already read."""
+    if not _splits_words_at_spaces(json.loads(definition)):
         return False
     for text in _BREAK_PROBES:
         whole = backend.encode(text, add_special_tokens=False).ids
@@ -145,7 +146,7 @@ class PairEncoder:
         self._truncating = Tokenizer.from_str(definition)
         self._truncating.no_padding()
         self._truncating.enable_truncation(max_seq_len, strategy="only_first")
-        self.cuts = splits_at_spaces(self._plain)
+        self.cuts = splits_at_spaces(self._plain, definition)
         self.char_bound = 2 * max_seq_len * (longest_piece_chars(backend) + 1)
 
     def head(self, text: str) -> str | None:

@@ -3,7 +3,8 @@
 "Has content" is written as an explicit character class, not ``\\S``: JSON Schema tools read a ``pattern`` with
 ECMAScript semantics, pydantic with Rust's or Python's, and the three disagree on what white space is (U+0085, U+FEFF,
 U+001C-U+001F). A text is blank when every character is in ``BLANK_CHARACTERS``: white space to ECMAScript or to
-Python, whichever says so. The pattern spells each code point as ``\\uXXXX``, which all three engines read the same.
+Python, whichever says so. The pattern spells each code point as a ``\\u`` escape of four hex digits, read alike
+by all three engines.
 """
 
 from __future__ import annotations
