@@ -20,8 +20,8 @@ log = logging.getLogger("xnli_serve")
 
 def build_engine(settings: Settings) -> Engine:
     """The engine the settings describe (not loaded); raises CatalogueError for a catalogue that cannot be served."""
-    from app.engine.catalogue import check_request_limit, load_catalogue
     from app.engine.engine import Engine
+    from app.engine.models.catalogue import check_request_limit, load_catalogue
 
     variant_catalogue = load_catalogue(settings.catalogue, settings.variants)
     check_request_limit(variant_catalogue, settings.max_pairs_per_request)
@@ -82,8 +82,8 @@ def serve(
     configure_logging(settings.log_level, settings.log_format)
 
     from app.api.server import run_server
-    from app.engine.catalogue import CatalogueError
-    from app.engine.model_store import CheckpointError
+    from app.engine.models.catalogue import CatalogueError
+    from app.engine.models.store import CheckpointError
 
     try:
         engine = build_engine(settings)
@@ -94,7 +94,7 @@ def serve(
     if (warning := settings.exposure_warning(keys)) is not None:
         log.warning(warning)
     if settings.frontend_processes > 1:
-        from app.frontend.supervisor import run_supervisor
+        from app.multiprocess.supervisor import run_supervisor
 
         engine.close()  # checked only: the engine process builds and loads its own
         raise typer.Exit(

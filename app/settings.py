@@ -207,7 +207,7 @@ class Settings(BaseSettings):
         1,
         ge=1,
         description="HTTP front-end processes; above 1, they share the port and feed one engine process over "
-        "ZeroMQ, so HTTP parsing and validation do not cap a fast device (see app.frontend).",
+        "ZeroMQ, so HTTP parsing and validation do not cap a fast device (see app.multiprocess).",
     )
     engine_silence_s: float = Field(
         2.0,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from app import markdown
-from app.engine.catalogue import runtime_label
+from app.engine.models.catalogue import runtime_label
 from benchmarks.common import argument_parser, machine, print_machine, write_json
 
 

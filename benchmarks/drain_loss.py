@@ -85,7 +85,9 @@ def children(pid: int) -> dict[int, str]:
 
 
 def engine_pid(server: LocalServer) -> int:
-    (pid,) = [pid for pid, command in children(server.process.pid).items() if "app.frontend.engine_server" in command]
+    (pid,) = [
+        pid for pid, command in children(server.process.pid).items() if "app.multiprocess.engine_process" in command
+    ]
     return pid
 
 

@@ -39,8 +39,8 @@ def measure_engine(
     from transformers.utils import logging as transformers_logging
 
     from app.engine.backends.preparation import prepare_variant
-    from app.engine.catalogue import load_catalogue
-    from app.engine.model_store import inspect_checkpoint
+    from app.engine.models.catalogue import load_catalogue
+    from app.engine.models.store import inspect_checkpoint
     from app.settings import Settings
 
     transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]

@@ -144,7 +144,7 @@ pipeline() {  # size dtype: the device worker's stage pipeline off vs on, in-pro
   PIPELINE_LOADS=""  # the first run's shape only
 }
 
-frontends() {  # size dtype: single-pair requests/s through 1 and N front-end processes (app.frontend), once
+frontends() {  # size dtype: single-pair requests/s through 1 and N front-end processes (app.multiprocess), once
   local name="$1-$2" limit=$(( $(left) < 150 ? $(left) : 150 ))
   if [ "$limit" -lt 60 ]; then say "SKIPPED front ends on $name: $(left) s left"; return; fi
   say "front ends $FRONTENDS on $name (limit ${limit} s)"

@@ -50,7 +50,7 @@ WHEELS = (
     "httptools==0.9.0",
     "orjson==3.13.0",
     "fastapi-offline==1.7.7",
-    "pyzmq==27.3.0",  # front ends <-> engine process (app.frontend); msgpack is in the image
+    "pyzmq==27.3.0",  # front ends <-> engine process (app.multiprocess); msgpack is in the image
 )
 MODULES = (
     "fastapi",
@@ -70,8 +70,8 @@ PROJECT_MODULES = (
     "app.cli",
     "app.api.app",
     "app.api.server",
-    "app.frontend.front_server",
-    "app.frontend.engine_server",
+    "app.multiprocess.front_end",
+    "app.multiprocess.engine_process",
     "benchmarks.service",
     "benchmarks.summary",
     "benchmarks.frontend",

@@ -52,7 +52,7 @@ async def run_phase(
     seed: int,
 ) -> dict[str, Any]:
     from app.engine.errors import EngineError
-    from app.engine.requests import Priority
+    from app.engine.scheduler.requests import Priority
 
     latencies: list[float] = []
     batch_done = 0
@@ -102,13 +102,13 @@ async def run_phase(
 
 
 async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
-    from app.engine.catalogue import load_catalogue
     from app.engine.engine import Engine
-    from app.engine.requests import Priority
+    from app.engine.models.catalogue import load_catalogue
+    from app.engine.scheduler.requests import Priority
     from app.settings import Settings
 
     if args.no_yield:  # what the lanes give without the yield points: background batches run whole
-        from app.engine.worker import DeviceWorker
+        from app.engine.scheduler.worker import DeviceWorker
 
         setattr(DeviceWorker, "_preempt", lambda self: None)  # noqa: B010
     catalogue = load_catalogue(args.catalogue, [args.variant])

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from app import markdown
-from app.engine.catalogue import runtime_label
+from app.engine.models.catalogue import runtime_label
 from loadtests.analysis import FAILS_MORE
 from loadtests.measurements import LevelResult, Samples, unit_of
 from loadtests.plots import plots

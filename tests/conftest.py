@@ -38,7 +38,7 @@ def xnli_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def checkpoint_layouts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """One tiny checkpoint written in every layout of tests/checkpoint_layouts.py (SentencePiece-only among them)."""
-    from tests.checkpoint_layouts import build_layouts
+    """One tiny checkpoint in every layout of tests/support/checkpoint_layouts.py (SentencePiece-only among them)."""
+    from tests.support.checkpoint_layouts import build_layouts
 
     return build_layouts(tmp_path_factory.mktemp("checkpoint_layouts"))

@@ -17,7 +17,7 @@ from app.api.errors import install_error_handlers
 from app.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.api.routes import health, open_inference, pages, predict, repository, variants
 from app.api.security import ApiKeyMiddleware
-from app.service.engine import ServingEngine
+from app.service.engine_handle import EngineHandle
 from app.service.prediction import PredictionService
 from app.settings import Settings
 
@@ -54,7 +54,7 @@ def _complete_openapi(app: FastAPI, settings: Settings) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def create_app(settings: Settings, engine: ServingEngine, api_keys: Sequence[str] | None = None) -> FastAPI:
+def create_app(settings: Settings, engine: EngineHandle, api_keys: Sequence[str] | None = None) -> FastAPI:
     """``api_keys``: as the caller already read them from ``settings`` (read here when not given)."""
 
     @asynccontextmanager

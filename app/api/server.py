@@ -24,7 +24,7 @@ from app.api import listener_drain
 from app.api.app import create_app
 from app.api.edge import EdgeLimits, connection_cap, edge_protocol
 from app.engine.engine import Engine
-from app.service.engine import ServingEngine
+from app.service.engine_handle import EngineHandle
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class DrainingServer(uvicorn.Server):
     """
 
     def __init__(
-        self, config: uvicorn.Config, engine: ServingEngine, drain_timeout_s: float, *, last_holder: bool = True
+        self, config: uvicorn.Config, engine: EngineHandle, drain_timeout_s: float, *, last_holder: bool = True
     ) -> None:
         # server_config always passes the app itself (ASGI 3), never an import string.
         config.app = CloseWhileDraining(cast("ASGIApp", config.app), lambda: self._draining)

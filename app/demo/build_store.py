@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from app.demo.lineup import DEMO_DEPLOYMENTS, DEMO_LINEUP, DEMO_NOTICE, JOEDDAV_ORDER, SERVICE_ORDER, catalogue_toml
 from app.demo.tokenizer import demo_tokenizer
-from app.engine.model_store import DEMO_MARKER
+from app.engine.models.store import DEMO_MARKER
 from app.samples import sample_pairs
 from app.settings import CATALOGUE_FILE
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from app.demo.lineup import DEMO_NOTICE
-from app.engine.model_store import DEMO_MARKER
+from app.engine.models.store import DEMO_MARKER
 from app.samples import sample_pairs
 
 # Vocabulary sizes. The sample pairs are too few for more than ~1,100 pieces, so the quick-start tokenizer cuts an

@@ -9,10 +9,10 @@ While it serves, the model repository methods change what it serves: ``await eng
 that name's catalogue entry and loads it beside the version serving now, then switches to it at once;
 ``await engine.unload_variant(name)`` stops admitting its requests, lets accepted ones finish and frees its memory.
 
-By job: ``status`` (variant status, results, a variant's description), ``loading`` (checkpoint to a warmed-up
-queue on a device worker), ``repository`` (load and unload while serving), ``shadows`` (shadow traffic),
-``tokenization``, and the batcher (``scheduler`` and its modules). This module keeps start-up, drain, readiness
-and the prediction path, and re-exports the names others import from it.
+By job: ``status`` (variant status, results, a variant's description), ``models/`` (the catalogue, loading a
+checkpoint into a warmed-up queue on a device worker, the repository that loads and unloads while serving),
+``traffic/`` (split and shadows), ``tokenization``, and the batcher (``scheduler/``). This module keeps start-up,
+drain, readiness and the prediction path, and re-exports the names others import from it.
 """
 
 from __future__ import annotations
@@ -26,18 +26,17 @@ from pathlib import Path
 import torch
 
 from app import metrics
-from app.engine.catalogue import Catalogue
 from app.engine.errors import (
     DeadlineExceededError,
     EngineError,
     VariantNotReadyError,
 )
-from app.engine.loading import DeviceWorkers, check_faults, load_runtime, warmup_shapes
-from app.engine.model_store import inspect_checkpoint
-from app.engine.repository import ModelRepository
-from app.engine.requests import InferenceRequest, Priority
-from app.engine.serving import Inflight, refuse_while_draining, request_timeout, resolve_variant
-from app.engine.shadows import ShadowJob, ShadowRunner
+from app.engine.gate import Inflight, refuse_while_draining, request_timeout, resolve_variant
+from app.engine.models.catalogue import Catalogue
+from app.engine.models.loading import DeviceWorkers, check_faults, load_runtime, warmup_shapes
+from app.engine.models.repository import ModelRepository
+from app.engine.models.store import inspect_checkpoint
+from app.engine.scheduler.requests import InferenceRequest, Priority
 from app.engine.status import (
     PredictionResult,
     RepositoryEntry,
@@ -53,7 +52,8 @@ from app.engine.tokenization import (
     TokenizationPool,
     checked_encoding,
 )
-from app.engine.traffic import TrafficRouter
+from app.engine.traffic.shadows import ShadowJob, ShadowRunner
+from app.engine.traffic.split import TrafficRouter
 
 __all__ = [
     "INLINE_TOKENIZATION_CHARS",

@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from app.engine.catalogue import VariantSpec
-from app.engine.model_store import CheckpointInfo, dtype_name
-from app.engine.queues import VariantQueue
+from app.engine.models.catalogue import VariantSpec
+from app.engine.models.store import CheckpointInfo, dtype_name
+from app.engine.scheduler.queues import VariantQueue
+from app.engine.scheduler.worker import DeviceWorker
 from app.engine.tokenization import PairEncoder
-from app.engine.worker import DeviceWorker
 
 
 class VariantStatus(StrEnum):

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from app import markdown
-from app.engine.catalogue import runtime_label
-from app.engine.labels import LABELS
+from app.engine.models.catalogue import runtime_label
+from app.engine.models.labels import LABELS
 from app.evaluation.stats import PairedComparison, confusion_matrix, pareto_front
 
 

@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
-from app.engine.labels import LABELS
+from app.engine.models.labels import LABELS
 from app.evaluation.collect import EvaluationError, Scorer, VariantScores, http_scorer, score
 from app.evaluation.report import VariantResult, build_results, write_report
 from app.settings import DEFAULT_CATALOGUE
@@ -61,8 +61,8 @@ async def _over_http(
 async def _in_process(
     catalogue_path: Path, variants: list[str] | None, score_each: ScoreEach
 ) -> tuple[dict[str, VariantScores], dict[str, dict[str, Any]], str]:
-    from app.engine.catalogue import load_catalogue
     from app.engine.engine import Engine
+    from app.engine.models.catalogue import load_catalogue
 
     engine = Engine(load_catalogue(catalogue_path, variants), request_timeout_s=3600)
     engine.preflight()

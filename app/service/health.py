@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from app.service.engine import ServingEngine
+from app.service.engine_handle import EngineHandle
 
 ReadinessState = Literal["ready", "draining", "not_ready"]
 
@@ -20,7 +20,7 @@ class Readiness:
         return self.state == "ready"
 
 
-def readiness(engine: ServingEngine) -> Readiness:
+def readiness(engine: EngineHandle) -> Readiness:
     """Ready only when every enabled variant is loaded and warmed up, the workers live and no drain has begun."""
     statuses = {name: str(runtime.status) for name, runtime in engine.variants.items() if runtime.spec.enabled}
     if engine.draining:
@@ -28,6 +28,6 @@ def readiness(engine: ServingEngine) -> Readiness:
     return Readiness("ready" if engine.ready else "not_ready", statuses)
 
 
-def liveness(engine: ServingEngine) -> bool:
+def liveness(engine: EngineHandle) -> bool:
     """False once loading failed or a device worker died: the process should be restarted."""
     return engine.live

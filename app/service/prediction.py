@@ -28,9 +28,9 @@ from app.engine.errors import (
     UnknownVariantError,
     VariantNotReadyError,
 )
-from app.engine.requests import Priority
+from app.engine.scheduler.requests import Priority
 from app.metrics import Outcome
-from app.service.engine import ServingEngine
+from app.service.engine_handle import EngineHandle
 
 ClientPriority = Literal["interactive", "batch"]
 """The priority classes a client may ask for (the engine keeps ``shadow`` for itself)."""
@@ -121,7 +121,7 @@ Disconnected = Callable[[], Awaitable[object]]
 class PredictionService:
     """The engine as every transport sees it: one call per request, counted once."""
 
-    def __init__(self, engine: ServingEngine, max_pairs_per_request: int) -> None:
+    def __init__(self, engine: EngineHandle, max_pairs_per_request: int) -> None:
         self.engine = engine
         self.max_pairs_per_request = max_pairs_per_request
 

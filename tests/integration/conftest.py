@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ServerProcess, running_server, write_catalogue
+from tests.support.helpers import ServerProcess, running_server, write_catalogue
 
 API_KEY = "first-key-0123456789"  # `secured_server`'s key from XNLI_SERVE_API_KEYS
 FILE_KEY = "second-key-abcdefghij"  # ... and the one from its XNLI_SERVE_API_KEY_FILE

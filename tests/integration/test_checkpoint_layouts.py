@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.checkpoint_layouts import SENTENCEPIECE_MODEL
-from tests.helpers import free_port, running_server, server_command, write_catalogue
+from tests.support.checkpoint_layouts import SENTENCEPIECE_MODEL
+from tests.support.helpers import free_port, running_server, server_command, write_catalogue
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from benchmarks import drain_loss
-from tests.helpers import Outcome, predict_until_refused, running_server, write_catalogue
+from tests.support.helpers import Outcome, predict_until_refused, running_server, write_catalogue
 
 pytestmark = pytest.mark.integration
 

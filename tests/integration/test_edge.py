@@ -18,7 +18,7 @@ import pytest
 
 from app import local_server
 from app.api import edge
-from tests.helpers import ServerProcess, metric_value, running_server, write_catalogue
+from tests.support.helpers import ServerProcess, metric_value, running_server, write_catalogue
 
 pytestmark = pytest.mark.integration
 

@@ -23,7 +23,7 @@ import pytest
 from app import local_server
 from benchmarks import drain_loss
 from benchmarks.drain_loss import children, engine_pid
-from tests.helpers import ServerProcess, metric_value, running_server, write_catalogue
+from tests.support.helpers import ServerProcess, metric_value, running_server, write_catalogue
 
 pytestmark = pytest.mark.integration
 
@@ -85,8 +85,8 @@ def scrape(server: ServerProcess) -> str:
 
 def test_one_engine_process_and_two_front_ends(fronts: ServerProcess) -> None:
     commands = list(children(fronts.process.pid).values())
-    assert sum("app.frontend.engine_server" in command for command in commands) == 1, commands
-    assert sum("app.frontend.front_server" in command for command in commands) == 2, commands
+    assert sum("app.multiprocess.engine_process" in command for command in commands) == 1, commands
+    assert sum("app.multiprocess.front_end" in command for command in commands) == 2, commands
 
 
 QUERIES: list[tuple[str, dict[str, Any]]] = [

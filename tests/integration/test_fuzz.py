@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.helpers import ServerProcess, running_server, write_catalogue
+from tests.support.helpers import ServerProcess, running_server, write_catalogue
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # `make test-slow` (CI runs it after `make test`)
 
@@ -70,7 +70,7 @@ def fuzz(base_url: str, tmp_path: Path, selection: list[str], headers: tuple[str
     check_log = tmp_path / "custom-checks.log"
     env = {
         **os.environ,
-        "SCHEMATHESIS_HOOKS": "tests.integration.fuzz_checks",
+        "SCHEMATHESIS_HOOKS": "tests.support.fuzz_checks",
         "PYTHONPATH": str(REPO_ROOT),
         "XNLI_SERVE_FUZZ_CHECK_LOG": str(check_log),
     }

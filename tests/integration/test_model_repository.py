@@ -18,9 +18,9 @@ from tritonclient.utils import InferenceServerException
 
 from app.api.binary_tensors import HEADER_LENGTH
 from benchmarks.common import resident_mb
-from tests.checkpoint_edits import perturbed_copy, relabelled_copy, shift_classifier_bias, widened_copy
-from tests.helpers import ServerProcess, running_server, write_catalogue
-from tests.triton_support import triton_inputs as tensors
+from tests.support.checkpoint_edits import perturbed_copy, relabelled_copy, shift_classifier_bias, widened_copy
+from tests.support.helpers import ServerProcess, running_server, write_catalogue
+from tests.support.triton_support import triton_inputs as tensors
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from tests.helpers import ServerProcess, metric_value, running_server, write_catalogue
+from tests.support.helpers import ServerProcess, metric_value, running_server, write_catalogue
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import ServerProcess, metric_value, running_server, write_catalogue
+from tests.support.helpers import ServerProcess, metric_value, running_server, write_catalogue
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.demo.build_store import DEMO_DEPLOYMENTS, DEMO_LINEUP
-from tests.helpers import ServerProcess, metric_value
+from tests.support.helpers import ServerProcess, metric_value
 
 pytestmark = pytest.mark.integration
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.helpers import ServerProcess
 from tests.integration.conftest import API_KEY, CORS_ORIGIN, FILE_KEY
+from tests.support.helpers import ServerProcess
 
 pytestmark = pytest.mark.integration
 

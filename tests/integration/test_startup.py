@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import running_server, write_catalogue
+from tests.support.helpers import running_server, write_catalogue
 
 pytestmark = pytest.mark.integration
 

@@ -75,7 +75,7 @@ def project_modules(graph: grimp.ImportGraph) -> set[str]:
 
 def test_the_graph_holds_the_project() -> None:
     built = grimp.build_graph(*PACKAGES, cache_dir=None)
-    expected = {"app.engine.engine", "app.api.app", "loadtests.compare", "benchmarks.service", "tests.helpers"}
+    expected = {"app.engine.engine", "app.api.app", "loadtests.compare", "benchmarks.service", "tests.support.helpers"}
     assert expected <= set(built.modules)
 
 

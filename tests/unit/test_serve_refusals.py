@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from app.cli import cli
-from tests.helpers import free_port
+from tests.support.helpers import free_port
 
 Refuse = Callable[..., str]
 

@@ -36,5 +36,5 @@ async def ready(request: Request) -> Response:
 
 @router.get("/metrics", include_in_schema=False)
 async def prometheus_metrics() -> Response:
-    # In a thread: a front end's collection asks the engine process and waits for its answer (app.frontend).
+    # In a thread: a front end's collection asks the engine process and waits for its answer (app.multiprocess).
     return Response(await asyncio.to_thread(generate_latest, REGISTRY), media_type=CONTENT_TYPE_LATEST)

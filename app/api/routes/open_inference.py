@@ -31,7 +31,7 @@ from app.api.oip.schemas import (
 )
 from app.engine.errors import UnknownVariantError
 from app.service import health
-from app.service.engine import ServedVariant, ServingEngine
+from app.service.engine_handle import EngineHandle, ServedVariant
 from app.service.variants import describe
 
 # Re-exported: other modules and tests import these from here.
@@ -45,7 +45,7 @@ NAMESPACE = Namespace(PREFIX, OIP)  # every path under /v2 is the protocol's, ro
 
 
 def _model(request: Request, name: str, version: str | None) -> ServedVariant:
-    engine: ServingEngine = request.app.state.engine
+    engine: EngineHandle = request.app.state.engine
     try:
         runtime = engine.resolve(name)
     except UnknownVariantError as error:
@@ -94,7 +94,7 @@ async def model_metadata(request: Request, name: str, version: str | None = None
 @router.get("/models/{name}/versions/{version}/ready", response_model=Readiness, responses=INFER_ERRORS)
 async def model_ready(request: Request, name: str, version: str | None = None) -> Response:
     runtime = _model(request, name, version)
-    engine: ServingEngine = request.app.state.engine
+    engine: EngineHandle = request.app.state.engine
     ready = engine.variant_ready(runtime.spec.name)  # this variant alone: others may be loading or failed
     return _json(Readiness(name=runtime.spec.name, ready=ready), ready)
 

@@ -21,7 +21,7 @@ from app.api.schemas import (
     VariantPredictRequest,
 )
 from app.engine.engine import PredictionResult
-from app.engine.labels import LABELS
+from app.engine.models.labels import LABELS
 from app.service.prediction import PredictionQuery
 
 router = APIRouter(tags=["inference"])

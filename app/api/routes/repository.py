@@ -20,7 +20,7 @@ from app.api.errors import ApiError, first_problem, from_engine
 from app.api.oip.schemas import MODEL_VERSION, error_responses
 from app.engine.engine import RepositoryEntry, RepositoryState
 from app.engine.errors import EngineError
-from app.service.engine import ServingEngine
+from app.service.engine_handle import EngineHandle
 
 router = APIRouter(prefix="/v2/repository", tags=["open inference protocol: model repository"], route_class=OipRoute)
 
@@ -91,7 +91,7 @@ def _json(entry: IndexEntry) -> Response:
 async def repository_index(request: Request) -> list[IndexEntry]:
     """Every variant of the catalogue file and every variant the service holds, with its state and why."""
     body = await _parse(request, IndexRequest)
-    engine: ServingEngine = request.app.state.engine
+    engine: EngineHandle = request.app.state.engine
     entries = await asyncio.to_thread(engine.repository_index)
     return [_entry(entry) for entry in entries if not body.ready or entry.state is RepositoryState.READY]
 
@@ -108,7 +108,7 @@ async def load_model(request: Request, name: str) -> Response:
             f"load parameters {overrides} are not supported: the catalogue is the repository; edit the entry of "
             f"{name!r} in it, then load again"
         )
-    engine: ServingEngine = request.app.state.engine
+    engine: EngineHandle = request.app.state.engine
     try:
         await engine.load_variant(name, min_queue_pairs=request.app.state.settings.max_pairs_per_request)
     except EngineError as error:
@@ -130,7 +130,7 @@ async def unload_model(request: Request, name: str) -> Response:
         raise _bad_request(f"unknown unload parameters {unexpected}; only unload_dependents (variants have none)")
     if not isinstance((body.parameters or {}).get("unload_dependents", False), bool):
         raise _bad_request("parameter 'unload_dependents' must be a boolean")
-    engine: ServingEngine = request.app.state.engine
+    engine: EngineHandle = request.app.state.engine
     try:
         await engine.unload_variant(name)
     except EngineError as error:

@@ -8,7 +8,7 @@ from app.api.errors import from_engine
 from app.api.schemas import ErrorResponse, VariantList
 from app.demo.build_store import DEMO_NOTICE
 from app.engine.errors import UnknownVariantError
-from app.service.engine import ServingEngine
+from app.service.engine_handle import EngineHandle
 from app.service.variants import VariantInfo, describe, untrained_variants
 
 router = APIRouter(tags=["variants"])
@@ -16,7 +16,7 @@ router = APIRouter(tags=["variants"])
 
 @router.get("/variants", response_model=VariantList)
 async def list_variants(request: Request) -> VariantList:
-    engine: ServingEngine = request.app.state.engine
+    engine: EngineHandle = request.app.state.engine
     described = [describe(runtime) for runtime in engine.variants.values()]
     untrained = untrained_variants(described)
     notice = f"{DEMO_NOTICE} Variants: {', '.join(untrained)}." if untrained else None
@@ -25,7 +25,7 @@ async def list_variants(request: Request) -> VariantList:
 
 @router.get("/variants/{name}", response_model=VariantInfo, responses={404: {"model": ErrorResponse}})
 async def get_variant(name: str, request: Request) -> VariantInfo:
-    engine: ServingEngine = request.app.state.engine
+    engine: EngineHandle = request.app.state.engine
     runtime = engine.variants.get(name)
     if runtime is None:
         raise from_engine(UnknownVariantError(name, list(engine.variants)))

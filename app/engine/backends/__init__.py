@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 if TYPE_CHECKING:
     import torch
 
-    from app.engine.runner import WarmableRunner
+    from app.engine.scheduler.runner import WarmableRunner
 
 __all__ = [
     "BUILT_IN",

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.engine import export_cache
-from app.engine.model_store import checkpoint_fingerprint
+from app.engine.models import export_cache
+from app.engine.models.store import checkpoint_fingerprint
 
 log = logging.getLogger(__name__)
 

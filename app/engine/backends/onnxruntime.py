@@ -16,12 +16,12 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from app.engine import export_cache
 from app.engine.backends import Backend, BackendSource, CheckpointFacts, LoadedRunner, VariantOptions, register
 from app.engine.backends.onnx_export import INPUT_NAMES, ExportError, default_cache_root, ensure_export
 from app.engine.backends.torch import requested_device
-from app.engine.padding import collate
-from app.engine.runner import warm_up_inputs
+from app.engine.models import export_cache
+from app.engine.scheduler.padding import collate
+from app.engine.scheduler.runner import warm_up_inputs
 
 log = logging.getLogger(__name__)
 

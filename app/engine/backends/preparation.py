@@ -21,11 +21,11 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from app.engine.accuracy_guard import GuardReport, compare, probe_sequences, run_probe
 from app.engine.backends import BackendSource, GuardTolerances, get_backend
 from app.engine.backends.torch import LoadedCheckpoint, TorchRunner, load_checkpoint
-from app.engine.model_store import CheckpointError, CheckpointInfo, checkpoint_signature
-from app.engine.runner import WarmableRunner
+from app.engine.models.accuracy_guard import GuardReport, compare, probe_sequences, run_probe
+from app.engine.models.store import CheckpointError, CheckpointInfo, checkpoint_signature
+from app.engine.scheduler.runner import WarmableRunner
 from app.engine.tokenization import PairEncoder
 
 log = logging.getLogger(__name__)

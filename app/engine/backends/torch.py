@@ -19,9 +19,9 @@ import torch
 from app.engine.backends import Backend, BackendSource, CheckpointFacts, LoadedRunner, VariantOptions, register
 from app.engine.backends.torch_buckets import bucket_shapes
 from app.engine.backends.torch_graphs import GRAPHS, BucketRunner
-from app.engine.model_store import CheckpointError, CheckpointInfo, dtype_name
-from app.engine.padding import collate
-from app.engine.runner import warm_up_inputs
+from app.engine.models.store import CheckpointError, CheckpointInfo, dtype_name
+from app.engine.scheduler.padding import collate
+from app.engine.scheduler.runner import warm_up_inputs
 
 log = logging.getLogger(__name__)
 

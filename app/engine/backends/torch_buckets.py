@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from app.engine.padding import PAD_MULTIPLE, collate, padded_length
+from app.engine.scheduler.padding import PAD_MULTIPLE, collate, padded_length
 
 SPLIT_GAIN = 0.75
 """A batch runs as two buckets (shortest rows, longest rows) only when they compute at most this share of the padded

@@ -7,8 +7,8 @@ no bucket (whole or split) runs eagerly and is counted in ``xnli_graph_eager_bat
 
 Preemption: a compiled or captured forward pass runs to its end, it cannot pause between encoder blocks. So batches
 the device worker runs preemptibly (batch-priority and shadow batches, which are handed a ``yield_point``) run eagerly
-with their pauses (``reason="preemptible"``), paced on CUDA (``app.engine.stages.device_yield_point``); interactive
-batches run on the buckets.
+with their pauses (``reason="preemptible"``), paced on CUDA
+(``app.engine.scheduler.stages.device_yield_point``); interactive batches run on the buckets.
 
 ``compile`` uses ``torch.compile`` with ``mode="default"`` and static shapes, one specialisation per bucket (on CUDA
 too: "reduce-overhead" keeps its CUDA graphs per Python thread, and the engine builds a variant on its loading thread
@@ -37,8 +37,8 @@ from app.engine.backends.torch_buckets import (
     Part,
     Shape,
 )
-from app.engine.runner import warm_up_inputs
-from app.engine.stages import Done, Queued, device_yield_point
+from app.engine.scheduler.runner import warm_up_inputs
+from app.engine.scheduler.stages import Done, Queued, device_yield_point
 
 __all__ = ["GRAPHS", "BucketRunner", "CapturedBucket", "compile_settings"]
 

@@ -15,8 +15,8 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
-from tests.helpers import ServerProcess
 from tests.integration.conftest import SECURED_VARIANTS
+from tests.support.helpers import ServerProcess
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

@@ -14,11 +14,11 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
-from app.engine.labels import LABELS
+from app.engine.models.labels import LABELS
 from app.samples import sample_pairs
-from tests.helpers import ServerProcess
 from tests.integration.browser.conftest import SCREENSHOT_DIR, VARIANTS, Browser
 from tests.integration.conftest import API_KEY
+from tests.support.helpers import ServerProcess
 
 pytestmark = pytest.mark.integration
 

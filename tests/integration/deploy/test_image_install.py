@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.helpers import ServerProcess, free_port
+from tests.support.helpers import ServerProcess, free_port
 
 pytestmark = pytest.mark.integration
 

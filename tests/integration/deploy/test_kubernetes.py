@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.deploy_support import DEPLOY
+from tests.support.deploy_support import DEPLOY
 
 K8S = DEPLOY / "k8s"
 KUBECTL = shutil.which("kubectl")

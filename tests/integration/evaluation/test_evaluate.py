@@ -14,11 +14,11 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from app.engine.labels import LABELS
+from app.engine.models.labels import LABELS
 from app.evaluation.run import evaluate
 from app.xnli import read_xnli
-from tests.helpers import ServerProcess, metric_value
 from tests.integration.conftest import API_KEY
+from tests.support.helpers import ServerProcess, metric_value
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from loadtests import compare
-from tests.helpers import ServerProcess, running_server, write_catalogue
+from tests.support.helpers import ServerProcess, running_server, write_catalogue
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ import pytest
 
 from loadtests import analysis, compare
 from loadtests import stats as verdict_stats
-from tests.helpers import ServerProcess, running_server, write_catalogue
+from tests.support.helpers import ServerProcess, running_server, write_catalogue
 from tests.integration.conftest import API_KEY
 
 pytestmark = pytest.mark.integration

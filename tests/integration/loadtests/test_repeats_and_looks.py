@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from loadtests import compare
-from tests.helpers import ServerProcess, running_server, write_catalogue
+from tests.support.helpers import ServerProcess, running_server, write_catalogue
 
 # Real-service runs of --repeats (a restart per run) and --until-decided: long, so in `make test-slow`; the
 # calibration of both is in tests/unit/loadtests (make test).

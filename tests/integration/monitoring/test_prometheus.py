@@ -19,8 +19,8 @@ import yaml
 
 from app.samples import sample_pairs
 from app.xnli import LabelledPair
-from tests.deploy_support import DEPLOY, dashboard_module, rule_files
-from tests.helpers import ServerProcess, free_port, running_server, write_catalogue
+from tests.support.deploy_support import DEPLOY, dashboard_module, rule_files
+from tests.support.helpers import ServerProcess, free_port, running_server, write_catalogue
 
 pytestmark = [
     pytest.mark.integration,

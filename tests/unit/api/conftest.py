@@ -10,10 +10,10 @@ import httpx
 import pytest
 
 from app.api.app import create_app
-from app.engine.catalogue import load_catalogue
 from app.engine.engine import Engine
+from app.engine.models.catalogue import load_catalogue
 from app.settings import Settings
-from tests.helpers import write_catalogue
+from tests.support.helpers import write_catalogue
 
 API_KEY = "in-process-key-0123456789"
 

@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 
 from app.api.binary_tensors import HEADER_LENGTH
 from app.engine.engine import Engine
-from tests.triton_support import triton_inputs
+from tests.support.triton_support import triton_inputs
 from tests.unit.api.conftest import client_for
 
 INFER = "/v2/models/xlmr-mnli/infer"

@@ -17,7 +17,7 @@ from app.engine.errors import (
 )
 from app.metrics import UNKNOWN_VARIANT
 from app.service.prediction import ClientDisconnected, InvalidQueryError, TooManyPairsError, outcome_of
-from tests.helpers import ENGINE_ERRORS
+from tests.support.helpers import ENGINE_ERRORS
 from tests.unit.api.conftest import client_for
 
 PAIR = {"premise": "Il pleut depuis ce matin.", "hypothesis": "Le sol est sec."}

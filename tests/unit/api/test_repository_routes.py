@@ -11,10 +11,10 @@ from typing import Any
 import httpx
 import pytest
 
-from app.engine.catalogue import load_catalogue
 from app.engine.engine import Engine
-from tests.checkpoint_edits import perturbed_copy
-from tests.helpers import metric_value, write_catalogue
+from app.engine.models.catalogue import load_catalogue
+from tests.support.checkpoint_edits import perturbed_copy
+from tests.support.helpers import metric_value, write_catalogue
 from tests.unit.api.conftest import API_KEY, client_for
 
 ALPHA: dict[str, object] = {"name": "alpha"}

@@ -11,7 +11,7 @@ import pytest
 import regress
 
 from app.service.texts import BLANK_CHARACTERS, CONTENT_PATTERN, MAX_TEXT_CHARS
-from tests.triton_support import triton_inputs
+from tests.support.triton_support import triton_inputs
 from tests.unit.api.test_binary_tensors import post_triton
 
 # The characters the issue names, and every other code point some engine treats as white space.

@@ -11,9 +11,9 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
-from app.engine.catalogue import load_catalogue
 from app.engine.engine import Engine
-from tests.helpers import write_catalogue
+from app.engine.models.catalogue import load_catalogue
+from tests.support.helpers import write_catalogue
 from tests.unit.api.conftest import client_for
 
 PAIR = {"premise": "Il pleut depuis ce matin.", "hypothesis": "Le sol est sec."}

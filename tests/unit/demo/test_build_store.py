@@ -12,7 +12,7 @@ from app.cli import cli
 from app.demo.build_store import Size, build_demo_store, demo_config
 from app.demo.lineup import DEMO_LINEUP, SERVICE_ORDER, catalogue_toml
 from app.demo.tokenizer import MIN_VOCAB_SIZE, save_demo_tokenizer
-from app.engine.model_store import DEMO_MARKER
+from app.engine.models.store import DEMO_MARKER
 from app.samples import sample_pairs
 from app.settings import CATALOGUE_FILE, DEFAULT_CATALOGUE
 from app.xnli import XnliFormatError

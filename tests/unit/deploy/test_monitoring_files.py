@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import yaml
 
-from tests.deploy_support import DEPLOY, RULES, dashboard_module, rule_files
+from tests.support.deploy_support import DEPLOY, RULES, dashboard_module, rule_files
 
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.engine.worker import DeviceWorker
+from app.engine.scheduler.worker import DeviceWorker
 
 
 @pytest.fixture(params=[False, True], ids=["serial", "pipelined"])

@@ -13,10 +13,10 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from app.engine.catalogue import load_catalogue
 from app.engine.engine import Engine, warmup_shapes
 from app.engine.errors import InferenceError, OverloadedError, UnknownVariantError, VariantNotReadyError
-from app.engine.labels import LABELS
+from app.engine.models.catalogue import load_catalogue
+from app.engine.models.labels import LABELS
 from app.samples import sample_pairs
 
 
@@ -109,7 +109,7 @@ def test_ready_variants_describe_their_warmup(demo_catalogue: Path) -> None:
     ],
 )
 def test_warmup_covers_the_largest_shapes(options: dict[str, int], expected: list[tuple[int, int]]) -> None:
-    from app.engine.catalogue import VariantSpec
+    from app.engine.models.catalogue import VariantSpec
 
     spec = VariantSpec.model_validate({"name": "probe", "path": "/x", **options})
     assert warmup_shapes(spec) == expected

@@ -14,8 +14,8 @@ from transformers import AutoModelForSequenceClassification
 
 from app.engine.backends import onnx_export
 from app.engine.backends.onnx_export import ensure_export
-from app.engine.export_cache import MANIFEST_FILE
-from app.engine.model_store import checkpoint_fingerprint
+from app.engine.models.export_cache import MANIFEST_FILE
+from app.engine.models.store import checkpoint_fingerprint
 
 
 class CountingLoader:

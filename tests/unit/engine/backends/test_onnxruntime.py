@@ -12,18 +12,18 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from app.engine.accuracy_guard import probe_sequences, run_probe
 from app.engine.backends import get_backend
 from app.engine.backends import onnxruntime as onnxruntime_backend
 from app.engine.backends.onnx_export import OnnxArtifact
 from app.engine.backends.onnxruntime import OnnxRunner, execution_providers
 from app.engine.backends.torch import TorchRunner, load_checkpoint
-from app.engine.catalogue import VariantSpec, load_catalogue
 from app.engine.engine import Engine, VariantStatus
-from app.engine.export_cache import MANIFEST_FILE
-from app.engine.model_store import CheckpointError, inspect_checkpoint
+from app.engine.models.accuracy_guard import probe_sequences, run_probe
+from app.engine.models.catalogue import VariantSpec, load_catalogue
+from app.engine.models.export_cache import MANIFEST_FILE
+from app.engine.models.store import CheckpointError, inspect_checkpoint
 from app.engine.tokenization import PairEncoder
-from tests.helpers import write_catalogue
+from tests.support.helpers import write_catalogue
 
 
 def test_onnx_runner_matches_torch_in_the_service_label_order(checkpoint: Path, artifact: OnnxArtifact) -> None:

@@ -15,11 +15,11 @@ import torch
 from app.engine import backends
 from app.engine.backends import Backend, BackendSource, LoadedRunner, VariantOptions
 from app.engine.backends.torch import TorchRunner
-from app.engine.catalogue import CatalogueError, load_catalogue
 from app.engine.engine import Engine, VariantStatus
-from app.engine.model_store import CheckpointError
+from app.engine.models.catalogue import CatalogueError, load_catalogue
+from app.engine.models.store import CheckpointError
 from app.samples import sample_pairs
-from tests.helpers import write_catalogue
+from tests.support.helpers import write_catalogue
 
 
 class CountingRunner:

@@ -11,8 +11,8 @@ import torch
 
 from app.engine.backends import get_backend
 from app.engine.backends.torch import load_checkpoint
-from app.engine.catalogue import VariantSpec
-from app.engine.model_store import CheckpointError, inspect_checkpoint
+from app.engine.models.catalogue import VariantSpec
+from app.engine.models.store import CheckpointError, inspect_checkpoint
 
 TORCH = get_backend("torch")
 

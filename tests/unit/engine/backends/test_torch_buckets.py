@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from app.engine.backends.torch_buckets import BucketPlan, bucket_shapes, length_axis, pad_to_bucket, rows_axis
-from app.engine.padding import padded_length
+from app.engine.scheduler.padding import padded_length
 
 LIMITS = [(32, 8192, 256), (256, 16384, 128), (8, 512, 64), (3, 100, 24), (1, 64, 8)]
 

@@ -19,11 +19,11 @@ from app.engine.backends.torch_graphs import (
     BucketRunner,
     compile_settings,
 )
-from app.engine.catalogue import CatalogueError, VariantSpec, load_catalogue
-from app.engine.model_store import CheckpointError, inspect_checkpoint
-from app.engine.runner import PreemptibleRunner, WarmableRunner
-from app.engine.stages import PacedYieldPoint
-from app.engine.torch_stages import stages_for
+from app.engine.backends.torch_stages import stages_for
+from app.engine.models.catalogue import CatalogueError, VariantSpec, load_catalogue
+from app.engine.models.store import CheckpointError, inspect_checkpoint
+from app.engine.scheduler.runner import PreemptibleRunner, WarmableRunner
+from app.engine.scheduler.stages import PacedYieldPoint
 
 TORCH = get_backend("torch")
 
