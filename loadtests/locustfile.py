@@ -44,6 +44,7 @@ from requests.exceptions import Timeout
 
 from app.xnli import LabelledPair
 from loadtests import outcomes
+from loadtests.arrivals import next_arrival
 from loadtests.measurements import SAMPLE_COLUMNS
 from loadtests.pairs import load_pairs
 
@@ -185,6 +186,7 @@ class XnliUser(HttpUser):
         self.headers = {"Authorization": f"Bearer {options.api_key}"} if options.api_key else {}
         self.next_send = time.monotonic()
         self.block_rates = _rates(options.block_rates)
+        self.next_at = time.time()  # the same, on the wall clock the blocks schedule runs on
         self.timing = random.Random(f"{options.seed}:arrivals:{number}:{os.getpid()}")
         self.last_block = -1
 
@@ -199,28 +201,28 @@ class XnliUser(HttpUser):
         block = int((time.time() - _schedule_start[0]) // options.block_seconds)
         return (self.block_order[block], block) if 0 <= block < len(self.block_order) else None
 
-    def current_rate(self) -> float:
-        """The total arrival rate now: the current block's under --block-rates, else --arrival-rate."""
-        options = self.environment.parsed_options
-        if not self.block_rates or not _schedule_start:
-            return float(options.arrival_rate)
-        block = int((time.time() - _schedule_start[0]) // options.block_seconds)
-        if block != self.last_block:  # a new block owes nothing to the last: no backlog of late sends carried over
-            self.last_block = block
-            self.next_send = max(self.next_send, time.monotonic())
-        return self.block_rates[min(max(block, 0), len(self.block_rates) - 1)]
-
     def wait_time(self) -> float:
         """Open-model pacing when a rate is set: send times fixed in advance (every user sends its share of the total
         rate, -u users in all, across every worker process), never pushed back by slow answers; --poisson draws
-        the gaps from an exponential distribution."""
+        the gaps from an exponential distribution. Under --block-rates a gap never carries one block's rate into
+        the next (loadtests.arrivals), and a new block owes nothing to the last: no backlog of late sends."""
         options = self.environment.parsed_options
-        rate = self.current_rate()
+        users = max(1, int(options.num_users or 1))
+        units = -math.log(1.0 - self.timing.random()) if options.poisson else 1.0
+        if self.block_rates and _schedule_start:
+            start, now = _schedule_start[0], time.time()
+            block = math.floor((now - start) / options.block_seconds)
+            if block != self.last_block:
+                self.last_block = block
+                self.next_at = max(self.next_at, now)
+            self.next_at = next_arrival(self.next_at, units, start, options.block_seconds, self.block_rates, users)
+            if not math.isfinite(self.next_at):  # no rate from here on: look again in a second
+                self.next_at = now + 1.0
+            return max(0.0, self.next_at - time.time())
+        rate = float(options.arrival_rate)
         if rate <= 0:
             return 0.0
-        users = max(1, int(options.num_users or 1))
-        gap = users / rate
-        self.next_send += -gap * math.log(1.0 - self.timing.random()) if options.poisson else gap
+        self.next_send += units * users / rate
         return max(0.0, self.next_send - time.monotonic())
 
     @task
