@@ -26,6 +26,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -64,8 +65,10 @@ class LoadSettings:
 def run_locust(
     load: LoadSettings, level: float, seconds: float, prefix: Path, seed: int, block_order: list[str] | None = None,
     block_seconds: float = 0.0, open_loop: slo_run.OpenLoop | None = None,
+    trace: list[tuple[float, float]] | None = None,
 ) -> float:  # fmt: skip
-    """One headless Locust run; returns the load generator's CPU use, in cores per process (near 1: saturated)."""
+    """One headless Locust run; returns the load generator's CPU use, in cores per process (near 1: saturated).
+    With ``trace``, appends (epoch time, CPU seconds used so far) every CPU_TRACE_SECONDS while it runs."""
     users = int(level) if load.mode == "users" else max(1, min(200, int(np.ceil(level))))
     if open_loop:
         users = open_loop.users
@@ -99,12 +102,61 @@ def run_locust(
         command += ["--languages", load.languages]
     env = {**os.environ, "XNLI_SERVE_API_KEY": load.api_key}  # not on the command line, where `ps` shows it
     before, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
-    completed = subprocess.run(command, capture_output=True, timeout=seconds + 120, env=env, text=True)
+    with tempfile.TemporaryFile("w+") as errors:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors, env=env, text=True)
+        try:
+            while process.poll() is None:
+                if trace is not None:
+                    used_now = process_cpu_seconds(process.pid, children=bool(open_loop and open_loop.processes > 1))
+                    if used_now is not None:
+                        trace.append((time.time(), used_now))
+                if time.monotonic() - started > seconds + 120:
+                    raise SystemExit(f"locust did not stop within {seconds + 120:.0f}s")
+                time.sleep(CPU_TRACE_SECONDS)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        errors.seek(0)
+        stderr = errors.read()
     after, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic() - started
-    if completed.returncode != 0:
-        raise SystemExit(f"locust failed ({completed.returncode}):\n{completed.stderr[-3000:]}")
+    if process.returncode != 0:
+        raise SystemExit(f"locust failed ({process.returncode}):\n{stderr[-3000:]}")
     used = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     return used / max(wall, 1e-9) / (open_loop.processes if open_loop else 1)
+
+
+CPU_TRACE_SECONDS = 0.1  # how often the load generator's CPU is read while it runs (SLO mode)
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _stat(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+        return handle.read().rsplit(")", 1)[1].split()  # after "pid (name)": state, ppid, ...
+
+
+def process_cpu_seconds(pid: int, children: bool = False) -> float | None:
+    """CPU seconds used so far by a process and the children it waited for, with ``children`` also its live ones
+    (Locust's --processes workers), from /proc (None where there is no /proc)."""
+    try:
+        fields = _stat(pid)
+    except OSError:
+        return None
+    ticks = sum(int(value) for value in fields[11:15])  # utime, stime, cutime, cstime
+    if not children:
+        return ticks / _TICKS
+    try:
+        pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        pids = []
+    for child in pids:
+        try:
+            theirs = _stat(child)
+        except OSError:
+            continue
+        if int(theirs[1]) == pid:
+            ticks += int(theirs[11]) + int(theirs[12])
+    return ticks / _TICKS
 
 
 def variant_results(
@@ -335,6 +387,12 @@ def compare_slo(args: argparse.Namespace, url: str) -> slo_run.SloOutcome:
     terms = [slo.parse_term(text) for text in args.slo]
     with httpx.Client(base_url=url, timeout=10, headers=headers) as client:
         variants, _ = served_variants(client, url, args.variants)
+        return _search_slo(args, client, url, variants, terms)
+
+
+def _search_slo(
+    args: argparse.Namespace, client: httpx.Client, url: str, variants: list[str], terms: list[slo.SloTerm]
+) -> slo_run.SloOutcome:
     load = LoadSettings(
         url, variants, "rate", args.pairs_per_request, args.xnli_dir, args.languages, args.api_key, args.request_timeout
     )
@@ -347,8 +405,17 @@ def compare_slo(args: argparse.Namespace, url: str) -> slo_run.SloOutcome:
     rounds = args.rounds or slo_run.DEFAULT_ROUNDS
 
     def run(prefix: Path, seed: int, order: list[str], block_seconds: float, schedule: slo_run.OpenLoop,
-            seconds: float) -> float:  # fmt: skip
-        return run_locust(load, max(schedule.block_rates), seconds, prefix, seed, order, block_seconds, schedule)
+            seconds: float) -> slo_run.StepLoad:  # fmt: skip
+        """One step, with the generator's CPU per block and the service's own account of each variant."""
+        before = scrape_or_none(client)
+        trace: list[tuple[float, float]] = []
+        cpu = run_locust(
+            load, max(schedule.block_rates), seconds, prefix, seed, order, block_seconds, schedule, trace
+        )  # fmt: skip
+        after = scrape_or_none(client)
+        service = {} if before is None or after is None else slo_run.service_loads(before, after, order, block_seconds)
+        blocks = slo_run.block_cpu(trace, schedule.schedule_at, block_seconds, len(order), schedule.processes)
+        return slo_run.StepLoad(cpu, blocks, service)
 
     searches, steps, cpu = slo_run.run_search(
         run, variants, terms, raw, start_rate=args.start_rate, steps=args.slo_steps, rounds=rounds,
@@ -362,6 +429,14 @@ def compare_slo(args: argparse.Namespace, url: str) -> slo_run.SloOutcome:
     comparisons = slo_run.pair_comparisons(found, steps, rounds, args.margin, alpha, args.seed)
     points = {variant: search.points for variant, search in searches.items()}
     return slo_run.SloOutcome(terms, found, comparisons, points, cpu)
+
+
+def scrape_or_none(client: httpx.Client) -> MetricSamples | None:
+    """The service's metrics now, or None when it does not expose them (SLO mode then reads X-Queue-Time)."""
+    try:
+        return scrape(client)
+    except (httpx.HTTPError, ValueError):
+        return None
 
 
 REPORTED_METADATA = (

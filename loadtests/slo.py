@@ -17,12 +17,21 @@ per round, as capacity mode, so drift falls on all): doubling (or halving) until
 bisecting in log-rate between the highest rate that held and the lowest that broke; a confirmation step at the found
 rate follows. The capacity is where the load curve crosses 1: the measured points made monotone (pool adjacent
 violators, since more load can only hurt), interpolated in log-rate; its interval is where the curves of the load's
-interval bounds cross 1. A rate the load generator could not offer while the service's queue stayed empty (or its
-CPU was saturated) is *generator-bound*: the capacity is then "at least" the highest rate that held.
+interval bounds cross 1.
+
+A rate that did not go out in full (fewer requests than the offered rate allows for, beyond Poisson noise) is judged
+from what the service itself reported over the variant's blocks (``ServiceLoad``: its Prometheus counters, or the
+answers' X-Queue-Time headers without them) and from the load generator's CPU (``shortfall``): while the service
+queued (queue wait at least half of a request's time in the service, or its device busy 80% of the time) the rate
+was the service's to absorb and the SLO broke there, whatever the generator did; otherwise the shortfall is the
+generator's (*generator-bound*, the capacity "at least" the highest rate that held) only when its CPU was saturated
+or the service sat idle (queue wait under a fifth of that time, device busy under half of it). Anything between
+counts against the service.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Sequence
@@ -36,8 +45,11 @@ from loadtests.student_t import t_ppf
 
 PAIR_METRICS = ("capacity", "error_rate", "tail")  # the verdicts of one pair in SLO mode (Bonferroni divisor)
 GENERATOR_SHORTFALL = 0.9  # achieved below this share of the offered rate: the offered load did not happen
-QUEUE_EMPTY_MS = 2.0  # the service's median queue time under which its queue counts as empty
 GENERATOR_CPU = 0.9  # share of a core per load-generator process above which it counts as saturated
+SERVICE_QUEUE_SHARE = 0.5  # queue wait at least this share of the time requests spent in the service: it queued
+SERVICE_BUSY = 0.8  # device busy at least this share of the variant's time: it was saturated
+IDLE_QUEUE_SHARE = 0.2  # the service sat idle: queue wait under this share of the time in the service ...
+IDLE_BUSY = 0.5  # ... and its device busy under this share of the variant's time (unknown: not counted)
 
 
 @dataclass(frozen=True)
@@ -106,6 +118,83 @@ def share_interval(violated: np.ndarray, units: IntArray, n_units: int, alpha: f
     return point, max(0.0, low), min(1.0, high)
 
 
+@dataclass(frozen=True)
+class ServiceLoad:
+    """What the service itself did for one variant over its blocks of one step: sums over its requests and batches
+    in ``seconds`` of the variant's own time (its blocks, alone on the service)."""
+
+    seconds: float
+    requests: float  # answered by the engine
+    queue_s: float  # summed over requests: waiting for the device (xnli_queue_duration_seconds)
+    service_s: float  # summed over requests: time inside the service (xnli_request_duration_seconds)
+    device_s: float = math.nan  # summed over batches: compute (xnli_inference_duration_seconds); nan: unknown
+    source: str = "metrics"  # "metrics" (the service's Prometheus counters) or "headers" (X-Queue-Time)
+
+    @property
+    def queue_share(self) -> float:
+        """Share of the requests' time in the service spent waiting for the device."""
+        return self.queue_s / self.service_s if self.service_s > 0 else 0.0
+
+    @property
+    def busy(self) -> float:
+        """Share of the variant's time the device computed its batches."""
+        return self.device_s / self.seconds if self.seconds > 0 else math.nan
+
+    @property
+    def in_flight(self) -> float:
+        """Mean number of the variant's requests inside the service (Little's law)."""
+        return self.service_s / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def queued(self) -> float:
+        """Mean number of the variant's requests waiting for the device (Little's law: the mean queue depth)."""
+        return self.queue_s / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def queues(self) -> bool:
+        """The service could not keep up: requests waited for the device much of their time, or it never rested."""
+        return self.queue_share >= SERVICE_QUEUE_SHARE or (math.isfinite(self.busy) and self.busy >= SERVICE_BUSY)
+
+    @property
+    def idle(self) -> bool:
+        """The service had room: little waiting and a device that rested (unknown device time: waiting alone)."""
+        rested = not math.isfinite(self.busy) or self.busy < IDLE_BUSY
+        return self.requests > 0 and self.queue_share < IDLE_QUEUE_SHARE and rested
+
+    def describe(self) -> str:
+        busy = f", device busy {self.busy:.0%}" if math.isfinite(self.busy) else ""
+        return (
+            f"queue wait {self.queue_share:.0%} of the time in the service{busy}, {self.in_flight:.1f} in flight, "
+            f"{self.queued:.1f} waiting ({self.source})"
+        )
+
+
+def headers_load(latency_ms: FloatArray, queue_ms: FloatArray, seconds: float) -> ServiceLoad:
+    """A ServiceLoad from the answered requests' X-Queue-Time, for a service whose metrics could not be read: the
+    client's latency stands for the time in the service (it adds HTTP, so the queue's share comes out lower, never
+    higher), and device time stays unknown (a request's X-Inference-Time counts batches shared with others)."""
+    return ServiceLoad(seconds, float(len(latency_ms)), float(np.sum(queue_ms)) / 1000,
+                       float(np.sum(latency_ms)) / 1000, source="headers")  # fmt: skip
+
+
+def shortfall(short: bool, generator_cpu: float, service: ServiceLoad | None) -> tuple[bool, str]:
+    """Whose fault a rate that did not go out in full was: (generator-bound, why). The service's own evidence comes
+    first: a service that queued could not absorb the rate, whatever the generator did. The generator is blamed only
+    when its CPU was saturated or the service sat idle; without evidence either way the shortfall counts against
+    the service (an "at least" capacity must not rest on a guess)."""
+    if not short:
+        return False, ""
+    if service is not None and service.queues:
+        return False, f"service-bound: short of the offered rate while the service queued ({service.describe()})"
+    if generator_cpu >= GENERATOR_CPU:
+        return True, f"generator-bound: its CPU was saturated ({generator_cpu:.0%} of a core per process)"
+    if service is not None and service.idle:
+        return True, f"generator-bound: short of the offered rate while the service sat idle ({service.describe()})"
+    seen = service.describe() if service is not None else "no evidence from the service"
+    return False, f"short of the offered rate, generator CPU {generator_cpu:.0%}, service neither idle nor queueing " \
+        f"({seen}): counted against the service"  # fmt: skip
+
+
 @dataclass
 class RatePoint:
     """What one variant did at one offered rate (one search step)."""
@@ -124,6 +213,9 @@ class RatePoint:
     error_rate: float
     queue_ms: float  # the service's median queue time (X-Queue-Time of answered requests)
     generator_bound: bool = False
+    generator_cpu: float = 0.0  # the load generator's CPU over the variant's blocks, in cores per process
+    service: ServiceLoad | None = None  # what the service reported over the variant's blocks
+    why: str = ""  # a shortfall: whose it was, and the evidence
     confirmation: bool = False
     short: bool = False  # fewer requests went out than the offered rate allows for, beyond Poisson noise
     block_counts: FloatArray = field(default_factory=lambda: np.zeros(0))  # requests per block
@@ -152,11 +244,13 @@ def measure(
     seconds: float,
     queue_ms: FloatArray | None = None,
     alpha: float = 0.05,
-    generator_saturated: bool = False,
+    generator_cpu: float = 0.0,
     confirmation: bool = False,
+    service: ServiceLoad | None = None,
 ) -> RatePoint:
     """One rate point from a variant's requests (latencies censored at the timeout where ``failed``) in its
-    ``n_units`` blocks of ``seconds`` measured time in all."""
+    ``n_units`` blocks of ``seconds`` measured time in all. A shortfall is judged by ``shortfall`` from the load
+    generator's CPU over those blocks and ``service`` (without it: the answers' X-Queue-Time headers, ``queue_ms``)."""
     loads, lows, highs, shares, bounds = [], [], [], {}, {}
     counts = np.bincount(units, minlength=n_units)[:n_units].astype(np.float64)
     block_loads = np.zeros((len(terms), n_units))
@@ -178,12 +272,9 @@ def measure(
     queue = float(np.median(queue_ms[~failed])) if queue_ms is not None and np.any(~failed) else math.nan
     expected = rate * seconds
     short = n < expected - max((1 - GENERATOR_SHORTFALL) * expected, 3 * math.sqrt(expected))
-    # Short of the offered rate: the generator's fault when its CPU was saturated, when the service's queue stayed
-    # empty, or when the requests that did go out met the SLO (a service that could not absorb the rate queues them
-    # past it; on a shared machine a starved generator and a busy queue come together without that).
-    within = max((float(np.sum(failed if t.kind == "errors" else (latency_ms > t.limit_ms) | failed))
-                  / max(1, len(latency_ms)) / t.budget for t in terms), default=0.0)  # fmt: skip
-    bound = short and (generator_saturated or (math.isfinite(queue) and queue < QUEUE_EMPTY_MS) or within <= 1.0)
+    if service is None and queue_ms is not None:
+        service = headers_load(latency_ms[~failed], queue_ms[~failed], seconds)
+    bound, why = shortfall(short, generator_cpu, service)
     return RatePoint(
         rate=rate,
         achieved=achieved,
@@ -199,6 +290,9 @@ def measure(
         error_rate=float(np.mean(failed)) if n else math.nan,
         queue_ms=queue,
         generator_bound=bound,
+        generator_cpu=generator_cpu,
+        service=service,
+        why=why,
         confirmation=confirmation,
         short=short,
         block_counts=counts,
@@ -220,6 +314,7 @@ class RateSearch:
     held: float | None = None  # highest rate that met the SLO
     broke: float | None = None  # lowest rate that did not
     generator_bound: bool = False
+    bound_at: float = math.nan  # the highest rate that met the SLO with the generator short of it
 
     def next_rate(self) -> float:
         if not self.points:
@@ -246,7 +341,10 @@ class RateSearch:
             self.held = point.rate if self.held is None else max(self.held, point.rate)
             if point.generator_bound:
                 self.generator_bound = True
+                self.bound_at = point.rate if math.isnan(self.bound_at) else max(self.bound_at, point.rate)
         else:
+            if self.generator_bound and point.rate <= self.bound_at:  # the service broke where the generator was
+                self.generator_bound = False  # blamed: the service's limit was reached there after all
             self.broke = point.rate if self.broke is None else min(self.broke, point.rate)
             if self.held is not None and self.held >= self.broke:  # a noisy reversal: keep the bracket sane
                 self.held = None if point.rate <= self.minimum else self.broke / self.factor
@@ -306,9 +404,9 @@ def point_capacity(points: Sequence[RatePoint]) -> float:
 
 def capacity_estimate(points: Sequence[RatePoint]) -> tuple[float, float, float]:
     """(capacity, interval low, interval high) in requests/s from every rate point of one variant: where the
-    measured load curve crosses 1, and where the curves of its pointwise interval bounds do (test inversion: below
-    the low end the SLO is shown met at every tested rate, above the high end shown broken). Terms never violated
-    at any tested rate are left out of the bounds (nothing was seen that could place them; the report says so)."""
+    measured load curve crosses 1, and (``shown_bounds``, test inversion) the highest tested rate at which the SLO
+    is shown met and the lowest at which it is shown broken. Terms never violated at any tested rate are left out
+    of the bounds (nothing was seen that could place them; the report says so)."""
     ordered = sorted(points, key=lambda p: p.rate)
     if not ordered:
         return math.nan, math.nan, math.nan
@@ -323,9 +421,28 @@ def capacity_estimate(points: Sequence[RatePoint]) -> tuple[float, float, float]
         bounds = [point.bounds[label] for label, keep in zip(point.shares, np.atleast_1d(seen), strict=False) if keep]
         lows.append(max((low for low, _ in bounds), default=0.0))
         highs.append(max((high for _, high in bounds), default=0.0))
-    low = _load_curve(ordered, highs)
-    high = _load_curve(ordered, lows)
-    return estimate, min(low, estimate), max(high, estimate)
+    return (estimate, *shown_bounds([p.rate for p in ordered], lows, highs, estimate))
+
+
+def shown_bounds(
+    rates: Sequence[float], lows: Sequence[float], highs: Sequence[float], estimate: float
+) -> tuple[float, float]:
+    """The capacity's interval from the load's pointwise interval bounds at the tested ``rates`` (increasing), by
+    test inversion under "more load can only hurt": the SLO is shown met at a rate when the load's upper bound there
+    or at any higher tested rate is at most 1 (the envelope ``min`` from the right), and shown broken when the lower
+    bound there or at any lower tested rate is above 1 (``max`` from the left). Each end is where its envelope
+    crosses 1, interpolated in log-rate and log-load as the estimate is; 0, or CEILING x the top rate, where none.
+
+    No curve is fitted to the bounds themselves: an upper bound falls as requests accumulate, so a monotone fit
+    pooled the first rates' few requests (whose bounds stay above 1 however clean: 0 violations in 300 requests do
+    not prove p99) with the later rates' many, and put the low end at 0 whatever the later rates showed."""
+    if not rates:
+        return math.nan, math.nan
+    met = list(itertools.accumulate(reversed(highs), min))[::-1]
+    broken = list(itertools.accumulate(lows, max))
+    ceiling = CEILING * max(rates)
+    low, high = (min(crossing(rates, curve), ceiling) for curve in (met, broken))
+    return min(low, high, estimate), max(low, high, estimate)
 
 
 @dataclass(frozen=True)

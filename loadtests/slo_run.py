@@ -3,8 +3,10 @@ report.html, latency_vs_rate.png and the cost table).
 
 Each step is one Locust run in alternating blocks (an order drawn per round, seeded), every variant alone in its
 block at its own open-loop Poisson arrival rate; the last step confirms each variant at its found rate with twice
-the rounds. The load generator's CPU is measured per step (several processes with ``--processes``): a rate it could
-not offer while the service's queue stayed empty, or with its CPU saturated, makes the capacity "at least".
+the rounds. Besides its samples, a step reports the load generator's CPU over every block (several processes with
+``--processes``) and what the service itself counted for each variant over the step (its Prometheus counters): a
+rate that did not go out in full is the generator's fault ("at least") only with its CPU saturated or the service
+idle over that variant's blocks, never while the service queued (``slo.shortfall``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from app import markdown
 from loadtests import analysis, slo, stats
 from loadtests.measurements import GUARD_FRACTION, Samples
 from loadtests.report import VERDICT_HEADER, verdict_rows
+from loadtests.scrape import MetricSamples, delta
 
 MAX_USERS = 1000
 DEFAULT_ROUNDS = 4
@@ -43,8 +46,57 @@ class OpenLoop:
     processes: int = 1
 
 
-# (prefix, seed, block order, block seconds, schedule, seconds) -> the generator's CPU use in cores per process
-Runner = Callable[[Path, int, list[str], float, OpenLoop, float], float]
+@dataclass(frozen=True)
+class StepLoad:
+    """What one step's run reports besides its samples."""
+
+    cpu: float  # the load generator's CPU over the whole run, in cores per process
+    block_cpu: list[float] = field(default_factory=list)  # the same per block of the order (empty: not measured)
+    service: dict[str, slo.ServiceLoad] = field(default_factory=dict)  # per variant: the service's own account
+
+    def generator_cpu(self, order: Sequence[str], variant: str) -> float:
+        """The generator's CPU over ``variant``'s blocks (the whole run's when blocks were not measured)."""
+        mine = [cpu for name, cpu in zip(order, self.block_cpu, strict=False) if name == variant]
+        return float(np.mean(mine)) if mine and len(self.block_cpu) == len(order) else self.cpu
+
+
+# (prefix, seed, block order, block seconds, schedule, seconds) -> what the step reported (a bare float: the
+# generator's CPU over the run, in cores per process)
+Runner = Callable[[Path, int, list[str], float, OpenLoop, float], "StepLoad | float"]
+
+
+def block_cpu(
+    trace: Sequence[tuple[float, float]], start: float, block_seconds: float, blocks: int, processes: int = 1
+) -> list[float]:
+    """Per block, the load generator's CPU in cores per process, from a trace of (epoch time, CPU seconds used so
+    far) taken while it ran: the CPU seconds used between the block's ends (interpolated) over its length."""
+    if len(trace) < 2 or block_seconds <= 0:
+        return []
+    times = np.array([time for time, _ in trace])
+    used = np.maximum.accumulate(np.array([seconds for _, seconds in trace]))
+    ends = start + block_seconds * np.arange(blocks + 1)
+    if ends[0] < times[0] or ends[-1] > times[-1]:
+        return []  # the trace does not cover the schedule
+    at = np.interp(ends, times, used)
+    return [float(value) for value in np.diff(at) / block_seconds / max(1, processes)]
+
+
+def service_loads(
+    before: MetricSamples, after: MetricSamples, order: Sequence[str], block_seconds: float
+) -> dict[str, slo.ServiceLoad]:
+    """Per variant, what the service's Prometheus counters say it did between two scrapes around a step: its
+    requests' queue wait and time in the service, its batches' compute, over the variant's own blocks."""
+    found = {}
+    for variant in dict.fromkeys(order):
+        seconds = sum(1 for name in order if name == variant) * block_seconds
+        found[variant] = slo.ServiceLoad(
+            seconds=seconds,
+            requests=delta(before, after, "xnli_queue_duration_seconds_count", variant=variant),
+            queue_s=delta(before, after, "xnli_queue_duration_seconds_sum", variant=variant),
+            service_s=delta(before, after, "xnli_request_duration_seconds_sum", variant=variant),
+            device_s=delta(before, after, "xnli_inference_duration_seconds_sum", variant=variant),
+        )
+    return found
 
 
 @dataclass
@@ -98,7 +150,9 @@ def run_search(
         prefix = raw / f"slo-step-{step}"
         shown = ", ".join(f"{name} {rate:.3g}/s" for name, rate in rates.items())
         print(f"slo step {step + 1}/{steps + 1}{' (confirmation)' if confirming else ''}: {shown}", flush=True)
-        cpu.append(run(prefix, seed + step, order, block_seconds, schedule, lead + len(order) * block_seconds + 1))
+        reported = run(prefix, seed + step, order, block_seconds, schedule, lead + len(order) * block_seconds + 1)
+        load = reported if isinstance(reported, StepLoad) else StepLoad(float(reported))
+        cpu.append(load.cpu)
         samples = Samples.read_all(Path(f"{prefix}_samples.json"))
         every.append(samples)
         measured = samples.measured()
@@ -107,7 +161,7 @@ def run_search(
             mine = measured.subset(measured.variant == index)
             point = slo.measure(
                 rates[variant], terms, mine.censored_ms(), ~mine.ok, mine.block // k, step_rounds, seconds,
-                mine.queue_ms, alpha, cpu[-1] >= slo.GENERATOR_CPU, confirming,
+                mine.queue_ms, alpha, load.generator_cpu(order, variant), confirming, load.service.get(variant),
             )  # fmt: skip
             searches[variant].record(point)
     return searches, every, cpu
@@ -134,10 +188,12 @@ def capacities(
             rate = max((min(point.rate, point.achieved) for point in held), default=0.0)
             low, high = rate, math.inf
         if search.generator_bound:
-            notes.append(
-                f"generator-bound: at least {rate * pairs_per_request:.4g} pairs/s (the load generator fell short of "
-                "the offered rate while the service's queue stayed empty, or its CPU was saturated)"
-            )
+            why = next((p.why for p in reversed(search.points) if p.generator_bound and p.met), "")
+            notes.append(f"generator-bound: at least {rate * pairs_per_request:.4g} pairs/s "
+                         f"({why.removeprefix('generator-bound: ')})")  # fmt: skip
+        for point in search.points:
+            if point.short and not point.generator_bound:
+                notes.append(f"at {point.rate:.4g} requests/s {point.why}")
         if search.broke is None:
             notes.append(f"the SLO held at every tested rate (up to {top:.4g} requests/s): at least that")
         if search.held is None:
@@ -267,9 +323,10 @@ def sentences(outcome: SloOutcome, price_per_hour: float, peak: float, utilisati
                 f"{verdict.b} vs {verdict.a}, capacity at the SLO: {verdict.verdict} ({verdict.difference:+.3g} "
                 f"pairs/s, range {_number(verdict.ci_low)} to {_number(verdict.ci_high)})."
             )
-    cpu = max(outcome.generator_cpu, default=0.0)
+    points = [point for found in outcome.points.values() for point in found]
+    cpu = max([*outcome.generator_cpu, *(point.generator_cpu for point in points)], default=0.0)
     lines.append(
-        f"Load generator CPU: at most {cpu:.0%} of a core per process"
+        f"Load generator CPU: at most {cpu:.0%} of a core per process over a variant's blocks"
         + (" (saturated: add --processes or a bigger machine)." if cpu >= slo.GENERATOR_CPU else ".")
     )
     return lines

@@ -15,8 +15,8 @@ import pytest
 
 from loadtests import analysis, compare
 from loadtests import stats as verdict_stats
-from tests.support.helpers import ServerProcess, running_server, write_catalogue
 from tests.integration.conftest import API_KEY
+from tests.support.helpers import ServerProcess, running_server, write_catalogue
 
 pytestmark = pytest.mark.integration
 

@@ -8,6 +8,7 @@ queue (the other variant ran before it) and its first 15% is discarded, as the t
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -98,8 +99,10 @@ def test_the_search_finds_the_true_capacity_within_ten_percent(identical: list[l
     assert close.mean() >= 0.90, (lam, np.percentile(found[:, 0], [5, 50, 95]))
     covered = (found[:, 1] <= lam) & (lam <= found[:, 2])
     # The interval covers sampling error, not the bias of short blocks that start with an empty queue (the median
-    # estimate sits about 2% above the truth): it covers the truth in about two runs of three here.
-    assert covered.mean() >= 0.6, covered.mean()
+    # estimate sits about 2% above the truth, and so does the low end where it misses): it covers the truth in 58% of
+    # runs here (a fit to the bounds themselves covered 65%, by a low end that a first rate's few requests could
+    # pull to 0).
+    assert covered.mean() >= 0.55, covered.mean()
 
 
 def test_identical_variants_get_no_capacity_difference(identical: list[list[slo.RateSearch]]) -> None:
@@ -139,19 +142,138 @@ def test_a_shortfall_with_an_empty_queue_is_the_generator_not_the_service() -> N
     assert point.achieved == 50.0
     assert point.generator_bound  # half the offered rate went out, and nothing queued in the service
     assert point.met
+    assert point.service is not None
+    assert point.service.source == "headers"
     late = np.full(400, 40.0)  # every request over the 25 ms limit
     queued = slo.measure(100.0, TERMS, late, np.zeros(400, dtype=np.bool_), units, 4, 8.0, np.full(400, 30.0))
     assert not queued.generator_bound
     assert not queued.met  # the service queued what went out past the SLO: it could not take the offered rate
-    # A shortfall while the queue is busy but what went out met the SLO: a starved generator on a shared machine
-    # (the real service's A/A showed it), not proof that the service broke: "at least", never "broke".
-    starved = slo.measure(100.0, TERMS, latency, np.zeros(400, dtype=np.bool_), units, 4, 8.0, np.full(400, 30.0))
-    assert starved.generator_bound
-    assert starved.met
+    # A shortfall while the service queued but what went out met the SLO: the service's evidence decides, not the
+    # SLO of what went out (that rule blamed the generator for a saturated variant on the real service).
+    busy = slo.ServiceLoad(seconds=8.0, requests=400, queue_s=400 * 0.004, service_s=400 * 0.005, device_s=7.0)
+    starved = slo.measure(100.0, TERMS, latency, np.zeros(400, dtype=np.bool_), units, 4, 8.0, np.full(400, 4.0),
+                          service=busy)  # fmt: skip
+    assert not starved.generator_bound
+    assert not starved.met
+    assert "service-bound" in starved.why
+    # The same shortfall with the generator's CPU saturated and a service with room: the generator's.
+    roomy = slo.ServiceLoad(seconds=8.0, requests=400, queue_s=400 * 0.0015, service_s=400 * 0.005, device_s=2.8)
+    saturated = slo.measure(100.0, TERMS, latency, np.zeros(400, dtype=np.bool_), units, 4, 8.0, np.zeros(400),
+                            generator_cpu=0.97, service=roomy)  # fmt: skip
+    assert saturated.generator_bound
+    assert saturated.met
     search = slo.RateSearch(50.0)
     search.record(point)
     assert search.generator_bound
     assert search.next_rate() == 100.0  # no climb past what the generator can offer
+
+
+SLOW_TERMS = [slo.parse_term("p99<=250ms"), slo.parse_term("errors<=0.1%")]
+
+
+def slow_variant_points() -> list[slo.RatePoint]:
+    """The misfire on the real service, in numbers like its own (``slow``: 50 ms per forward pass, batches of 4;
+    3 rounds of 1.2 s blocks, 3.06 s measured per step): at 20/s it held; at 39/s offered only 26/s went out (the
+    generator at 10% of a core), what went out met the SLO (p99 220 ms), the median queue wait was 40 ms, and the
+    device was busy 98% of the variant's time. The old rule (short, and what went out met the SLO) called that
+    generator-bound: the capacity became "at least 39", and its confirmation (p99 277 ms) was ignored."""
+    generator = np.random.default_rng(23)
+    seconds = 3 * 1.2 * (1 - GUARD_FRACTION)
+
+    def point(rate: float, n: int, p50: float, p99: float, queue: float, busy: float, confirmation: bool = False
+              ) -> slo.RatePoint:  # fmt: skip
+        rounds = 6 if confirmation else 3
+        sigma = math.log(p99 / p50) / 2.326
+        latency = p50 * np.exp(sigma * generator.standard_normal(n))
+        units = np.sort(generator.integers(0, rounds, n))
+        queue_ms = np.full(n, queue)
+        service = slo.ServiceLoad(
+            seconds=rounds * 1.2,
+            requests=n,
+            queue_s=n * queue / 1000,
+            service_s=float(np.sum(latency)) / 1000 * 0.9,
+            device_s=busy * rounds * 1.2,
+        )
+        return slo.measure(rate, SLOW_TERMS, latency, np.zeros(n, dtype=np.bool_), units, rounds,
+                           seconds * rounds / 3, queue_ms, 0.05 / 9, 0.10, confirmation, service)  # fmt: skip
+
+    return [
+        point(20.0, 59, 85.0, 135.0, 16.0, 0.82),
+        point(39.0, 80, 128.0, 220.0, 40.0, 0.98),
+        point(34.0, 200, 130.0, 277.0, 45.0, 0.99, confirmation=True),
+    ]
+
+
+def test_a_saturated_variant_the_generator_fell_short_of_is_service_bound() -> None:
+    """Regression (issue #23): the shortfall at 39/s happened while the service queued (device busy 98%, 40 ms of
+    queue wait in every request), so the service could not absorb the rate: the SLO broke there, the capacity is
+    below it, and the variant is found lower than a twin the generator could not saturate."""
+    held, short, confirmation = slow_variant_points()
+    assert short.short
+    assert short.load <= 1.0  # what went out met the SLO: the old rule's "generator-bound"
+    assert short.service is not None
+    assert short.service.queues
+    assert not short.generator_bound
+    assert not short.met
+    assert "service-bound" in short.why
+    search = slo.RateSearch(20.0)
+    for found in (held, short, confirmation):
+        search.record(found)
+    assert not search.generator_bound
+    assert search.broke == 34.0
+    rate, low, high = slo.capacity_estimate(search.points)
+    assert high <= 39.0
+    slow = slo.Capacity(
+        variant="slow", slo="p99<=250ms", rate=rate, ci_low=low, ci_high=high, requests_per_s=rate,
+        pairs_per_request=1, p_latency_ms_at_rate=confirmation.quantile_ms, p50_ms_at_rate=confirmation.p50_ms,
+        error_rate_at_rate=0.0, confirmed=confirmation.met, generator_bound=search.generator_bound, steps=3,
+    )  # fmt: skip
+    twin = replace(slow, variant="a1", rate=80.0, ci_low=80.0, ci_high=math.inf, generator_bound=True)
+    assert slo.capacity_verdict(twin, slow, 0.05)[0] == "lower"
+    # Under the old rule the slow variant was generator-bound too, and never "lower" than anything.
+    assert slo.capacity_verdict(twin, replace(slow, generator_bound=True), 0.05)[0] == "inconclusive"
+
+
+@pytest.mark.parametrize(
+    ("short", "cpu", "queue_share", "busy", "bound", "why"),
+    [
+        (False, 1.0, 0.0, 0.0, False, ""),  # the rate went out: nothing to judge
+        (True, 0.10, 0.31, 0.98, False, "service-bound"),  # the misfire: a saturated device
+        (True, 0.10, 0.60, 0.40, False, "service-bound"),  # requests waited most of their time
+        (True, 0.97, 0.60, 0.95, False, "service-bound"),  # both saturated: the service could not absorb it either
+        (True, 0.97, 0.30, 0.60, True, "CPU was saturated"),
+        (True, 0.10, 0.05, 0.20, True, "sat idle"),
+        (True, 0.10, 0.05, math.nan, True, "sat idle"),  # device time unknown: the queue alone
+        (True, 0.10, 0.30, 0.60, False, "neither idle nor queueing"),  # no evidence either way: the service's
+    ],
+)
+def test_whose_shortfall(short: bool, cpu: float, queue_share: float, busy: float, bound: bool, why: str) -> None:
+    service = slo.ServiceLoad(seconds=4.0, requests=100, queue_s=queue_share * 2.0, service_s=2.0,
+                              device_s=busy * 4.0)  # fmt: skip
+    found, reason = slo.shortfall(short, cpu, service)
+    assert found is bound
+    assert why in reason
+
+
+def test_without_evidence_a_shortfall_is_the_generators_only_when_its_cpu_is_saturated() -> None:
+    assert slo.shortfall(True, 0.5, None) == (False, slo.shortfall(True, 0.5, None)[1])
+    assert "no evidence" in slo.shortfall(True, 0.5, None)[1]
+    assert slo.shortfall(True, 0.95, None)[0]
+
+
+def test_service_load_is_littles_law() -> None:
+    load = slo.ServiceLoad(seconds=10.0, requests=500, queue_s=5.0, service_s=20.0, device_s=6.0)
+    assert load.queue_share == pytest.approx(0.25)
+    assert load.busy == pytest.approx(0.6)
+    assert load.in_flight == pytest.approx(2.0)  # 500 requests of 40 ms each over 10 s
+    assert load.queued == pytest.approx(0.5)
+    assert not load.queues
+    assert not load.idle
+    headers = slo.headers_load(np.full(100, 40.0), np.full(100, 30.0), 2.0)
+    assert headers.source == "headers"
+    assert math.isnan(headers.busy)
+    assert headers.queue_share == pytest.approx(0.75)  # of the client's latency: never above the service's share
+    assert headers.queues
 
 
 def test_zero_violations_are_not_proof_of_none() -> None:
