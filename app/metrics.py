@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from app.xnli import XNLI_LANGUAGES
+from app.languages import XNLI_LANGUAGES
 
 # 0.1 ms .. ~29 s in 1.5x steps (TEI uses the same ratio): fine enough for sub-millisecond HTTP overhead
 # and for multi-second queues under overload.

@@ -22,10 +22,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from app.engine.models.labels import LABELS
+from app.engine.tasks.nli import LABELS
+from app.languages import XNLI_LANGUAGES
 
 # XNLI's usual language order (the paper's tables).
-XNLI_LANGUAGES = ("en", "fr", "es", "de", "el", "bg", "ru", "tr", "ar", "vi", "th", "zh", "hi", "sw", "ur")
 _FILE_NAME = re.compile(r"^(?:dev-|test-)?([a-z]{2,3})\.tsv$")
 _XNLI1_NAME = re.compile(r"^xnli\.(?:dev|test)\.tsv$")
 XNLI1_COLUMNS = ("language", "gold_label", "sentence1", "sentence2")

@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
-from app.engine.models.labels import LABELS
+from app.engine.tasks.nli import LABELS
 from app.xnli import LabelledPair
 
 

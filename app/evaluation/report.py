@@ -12,7 +12,7 @@ import numpy as np
 
 from app import markdown
 from app.engine.models.catalogue import runtime_label
-from app.engine.models.labels import LABELS
+from app.engine.tasks.nli import LABELS
 from app.evaluation.stats import PairedComparison, confusion_matrix, pareto_front
 
 

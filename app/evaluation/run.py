@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
-from app.engine.models.labels import LABELS
+from app.engine.tasks.nli import LABELS
 from app.evaluation.collect import EvaluationError, Scorer, VariantScores, http_scorer, score
 from app.evaluation.report import VariantResult, build_results, write_report
 from app.settings import DEFAULT_CATALOGUE

@@ -77,4 +77,4 @@ class FrontEncoders:
 
 def load_encoder(spec: VariantSpec) -> PairEncoder:
     """The variant's encoder as the engine builds it: the tokenizer its start-up check loads, its max_seq_len."""
-    return PairEncoder(inspect_checkpoint(spec).backend_tokenizer, spec.max_seq_len)
+    return spec.task.build_encoder(inspect_checkpoint(spec).backend_tokenizer, spec.max_seq_len)

@@ -15,6 +15,7 @@ from tests.conftest import REPO_ROOT
 
 PACKAGES = ("app", "loadtests", "benchmarks", "tests")
 HTTP_PACKAGES = ("fastapi", "starlette")  # the engine names neither, nor app.api
+TASKS = ("app.engine.tasks",)
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +118,52 @@ def test_the_engine_imports_nothing_of_http(graph: grimp.ImportGraph) -> None:
     for layer in ("app.api", *HTTP_PACKAGES):  # nor through another module it imports
         chains = graph.find_shortest_chains(importer="app.engine", imported=layer, as_packages=True)
         assert not chains, f"app.engine reaches {layer}: {sorted(chains)}"
+
+
+def direct_imports_of(graph: grimp.ImportGraph, package: str, targets: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(module of ``package``, what it imports) for every direct import of one of ``targets`` or their modules."""
+    inside = {package, *graph.find_descendants(package)}
+    return sorted(
+        (module, imported)
+        for module in inside
+        for imported in graph.find_modules_directly_imported_by(module)
+        if any(imported == target or imported.startswith(target + ".") for target in targets)
+    )
+
+
+@pytest.mark.parametrize(
+    ("package", "forbidden"),
+    [
+        # The batcher runs any backend through the runner and stages protocols; a backend hands its stages over.
+        (
+            "app.engine.scheduler",
+            ("app.engine.backends", "app.engine.models", "app.engine.traffic", "app.engine.tasks"),
+        ),
+        # A task is its labels, encoder, post-processing and rows: it knows nothing of how or where it runs.
+        (
+            "app.engine.tasks",
+            ("app.engine.scheduler", "app.engine.backends", "app.engine.models", "app.engine.traffic"),
+        ),
+        # The engine serves every transport and front end; it knows none of them.
+        ("app.engine", ("app.service", "app.api", "app.multiprocess", "app.cli")),
+        # Protocol-neutral services: no HTTP, no process plumbing.
+        ("app.service", ("app.api", "app.multiprocess", *HTTP_PACKAGES)),
+    ],
+)
+def test_layers_import_only_downwards(graph: grimp.ImportGraph, package: str, forbidden: tuple[str, ...]) -> None:
+    assert direct_imports_of(graph, package, forbidden) == []
+    for layer in forbidden:  # nor through another module it imports
+        if layer in graph.modules:
+            chains = graph.find_shortest_chains(importer=package, imported=layer, as_packages=True)
+            assert not chains, f"{package} reaches {layer}: {sorted(chains)}"
+
+
+def test_only_the_http_transport_imports_fastapi(graph: grimp.ImportGraph) -> None:
+    importers = {
+        module
+        for module in project_modules(graph)
+        if module.startswith("app")
+        and any(imported.split(".")[0] in HTTP_PACKAGES for imported in graph.find_modules_directly_imported_by(module))
+    }
+    assert importers, "no module imports FastAPI: the graph is not the project's"
+    assert sorted(module for module in importers if not module.startswith("app.api")) == []

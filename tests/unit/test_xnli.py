@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from app.xnli import XNLI_LANGUAGES, XnliFormatError, language_files, read_xnli
+from app.languages import XNLI_LANGUAGES
+from app.xnli import XnliFormatError, language_files, read_xnli
 
 
 def write_folder(folder: Path) -> Path:

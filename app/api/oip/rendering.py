@@ -14,7 +14,7 @@ from app.api.oip.parsing import InferRequest
 from app.api.oip.schemas import INPUT_NAMES, LABEL_ORDER, MODEL_VERSION, ModelMetadata, TensorMetadata
 from app.engine.backends import get_backend
 from app.engine.engine import PredictionResult
-from app.engine.models.labels import LABELS
+from app.engine.tasks.nli import LABELS
 from app.service.variants import VariantInfo
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.engine.models.labels import LABELS
+from app.engine.tasks.nli import LABELS
 
 MODEL_VERSION = "1"
 INPUT_NAMES = ("premise", "hypothesis")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -21,7 +20,7 @@ from app.api.schemas import (
     VariantPredictRequest,
 )
 from app.engine.engine import PredictionResult
-from app.engine.models.labels import LABELS
+from app.engine.tasks.nli import NLI
 from app.service.prediction import PredictionQuery
 
 router = APIRouter(tags=["inference"])
@@ -42,17 +41,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def render(result: PredictionResult) -> bytes:
-    probabilities = result.probabilities
-    top = np.argmax(probabilities, axis=1).tolist()
-    rows = probabilities.tolist()
-    predictions = [
-        {
-            "label": LABELS[best],
-            "scores": {LABELS[0]: row[0], LABELS[1]: row[1], LABELS[2]: row[2]},
-            "truncated": truncated,
-        }
-        for best, row, truncated in zip(top, rows, result.truncated, strict=True)
-    ]
+    predictions = NLI.rows(result.probabilities, result.truncated)
     return orjson.dumps({"variant": result.variant, "predictions": predictions})
 
 

@@ -26,7 +26,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 if TYPE_CHECKING:
     import torch
 
-    from app.engine.scheduler.runner import WarmableRunner
+    from app.engine.scheduler.runner import BatchRunner, WarmableRunner
+    from app.engine.scheduler.stages import Stages
+    from app.engine.tasks import Task
 
 __all__ = [
     "BUILT_IN",
@@ -80,6 +82,8 @@ class VariantOptions(ServingChoice, Protocol):
     def min_top1_agreement(self) -> float: ...
     @property
     def max_probability_diff(self) -> float: ...
+    @property
+    def task(self) -> Task: ...
     @property
     def max_batch_size(self) -> int: ...
     @property
@@ -212,6 +216,14 @@ class Backend(ABC):
     def source_dtype(self, info: CheckpointFacts) -> torch.dtype:
         """The precision of that torch model when the variant is not guarded (guarded: always float32)."""
         return info.dtype
+
+    def stages(self, runner: BatchRunner, copy_stream: torch.cuda.Stream | None = None) -> Stages:
+        """How the device worker runs a batch of this backend's ``runner`` (``app.engine.scheduler.stages``): by
+        default as the runner stages itself, else its whole forward pass at launch. ``copy_stream``: the worker's
+        stream for host-to-device copies on CUDA (None elsewhere)."""
+        from app.engine.scheduler.stages import own_stages  # the scheduler stays unimported until a variant loads
+
+        return own_stages(runner, copy_stream)
 
     @abstractmethod
     def load(self, source: BackendSource) -> LoadedRunner:

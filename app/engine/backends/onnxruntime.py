@@ -22,6 +22,8 @@ from app.engine.backends.torch import requested_device
 from app.engine.models import export_cache
 from app.engine.scheduler.padding import collate
 from app.engine.scheduler.runner import warm_up_inputs
+from app.engine.tasks import Task
+from app.engine.tasks.nli import NLI
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,7 @@ class OnnxRunner:
         threads: int,
         pad_token_id: int,
         label_permutation: Sequence[int],
+        task: Task = NLI,
     ) -> None:
         import onnxruntime
 
@@ -69,7 +72,8 @@ class OnnxRunner:
         self.session = onnxruntime.InferenceSession(str(model_path), options, providers=execution_providers(device))
         self.providers = self.session.get_providers()
         self.pad_token_id = pad_token_id
-        self._permutation = np.asarray(list(label_permutation), dtype=np.int64)
+        self.task = task
+        self._label_order = np.asarray(list(label_permutation), dtype=np.int64)
         declared = {node.name for node in self.session.get_inputs()}
         if declared != set(INPUT_NAMES):
             raise ExportError(f"{model_path} takes inputs {sorted(declared)}, expected {list(INPUT_NAMES)}")
@@ -81,13 +85,7 @@ class OnnxRunner:
         self, input_ids: npt.NDArray[np.int64], attention_mask: npt.NDArray[np.int64]
     ) -> npt.NDArray[np.float32]:
         (logits,) = self.session.run(["logits"], {"input_ids": input_ids, "attention_mask": attention_mask})
-        shifted = np.asarray(logits, dtype=np.float32)
-        shifted = shifted - shifted.max(axis=1, keepdims=True)
-        exponentials = np.exp(shifted)
-        probabilities: npt.NDArray[np.float32] = (exponentials / exponentials.sum(axis=1, keepdims=True))[
-            :, self._permutation
-        ]
-        return probabilities
+        return self.task.scores_numpy(logits, self._label_order)
 
     def warm_up(self, rows: int, width: int) -> None:
         self.forward_tensors(*warm_up_inputs(rows, width, self.pad_token_id))
@@ -133,7 +131,12 @@ class OnnxRuntimeBackend(Backend):
         started = time.perf_counter()
         try:
             runner = OnnxRunner(
-                artifact.path, str(info.device), source.threads, info.pad_token_id, info.label_permutation
+                artifact.path,
+                str(info.device),
+                source.threads,
+                info.pad_token_id,
+                info.label_permutation,
+                info.spec.task,
             )
         except BaseException:
             release()

@@ -60,7 +60,7 @@ def _reference_probabilities(
     info = loaded.info
     key = (str(info.spec.path), checkpoint_signature(info.spec.path), info.spec.max_seq_len, str(device))
     if key not in _REFERENCES:
-        runner = TorchRunner(loaded.model, device, loaded.pad_token_id, info.label_permutation)
+        runner = TorchRunner(loaded.model, device, loaded.pad_token_id, info.label_permutation, info.spec.task)
         _REFERENCES[key] = run_probe(runner, probes)
     return _REFERENCES[key]
 
@@ -93,7 +93,7 @@ def prepare_variant(info: CheckpointInfo, *, threads: int, export_cache_dir: Pat
     # A guarded variant's backend starts from the float32 model, which is also the reference.
     device = backend.source_device(info)
     loaded = load_checkpoint(info, torch.float32 if tolerances is not None else backend.source_dtype(info), device)
-    encoder = PairEncoder(loaded.backend_tokenizer, spec.max_seq_len)
+    encoder = spec.task.build_encoder(loaded.backend_tokenizer, spec.max_seq_len)
     probes = probe_sequences(encoder) if tolerances is not None else []
     reference = _reference_probabilities(loaded, device, probes) if tolerances is not None else None
 

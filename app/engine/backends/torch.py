@@ -19,26 +19,17 @@ import torch
 from app.engine.backends import Backend, BackendSource, CheckpointFacts, LoadedRunner, VariantOptions, register
 from app.engine.backends.torch_buckets import bucket_shapes
 from app.engine.backends.torch_graphs import GRAPHS, BucketRunner
+from app.engine.backends.torch_stages import TorchStages, yield_modules
 from app.engine.models.store import CheckpointError, CheckpointInfo, dtype_name
 from app.engine.scheduler.padding import collate
-from app.engine.scheduler.runner import warm_up_inputs
+from app.engine.scheduler.runner import BatchRunner, warm_up_inputs
+from app.engine.scheduler.stages import Stages, own_stages
+from app.engine.tasks import Task
+from app.engine.tasks.nli import NLI
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def encoder_layers(model: Any) -> list[torch.nn.Module]:
-    """The transformer layers of a Hugging Face encoder (``base_model.encoder.layer``), or none if it has another
-    layout: such a model runs its forward passes whole."""
-    layers = getattr(getattr(getattr(model, "base_model", None), "encoder", None), "layer", None)
-    return list(layers) if isinstance(layers, torch.nn.ModuleList) else []
-
-
-def yield_modules(model: Any) -> list[torch.nn.Module]:
-    """Where a preemptible forward pass pauses: before each block of each encoder layer (attention, feed-forward in,
-    feed-forward out for XLM-R), about a third of a layer apart."""
-    return [block for layer in encoder_layers(model) for block in (list(layer.children()) or [layer])]
 
 
 class TorchRunner:
@@ -50,11 +41,13 @@ class TorchRunner:
         device: torch.device,
         pad_token_id: int,
         label_permutation: Sequence[int],
+        task: Task = NLI,
     ) -> None:
         self.model = model
         self.device = device
         self.pad_token_id = pad_token_id
-        self._permutation = torch.tensor(list(label_permutation), dtype=torch.long, device=device)
+        self.task = task
+        self._label_order = torch.tensor(list(label_permutation), dtype=torch.long, device=device)
         self._pin = device.type == "cuda"
 
     def to_device(self, array: npt.NDArray[np.int64]) -> torch.Tensor:
@@ -94,8 +87,8 @@ class TorchRunner:
 
     def probabilities(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The forward pass on device tensors: probabilities in the service's label order, on the device."""
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-        return torch.softmax(logits.float(), dim=-1).index_select(1, self._permutation)
+        logits: torch.Tensor = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return self.task.scores(logits, self._label_order)
 
     @torch.inference_mode()
     def forward_tensors(
@@ -216,10 +209,17 @@ class TorchBackend(Backend):
     def is_reference(self, info: CheckpointFacts) -> bool:
         return info.spec.quantization == "none" and info.dtype == torch.float32
 
+    def stages(self, runner: BatchRunner, copy_stream: torch.cuda.Stream | None = None) -> Stages:
+        """A torch runner's forward pass split so the worker overlaps copies, compute and answers (a compiled or
+        captured runner stages itself)."""
+        if isinstance(runner, TorchRunner):
+            return TorchStages(runner, copy_stream)
+        return own_stages(runner, copy_stream)
+
     def load(self, source: BackendSource) -> LoadedRunner:
         info = source.info
         model = source.model.to(info.dtype)  # a no-op unless the float32 reference was loaded for the guard
-        runner = TorchRunner(model, info.device, info.pad_token_id, info.label_permutation)
+        runner = TorchRunner(model, info.device, info.pad_token_id, info.label_permutation, info.spec.task)
         spec = info.spec
         if spec.graph == "eager":
             return LoadedRunner(runner)

@@ -10,14 +10,35 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import cast
+from typing import Any, Protocol
 
 import torch
 
-from app.engine.backends.torch import TorchRunner, yield_modules
 from app.engine.scheduler.padding import collate
-from app.engine.scheduler.runner import BatchRunner
-from app.engine.scheduler.stages import Done, Launched, Queued, Stages, WholeForward, YieldPoint, device_yield_point
+from app.engine.scheduler.stages import Done, Launched, Queued, YieldPoint, device_yield_point
+
+
+def encoder_layers(model: Any) -> list[torch.nn.Module]:
+    """The transformer layers of a Hugging Face encoder (``base_model.encoder.layer``), or none if it has another
+    layout: such a model runs its forward passes whole."""
+    layers = getattr(getattr(getattr(model, "base_model", None), "encoder", None), "layer", None)
+    return list(layers) if isinstance(layers, torch.nn.ModuleList) else []
+
+
+def yield_modules(model: Any) -> list[torch.nn.Module]:
+    """Where a preemptible forward pass pauses: before each block of each encoder layer (attention, feed-forward in,
+    feed-forward out for XLM-R), about a third of a layer apart."""
+    return [block for layer in encoder_layers(model) for block in (list(layer.children()) or [layer])]
+
+
+class StagedRunner(Protocol):
+    """What the stages use of a torch runner (``app.engine.backends.torch.TorchRunner``)."""
+
+    model: Any
+    device: torch.device
+    pad_token_id: int
+
+    def probabilities(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor: ...
 
 
 class _OnDevice:
@@ -34,11 +55,10 @@ class TorchStages:
 
     preemptible = True
 
-    def __init__(self, runner: TorchRunner, copy_stream: torch.cuda.Stream | None = None) -> None:
+    def __init__(self, runner: StagedRunner, copy_stream: torch.cuda.Stream | None = None) -> None:
         self.runner = runner
         self._cuda = runner.device.type == "cuda"
         self._copy_stream = copy_stream if self._cuda else None
-        self._permutation = runner._permutation
 
     def prepare(self, sequences: Sequence[Sequence[int]]) -> _OnDevice:
         input_ids, attention_mask = collate(sequences, self.runner.pad_token_id)
@@ -62,7 +82,7 @@ class TorchStages:
         try:
             if not self._cuda:
                 started = time.perf_counter()
-                probabilities = self._probabilities(prepared)
+                probabilities = self.runner.probabilities(prepared.input_ids, prepared.attention_mask)
                 return Done(probabilities.numpy(), time.perf_counter() - started)
             stream = torch.cuda.current_stream(self.runner.device)
             if prepared.ready is not None:
@@ -73,7 +93,7 @@ class TorchStages:
             began = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
             ended = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
             began.record(stream)
-            probabilities = self._probabilities(prepared)
+            probabilities = self.runner.probabilities(prepared.input_ids, prepared.attention_mask)
             host = torch.empty(probabilities.shape, dtype=probabilities.dtype, pin_memory=True)
             host.copy_(probabilities, non_blocking=True)
             ended.record(stream)
@@ -81,17 +101,3 @@ class TorchStages:
         finally:
             for handle in handles:
                 handle.remove()
-
-    def _probabilities(self, prepared: _OnDevice) -> torch.Tensor:
-        logits = self.runner.model(input_ids=prepared.input_ids, attention_mask=prepared.attention_mask).logits
-        return torch.softmax(logits.float(), dim=-1).index_select(1, self._permutation)
-
-
-def stages_for(runner: BatchRunner, copy_stream: torch.cuda.Stream | None = None) -> Stages:
-    """The stages of ``runner``'s forward pass: its own when it has them (``prepare`` and ``launch``), split here for
-    a torch runner, whole otherwise."""
-    if hasattr(runner, "prepare") and hasattr(runner, "launch"):
-        return cast(Stages, runner)
-    if isinstance(runner, TorchRunner):
-        return TorchStages(runner, copy_stream)
-    return WholeForward(runner)

@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from app.engine import backends
 from app.engine.scheduler.padding import padded_length
+from app.engine.tasks import Task
+from app.engine.tasks.nli import NLI
 
 VARIANT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
@@ -137,6 +139,12 @@ class VariantSpec(ServingOptions):
     intermediate_task: str = "none"
     description: str = ""
     faults: FaultSpec | None = None
+
+    @property
+    def task(self) -> Task:
+        """What the variant serves: NLI for every catalogue entry (a catalogue key will choose once a second task
+        exists)."""
+        return NLI
 
 
 class ShadowSpec(BaseModel):

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from app import metrics
+from app.engine.backends import get_backend
 from app.engine.backends.preparation import PreparedVariant, is_reference, prepare_variant, release_freed_memory
 from app.engine.models import export_cache
 from app.engine.models.catalogue import VariantSpec
@@ -145,6 +146,8 @@ def load_runtime(
             seconds_per_pair=seconds_per_pair,  # a first estimate for admission, refined by every batch
             max_background_batch_s=spec.max_background_batch_ms / 1000.0,
             min_forward_s=min_forward_s,
+            stages=get_backend(spec.backend).stages,
+            labels=spec.task.labels,
         )
         runtime.queue = queue
         runtime.worker = devices.worker_for(str(info.device))

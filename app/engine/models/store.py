@@ -18,7 +18,7 @@ import torch
 
 from app.engine.backends import get_backend
 from app.engine.models.catalogue import VariantSpec
-from app.engine.models.labels import LabelMappingError, label_permutation
+from app.engine.tasks import LabelMappingError
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def inspect_checkpoint(spec: VariantSpec) -> CheckpointInfo:
     except Exception as error:
         raise CheckpointError(spec.name, f"cannot read {folder / 'config.json'}: {error}") from None
     try:
-        permutation = label_permutation(config.id2label)
+        permutation = spec.task.label_order(config.id2label)
     except LabelMappingError as error:
         raise CheckpointError(spec.name, f"labels cannot be mapped by name: {error}") from None
     backend_tokenizer, pad_token_id = load_fast_tokenizer(spec, config)

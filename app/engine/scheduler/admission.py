@@ -14,6 +14,8 @@ import time
 from collections import deque
 from collections.abc import Sequence
 
+import numpy as np
+
 from app.engine.errors import (
     DeadlineTooShortError,
     InferenceError,
@@ -47,29 +49,30 @@ class Reservation:
 
 
 class AdmissionControl:
-    """The queues of one device and the lock that guards them; the device worker builds on it.
+    """The queues of one device and the lock that guards them, held by the device worker.
 
-    Admission reads, under the lock, what the worker thread publishes about the batch it runs: ``_busy_until`` (when
-    that batch should end) and ``_yielding`` (it pauses between layers for interactive batches)."""
+    Admission reads, under the lock, what the worker thread publishes about the batch it runs: ``busy_until`` (when
+    that batch should end) and ``yielding`` (it pauses between layers for interactive batches); the worker also sets
+    ``stopping`` and ``failure``. The worker waits on ``condition`` for queued pairs."""
 
     def __init__(self, device: str) -> None:
         self.device = device
         self.queues: list[VariantQueue] = []
         self.failure: BaseException | None = None
-        self._condition = threading.Condition()
-        self._stopping = False
-        self._shadows_closed = False  # set by drop_shadows when the service drains
-        self._busy_until = 0.0  # when the work taken from the queues should end: queued work starts after it
-        self._yielding = False  # the batch now running is a background one that yields to interactive batches
+        self.condition = threading.Condition()
+        self.stopping = False
+        self.shadows_closed = False  # set by drop_shadows when the service drains
+        self.busy_until = 0.0  # when the work taken from the queues should end: queued work starts after it
+        self.yielding = False  # the batch now running is a background one that yields to interactive batches
 
     def add_queue(self, queue: VariantQueue) -> None:
-        with self._condition:
+        with self.condition:
             self.queues.append(queue)
 
     def remove_queue(self, queue: VariantQueue, reason: str = "unloaded") -> int:
         """Stop serving ``queue`` (its variant was unloaded or replaced); returns how many requests still had pairs in
         it, which fail (after a drain these are only abandoned ones). A batch already taken finishes."""
-        with self._condition:
+        with self.condition:
             queue.retired = True
             if queue in self.queues:
                 self.queues.remove(queue)
@@ -115,7 +118,7 @@ class AdmissionControl:
                 f"on an idle device: its fastest forward pass takes {queue.min_forward_s * 1000:.1f} ms",
                 minimum_s=queue.min_forward_s,
             )
-        running = 0.0 if priority is Priority.INTERACTIVE and self._yielding else max(0.0, self._busy_until - now)
+        running = 0.0 if priority is Priority.INTERACTIVE and self.yielding else max(0.0, self.busy_until - now)
         backlog = sum(other.backlog_seconds(priority) for other in self.queues) + running
         waiting = queue.lanes[priority].waiting
         if waiting + count > queue.max_queue_pairs:
@@ -138,16 +141,16 @@ class AdmissionControl:
     ) -> Reservation:
         """Early refusal, before tokenizing (refused requests then cost almost no CPU); admitted pairs hold their
         room until ``submit`` or ``release``. Shadow work goes through ``admit_shadow``."""
-        with self._condition:
+        with self.condition:
             self._check_admission(queue, count, deadline, time.perf_counter(), priority)
             return self._reserve(queue, count, priority)
 
     def _check_shadow(self, queue: VariantQueue, count: int, max_pairs: int, max_client_backlog_s: float) -> None:
         """Raise ShadowRefused unless the shadow lane has room and the device is not busy with client work.
         Caller holds the lock."""
-        if self.failure is not None or self._stopping:
+        if self.failure is not None or self.stopping:
             raise ShadowRefused("unavailable", f"device worker {self.device} is stopping or down")
-        if self._shadows_closed:
+        if self.shadows_closed:
             raise ShadowRefused("draining", "the service is draining: shadow work is not taken")
         if queue.retired:  # unloaded or replaced while the shadow was tokenized: no worker serves this queue
             raise ShadowRefused("not_ready", f"variant {queue.name!r} was unloaded or replaced")
@@ -170,7 +173,7 @@ class AdmissionControl:
     def admit_shadow(self, queue: VariantQueue, count: int, max_pairs: int, max_client_backlog_s: float) -> Reservation:
         """Room in ``queue``'s shadow lane, unless it is full or client work is queued on the device beyond
         ``max_client_backlog_s``: shadows are dropped first, before any client request waits or is refused."""
-        with self._condition:
+        with self.condition:
             self._check_shadow(queue, count, max_pairs, max_client_backlog_s)
             return self._reserve(queue, count, Priority.SHADOW)
 
@@ -182,8 +185,8 @@ class AdmissionControl:
 
     def drop_shadows(self, reason: str = "draining") -> int:
         """Fail every queued shadow (the service is draining); returns how many shadow requests were waiting."""
-        with self._condition:
-            self._shadows_closed = True  # and none is taken any more, even one still being tokenized
+        with self.condition:
+            self.shadows_closed = True  # and none is taken any more, even one still being tokenized
             leftover = [request for queue in self.queues for request in queue.clear([Priority.SHADOW])]
         for request in leftover:
             request.fail(ShadowRefused(reason, "shadow work dropped: the service is draining"), reason=reason)
@@ -193,7 +196,7 @@ class AdmissionControl:
         """Give back an admitted request's room (it failed or went away before its pairs were queued)."""
         if reservation.released:  # only ever set to True, under the lock: the common path takes no lock
             return
-        with self._condition:
+        with self.condition:
             self._release(reservation)
 
     @staticmethod
@@ -217,7 +220,8 @@ class AdmissionControl:
         if they cannot be served in time: tokenizing took some of the time the request had. Shadow pairs are checked
         again against ``max_shadow_pairs`` and ``max_client_backlog_s`` (ShadowRefused)."""
         pending = [PendingPair(request, index, ids) for index, ids in enumerate(sequences)]
-        with self._condition:
+        request.probabilities = np.empty((len(pending), len(queue.labels)), dtype=np.float32)
+        with self.condition:
             if reservation is not None:
                 self._release(reservation)
             now = time.perf_counter()
@@ -227,4 +231,4 @@ class AdmissionControl:
                 self._check_admission(queue, len(pending), request.deadline, now, priority, first_admission=False)
             request.enqueued_at = now
             queue.put(pending, priority)
-            self._condition.notify()
+            self.condition.notify()

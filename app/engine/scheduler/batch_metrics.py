@@ -13,7 +13,6 @@ import numpy as np
 import numpy.typing as npt
 
 from app import metrics
-from app.engine.models.labels import LABELS
 from app.engine.scheduler.padding import padded_length
 from app.engine.scheduler.requests import PendingPair, Priority
 
@@ -24,8 +23,9 @@ if TYPE_CHECKING:
 class BatchMetrics:
     """The label children of one variant, looked up once (``labels()`` takes a lock and a dict lookup per call)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, labels: tuple[str, ...]) -> None:
         self.name = name
+        self.labels = labels  # the `label` of a prediction counted under its column's index
         self._inference = metrics.INFERENCE_DURATION.labels(name)
         self._batch_size = metrics.BATCH_SIZE.labels(name)
         self._batch_tokens = metrics.BATCH_TOKENS.labels(name)
@@ -63,5 +63,5 @@ class BatchMetrics:
         for key, count in counts.items():
             counter = self._predictions.get(key)
             if counter is None:
-                counter = self._predictions[key] = metrics.PREDICTIONS.labels(self.name, LABELS[key[1]], key[0])
+                counter = self._predictions[key] = metrics.PREDICTIONS.labels(self.name, self.labels[key[1]], key[0])
             counter.inc(count)

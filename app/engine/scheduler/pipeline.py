@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from app.engine.errors import InferenceError
-from app.engine.models.labels import LABELS
 from app.engine.scheduler.queues import VariantQueue
 from app.engine.scheduler.requests import InferenceRequest, PendingPair, Priority
 from app.engine.scheduler.stages import Launched
@@ -143,7 +142,7 @@ def answer(flight: Flight, stopped: Callable[[list[InferenceRequest], BaseExcept
     try:
         collected = [launch.collect() for launch in flight.launches]
         probabilities = np.concatenate([rows for rows, _ in collected]) if len(collected) > 1 else collected[0][0]
-        if probabilities.shape != (len(batch), len(LABELS)):
+        if probabilities.shape != (len(batch), len(queue.labels)):
             raise ValueError(f"the runner returned shape {probabilities.shape} for {len(batch)} pairs")
     except Exception as error:
         fail_batch(queue, len(batch), flight.requests, error)

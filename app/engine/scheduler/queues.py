@@ -17,6 +17,7 @@ from app.engine.errors import DeadlineExceededError, InferenceError
 from app.engine.scheduler.batch_metrics import BatchMetrics
 from app.engine.scheduler.batching import BatchLimits, select_batch
 from app.engine.scheduler.requests import InferenceRequest, PendingPair, Priority
+from app.engine.scheduler.stages import StageFactory, own_stages
 
 if TYPE_CHECKING:
     from prometheus_client import Gauge
@@ -78,9 +79,14 @@ class VariantQueue:
         seconds_per_pair: float = 0.0,
         max_background_batch_s: float = math.inf,
         min_forward_s: float = 0.0,
+        stages: StageFactory = own_stages,
+        *,
+        labels: Sequence[str],
     ) -> None:
         self.name = name
         self.runner = runner
+        self.labels = tuple(labels)  # the task's output columns: every answer row has one score per label
+        self.stages = stages  # the variant's backend's way to split a batch (``Backend.stages``)
         self.limits = limits
         self.max_wait_s = max_wait_ms / 1000.0
         self.max_queue_pairs = max_queue_pairs
@@ -96,7 +102,7 @@ class VariantQueue:
         )
         self.batches_run = 0
         self.retired = False  # removed from its worker (variant unloaded or replaced): admits nothing more
-        self._metrics = BatchMetrics(name)
+        self._metrics = BatchMetrics(name, self.labels)
 
     @property
     def pairs(self) -> deque[PendingPair]:

@@ -9,8 +9,6 @@ from enum import IntEnum
 import numpy as np
 import numpy.typing as npt
 
-from app.engine.models.labels import LABELS
-
 
 class Priority(IntEnum):
     """Lanes of a queue, served in this order; lower values run first."""
@@ -36,6 +34,9 @@ class WorkerKilled(BaseException):
     """A fault that must take the device worker down (a device that became unusable), not just fail a batch."""
 
 
+_NOT_QUEUED: npt.NDArray[np.float32] = np.empty((0, 0), dtype=np.float32)
+
+
 class InferenceRequest:
     """One caller's pairs; answered when its last pair has been computed, whichever batches carried them."""
 
@@ -59,7 +60,8 @@ class InferenceRequest:
         self._loop = loop
         self.language = language  # the `language` label its predictions are counted under
         self.future: asyncio.Future[None] = loop.create_future()
-        self.probabilities: npt.NDArray[np.float32] = np.empty((size, len(LABELS)), dtype=np.float32)
+        # One row per pair, as wide as the variant's labels: allocated when its pairs are queued (``queue.put``).
+        self.probabilities: npt.NDArray[np.float32] = _NOT_QUEUED
         self.remaining = size
         self.deadline = deadline
         self.enqueued_at = 0.0

@@ -3,17 +3,18 @@ copy stream), launch (the forward pass: queued on the compute stream on CUDA, ru
 (wait for the device, probabilities on the host, and the device seconds the batch took).
 
 Splitting ``forward`` this way lets the device worker prepare batch N+1 and hand batch N-1's results back while
-batch N runs (see ``worker``). A runner may stage itself (``prepare`` and ``launch``, returning ``Done``
-or ``Queued``); torch runners are staged by ``app.engine.backends.torch_stages``; any other runner (ONNX Runtime, fault
-injection) runs whole at launch (``WholeForward``) and is collected at once. Torch-free (torch types only for type
-checking), so runners of any backend can use it.
+batch N runs (see ``worker``). A runner may stage itself (``prepare`` and ``launch``, returning ``Done`` or
+``Queued``); a backend may stage its runners (``Backend.stages``: torch's are staged by
+``app.engine.backends.torch_stages``); any other runner (ONNX Runtime, fault injection) runs whole at launch
+(``WholeForward``) and is collected at once. Torch-free (torch types only for type checking), so runners of any
+backend can use it.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -139,6 +140,18 @@ class WholeForward:
         else:
             probabilities = self.runner.forward(prepared)
         return Done(probabilities, time.perf_counter() - started)
+
+
+StageFactory = Callable[[BatchRunner, "torch.cuda.Stream | None"], Stages]
+"""How a variant's backend splits its runner's forward pass (``Backend.stages``), given the device worker's copy
+stream; the worker asks it for every batch and imports no backend."""
+
+
+def own_stages(runner: BatchRunner, copy_stream: torch.cuda.Stream | None = None) -> Stages:
+    """The stages of a runner that stages itself (``prepare`` and ``launch``), else its whole forward pass."""
+    if hasattr(runner, "prepare") and hasattr(runner, "launch"):
+        return cast(Stages, runner)
+    return WholeForward(runner)
 
 
 class Queued:

@@ -19,15 +19,16 @@ time is the device time of its batches (CUDA events on a GPU); the rest of its t
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
+from collections.abc import Sequence
 
 import torch
 
 from app import metrics
-from app.engine.backends.torch_stages import stages_for
 from app.engine.errors import InferenceError
-from app.engine.scheduler.admission import AdmissionControl
+from app.engine.scheduler.admission import AdmissionControl, Reservation
 from app.engine.scheduler.pipeline import Flight, PostStage, answer, fail_batch, fail_requests
 from app.engine.scheduler.queues import VariantQueue
 from app.engine.scheduler.requests import InferenceRequest, PendingPair, Priority
@@ -44,12 +45,13 @@ def _is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
 
 
-class DeviceWorker(AdmissionControl):
+class DeviceWorker:
     """The single thread that owns one device and runs batches for every variant placed on it."""
 
     def __init__(self, device: str, pipeline: bool | None = None) -> None:
         """``pipeline``: answer batches on a second thread while the next one runs (None: on CUDA devices only)."""
-        super().__init__(device)
+        self.device = device
+        self.admission = AdmissionControl(device)
         self._next_queue = [0] * len(Priority)  # per lane: round-robin position
         self._batch_counter = 0
         self._preempting = False  # interactive batches are running inside a background batch's yield point
@@ -62,6 +64,59 @@ class DeviceWorker(AdmissionControl):
         self._post = PostStage(device, self._finish, self._post_failed, PIPELINE_DEPTH) if self.pipeline else None
         self._thread = threading.Thread(target=self._run, name=f"device-worker-{device}", daemon=True)
 
+    # -- what callers ask of the device's queues (admission decides) ---------------------------------------------
+
+    @property
+    def queues(self) -> list[VariantQueue]:
+        return self.admission.queues
+
+    @property
+    def failure(self) -> BaseException | None:
+        return self.admission.failure
+
+    def add_queue(self, queue: VariantQueue) -> None:
+        self.admission.add_queue(queue)
+
+    def remove_queue(self, queue: VariantQueue, reason: str = "unloaded") -> int:
+        return self.admission.remove_queue(queue, reason)
+
+    def admit(
+        self, queue: VariantQueue, count: int, deadline: float, priority: Priority = Priority.INTERACTIVE
+    ) -> Reservation:
+        return self.admission.admit(queue, count, deadline, priority)
+
+    def admit_shadow(self, queue: VariantQueue, count: int, max_pairs: int, max_client_backlog_s: float) -> Reservation:
+        return self.admission.admit_shadow(queue, count, max_pairs, max_client_backlog_s)
+
+    def release(self, reservation: Reservation) -> None:
+        self.admission.release(reservation)
+
+    def submit(
+        self,
+        queue: VariantQueue,
+        request: InferenceRequest,
+        sequences: Sequence[list[int]],
+        reservation: Reservation | None = None,
+        priority: Priority = Priority.INTERACTIVE,
+        *,
+        max_shadow_pairs: int = 1_000_000,
+        max_client_backlog_s: float = math.inf,
+    ) -> None:
+        self.admission.submit(
+            queue,
+            request,
+            sequences,
+            reservation,
+            priority,
+            max_shadow_pairs=max_shadow_pairs,
+            max_client_backlog_s=max_client_backlog_s,
+        )
+
+    def drop_shadows(self, reason: str = "draining") -> int:
+        return self.admission.drop_shadows(reason)
+
+    # -- the worker thread ---------------------------------------------------------------------------------------
+
     def start(self) -> None:
         if self._post is not None:
             self._post.start()
@@ -69,43 +124,43 @@ class DeviceWorker(AdmissionControl):
 
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive() and self.failure is None
+        return self._thread.is_alive() and self.admission.failure is None
 
     def stop(self, timeout: float | None = None) -> None:
         """Finish what clients queued (queued shadows are dropped) and answer every batch launched, then end the
         threads."""
         self.drop_shadows()
-        with self._condition:
-            self._stopping = True
-            self._condition.notify_all()
+        with self.admission.condition:
+            self.admission.stopping = True
+            self.admission.condition.notify_all()
         if self._thread.is_alive():
             self._thread.join(timeout)
 
     def _next_batch(self) -> tuple[VariantQueue, list[PendingPair], Priority] | None:
         """Wait for a ready lane: the highest priority first, and within a priority round-robin from the queue after
         the last one served. None once stopped and empty."""
-        with self._condition:
+        with self.admission.condition:
             while True:
                 now = time.perf_counter()
                 soonest: float | None = None
-                count = len(self.queues)
+                count = len(self.admission.queues)
                 for priority in Priority:
                     for offset in range(count):
                         position = (self._next_queue[priority] + offset) % count
-                        queue = self.queues[position]
+                        queue = self.admission.queues[position]
                         wait = queue.seconds_until_ready(now, priority)
                         if wait is None:
                             continue
-                        if wait <= 0 or self._stopping:
+                        if wait <= 0 or self.admission.stopping:
                             batch = queue.take_batch(now, priority)
                             if not batch:
                                 continue
                             self._next_queue[priority] = (position + 1) % count
                             return queue, batch, priority
                         soonest = wait if soonest is None else min(soonest, wait)
-                if self._stopping and soonest is None:
+                if self.admission.stopping and soonest is None:
                     return None
-                self._condition.wait(soonest)
+                self.admission.condition.wait(soonest)
 
     def _run(self) -> None:
         try:
@@ -122,7 +177,7 @@ class DeviceWorker(AdmissionControl):
                 flight.holds_slot = True
                 self._dispatch(flight)
         except BaseException as error:  # the worker must never die silently: health checks read this
-            self.failure = error
+            self.admission.failure = error
             log.critical("device worker %s died: %r", self.device, error)
             self._fail_everything(error)
         finally:
@@ -153,19 +208,19 @@ class DeviceWorker(AdmissionControl):
                     self._dispatch(flight)
         finally:
             outer.preempted_s += time.perf_counter() - started
-            with self._condition:  # busy for the background batch and the nested ones not answered yet
-                self._busy_until = time.perf_counter() + self._in_flight_s
-            self._yielding = True
+            with self.admission.condition:  # busy for the background batch and the nested ones not answered yet
+                self.admission.busy_until = time.perf_counter() + self._in_flight_s
+            self.admission.yielding = True
             self._current = outer
             self._preempting = False
 
     def _ready_interactive(self) -> tuple[VariantQueue, list[PendingPair], Priority] | None:
-        with self._condition:
+        with self.admission.condition:
             now = time.perf_counter()
-            count = len(self.queues)
+            count = len(self.admission.queues)
             for offset in range(count):
                 position = (self._next_queue[Priority.INTERACTIVE] + offset) % count
-                queue = self.queues[position]
+                queue = self.admission.queues[position]
                 if queue.seconds_until_ready(now) == 0.0:
                     batch = queue.take_batch(now)
                     if batch:
@@ -178,14 +233,14 @@ class DeviceWorker(AdmissionControl):
         runner can); None when it failed, its requests failed with it."""
         self._batch_counter += 1
         flight = Flight(queue, batch, priority, self._batch_counter)
-        stages = stages_for(queue.runner, self._copy_stream)
+        stages = queue.stages(queue.runner, self._copy_stream)
         background = priority is not Priority.INTERACTIVE
         # Admission of interactive work ignores a running batch that will pause for it.
-        self._yielding = background and getattr(stages, "preemptible", False)
+        self.admission.yielding = background and getattr(stages, "preemptible", False)
         flight.estimate_s = len(batch) * queue.seconds_per_pair
-        with self._condition:  # the device is busy until this batch and those launched before it are done
+        with self.admission.condition:  # the device is busy until this batch and those launched before it are done
             self._in_flight_s += flight.estimate_s
-            self._busy_until = time.perf_counter() + self._in_flight_s
+            self.admission.busy_until = time.perf_counter() + self._in_flight_s
         self._current = flight
         try:
             flight.launches = self._launch_halves(stages, queue, [pair.ids for pair in batch], background)
@@ -199,7 +254,7 @@ class DeviceWorker(AdmissionControl):
             raise
         finally:
             self._current = None
-            self._yielding = False  # its yield points are behind it
+            self.admission.yielding = False  # its yield points are behind it
         return flight
 
     def _launch_halves(
@@ -225,9 +280,9 @@ class DeviceWorker(AdmissionControl):
     def _landed(self, flight: Flight) -> None:
         """A batch left the device (answered or failed): the work still expected is that of the batches after it, from
         now on (so estimates that were too high do not pile up while batches run back to back)."""
-        with self._condition:
+        with self.admission.condition:
             self._in_flight_s = max(0.0, self._in_flight_s - flight.estimate_s)
-            self._busy_until = time.perf_counter() + self._in_flight_s
+            self.admission.busy_until = time.perf_counter() + self._in_flight_s
 
     def _finish(self, flight: Flight) -> None:
         """Collect a launched batch, answer its requests and record it. Runs on the post-stage thread when the
@@ -241,8 +296,8 @@ class DeviceWorker(AdmissionControl):
         """A fatal fault while answering a batch on the post-stage thread: the worker is down, as if its own thread
         had met it."""
         self._fail_requests(flight.requests, error)
-        if self.failure is None:
-            self.failure = error
+        if self.admission.failure is None:
+            self.admission.failure = error
             log.critical("device worker %s died answering a batch: %r", self.device, error)
         self._fail_everything(error)
 
@@ -250,6 +305,6 @@ class DeviceWorker(AdmissionControl):
         fail_requests(requests, InferenceError(f"device worker {self.device} stopped: {error!r}"))
 
     def _fail_everything(self, error: BaseException) -> None:
-        with self._condition:
-            for queue in self.queues:
+        with self.admission.condition:
+            for queue in self.admission.queues:
                 self._fail_requests(queue.clear(), error)

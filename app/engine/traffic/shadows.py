@@ -17,9 +17,9 @@ import numpy.typing as npt
 from app import metrics
 from app.engine.errors import DeadlineExceededError, EngineError, InputTooLongError, OverloadedError
 from app.engine.models.catalogue import ShadowSpec
-from app.engine.models.labels import LABELS
 from app.engine.scheduler.requests import InferenceRequest, Priority, ShadowRefused
 from app.engine.status import PredictionResult, VariantRuntime, VariantStatus
+from app.engine.tasks.nli import LABELS
 from app.engine.tokenization import EncodedPairs, TokenizationPool
 from app.engine.traffic.split import TrafficRouter
 

@@ -16,7 +16,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from app.engine.engine import Engine, warmup_shapes
 from app.engine.errors import InferenceError, OverloadedError, UnknownVariantError, VariantNotReadyError
 from app.engine.models.catalogue import load_catalogue
-from app.engine.models.labels import LABELS
+from app.engine.tasks.nli import LABELS
 from app.samples import sample_pairs
 
 

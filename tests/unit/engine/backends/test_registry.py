@@ -15,9 +15,12 @@ import torch
 from app.engine import backends
 from app.engine.backends import Backend, BackendSource, LoadedRunner, VariantOptions
 from app.engine.backends.torch import TorchRunner
+from app.engine.backends.torch_stages import TorchStages
 from app.engine.engine import Engine, VariantStatus
 from app.engine.models.catalogue import CatalogueError, load_catalogue
 from app.engine.models.store import CheckpointError
+from app.engine.scheduler.runner import BatchRunner
+from app.engine.scheduler.stages import Stages, WholeForward
 from app.samples import sample_pairs
 from tests.support.helpers import write_catalogue
 
@@ -48,6 +51,11 @@ class FakeBackend(Backend):
 
     def __init__(self) -> None:
         self.loaded: list[CountingRunner] = []
+        self.staged = 0  # batches the device worker split through this backend's stages hook
+
+    def stages(self, runner: BatchRunner, copy_stream: torch.cuda.Stream | None = None) -> Stages:
+        self.staged += 1
+        return WholeForward(runner)
 
     def resolve_device(self, spec: VariantOptions) -> torch.device:
         return torch.device("cpu")
@@ -123,6 +131,7 @@ async def test_the_loader_serves_through_a_registered_backend(
         result = await engine.predict(pairs, "plugged")
         assert result.probabilities.shape == (3, 3)
         assert runner.pairs == before + 3
+        assert fake.staged >= 1  # the worker ran the batch as the backend split it
     finally:
         engine.close()
 
@@ -154,3 +163,12 @@ def test_built_in_backends_declare_their_platform_and_options(
 def test_registering_a_second_backend_under_a_taken_name_is_refused(fake: FakeBackend) -> None:
     with pytest.raises(ValueError, match="a backend named 'fake' is registered already"):
         backends.register(FakeBackend())
+
+
+def test_torch_stages_its_runners_and_leaves_other_runners_whole() -> None:
+    torch_backend = backends.get_backend("torch")
+    runner = TorchRunner(torch.nn.Identity(), torch.device("cpu"), 1, (0, 1, 2))
+    assert isinstance(torch_backend.stages(runner), TorchStages)
+    wrapped = CountingRunner(runner, rotate=False)  # a runner the torch backend did not build (faults wrap so)
+    assert isinstance(torch_backend.stages(wrapped), WholeForward)
+    assert isinstance(backends.get_backend("onnxruntime").stages(wrapped), WholeForward)

@@ -19,11 +19,10 @@ from app.engine.backends.torch_graphs import (
     BucketRunner,
     compile_settings,
 )
-from app.engine.backends.torch_stages import stages_for
 from app.engine.models.catalogue import CatalogueError, VariantSpec, load_catalogue
 from app.engine.models.store import CheckpointError, inspect_checkpoint
 from app.engine.scheduler.runner import PreemptibleRunner, WarmableRunner
-from app.engine.scheduler.stages import PacedYieldPoint
+from app.engine.scheduler.stages import PacedYieldPoint, own_stages
 
 TORCH = get_backend("torch")
 
@@ -134,7 +133,7 @@ def test_preemptible_batches_run_eagerly_and_pause_between_blocks(
     eager, compiled = runners
     interfaces: tuple[PreemptibleRunner, WarmableRunner] = (compiled, compiled)  # what the engine asks (mypy)
     assert interfaces[0] is compiled
-    assert stages_for(compiled) is compiled  # the device worker runs it in its own stages
+    assert own_stages(compiled) is compiled  # the device worker runs it in its own stages
     assert compiled.preemptible
     batch = sequences(lengths)
     pauses: list[int] = []

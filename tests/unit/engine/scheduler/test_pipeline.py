@@ -23,6 +23,7 @@ from app.engine.scheduler.queues import VariantQueue
 from app.engine.scheduler.requests import InferenceRequest, Priority
 from app.engine.scheduler.stages import PacedYieldPoint, device_yield_point
 from app.engine.scheduler.worker import DeviceWorker
+from app.engine.tasks.nli import LABELS
 
 
 class FakeLaunch:
@@ -79,7 +80,7 @@ class StagedRunner:
 
 
 def add_queue(worker: DeviceWorker, runner: object, max_batch_size: int = 1) -> VariantQueue:
-    queue = VariantQueue("a", runner, BatchLimits(max_batch_size, 100_000))  # type: ignore[arg-type]
+    queue = VariantQueue("a", runner, BatchLimits(max_batch_size, 100_000), labels=LABELS)  # type: ignore[arg-type]
     worker.add_queue(queue)
     return queue
 
@@ -212,12 +213,12 @@ async def test_admission_expects_no_running_work_once_every_batch_was_answered(w
     """Estimates above the real device time must not pile up while batches run back to back (admission would read
     a device busy long after it went idle, and refuse requests it could serve)."""
     runner = StagedRunner(seconds=0.001)
-    queue = VariantQueue("a", runner, BatchLimits(1, 100_000), seconds_per_pair=1.0)
+    queue = VariantQueue("a", runner, BatchLimits(1, 100_000), seconds_per_pair=1.0, labels=LABELS)
     worker.add_queue(queue)
     requests = [submit(worker, queue, [token]) for token in range(20)]
     worker.start()
     await asyncio.wait_for(asyncio.gather(*(request.future for request in requests)), 5)
-    await wait_until(lambda: worker._busy_until <= time.perf_counter())
+    await wait_until(lambda: worker.admission.busy_until <= time.perf_counter())
 
 
 def submit_threadsafe(
@@ -256,7 +257,7 @@ async def test_pipelined_and_serial_workers_give_identical_probabilities(demo_ca
         answers: dict[bool, list[npt.NDArray[np.float32]]] = {}
         for pipeline in (False, True):
             worker = DeviceWorker("cpu", pipeline=pipeline)
-            queue = VariantQueue("xlmr-mnli", runner, BatchLimits(4, 4096))
+            queue = VariantQueue("xlmr-mnli", runner, BatchLimits(4, 4096), labels=LABELS)
             worker.add_queue(queue)
             loop = asyncio.get_running_loop()
             requests = []
@@ -375,19 +376,19 @@ async def test_a_yield_point_keeps_the_estimates_of_the_batches_it_launched() ->
     """With the pipeline on, the interactive batches launched at a yield point are still in flight when it returns:
     the device stays busy for them and for the rest of the background batch."""
     worker = DeviceWorker("test", pipeline=True)  # not started: nothing lands
-    queue = VariantQueue("a", StagedRunner(), BatchLimits(1, 100_000), seconds_per_pair=1.0)
+    queue = VariantQueue("a", StagedRunner(), BatchLimits(1, 100_000), seconds_per_pair=1.0, labels=LABELS)
     worker.add_queue(queue)
     outer = Flight(queue, [], Priority.BATCH, 0)
     outer.estimate_s = 3.0
-    with worker._condition:
+    with worker.admission.condition:
         worker._in_flight_s = outer.estimate_s
-        worker._busy_until = time.perf_counter() + outer.estimate_s
+        worker.admission.busy_until = time.perf_counter() + outer.estimate_s
     worker._current = outer
     submit(worker, queue, [1])
     worker._preempt()
     assert len(outer.nested) == 1
     assert worker._in_flight_s == pytest.approx(4.0)
-    assert worker._busy_until - time.perf_counter() == pytest.approx(4.0, abs=0.2)
+    assert worker.admission.busy_until - time.perf_counter() == pytest.approx(4.0, abs=0.2)
 
 
 @pytest.mark.parametrize("pipeline", [True, False])
@@ -433,7 +434,7 @@ def test_the_post_stage_goes_on_when_handling_a_fault_fails() -> None:
 
     post = PostStage("test", finish, fatal, depth=1)
     post.start()
-    queue = VariantQueue("a", StagedRunner(), BatchLimits(1, 100_000))
+    queue = VariantQueue("a", StagedRunner(), BatchLimits(1, 100_000), labels=LABELS)
     for batch_id in (1, 2):
         post.reserve()  # the second waits for the slot the first flight gives back
         flight = Flight(queue, [], Priority.INTERACTIVE, batch_id)

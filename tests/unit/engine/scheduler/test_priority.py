@@ -20,6 +20,7 @@ from app.engine.scheduler.batching import BatchLimits
 from app.engine.scheduler.queues import VariantQueue
 from app.engine.scheduler.requests import InferenceRequest, Priority, ShadowRefused
 from app.engine.scheduler.worker import DeviceWorker
+from app.engine.tasks.nli import LABELS
 from tests.support.helpers import metric_value
 from tests.unit.engine.scheduler.test_worker import RecordingRunner
 
@@ -37,6 +38,7 @@ def add_queue(
         BatchLimits(max_batch_size, 100_000),
         max_queue_pairs=max_queue_pairs,
         max_background_batch_s=max_background_batch_s,
+        labels=LABELS,
     )
     worker.add_queue(queue)
     return queue
@@ -122,12 +124,12 @@ def test_a_running_background_batch_that_yields_does_not_count_against_interacti
 ) -> None:
     queue = add_queue(worker, RecordingRunner("a", []))
     queue.seconds_per_pair = 0.01
-    worker._busy_until = time.perf_counter() + 5.0  # a 5 s background batch is running ...
-    worker._yielding = True  # ... and pauses between layers for interactive batches
+    worker.admission.busy_until = time.perf_counter() + 5.0  # a 5 s background batch is running ...
+    worker.admission.yielding = True  # ... and pauses between layers for interactive batches
     worker.admit(queue, 1, time.perf_counter() + 1.0, Priority.INTERACTIVE)
     with pytest.raises(OverloadedError, match="cannot answer within the deadline"):
         worker.admit(queue, 1, time.perf_counter() + 1.0, Priority.BATCH)
-    worker._yielding = False  # a batch that runs whole (ONNX Runtime) is waited for
+    worker.admission.yielding = False  # a batch that runs whole (ONNX Runtime) is waited for
     with pytest.raises(OverloadedError, match="cannot answer within the deadline"):
         worker.admit(queue, 1, time.perf_counter() + 1.0, Priority.INTERACTIVE)
 
@@ -242,7 +244,8 @@ async def test_a_background_batch_lets_interactive_batches_run_between_its_layer
 def test_the_torch_runner_yields_before_every_block_of_every_encoder_layer(demo_store: Path) -> None:
     from transformers import AutoModelForSequenceClassification
 
-    from app.engine.backends.torch import TorchRunner, encoder_layers
+    from app.engine.backends.torch import TorchRunner
+    from app.engine.backends.torch_stages import encoder_layers
 
     model = AutoModelForSequenceClassification.from_pretrained(demo_store / "xlmr-mnli").eval()
     runner = TorchRunner(model, torch.device("cpu"), model.config.pad_token_id, [0, 1, 2])

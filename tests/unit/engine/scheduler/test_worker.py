@@ -23,6 +23,7 @@ from app.engine.scheduler.batching import BatchLimits
 from app.engine.scheduler.queues import VariantQueue
 from app.engine.scheduler.requests import InferenceRequest, PendingPair
 from app.engine.scheduler.worker import DeviceWorker
+from app.engine.tasks.nli import LABELS
 
 
 class RecordingRunner:
@@ -51,7 +52,7 @@ class RecordingRunner:
 def add_queue(
     worker: DeviceWorker, runner: RecordingRunner, max_batch_size: int = 32, max_wait_ms: float = 0.0
 ) -> VariantQueue:
-    queue = VariantQueue(runner.name, runner, BatchLimits(max_batch_size, 100_000), max_wait_ms)
+    queue = VariantQueue(runner.name, runner, BatchLimits(max_batch_size, 100_000), max_wait_ms, labels=LABELS)
     worker.add_queue(queue)
     return queue
 
@@ -164,7 +165,7 @@ def test_admission_counts_queued_pairs_and_the_running_batch(worker: DeviceWorke
     worker.admit(queue, 10, now + 10 * 0.1 / ADMISSION_HEADROOM + 0.05)  # 1 s of work fits 80% of 1.3 s
     with pytest.raises(OverloadedError, match="cannot answer within the deadline"):
         worker.admit(queue, 1, now + 1.3)  # alone it would fit; behind the first request's 1 s it does not
-    worker._busy_until = time.perf_counter() + 5.0  # a batch of 5 s is running
+    worker.admission.busy_until = time.perf_counter() + 5.0  # a batch of 5 s is running
     with pytest.raises(OverloadedError) as raised:
         worker.admit(queue, 1, time.perf_counter() + 5.5)
     assert raised.value.retry_after_s >= 4.0
@@ -180,7 +181,7 @@ async def test_request_that_cannot_finish_in_time_is_dropped_before_compute(work
     await asyncio.sleep(0.05)
     queue.seconds_per_pair = 1.0  # each pair takes a second from now on
     hopeless = InferenceRequest(4, asyncio.get_running_loop(), deadline=time.perf_counter() + 3.0)
-    with worker._condition:  # queued behind admission's back: 4 s of work cannot fit 3 s
+    with worker.admission.condition:  # queued behind admission's back: 4 s of work cannot fit 3 s
         hopeless.enqueued_at = time.perf_counter()
         queue.put([PendingPair(hopeless, index, [token, 5, 6]) for index, token in enumerate((2, 3, 4, 5))])
     kept = submit(worker, queue, [6])
@@ -192,7 +193,7 @@ async def test_request_that_cannot_finish_in_time_is_dropped_before_compute(work
 
 
 def test_request_larger_than_the_queue_is_too_large_not_overloaded(worker: DeviceWorker) -> None:
-    queue = VariantQueue("a", RecordingRunner("a", []), BatchLimits(32, 100_000), max_queue_pairs=10)
+    queue = VariantQueue("a", RecordingRunner("a", []), BatchLimits(32, 100_000), max_queue_pairs=10, labels=LABELS)
     worker.add_queue(queue)
     with pytest.raises(RequestTooLargeError, match="queues at most max_queue_pairs=10") as raised:
         worker.admit(queue, 11, time.perf_counter() + 30)  # the queue is empty: waiting would never help

@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 from app.engine.engine import Engine
 from app.engine.errors import OverloadedError
 from app.engine.models.catalogue import load_catalogue
-from app.engine.models.labels import LABELS
+from app.engine.tasks.nli import LABELS
 from app.metrics import SHADOW_DROP_REASONS, language_label
 from app.samples import sample_pairs
 from tests.support.helpers import write_catalogue

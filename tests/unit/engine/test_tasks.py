@@ -1,8 +1,14 @@
+"""The task seam: NLI's labels mapped by name from any public checkpoint order, its post-processing alike on torch
+and NumPy, and its response rows."""
+
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import torch
 
-from app.engine.models.labels import LABELS, LabelMappingError, label_permutation
+from app.engine.tasks import LabelMappingError
+from app.engine.tasks.nli import LABELS, NLI
 
 
 @pytest.mark.parametrize(
@@ -15,7 +21,7 @@ from app.engine.models.labels import LABELS, LabelMappingError, label_permutatio
     ],
 )
 def test_public_label_orders_map_by_name(id2label: dict[int | str, str]) -> None:
-    permutation = label_permutation(id2label)
+    permutation = NLI.label_order(id2label)
     for service_index, model_index in enumerate(permutation):
         named = {int(key): value.lower() for key, value in id2label.items()}[model_index]
         assert named == LABELS[service_index]
@@ -33,5 +39,25 @@ def test_public_label_orders_map_by_name(id2label: dict[int | str, str]) -> None
 )
 def test_unmappable_labels_are_refused(id2label: dict[int | str, str], expected: str) -> None:
     with pytest.raises(LabelMappingError) as raised:
-        label_permutation(id2label)
+        NLI.label_order(id2label)
     assert expected in str(raised.value)
+
+
+def test_scores_are_a_float32_softmax_in_service_order_on_torch_and_numpy_alike() -> None:
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]], dtype=torch.float16)
+    order = NLI.label_order({0: "contradiction", 1: "neutral", 2: "entailment"})
+    on_torch = NLI.scores(logits, torch.tensor(order))
+    assert on_torch.dtype == torch.float32
+    expected = torch.softmax(logits.float(), dim=-1)[:, list(order)]
+    assert torch.equal(on_torch, expected)
+    on_numpy = NLI.scores_numpy(logits.float().numpy(), np.asarray(order, dtype=np.int64))
+    np.testing.assert_allclose(on_numpy, expected.numpy(), rtol=1e-6)
+
+
+def test_rows_name_the_top_label_and_every_score_in_service_order() -> None:
+    scores = np.array([[0.1, 0.2, 0.7], [0.6, 0.3, 0.1]], dtype=np.float32)
+    rows = NLI.rows(scores, [False, True])
+    assert [row["label"] for row in rows] == ["contradiction", "entailment"]
+    assert list(rows[0]["scores"]) == list(LABELS)
+    assert rows[0]["scores"]["contradiction"] == pytest.approx(0.7)
+    assert [row["truncated"] for row in rows] == [False, True]
