@@ -13,7 +13,7 @@ import pytest
 
 from app.demo.build_store import DEMO_DEPLOYMENTS
 from app.engine.models.catalogue import load_catalogue
-from app.engine.models.labels import LABELS
+from app.engine.tasks.nli import LABELS
 from app.samples import sample_pairs
 from tests.support.helpers import ServerProcess, metric_value, running_server, write_catalogue
 from tests.unit.engine.backends.test_onnxruntime import corrupt_label_rows

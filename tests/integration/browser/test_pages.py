@@ -14,7 +14,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
-from app.engine.models.labels import LABELS
+from app.engine.tasks.nli import LABELS
 from app.samples import sample_pairs
 from tests.integration.browser.conftest import SCREENSHOT_DIR, VARIANTS, Browser
 from tests.integration.conftest import API_KEY

@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from app.engine.models.labels import LABELS
+from app.engine.tasks.nli import LABELS
 from app.evaluation.run import evaluate
 from app.xnli import read_xnli
 from tests.integration.conftest import API_KEY
