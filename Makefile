@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 DEMO_SIZE ?= tiny
 
-.PHONY: serve test test-slow lint fuzz compare evaluate install install-dev demo-store clean
+.PHONY: serve test test-unit test-slow lint fuzz compare evaluate install install-dev demo-store clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ lint: install-dev
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/python deploy/grafana/dashboard.py --check
+
+# The quick loop: unit tests that load no checkpoint, open no socket (--forbid-sockets fails one that does) and run
+# no statistical calibration; `make test` runs them all.
+test-unit: install-dev
+	$(BIN)/pytest -m "not slow and not checkpoints and not sockets and not simulation" --forbid-sockets tests/unit
 
 # Every test but the few long end-to-end runs marked `slow` (see pyproject.toml); CI (.ci/run) runs both targets.
 test: install-dev lint

@@ -40,6 +40,7 @@ def test_connection_cap_stays_below_the_descriptor_limit(configured: int, descri
     assert connection_cap(configured, descriptors) == expected
 
 
+@pytest.mark.sockets
 async def test_unread_bytes_sees_a_request_the_loop_has_not_read() -> None:
     """Eviction spares a connection whose request waits in the kernel: what a loop busy for seconds looks like."""
     accepted: list[asyncio.Transport] = []

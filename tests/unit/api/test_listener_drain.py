@@ -13,7 +13,10 @@ import pytest
 
 from app.api import listener_drain
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="socket filters and TCP_INFO are Linux's")
+pytestmark = [
+    pytest.mark.skipif(sys.platform != "linux", reason="socket filters and TCP_INFO are Linux's"),
+    pytest.mark.sockets,
+]
 
 ANSWER = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}"
 

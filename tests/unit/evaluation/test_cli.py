@@ -28,6 +28,7 @@ def test_unreadable_data_is_one_line(tmp_path: Path, content: str, message: str)
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.sockets
 def test_unreachable_service_is_one_line(tmp_path: Path) -> None:
     data = tmp_path / "de.jsonl"
     data.write_text('{"premise": "Es schneit.", "hypothesis": "Es ist kalt.", "label": 1}\n', encoding="utf-8")
