@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +43,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(autouse=True)
-def _forbid_sockets(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _forbid_sockets(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """With --forbid-sockets, an unmarked test that binds or connects an AF_INET/AF_INET6 socket fails at once."""
     if request.config.getoption("--forbid-sockets") and request.node.get_closest_marker("sockets") is None:
         for method in ("bind", "connect", "connect_ex"):
@@ -56,7 +55,6 @@ def _forbid_sockets(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPa
                 return _original(self, *args)
 
             monkeypatch.setattr(socket.socket, method, refuse)
-    yield
 
 
 @pytest.fixture(scope="session")
