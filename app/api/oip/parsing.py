@@ -14,18 +14,21 @@ from app.api.errors import first_problem
 from app.api.oip.schemas import InferenceRequestBody
 from app.service.errors import InvalidInferenceRequest
 from app.service.oip.model import ContentFields, InferenceRequest, InputTensor, RequestedOutput
-from app.service.oip.requests import MAX_TIMEOUT_US, Inference, inference, read_options
+from app.service.oip.requests import MAX_TIMEOUT_US, prediction_query, read_options
+from app.service.prediction import PredictionQuery
 
 __all__ = ["MAX_TIMEOUT_US", "InferRequest", "infer_request", "read_body"]
 
 CONTENT_FIELDS = ContentFields(values="data", raw="a binary_data_size parameter")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per request: not frozen, which would cost three times as much
 class InferRequest:
-    """A parsed infer request: the protocol's inference and which of its outputs go back as binary data."""
+    """A parsed infer request: the query for the prediction service and what its answer must carry."""
 
-    inference: Inference
+    query: PredictionQuery
+    id: str | None
+    outputs: tuple[str, ...]
     binary_outputs: frozenset[str]
 
 
@@ -56,7 +59,8 @@ def infer_request(
     """Options first (cheap), then which outputs are binary, then the tensors."""
     options = read_options(request)
     binary = _binary_outputs(request, options.outputs)
-    return InferRequest(inference(request, options, variant, max_pairs, routing_key), binary)
+    query = prediction_query(request, options, variant, max_pairs, routing_key)
+    return InferRequest(query, request.id, options.outputs, binary)
 
 
 def _binary_outputs(request: InferenceRequest, outputs: tuple[str, ...]) -> frozenset[str]:

@@ -14,27 +14,26 @@ from app.api.oip.schemas import INPUT_NAMES, LABEL_ORDER, MODEL_VERSION, ModelMe
 from app.engine.backends import get_backend
 from app.engine.engine import PredictionResult
 from app.engine.models.labels import LABELS
-from app.service.oip.model import OutputTensor
 from app.service.oip.responses import inference_response
 from app.service.oip.tensors import encode_bytes, encode_fp32
 from app.service.variants import VariantInfo
 
 
 def infer_response(request: InferRequest, result: PredictionResult) -> bytes | RenderedBody:
-    response = inference_response(request.inference, result)
+    response = inference_response(result, request.outputs, request.id)
     tensors: list[dict[str, Any]] = []
     buffers: list[bytes] = []
     for output in response.outputs:
         tensor: dict[str, Any] = {"name": output.name, "datatype": output.datatype, "shape": output.shape}
-        parameters: dict[str, Any] = dict(output.parameters)
-        binary = output.name in request.binary_outputs
-        if binary:
-            buffers.append(_raw(output))
-            parameters["binary_data_size"] = len(buffers[-1])
-        if parameters:
-            tensor["parameters"] = parameters
-        if not binary:
-            tensor["data"] = output.values if isinstance(output.values, list) else output.values.reshape(-1).tolist()
+        values = output.values
+        if output.name in request.binary_outputs:
+            buffers.append(encode_bytes(values) if isinstance(values, list) else encode_fp32(values))
+            output.parameters["binary_data_size"] = len(buffers[-1])  # this response's own dict, written once
+            tensor["parameters"] = output.parameters
+        else:
+            if output.parameters:
+                tensor["parameters"] = output.parameters
+            tensor["data"] = values if isinstance(values, list) else values.reshape(-1).tolist()
         tensors.append(tensor)
     body: dict[str, Any] = {
         "model_name": response.model_name,
@@ -48,13 +47,6 @@ def infer_response(request: InferRequest, result: PredictionResult) -> bytes | R
         return orjson.dumps(body)
     content, headers = binary_tensors.encode_response(body, buffers)
     return RenderedBody(content, binary_tensors.MEDIA_TYPE, headers)
-
-
-def _raw(output: OutputTensor) -> bytes:
-    """The output's elements in the protocol's raw serialization: BYTES length-prefixed, FP32 little-endian."""
-    if isinstance(output.values, list):
-        return encode_bytes(output.values)
-    return encode_fp32(output.values)
 
 
 def model_metadata(info: VariantInfo) -> ModelMetadata:

@@ -121,5 +121,5 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     except (InvalidInferenceRequest, TooManyPairsError) as error:
         raise from_engine(error) from None
     return await answer_prediction(
-        request, parsed.inference.query, lambda result: rendering.infer_response(parsed, result), "v2_infer"
+        request, parsed.query, lambda result: rendering.infer_response(parsed, result), "v2_infer"
     )

@@ -3,6 +3,9 @@
 A tensor's elements arrive either as values (HTTP's JSON ``data``, gRPC's ``contents``) or as the protocol's raw
 serialization (HTTP's binary tensor extension, gRPC's ``raw_input_contents``): :class:`InputTensor` holds one of the
 two and the parser reads both. Each catalogue variant is a model with one version, "1".
+
+Plain (not frozen) slotted dataclasses: a few are built for every request, and a frozen one costs three times as much
+to build; nothing mutates them after the transport has read its wire.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ Parameter = bool | int | float | str
 Parameters = Mapping[str, Parameter]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True)  # one per wire, built once
 class ContentFields:
     """What a wire calls a tensor's two ways of carrying its elements, so that a message names the field to fix."""
 
@@ -33,7 +36,7 @@ class ContentFields:
     raw: str  # HTTP: "a binary_data_size parameter"; gRPC: "raw_input_contents"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class InputTensor:
     """One input tensor: its elements as ``values`` (rows may nest as the shape does) or as ``raw`` bytes."""
 
@@ -44,13 +47,13 @@ class InputTensor:
     raw: bytes | memoryview | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestedOutput:
     name: str
     parameters: Parameters = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class InferenceRequest:
     """An infer request as read from its wire; nothing in it is checked yet."""
 
@@ -61,7 +64,7 @@ class InferenceRequest:
     id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class OutputTensor:
     """One output tensor; each transport writes ``values`` as values or as raw bytes, as its client asked."""
 
@@ -72,7 +75,7 @@ class OutputTensor:
     values: list[str] | npt.NDArray[np.float32]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class InferenceResponse:
     model_name: str
     model_version: str

@@ -31,7 +31,7 @@ def check_version(name: str, version: str | None) -> None:
         raise UnknownModelVersionError(f"model {name!r} has no version {version!r}; versions: {MODEL_VERSION}")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per request: not frozen, which would cost three times as much
 class InferOptions:
     """A request's parameters and output selection, checked."""
 
@@ -42,33 +42,24 @@ class InferOptions:
     outputs: tuple[str, ...]  # each at most once, in the order asked
 
 
-@dataclass(frozen=True, slots=True)
-class Inference:
-    """A parsed infer request: the query for the prediction service and what its answer must carry."""
-
-    query: PredictionQuery
-    id: str | None
-    outputs: tuple[str, ...]
-
-
 def read_options(request: InferenceRequest) -> InferOptions:
     """The parameters, then the outputs: what a transport checks of its own (HTTP's ``binary_data``) comes after
-    these and before :func:`inference` reads the tensors."""
+    these and before :func:`prediction_query` reads the tensors."""
     parameters = request.parameters
     truncate, timeout_s = _deadline_options(parameters)
     priority, language = _traffic_options(parameters)
     return InferOptions(truncate, timeout_s, priority, language, _requested_outputs(request))
 
 
-def inference(
+def prediction_query(
     request: InferenceRequest,
     options: InferOptions,
     variant: str,
     max_pairs: int,
     routing_key: str | None = None,
-) -> Inference:
+) -> PredictionQuery:
     """The tensors as pairs, with the options, for ``variant``."""
-    query = PredictionQuery(
+    return PredictionQuery(
         pairs=_pairs(request, max_pairs),
         variant=variant,
         routing_key=routing_key,
@@ -77,7 +68,6 @@ def inference(
         priority=options.priority,
         language=options.language,
     )
-    return Inference(query, request.id, options.outputs)
 
 
 def _strings(tensor: InputTensor, max_pairs: int, request: InferenceRequest) -> list[str]:

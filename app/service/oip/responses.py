@@ -3,30 +3,27 @@ asked, as typed tensors that each transport writes as values or raw bytes."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from app.engine.engine import PredictionResult
 from app.engine.models.labels import LABELS
 from app.service.oip.model import LABEL_ORDER, MODEL_VERSION, InferenceResponse, OutputTensor, Parameter
-from app.service.oip.requests import Inference
 
 
-def inference_response(inference: Inference, result: PredictionResult) -> InferenceResponse:
+def inference_response(result: PredictionResult, outputs: Sequence[str], request_id: str | None) -> InferenceResponse:
+    """``outputs`` as :func:`~app.service.oip.requests.read_options` checked them; ``request_id`` is echoed."""
     probabilities = result.probabilities
     count = len(probabilities)
-    outputs: list[OutputTensor] = []
-    for name in inference.outputs:
+    tensors: list[OutputTensor] = []
+    for name in outputs:
         if name == "label":
             labels = [LABELS[index] for index in np.argmax(probabilities, axis=1).tolist()]
-            outputs.append(OutputTensor("label", "BYTES", [count], {}, labels))
+            tensors.append(OutputTensor("label", "BYTES", [count], {}, labels))
         else:
-            parameters: dict[str, Parameter] = {"label_order": LABEL_ORDER}
-            outputs.append(OutputTensor("probabilities", "FP32", [count, len(LABELS)], parameters, probabilities))
+            shape = [count, len(LABELS)]
+            tensors.append(OutputTensor("probabilities", "FP32", shape, {"label_order": LABEL_ORDER}, probabilities))
     truncated = ",".join(str(index) for index, flag in enumerate(result.truncated) if flag)
-    return InferenceResponse(
-        model_name=result.variant,
-        model_version=MODEL_VERSION,
-        parameters={"label_order": LABEL_ORDER, "truncated_pairs": truncated},
-        outputs=outputs,
-        id=inference.id,
-    )
+    parameters: dict[str, Parameter] = {"label_order": LABEL_ORDER, "truncated_pairs": truncated}
+    return InferenceResponse(result.variant, MODEL_VERSION, parameters, tensors, request_id)

@@ -27,7 +27,7 @@ from app.service.oip.model import (
     InputTensor,
     RequestedOutput,
 )
-from app.service.oip.requests import check_version, inference, read_options
+from app.service.oip.requests import check_version, prediction_query, read_options
 from app.service.oip.responses import inference_response
 from app.service.oip.tensors import decode_bytes, encode_bytes, encode_fp32
 from tests.conftest import REPO_ROOT
@@ -52,7 +52,7 @@ def request(
 
 
 def pairs_of(infer: InferenceRequest) -> list[tuple[str, str]]:
-    return list(inference(infer, read_options(infer), "alpha", MAX_PAIRS).query.pairs)
+    return list(prediction_query(infer, read_options(infer), "alpha", MAX_PAIRS).pairs)
 
 
 def raw(texts: list[str]) -> bytes:
@@ -93,8 +93,8 @@ def test_options_and_the_query_they_make() -> None:
         parameters={"truncate": False, "timeout": 250_000, "priority": "batch", "language": "fr"},
         outputs=[RequestedOutput("probabilities"), RequestedOutput("label")],
     )
-    parsed = inference(infer, read_options(infer), "alpha", MAX_PAIRS, routing_key="user-1")
-    query = parsed.query
+    options = read_options(infer)
+    query = prediction_query(infer, options, "alpha", MAX_PAIRS, routing_key="user-1")
     assert (query.variant, query.routing_key, query.truncate, query.timeout_s, query.priority, query.language) == (
         "alpha",
         "user-1",
@@ -103,8 +103,7 @@ def test_options_and_the_query_they_make() -> None:
         "batch",
         "fr",
     )
-    assert parsed.outputs == ("probabilities", "label")
-    assert parsed.id == "7"
+    assert options.outputs == ("probabilities", "label")
     assert read_options(request()).outputs == ("label", "probabilities")
 
 
@@ -185,10 +184,10 @@ def test_a_version_other_than_1_is_not_found() -> None:
 
 def test_the_response_holds_the_outputs_asked_for_in_order_as_typed_tensors() -> None:
     infer = request(outputs=[RequestedOutput("probabilities"), RequestedOutput("label")])
-    parsed = inference(infer, read_options(infer), "alpha", MAX_PAIRS)
+    outputs = read_options(infer).outputs
     probabilities = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], dtype=np.float32)
     result = PredictionResult("alpha", probabilities, [False, True], Timings(0.0, 0.0, 0.0, 0.0))
-    response = inference_response(parsed, result)
+    response = inference_response(result, outputs, "7")
     assert (response.model_name, response.model_version, response.id) == ("alpha", "1", "7")
     assert response.parameters == {"label_order": LABEL_ORDER, "truncated_pairs": "1"}
     scores, labels = response.outputs
