@@ -13,28 +13,33 @@ from typing import Any
 from starlette.types import Scope
 
 from app import metrics
+from app.api.errors import CLIENT_CLOSED, HTTP_STATUS
 from app.metrics import Outcome
 
-CLIENT_CLOSED = 499  # nginx's code for "the client went away first"; logged, never seen by a client
+__all__ = ["CLIENT_CLOSED", "begin", "count_refusal", "counted_by_service", "note_variant", "outcome_for"]
+
 _COUNTED = "xnli_counted"
 _VARIANT = "xnli_variant"
 
 
+def _outcomes_by_status() -> dict[int, Outcome]:
+    """Each status HTTP answers a kind of failure with, and that kind's outcome: the service's table decides, so a
+    refusal counted here from its status and one the service counted from its error agree."""
+    outcomes: dict[int, Outcome] = {}
+    for kind, status in HTTP_STATUS.items():
+        if outcomes.setdefault(status, kind.outcome) != kind.outcome:
+            raise ValueError(f"HTTP {status} answers kinds of different outcomes ({outcomes[status]}, {kind.outcome})")
+    return outcomes
+
+
+_OUTCOME_BY_STATUS = _outcomes_by_status()
+
+
 def outcome_for(status: int) -> Outcome:
-    """The `outcome` label of xnli_requests_total for an HTTP status."""
+    """The `outcome` label of xnli_requests_total for an HTTP status (also those no kind has: 401, 405, 502)."""
     if status < 400:
         return Outcome.SUCCESS
-    if status == 404:
-        return Outcome.NOT_FOUND
-    if status == 429:
-        return Outcome.OVERLOADED
-    if status == 503:
-        return Outcome.UNAVAILABLE
-    if status == CLIENT_CLOSED:
-        return Outcome.DISCONNECTED
-    if status < 500:
-        return Outcome.CLIENT_ERROR
-    return Outcome.ERROR
+    return _OUTCOME_BY_STATUS.get(status, Outcome.CLIENT_ERROR if status < 500 else Outcome.ERROR)
 
 
 def _state(scope: Scope) -> dict[str, Any]:

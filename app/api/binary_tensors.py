@@ -1,28 +1,28 @@
-"""The Open Inference Protocol's binary tensor extension, as Triton and MLServer speak it (and tritonclient by default).
+"""The Open Inference Protocol's binary tensor extension over HTTP, as Triton and MLServer speak it (and tritonclient by
+default): the framing only.
 
 A request body is a JSON header of ``Inference-Header-Content-Length`` bytes followed by raw tensor data: each input
-with a ``binary_data_size`` parameter owns the next that many bytes, in input order. BYTES elements are a 4-byte
-little-endian length followed by the bytes; FP32 is little-endian IEEE 754, row-major. A response carries its binary
-outputs the same way. Every size is checked against the bytes actually received before anything is sliced or
-decoded, so a lying header or length costs no more than the body's own size.
+with a ``binary_data_size`` parameter owns the next that many bytes, in input order. A response carries its binary
+outputs the same way. Every size is checked against the bytes actually received before anything is sliced, so a lying
+header or size costs no more than the body's own size. The elements inside each slice are the protocol's raw
+serialization, the same on every wire (``app.service.oip.tensors``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import numpy as np
-import numpy.typing as npt
 import orjson
+
+from app.service.errors import InvalidInferenceRequest
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 MEDIA_TYPE = "application/octet-stream"
-LENGTH_BYTES = 4
 _MAX_HEADER_DIGITS = 19  # anything longer is past any body size
 
 
-class BinaryTensorError(ValueError):
-    """The binary part of a request is malformed; the message says how (the API answers 400)."""
+class BinaryTensorError(InvalidInferenceRequest):
+    """The binary framing of a request is malformed; the message says how (a malformed request, as any other)."""
 
 
 def split_body(raw: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
@@ -69,44 +69,6 @@ def slice_inputs(sizes: Sequence[tuple[str, int | None]], tail: memoryview) -> l
             f"{len(tail) - offset} bytes of binary data follow the {offset} that the inputs' binary_data_size claim"
         )
     return segments
-
-
-def decode_bytes(data: memoryview, count: int, name: str) -> list[str]:
-    """``count`` BYTES elements as UTF-8 strings; their lengths must account for every byte of ``data``."""
-    values: list[str] = []
-    offset = 0
-    size = len(data)
-    for index in range(count):
-        if size - offset < LENGTH_BYTES:
-            raise BinaryTensorError(
-                f"input {name!r}: its binary data ends before element {index} of {count} (the shape's count)"
-            )
-        length = int.from_bytes(data[offset : offset + LENGTH_BYTES], "little")
-        offset += LENGTH_BYTES
-        if length > size - offset:
-            raise BinaryTensorError(
-                f"input {name!r}: element {index} declares {length} bytes but only {size - offset} are left"
-            )
-        try:
-            values.append(str(data[offset : offset + length], "utf-8"))
-        except UnicodeDecodeError:
-            raise BinaryTensorError(f"input {name!r}: element {index} is not valid UTF-8") from None
-        offset += length
-    if offset != size:
-        raise BinaryTensorError(f"input {name!r}: {size - offset} bytes are left after its {count} elements")
-    return values
-
-
-def encode_bytes(values: Sequence[str]) -> bytes:
-    parts: list[bytes] = []
-    for value in values:
-        encoded = value.encode("utf-8")
-        parts += (len(encoded).to_bytes(LENGTH_BYTES, "little"), encoded)
-    return b"".join(parts)
-
-
-def encode_fp32(array: npt.NDArray[np.float32]) -> bytes:
-    return np.ascontiguousarray(array, dtype="<f4").tobytes()
 
 
 def encode_response(header: Mapping[str, object], buffers: Sequence[bytes]) -> tuple[bytes, dict[str, str]]:

@@ -14,20 +14,30 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from app.api.error_shapes import NATIVE, ErrorShape, route_shape
-from app.engine.errors import (
-    DeadlineExceededError,
-    DeadlineTooShortError,
-    DrainingError,
-    InferenceError,
-    InputTooLongError,
-    OverloadedError,
-    RepositoryBusyError,
-    RequestTooLargeError,
-    UnknownVariantError,
-    VariantLoadError,
-    VariantNotReadyError,
-)
-from app.service.prediction import InvalidQueryError, TooManyPairsError
+from app.service.errors import ErrorKind, Failure, failure_of
+
+CLIENT_CLOSED = 499  # nginx's code for "the client went away first"; logged, never seen by a client
+
+# What HTTP answers each kind of failure with; the kinds themselves, their codes, messages and retry hints are the
+# service's (``app.service.errors``). A transport adds a table like this one and nothing else.
+HTTP_STATUS: dict[ErrorKind, int] = {
+    ErrorKind.INVALID_ARGUMENT: 400,
+    ErrorKind.LOAD_FAILED: 400,
+    ErrorKind.NOT_FOUND: 404,
+    ErrorKind.BUSY: 409,
+    ErrorKind.TOO_LARGE: 413,
+    ErrorKind.INVALID_QUERY: 422,
+    ErrorKind.TOO_LONG: 422,
+    ErrorKind.DEADLINE_TOO_SHORT: 422,
+    ErrorKind.OVERLOADED: 429,
+    ErrorKind.DISCONNECTED: CLIENT_CLOSED,
+    ErrorKind.INFERENCE_FAILED: 500,
+    ErrorKind.INTERNAL: 500,
+    ErrorKind.NOT_READY: 503,
+    ErrorKind.DRAINING: 503,
+    ErrorKind.DEADLINE_EXCEEDED: 503,
+}
+_CLOSES_CONNECTION = frozenset({ErrorKind.DRAINING})  # a draining process wants its keep-alive connections back
 
 
 class ApiError(Exception):
@@ -63,42 +73,19 @@ def first_problem(error: ValidationError) -> str:
     return f"{where}: {first['msg']}"
 
 
-def from_engine(error: Exception) -> ApiError:
+def from_failure(failure: Failure) -> ApiError:
+    """A failure as HTTP answers it: the kind's status, ``Retry-After`` in whole seconds (rounded up)."""
+    headers: dict[str, str] = {}
+    if failure.kind in _CLOSES_CONNECTION:
+        headers["Connection"] = "close"
+    if failure.retry_after_s is not None:
+        headers["Retry-After"] = str(math.ceil(failure.retry_after_s))
+    return ApiError(HTTP_STATUS[failure.kind], failure.code, failure.message, headers, failure.details)
+
+
+def from_engine(error: BaseException) -> ApiError:
     """Translate engine and service exceptions (which know nothing of HTTP) into API errors."""
-    if isinstance(error, UnknownVariantError):
-        return ApiError(404, "unknown_variant", str(error))
-    if isinstance(error, TooManyPairsError):
-        return ApiError(413, "too_many_pairs", str(error))
-    if isinstance(error, InvalidQueryError):
-        return ApiError(422, "invalid_request", str(error))
-    if isinstance(error, VariantNotReadyError):
-        return ApiError(503, "not_ready", str(error), headers={"Retry-After": "5"})
-    if isinstance(error, InputTooLongError):
-        return ApiError(
-            422,
-            "input_too_long",
-            str(error),
-            details=[{"pair": error.pair_index, "tokens": error.length, "limit": error.limit}],
-        )
-    if isinstance(error, RequestTooLargeError):
-        return ApiError(413, "too_many_pairs", str(error), details=[{"limit": error.limit}])
-    if isinstance(error, DeadlineTooShortError):
-        return ApiError(
-            422, "deadline_too_short", str(error), details=[{"minimum_ms": round(error.minimum_s * 1000, 3)}]
-        )
-    if isinstance(error, OverloadedError):
-        return ApiError(429, "overloaded", str(error), headers={"Retry-After": str(math.ceil(error.retry_after_s))})
-    if isinstance(error, DeadlineExceededError):
-        return ApiError(503, "deadline_exceeded", str(error))
-    if isinstance(error, DrainingError):
-        return ApiError(503, "draining", str(error), headers={"Connection": "close", "Retry-After": "1"})
-    if isinstance(error, InferenceError):
-        return ApiError(500, "inference_error", str(error))
-    if isinstance(error, VariantLoadError):
-        return ApiError(500 if error.server_fault else 400, "load_failed", str(error))
-    if isinstance(error, RepositoryBusyError):
-        return ApiError(409, "busy", str(error), headers={"Retry-After": "1"})
-    return ApiError(500, "internal_error", f"{type(error).__name__}: {error}")
+    return from_failure(failure_of(error))
 
 
 _STATUS_TYPES = {

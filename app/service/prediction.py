@@ -16,21 +16,17 @@ from typing import Literal, get_args
 
 from app import metrics
 from app.engine.engine import PredictionResult
-from app.engine.errors import (
-    DeadlineExceededError,
-    DeadlineTooShortError,
-    DrainingError,
-    EngineError,
-    InferenceError,
-    InputTooLongError,
-    OverloadedError,
-    RequestTooLargeError,
-    UnknownVariantError,
-    VariantNotReadyError,
-)
+from app.engine.errors import EngineError
 from app.engine.scheduler.requests import Priority
 from app.metrics import Outcome
 from app.service.engine_handle import EngineHandle
+
+# The service's errors and their outcome live in the one table of failures (app.service.errors); re-exported here,
+# where callers of the prediction path look for them.
+from app.service.errors import ClientDisconnected as ClientDisconnected
+from app.service.errors import InvalidQueryError as InvalidQueryError
+from app.service.errors import TooManyPairsError as TooManyPairsError
+from app.service.errors import outcome_of as outcome_of
 
 ClientPriority = Literal["interactive", "batch"]
 """The priority classes a client may ask for (the engine keeps ``shadow`` for itself)."""
@@ -45,23 +41,6 @@ MAX_TIMEOUT_S = MAX_TIMEOUT_MS / 1000
 def is_language_code(value: object) -> bool:
     """A request's ``language``: an ISO 639-1 code (``fr``), possibly with a region (``fr-CA``)."""
     return isinstance(value, str) and LANGUAGE_MIN_CHARS <= len(value) <= LANGUAGE_MAX_CHARS
-
-
-class InvalidQueryError(ValueError):
-    """The query breaks a rule no transport-level schema caught (a client error)."""
-
-
-class TooManyPairsError(ValueError):
-    """More pairs in one request than ``max_pairs_per_request`` (a client error)."""
-
-    def __init__(self, count: int, limit: int) -> None:
-        self.count = count
-        self.limit = limit
-        super().__init__(f"{count} pairs in one request; the limit is max_pairs_per_request={limit}")
-
-
-class ClientDisconnected(Exception):
-    """The caller left before its answer was ready; its queued pairs were dropped."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,30 +68,6 @@ class PredictionQuery:
             )
         if self.timeout_s is not None and not 0 < self.timeout_s <= MAX_TIMEOUT_S:
             raise InvalidQueryError(f"timeout must be in (0, {MAX_TIMEOUT_S:g}] seconds")
-
-
-_OUTCOMES: tuple[tuple[type[Exception], Outcome], ...] = (
-    (UnknownVariantError, Outcome.NOT_FOUND),
-    (OverloadedError, Outcome.OVERLOADED),
-    (VariantNotReadyError, Outcome.UNAVAILABLE),
-    (DeadlineExceededError, Outcome.UNAVAILABLE),
-    (DrainingError, Outcome.UNAVAILABLE),
-    (InputTooLongError, Outcome.CLIENT_ERROR),
-    (RequestTooLargeError, Outcome.CLIENT_ERROR),
-    (DeadlineTooShortError, Outcome.CLIENT_ERROR),
-    (InvalidQueryError, Outcome.CLIENT_ERROR),
-    (TooManyPairsError, Outcome.CLIENT_ERROR),
-    (ClientDisconnected, Outcome.DISCONNECTED),
-    (InferenceError, Outcome.ERROR),
-)
-
-
-def outcome_of(error: BaseException) -> Outcome:
-    """The ``outcome`` label of xnli_requests_total for a prediction that raised ``error``."""
-    for kind, outcome in _OUTCOMES:
-        if isinstance(error, kind):
-            return outcome
-    return Outcome.ERROR
 
 
 Disconnected = Callable[[], Awaitable[object]]

@@ -1,2 +1,4 @@
-"""The Open Inference Protocol (KServe v2, as spoken by Triton and MLServer) over the prediction service: its
-schemas, the parsing of its requests and the rendering of its answers. The routes are in ``app.api.routes``."""
+"""The Open Inference Protocol (KServe v2, as spoken by Triton and MLServer) over HTTP: its JSON schemas, reading a
+body (JSON or binary tensors) into the protocol's typed request, and writing its typed answers back. What the request
+means and how tensors become pairs is transport-neutral, in ``app.service.oip``; the routes are in
+``app.api.routes``."""

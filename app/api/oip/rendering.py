@@ -1,11 +1,10 @@
-"""From the prediction service's results and the typed variant description to the protocol's answers: infer
-responses (JSON tensors, or binary ones with the binary tensor extension) and model metadata."""
+"""From the protocol's typed answers to HTTP: infer responses as JSON tensors, or binary ones with the binary tensor
+extension, and model metadata."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import orjson
 
 from app.api import binary_tensors
@@ -15,48 +14,38 @@ from app.api.oip.schemas import INPUT_NAMES, LABEL_ORDER, MODEL_VERSION, ModelMe
 from app.engine.backends import get_backend
 from app.engine.engine import PredictionResult
 from app.engine.tasks.nli import LABELS
+from app.service.oip.responses import inference_response
+from app.service.oip.tensors import encode_bytes, encode_fp32
 from app.service.variants import VariantInfo
 
 
 def infer_response(request: InferRequest, result: PredictionResult) -> bytes | RenderedBody:
-    probabilities = result.probabilities
-    count = len(probabilities)
+    response = inference_response(result, request.outputs, request.id)
     tensors: list[dict[str, Any]] = []
     buffers: list[bytes] = []
-    for name in request.outputs:
-        if name == "label":
-            labels = [LABELS[index] for index in np.argmax(probabilities, axis=1).tolist()]
-            tensor: dict[str, Any] = {"name": "label", "datatype": "BYTES", "shape": [count]}
-            if name in request.binary_outputs:
-                buffers.append(binary_tensors.encode_bytes(labels))
-                tensor["parameters"] = {"binary_data_size": len(buffers[-1])}
-            else:
-                tensor["data"] = labels
+    for output in response.outputs:
+        tensor: dict[str, Any] = {"name": output.name, "datatype": output.datatype, "shape": output.shape}
+        values = output.values
+        if output.name in request.binary_outputs:
+            buffers.append(encode_bytes(values) if isinstance(values, list) else encode_fp32(values))
+            output.parameters["binary_data_size"] = len(buffers[-1])  # this response's own dict, written once
+            tensor["parameters"] = output.parameters
         else:
-            tensor = {
-                "name": "probabilities",
-                "datatype": "FP32",
-                "shape": [count, len(LABELS)],
-                "parameters": {"label_order": LABEL_ORDER},
-            }
-            if name in request.binary_outputs:
-                buffers.append(binary_tensors.encode_fp32(probabilities))
-                tensor["parameters"]["binary_data_size"] = len(buffers[-1])
-            else:
-                tensor["data"] = probabilities.reshape(-1).tolist()
+            if output.parameters:
+                tensor["parameters"] = output.parameters
+            tensor["data"] = values if isinstance(values, list) else values.reshape(-1).tolist()
         tensors.append(tensor)
-    truncated = ",".join(str(index) for index, flag in enumerate(result.truncated) if flag)
-    response: dict[str, Any] = {
-        "model_name": result.variant,
-        "model_version": MODEL_VERSION,
-        "parameters": {"label_order": LABEL_ORDER, "truncated_pairs": truncated},
+    body: dict[str, Any] = {
+        "model_name": response.model_name,
+        "model_version": response.model_version,
+        "parameters": response.parameters,
         "outputs": tensors,
     }
-    if request.id is not None:
-        response["id"] = request.id
+    if response.id is not None:
+        body["id"] = response.id
     if not buffers:
-        return orjson.dumps(response)
-    content, headers = binary_tensors.encode_response(response, buffers)
+        return orjson.dumps(body)
+    content, headers = binary_tensors.encode_response(body, buffers)
     return RenderedBody(content, binary_tensors.MEDIA_TYPE, headers)
 
 

@@ -11,12 +11,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.engine.tasks.nli import LABELS
+# The protocol's names are the transport-neutral model's, re-exported for the routes and the rendering.
+from app.service.oip.model import INPUT_NAMES as INPUT_NAMES
+from app.service.oip.model import LABEL_ORDER as LABEL_ORDER
+from app.service.oip.model import MODEL_VERSION as MODEL_VERSION
+from app.service.oip.model import OUTPUT_NAMES as OUTPUT_NAMES
 
-MODEL_VERSION = "1"
-INPUT_NAMES = ("premise", "hypothesis")
-OUTPUT_NAMES = ("label", "probabilities")
-LABEL_ORDER = ",".join(LABELS)
 EXTENSIONS = ["binary_tensor_data", "model_repository"]
 Parameters = dict[str, bool | int | float | str]
 

@@ -1,6 +1,7 @@
 """Open Inference Protocol routes (KServe v2, as spoken by Triton and MLServer) over the same prediction service as
-/predict: each route parses (``app.api.oip.parsing``), calls the service or the engine's state, and renders
-(``app.api.oip.rendering``). Errors take the protocol's ``{"error": "<message>"}`` shape through the router's route
+/predict: each route reads its body (``app.api.oip.parsing``, over the transport-neutral ``app.service.oip``), calls
+the service or the engine's state, and renders (``app.api.oip.rendering``). Failures get their status from
+``app.api.errors`` like every failure, and the protocol's ``{"error": "<message>"}`` shape through the router's route
 class. The model repository extension is in ``repository``."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from app import __version__
 from app.api import accounting
 from app.api.binary_tensors import HEADER_LENGTH
 from app.api.error_shapes import OIP, Namespace, OipRoute
-from app.api.errors import ApiError, from_engine
+from app.api.errors import from_engine
 from app.api.inference import answer_prediction, routing_key
 from app.api.oip import parsing, rendering
 from app.api.oip.parsing import MAX_TIMEOUT_US
@@ -32,6 +33,8 @@ from app.api.oip.schemas import (
 from app.engine.errors import UnknownVariantError
 from app.service import health
 from app.service.engine_handle import EngineHandle, ServedVariant
+from app.service.errors import InvalidInferenceRequest, TooManyPairsError, UnknownModelVersionError
+from app.service.oip.requests import check_version
 from app.service.variants import describe
 
 # Re-exported: other modules and tests import these from here.
@@ -48,11 +51,10 @@ def _model(request: Request, name: str, version: str | None) -> ServedVariant:
     engine: EngineHandle = request.app.state.engine
     try:
         runtime = engine.resolve(name)
-    except UnknownVariantError as error:
+        accounting.note_variant(request.scope, runtime.spec.name)
+        check_version(name, version)
+    except (UnknownVariantError, UnknownModelVersionError) as error:
         raise from_engine(error) from None
-    accounting.note_variant(request.scope, runtime.spec.name)
-    if version is not None and version != MODEL_VERSION:
-        raise ApiError(404, "unknown_version", f"model {name!r} has no version {version!r}; versions: {MODEL_VERSION}")
     return runtime
 
 
@@ -111,9 +113,13 @@ async def model_ready(request: Request, name: str, version: str | None = None) -
 async def infer(request: Request, name: str, version: str | None = None) -> Response:
     """Same prediction service, engine, batching and metrics as /predict: v2 and native pairs share batches."""
     runtime = _model(request, name, version)
-    body, segments = parsing.read_body(await request.body(), request.headers.get(HEADER_LENGTH))
     max_pairs: int = request.app.state.settings.max_pairs_per_request
-    parsed = parsing.infer_request(body, segments, runtime.spec.name, max_pairs, routing_key(request))
+    raw = await request.body()
+    try:
+        body = parsing.read_body(raw, request.headers.get(HEADER_LENGTH))
+        parsed = parsing.infer_request(body, runtime.spec.name, max_pairs, routing_key(request))
+    except (InvalidInferenceRequest, TooManyPairsError) as error:
+        raise from_engine(error) from None
     return await answer_prediction(
         request, parsed.query, lambda result: rendering.infer_response(parsed, result), "v2_infer"
     )
