@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from app.api import accounting
 from app.api.accounting import CLIENT_CLOSED, outcome_for
-from app.api.errors import ApiError, from_engine
+from app.api.errors import from_engine
 from app.engine.engine import PredictionResult
 from app.engine.errors import EngineError
 from app.service.prediction import (
@@ -25,7 +25,7 @@ from app.service.prediction import (
     TooManyPairsError,
 )
 
-__all__ = ["ROUTING_KEY_HEADER", "RenderedBody", "answer_prediction", "outcome_for", "too_many_pairs"]
+__all__ = ["ROUTING_KEY_HEADER", "RenderedBody", "answer_prediction", "outcome_for"]
 
 ROUTING_KEY_HEADER = "X-Routing-Key"
 
@@ -37,11 +37,6 @@ class RenderedBody:
     content: bytes
     media_type: str
     headers: dict[str, str] = field(default_factory=dict)
-
-
-def too_many_pairs(count: int, limit: int) -> ApiError:
-    """What a protocol answers when its parser sees more pairs than max_pairs_per_request (as the service would)."""
-    return from_engine(TooManyPairsError(count, limit))
 
 
 async def _until_disconnected(request: Request) -> None:
