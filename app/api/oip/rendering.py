@@ -13,12 +13,12 @@ from app.api.inference import RenderedBody
 from app.api.oip.parsing import InferRequest
 from app.api.oip.schemas import INPUT_NAMES, LABEL_ORDER, MODEL_VERSION, ModelMetadata, TensorMetadata
 from app.engine.backends import get_backend
-from app.engine.engine import PredictionResult
+from app.engine.contract import EngineResult
 from app.engine.models.labels import LABELS
 from app.service.variants import VariantInfo
 
 
-def infer_response(request: InferRequest, result: PredictionResult) -> bytes | RenderedBody:
+def infer_response(request: InferRequest, result: EngineResult) -> bytes | RenderedBody:
     probabilities = result.probabilities
     count = len(probabilities)
     tensors: list[dict[str, Any]] = []

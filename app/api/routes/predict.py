@@ -20,7 +20,7 @@ from app.api.schemas import (
     PredictResponse,
     VariantPredictRequest,
 )
-from app.engine.engine import PredictionResult
+from app.engine.contract import EngineResult
 from app.engine.models.labels import LABELS
 from app.service.prediction import PredictionQuery
 
@@ -41,7 +41,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def render(result: PredictionResult) -> bytes:
+def render(result: EngineResult) -> bytes:
     probabilities = result.probabilities
     top = np.argmax(probabilities, axis=1).tolist()
     rows = probabilities.tolist()
