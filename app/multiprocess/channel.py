@@ -17,6 +17,7 @@ Engine PUB -> front SUB, every :data:`STATE_INTERVAL_S`: :class:`EngineState`; a
 ``XNLI_SERVE_ENGINE_SILENCE_S`` (default :data:`STALE_AFTER_S`) treats the engine process as gone.
 
 Every frame carries the schema's version (:mod:`app.multiprocess.wire`); a frame of another version is refused.
+Messages are plain (not frozen) dataclasses, cheaper to build on the hot path (see :mod:`app.engine.contract`).
 """
 
 from __future__ import annotations
@@ -49,13 +50,13 @@ def state_address(run_dir: Path) -> str:
 # -- front -> engine -------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SubmitMessage:
     call_id: int
     request: EngineRequest
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CancelMessage:
     call_id: int
 
@@ -70,7 +71,7 @@ class EngineCall(StrEnum):
     METRICS = "metrics"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CallMessage:
     call_id: int
     method: EngineCall
@@ -81,13 +82,13 @@ class CallMessage:
 # -- engine -> front -------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ResultReply:
     call_id: int
     result: EngineResult
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RepositoryReply:
     """The index, or the one entry asked for."""
 
@@ -95,20 +96,20 @@ class RepositoryReply:
     entries: list[RepositoryEntry]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class MetricsReply:
     call_id: int
     exposition: bytes  # the engine process's Prometheus text exposition
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DoneReply:
     """A load or unload finished."""
 
     call_id: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ErrorReply:
     """An EngineError: its type's name, message and attributes (``app.engine.errors.error_parts``)."""
 
@@ -126,7 +127,7 @@ class ErrorReply:
         return rebuild_error(self.error_type, self.message, self.attributes)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class FailedReply:
     call_id: int
     message: str
@@ -138,7 +139,7 @@ Reply = ResultReply | RepositoryReply | MetricsReply | DoneReply | ErrorReply | 
 # -- engine state broadcast ------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class VariantState:
     """One variant as the engine serves it: what the front ends route, tokenize and describe with."""
 
@@ -149,7 +150,7 @@ class VariantState:
     fingerprint: str | None  # of the encoder it serves with (None before it is loaded): front ends load the same one
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class EngineState:
     """What the engine process publishes: the front ends answer health, /variants and routing from it."""
 

@@ -185,3 +185,20 @@ def test_an_unknown_error_type_arrives_as_an_engine_error() -> None:
     assert type(crossed) is EngineError
     assert str(crossed) == "what happened"
     assert crossed.reason == "error"
+
+
+def test_a_field_without_a_wire_form_fails_when_the_schema_is_built() -> None:
+    """A message field the codec cannot carry faithfully is caught at import, not on the first request."""
+    from dataclasses import dataclass
+
+    @dataclass(slots=True)
+    class WithASet:
+        names: set[str]
+
+    @dataclass(slots=True)
+    class WithATupleOfMessages:
+        parts: tuple[channel.CancelMessage, channel.CancelMessage]
+
+    for message in (WithASet, WithATupleOfMessages):
+        with pytest.raises(TypeError):
+            Schema([message])
