@@ -51,8 +51,8 @@ async def run_phase(
     batch_priority: Any | None,
     seed: int,
 ) -> dict[str, Any]:
+    from app.engine.contract import Priority
     from app.engine.errors import EngineError
-    from app.engine.scheduler.requests import Priority
 
     latencies: list[float] = []
     batch_done = 0
@@ -102,9 +102,9 @@ async def run_phase(
 
 
 async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    from app.engine.contract import Priority
     from app.engine.engine import Engine
     from app.engine.models.catalogue import load_catalogue
-    from app.engine.scheduler.requests import Priority
     from app.settings import Settings
 
     if args.no_yield:  # what the lanes give without the yield points: background batches run whole

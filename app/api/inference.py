@@ -15,7 +15,7 @@ from starlette.responses import Response
 from app.api import accounting
 from app.api.accounting import CLIENT_CLOSED, outcome_for
 from app.api.errors import from_engine
-from app.engine.engine import PredictionResult
+from app.engine.contract import EngineResult
 from app.engine.errors import EngineError
 from app.service.prediction import (
     ClientDisconnected,
@@ -48,7 +48,7 @@ async def _until_disconnected(request: Request) -> None:
 async def answer_prediction(
     request: Request,
     query: PredictionQuery,
-    render: Callable[[PredictionResult], bytes | RenderedBody],
+    render: Callable[[EngineResult], bytes | RenderedBody],
     endpoint: str,
 ) -> Response:
     """Predict ``query`` through the service and answer with ``render``'s body and the timing headers.

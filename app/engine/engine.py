@@ -3,16 +3,22 @@
 Drive it from the API, a test or a benchmark alike:
 
     engine = Engine(load_catalogue(path)); engine.preflight(); engine.load()
-    result = await engine.predict([("premise", "hypothesis")], variant="xlmr-mnli")
+    result = await engine.submit(EngineRequest([("premise", "hypothesis")], variant="xlmr-mnli"))
+    result = await engine.predict([("premise", "hypothesis")], variant="xlmr-mnli")  # the same, for tests
+
+Every caller, in this process or in a front end (``app.multiprocess``), speaks the contract in ``contract``: an
+EngineRequest in, an EngineResult out. The Engine holds its parts as objects: a ``RequestGate`` (routing, timeout,
+draining, requests inside), the ``ModelRepository`` (the variants and every change to them) and the ``ShadowRunner``.
 
 While it serves, the model repository methods change what it serves: ``await engine.load_variant(name)`` re-reads
 that name's catalogue entry and loads it beside the version serving now, then switches to it at once;
 ``await engine.unload_variant(name)`` stops admitting its requests, lets accepted ones finish and frees its memory.
 
-By job: ``status`` (variant status, results, a variant's description), ``models/`` (the catalogue, loading a
-checkpoint into a warmed-up queue on a device worker, the repository that loads and unloads while serving),
+By job: ``status`` (variant status, a variant's runtime, its description and admission), ``models/`` (the
+catalogue, loading a checkpoint into a warmed-up queue on a device worker, the repository that loads and unloads while
+serving),
 ``traffic/`` (split and shadows), ``tokenization``, and the batcher (``scheduler/``). This module keeps start-up,
-drain, readiness and the prediction path, and re-exports the names others import from it.
+drain, readiness and the prediction path.
 """
 
 from __future__ import annotations
@@ -26,25 +32,14 @@ from pathlib import Path
 import torch
 
 from app import metrics
-from app.engine.errors import (
-    DeadlineExceededError,
-    EngineError,
-    VariantNotReadyError,
-)
-from app.engine.gate import Inflight, refuse_while_draining, request_timeout, resolve_variant
+from app.engine.contract import EngineRequest, EngineResult, Priority, Timings
+from app.engine.errors import DeadlineExceededError, EngineError, VariantNotReadyError
+from app.engine.gate import RequestGate
 from app.engine.models.catalogue import Catalogue
-from app.engine.models.loading import DeviceWorkers, check_faults, load_runtime, warmup_shapes
+from app.engine.models.loading import DeviceWorkers, warmup_shapes
 from app.engine.models.repository import ModelRepository
-from app.engine.models.store import inspect_checkpoint
-from app.engine.scheduler.requests import InferenceRequest, Priority
-from app.engine.status import (
-    PredictionResult,
-    RepositoryEntry,
-    RepositoryState,
-    Timings,
-    VariantRuntime,
-    VariantStatus,
-)
+from app.engine.scheduler.requests import InferenceRequest
+from app.engine.status import RepositoryEntry, RepositoryState, VariantRuntime, VariantStatus
 from app.engine.tokenization import (
     DEFAULT_MAX_TOKENIZING_CHARS,
     INLINE_TOKENIZATION_CHARS,
@@ -58,11 +53,9 @@ from app.engine.traffic.split import TrafficRouter
 __all__ = [
     "INLINE_TOKENIZATION_CHARS",
     "Engine",
-    "PredictionResult",
     "RepositoryEntry",
     "RepositoryState",
     "ShadowJob",
-    "Timings",
     "VariantRuntime",
     "VariantStatus",
     "warmup_shapes",
@@ -71,7 +64,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class Engine(ModelRepository, ShadowRunner):
+class Engine:
+    """Variants, their queues and device workers behind one contract: ``submit`` an EngineRequest, get an
+    EngineResult. Knows nothing of HTTP; a front-end process reaches it through ``app.multiprocess``."""
+
     def __init__(
         self,
         catalogue: Catalogue,
@@ -89,27 +85,42 @@ class Engine(ModelRepository, ShadowRunner):
         shadow_max_client_backlog_s: float = 0.1,
         worker_pipeline: bool | None = None,
     ) -> None:
-        ModelRepository.__init__(self)
-        ShadowRunner.__init__(
-            self, catalogue.traffic.shadow, shadow_max_queue_pairs, shadow_timeout_s, shadow_max_client_backlog_s
-        )
-        self.catalogue = catalogue
-        self.default_variant = catalogue.default_variant
-        self.variants = {spec.name: VariantRuntime(spec) for spec in catalogue.variants}
+        # The one table of variants: the gate resolves requests against it, the repository changes it.
+        self.variants: dict[str, VariantRuntime] = {spec.name: VariantRuntime(spec) for spec in catalogue.variants}
         for runtime in self.variants.values():
             if not runtime.spec.enabled:
                 runtime.status = VariantStatus.DISABLED
         self._devices = DeviceWorkers(worker_pipeline)
-        self.tokenization = TokenizationPool(tokenization_workers, max_tokenizing_pairs, max_tokenizing_chars)
         self._torch_threads = torch_threads
-        self.request_timeout_s = request_timeout_s
-        self.allow_faults = allow_faults
-        self.export_cache_dir = export_cache_dir
+        self.tokenization = TokenizationPool(tokenization_workers, max_tokenizing_pairs, max_tokenizing_chars)
         self.load_error: str | None = None
-        self.draining = False
-        self._inflight = Inflight()
-        self.started = False  # start-up loading finished (or failed): the repository may change variants
-        self.router = TrafficRouter(catalogue.traffic, catalogue.default_variant, traffic_seed)
+        router = TrafficRouter(catalogue.traffic, catalogue.default_variant, traffic_seed)
+        self.gate = RequestGate(self.variants, catalogue.default_variant, router, request_timeout_s, self.variant_ready)
+        self.repository = ModelRepository(
+            catalogue,
+            self.variants,
+            self.gate,
+            self._devices,
+            torch_threads=torch_threads,
+            allow_faults=allow_faults,
+            export_cache_dir=export_cache_dir,
+        )
+        self.shadows = ShadowRunner(
+            self.gate,
+            self.tokenization,
+            catalogue.traffic.shadow,
+            shadow_max_queue_pairs,
+            shadow_timeout_s,
+            shadow_max_client_backlog_s,
+        )
+
+    @property
+    def default_variant(self) -> str:
+        return self.gate.default_variant
+
+    @property
+    def draining(self) -> bool:
+        return self.gate.draining
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -119,40 +130,33 @@ class Engine(ModelRepository, ShadowRunner):
         Reads each config and loads each fast tokenizer (converting a SentencePiece-only one), so a missing or broken
         tokenizer stops `xnli-serve serve` with exit code 2 before the port opens, like unmappable labels do.
         """
-        for runtime in self.variants.values():
-            if runtime.spec.enabled:
-                check_faults(runtime.spec, self.allow_faults)
-                runtime.info = inspect_checkpoint(runtime.spec)
+        self.repository.preflight()
 
     def load(self) -> None:
         """Load, warm up and start serving every enabled variant (blocking; the API runs it in a thread)."""
         if self._torch_threads:
             torch.set_num_threads(self._torch_threads)
         try:
-            for runtime in self.variants.values():
-                if runtime.spec.enabled:
-                    load_runtime(runtime, self._devices, self._torch_threads, self.export_cache_dir)
+            self.repository.load_enabled()
         except Exception as error:
             self.load_error = str(error)
             raise
-        finally:
-            self.started = True
 
     def begin_drain(self) -> None:
         """Stop taking new requests (readiness turns 503); what was accepted still finishes. Queued shadows are
         dropped: they never hold the drain."""
-        self.draining = True
+        self.gate.begin_drain()
         for worker in self._devices:
             worker.drop_shadows()
 
     async def wait_idle(self) -> None:
         """Return once no request is inside the engine (bound it with asyncio.timeout)."""
-        await self._inflight.wait_idle()
+        await self.gate.wait_idle()
 
     @property
     def inflight(self) -> int:
         """Requests inside the engine now."""
-        return self._inflight.count
+        return self.gate.inflight
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Finish queued work, then stop the workers and the tokenizer pool."""
@@ -166,7 +170,7 @@ class Engine(ModelRepository, ShadowRunner):
     def ready(self) -> bool:
         return (
             self.live
-            and not self.draining
+            and not self.gate.draining
             and all(runtime.status is VariantStatus.READY for runtime in self.variants.values() if runtime.spec.enabled)
         )
 
@@ -176,7 +180,11 @@ class Engine(ModelRepository, ShadowRunner):
         return self.load_error is None and all(worker.alive for worker in self._devices)
 
     def resolve(self, name: str | None) -> VariantRuntime:
-        return resolve_variant(self.variants, self.default_variant, name)
+        return self.gate.resolve(name)
+
+    def route(self, variant: str | None, routing_key: str | None = None) -> VariantRuntime:
+        """The variant that answers a request (see ``RequestGate.route``); counted in xnli_routed_requests_total."""
+        return self.gate.route(variant, routing_key)
 
     def variant_ready(self, name: str) -> bool:
         """This variant alone serves now (others may be loading, reloading or failed): per-model readiness."""
@@ -186,8 +194,30 @@ class Engine(ModelRepository, ShadowRunner):
             and runtime.spec.enabled
             and runtime.status is VariantStatus.READY
             and self.live
-            and not self.draining
+            and not self.gate.draining
         )
+
+    # -- model repository --------------------------------------------------------------------------------------
+
+    def repository_index(self) -> list[RepositoryEntry]:
+        """Every variant the engine knows and every entry of the catalogue file, with its state and why."""
+        return self.repository.index()
+
+    def repository_entry(self, name: str) -> RepositoryEntry:
+        return self.repository.entry(name)
+
+    async def load_variant(self, name: str, *, min_queue_pairs: int = 1) -> VariantRuntime:
+        """Load (or reload) ``name`` from its catalogue entry as the file says now, then serve it (see
+        ``ModelRepository.load_variant``)."""
+        return await self.repository.load_variant(name, min_queue_pairs=min_queue_pairs)
+
+    async def unload_variant(self, name: str) -> None:
+        """Stop admitting requests for ``name``, let those accepted finish, then free its memory."""
+        await self.repository.unload_variant(name)
+
+    async def wait_shadows(self) -> None:
+        """Return once every shadow started so far was compared or dropped (tests and benchmarks use it)."""
+        await self.shadows.wait()
 
     # -- inference ---------------------------------------------------------------------------------------------
 
@@ -200,69 +230,36 @@ class Engine(ModelRepository, ShadowRunner):
         *,
         priority: Priority = Priority.INTERACTIVE,
         language: str | None = None,
-        spent_s: float = 0.0,
-    ) -> PredictionResult:
-        """Tokenize off the event loop, queue every pair, and wait until the batches carrying them have run.
+    ) -> EngineResult:
+        """A convenience for tests, benchmarks and the in-process evaluation: ``submit`` an EngineRequest built from
+        these arguments (``variant`` None: the default variant, not the traffic split). Services call ``submit``."""
+        name = self.gate.resolve(variant).spec.name
+        return await self.submit(EngineRequest(pairs, name, truncate, timeout_s, priority, language))
 
-        ``timeout_s`` may shorten the engine's request timeout, never lengthen it. ``priority`` BATCH queues behind
-        every interactive pair on the device. ``language`` (an ISO 639-1 code) labels the prediction and shadow
-        counters. Once answered, the catalogue's shadows of this variant get their sample of the pairs, without
-        delaying this answer. Raises an EngineError subclass: UnknownVariantError, VariantNotReadyError,
-        InputTooLongError, OverloadedError, DeadlineExceededError, DrainingError or InferenceError; each is counted
-        in xnli_request_failures_total. ``spent_s``: time the request already spent before this call (in a front-end
-        process): its deadline is that much nearer.
+    async def submit(self, request: EngineRequest) -> EngineResult:
+        """Tokenize off the event loop (unless a front end sent the ids), queue every pair, and wait until the
+        batches carrying them have run.
+
+        The answer is due within the request's timeout less the time it already spent. ``priority`` BATCH queues
+        behind every interactive pair on the device. Once answered, the catalogue's shadows of this variant get their
+        sample of the pairs, without delaying this answer. Raises an EngineError subclass: UnknownVariantError,
+        VariantNotReadyError, InputTooLongError, OverloadedError, RequestTooLargeError, DeadlineTooShortError,
+        DeadlineExceededError, DrainingError or InferenceError; each but the first is counted in
+        xnli_request_failures_total.
         """
-        return await self._serve(pairs, None, variant, truncate, timeout_s, priority, language, spent_s)
-
-    async def predict_encoded(
-        self,
-        pairs: Sequence[tuple[str, str]],
-        encoded: EncodedPairs,
-        fingerprint: str,
-        variant: str | None = None,
-        truncate: bool = True,
-        timeout_s: float | None = None,
-        *,
-        priority: Priority = Priority.INTERACTIVE,
-        language: str | None = None,
-        tokenization_s: float = 0.0,
-    ) -> PredictionResult:
-        """``predict`` for pairs a front-end process already tokenized with the variant's ``PairEncoder`` (same
-        truncation and length refusals): admission, routing, priority, deadline, shadows and metrics are the same,
-        and this process does not tokenize them. ``fingerprint`` is the encoder's: if it is not the one this variant
-        serves with now (a reload changed its tokenizer since the front end loaded it), the pairs are tokenized here
-        as ``predict`` does. The pairs also feed the shadows whose candidate tokenizes differently.
-        ``tokenization_s``: how long the front end took to encode them (observed and reported as tokenization); the
-        request's deadline is that much nearer, as if it had been tokenized here."""
-        given = (encoded, fingerprint, tokenization_s)
-        return await self._serve(pairs, given, variant, truncate, timeout_s, priority, language, tokenization_s)
-
-    async def _serve(
-        self,
-        pairs: Sequence[tuple[str, str]],
-        given: tuple[EncodedPairs, str, float] | None,
-        variant: str | None,
-        truncate: bool,
-        timeout_s: float | None,
-        priority: Priority,
-        language: str | None,
-        spent_s: float = 0.0,
-    ) -> PredictionResult:
-        if priority is Priority.SHADOW:
-            raise ValueError("shadow priority is reserved for the engine's own shadow work")
-        runtime = self.resolve(variant)
+        gate = self.gate
+        gate.refuse_shadow_priority(request.priority)
+        runtime = gate.resolve(request.variant)
         name = runtime.spec.name
-        language_label = metrics.language_label(language)
-        self._inflight.enter()
+        language = metrics.language_label(request.language)
+        gate.enter()
         runtime.active += 1
         metrics.INFLIGHT_REQUESTS.inc()
-        metrics.PRIORITY_REQUESTS.labels(name, priority.label).inc()
+        metrics.PRIORITY_REQUESTS.labels(name, request.priority.label).inc()
         try:
-            result, used = await self._predict(
-                runtime, pairs, truncate, timeout_s, priority, language_label, given, spent_s
-            )
-            if name in self.router.shadows:
-                self._start_shadows(name, pairs, result, truncate, language_label, used)
+            result, used = await self._run(runtime, request, language)
+            if self.shadows.shadowed(name):
+                self.shadows.start(name, request.pairs, result, request.truncate, language, used)
             return result
         except EngineError as error:
             metrics.REQUEST_FAILURES.labels(name, error.reason).inc()
@@ -275,79 +272,57 @@ class Engine(ModelRepository, ShadowRunner):
             if runtime.active == 0 and runtime.drained is not None:
                 runtime.drained.set()
             metrics.INFLIGHT_REQUESTS.dec()
-            self._inflight.leave()
+            gate.leave()
 
-    async def _predict(
-        self,
-        runtime: VariantRuntime,
-        pairs: Sequence[tuple[str, str]],
-        truncate: bool,
-        timeout_s: float | None,
-        priority: Priority = Priority.INTERACTIVE,
-        language: str = metrics.UNSPECIFIED_LANGUAGE,
-        given: tuple[EncodedPairs, str, float] | None = None,
-        spent_s: float = 0.0,
-    ) -> tuple[PredictionResult, tuple[EncodedPairs, str]]:
+    async def _run(
+        self, runtime: VariantRuntime, request: EngineRequest, language: str
+    ) -> tuple[EngineResult, tuple[EncodedPairs, str]]:
         """The answer, and the encoding its pairs ran with and its encoder's fingerprint (for the shadows)."""
         name = runtime.spec.name
-        refuse_while_draining(self.draining)
+        self.gate.refuse_while_draining()
         if runtime.status is not VariantStatus.READY:
             raise VariantNotReadyError(name, str(runtime.status))
         encoder = runtime.encoder
         assert encoder is not None
-        assert runtime.queue is not None
-        assert runtime.worker is not None
-        timeout = request_timeout(self.request_timeout_s, timeout_s)
+        pairs = request.pairs
+        timeout = self.gate.timeout(request.timeout_s)
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         # Admission judges the whole timeout, as when the request arrives here (a deadline too short for the variant
         # is the client's error, whatever a front end spent); the answer is due ``spent_s`` earlier.
-        reservation = runtime.worker.admit(runtime.queue, len(pairs), started + timeout, priority)
-        deadline = started + timeout - spent_s
+        deadline = started + timeout - request.spent_s
         earlier = 0.0  # tokenization done before this call, by the front end
-        try:
-            if given is not None and given[1] == encoder.fingerprint:
-                encoded = checked_encoding(given[0], len(pairs), encoder.max_seq_len)
+        with runtime.admit(len(pairs), started + timeout, request.priority) as admission:
+            given = request.encoded
+            if given is not None and given.fingerprint == encoder.fingerprint:
+                encoded = checked_encoding(EncodedPairs(given.ids, given.truncated), len(pairs), encoder.max_seq_len)
                 tokenized = time.perf_counter()
-                earlier = given[2]
+                earlier = request.spent_s
                 metrics.TOKENIZATION_DURATION.labels(name).observe(earlier + tokenized - started)
             else:
-                encoded = await self.tokenization.encode(encoder, pairs, truncate)
+                encoded = await self.tokenization.encode(encoder, pairs, request.truncate)
                 tokenized = time.perf_counter()
                 metrics.TOKENIZATION_DURATION.labels(name).observe(tokenized - started)
-            request = InferenceRequest(len(encoded.ids), loop, deadline, language)
-            runtime.worker.submit(runtime.queue, request, encoded.ids, reservation, priority)
-        finally:
-            runtime.worker.release(reservation)  # a no-op once submit turned it into queued pairs
+            waiting = InferenceRequest(len(encoded.ids), loop, deadline, language)
+            admission.submit(waiting, encoded.ids)
         try:
             async with asyncio.timeout_at(loop.time() + max(0.0, deadline - time.perf_counter())):
-                await request.future
+                await waiting.future
         except TimeoutError:
-            request.abandon("deadline")  # the batcher drops its pairs that have not run yet
+            waiting.abandon("deadline")  # the batcher drops its pairs that have not run yet
             raise DeadlineExceededError(
                 f"no answer within the {timeout:.3f}s deadline; the request's remaining pairs were dropped"
             ) from None
         except asyncio.CancelledError:
-            request.abandon("disconnected")
+            waiting.abandon("disconnected")
             raise
-        queue_s = max(0.0, request.done_at - request.enqueued_at - request.compute_s)
+        queue_s = max(0.0, waiting.done_at - waiting.enqueued_at - waiting.compute_s)
         metrics.QUEUE_DURATION.labels(name).observe(queue_s)
         finished = time.perf_counter()
-        result = PredictionResult(
+        result = EngineResult(
             variant=name,
-            probabilities=request.probabilities,
+            probabilities=waiting.probabilities,
             truncated=encoded.truncated,
-            timings=Timings(earlier + tokenized - started, queue_s, request.compute_s, earlier + finished - started),
+            timings=Timings(earlier + tokenized - started, queue_s, waiting.compute_s, earlier + finished - started),
         )
         return result, (encoded, encoder.fingerprint)
-
-    # -- live traffic between variants ---------------------------------------------------------------------------
-
-    def route(self, variant: str | None, routing_key: str | None = None) -> VariantRuntime:
-        """The variant that answers a request: ``variant`` when named, else the catalogue's ``[traffic] split``
-        (sticky for a routing key; among the split variants serving now), else the default variant. Counted in
-        xnli_routed_requests_total."""
-        decision = self.router.choose(variant, routing_key, self.variant_ready)
-        runtime = self.resolve(decision.variant)
-        metrics.ROUTED_REQUESTS.labels(runtime.spec.name, str(decision.route)).inc()
-        return runtime

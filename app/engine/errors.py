@@ -3,12 +3,46 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 
 class EngineError(Exception):
-    """Base of the errors a caller is expected to translate."""
+    """Base of the errors a caller is expected to translate.
+
+    Every subclass registers itself by class name, so another process (a front end) rebuilds an error it receives
+    with its type and attributes (:func:`rebuild_error`) and the API answers it as in one process.
+    """
 
     reason = "error"  # the `reason` label of xnli_request_failures_total
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _ERROR_TYPES[cls.__name__] = cls
+
+
+_ERROR_TYPES: dict[str, type[EngineError]] = {EngineError.__name__: EngineError}
+
+
+def error_type(name: str) -> type[EngineError]:
+    """The registered EngineError subclass called ``name``; EngineError itself for a name this code does not know."""
+    return _ERROR_TYPES.get(name, EngineError)
+
+
+def error_parts(error: EngineError) -> tuple[str, str, dict[str, Any]]:
+    """What rebuilds ``error`` elsewhere: its type's name, its message and the attributes callers read
+    (retry_after_s, limit, pair_index, ...)."""
+    message = error.args[0] if error.args else str(error)
+    return type(error).__name__, str(message), dict(vars(error))
+
+
+def rebuild_error(name: str, message: str, attributes: dict[str, Any]) -> EngineError:
+    """The error :func:`error_parts` described, of the same type with the same attributes (without calling its
+    ``__init__``, whose arguments differ by type)."""
+    kind = error_type(name)
+    error = kind.__new__(kind)
+    Exception.__init__(error, message)
+    vars(error).update(attributes)
+    return error
 
 
 class UnknownVariantError(EngineError, KeyError):

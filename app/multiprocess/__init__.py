@@ -9,5 +9,7 @@ pairs. With N > 1, ``xnli-serve serve`` becomes a supervisor (:mod:`app.multipro
 * N front-end processes (:mod:`app.multiprocess.front_end`) sharing the listening socket, each running the unchanged
   FastAPI app around an :class:`app.multiprocess.engine_client.EngineClient`, which stands in for the engine.
 
-Messages are msgpack (:mod:`app.multiprocess.channel`); the sockets are Unix-domain (``ipc://``) in a private folder.
+Messages are typed (:mod:`app.multiprocess.channel`: the engine's own ``EngineRequest`` and ``EngineResult`` among
+them) and framed as msgpack with a protocol version (:mod:`app.multiprocess.wire`); the sockets are Unix-domain
+(``ipc://``) in a private folder.
 """

@@ -1,47 +1,39 @@
-"""The wire between front ends and the engine process: addresses, message kinds and their msgpack encoding.
+"""The wire between front ends and the engine process: addresses and the typed messages that cross it.
 
-Requests (front DEALER -> engine ROUTER), one frame each: ``[kind, call_id, payload]``
+Front DEALER -> engine ROUTER, one frame each:
 
-* ``predict``: ``[pairs, variant, truncate, timeout_s, priority, language, spent_s]`` answered with a prediction;
-  ``spent_s`` is the time the request already spent in the front end: the engine's deadline is that much nearer;
-* ``predict_encoded``: ``[pairs, ids, truncated, fingerprint, tokenization_s, variant, truncate, timeout_s, priority,
-  language]``: pairs the front end tokenized with the variant's encoder (``fingerprint`` names it), answered the same;
-  ``tokenization_s`` (the front end's time on the request, its wait for a tokenizer thread included) is spent too;
-* ``cancel``: the client of ``call_id`` hung up: the engine cancels that prediction (its queued pairs are dropped);
-* ``call``: ``[method, args, kwargs]`` for the engine methods in :data:`CALLS` (repository, metrics scrape).
+* :class:`SubmitMessage`: an :class:`~app.engine.contract.EngineRequest` for ``Engine.submit``, the same contract as
+  in one process (pairs, or the front end's token ids with its encoder's fingerprint; the time already spent);
+* :class:`CancelMessage`: the client of ``call_id`` hung up: the engine cancels that prediction (its queued pairs are
+  dropped);
+* :class:`CallMessage`: one of the engine methods in :class:`EngineCall` (repository, metrics scrape).
 
-Replies (engine -> front), one frame: ``[call_id, status, body]`` with status OK, ENGINE_ERROR (an
-:class:`app.engine.errors.EngineError`, rebuilt on the front with its type and attributes, so the API answers the
-same status and JSON body as in one process) or FAILED (anything else, answered as the API's 500).
+Engine -> front, one frame: :class:`ResultReply`, :class:`RepositoryReply`, :class:`MetricsReply` or
+:class:`DoneReply` for what was asked; :class:`ErrorReply` for an :class:`app.engine.errors.EngineError` (rebuilt on
+the front with its type and attributes, so the API answers the same status and JSON body as in one process);
+:class:`FailedReply` for anything else (the API's 500).
 
-State (engine PUB -> front SUB), every :data:`STATE_INTERVAL_S`: :class:`EngineState`; a front that hears nothing
-for ``XNLI_SERVE_ENGINE_SILENCE_S`` (default :data:`STALE_AFTER_S`) treats the engine process as gone.
+Engine PUB -> front SUB, every :data:`STATE_INTERVAL_S`: :class:`EngineState`; a front that hears nothing for
+``XNLI_SERVE_ENGINE_SILENCE_S`` (default :data:`STALE_AFTER_S`) treats the engine process as gone.
+
+Every frame carries the schema's version (:mod:`app.multiprocess.wire`); a frame of another version is refused.
+Messages are plain (not frozen) dataclasses, cheaper to build on the hot path (see :mod:`app.engine.contract`).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-import msgpack
-import numpy as np
+from app.engine.contract import EngineRequest, EngineResult
+from app.engine.errors import EngineError, error_parts, rebuild_error
+from app.engine.status import RepositoryEntry, VariantStatus
+from app.multiprocess.wire import ProtocolError, Schema
 
-from app.engine import errors as engine_errors
-from app.engine.status import PredictionResult, Timings
-
-PREDICT = "predict"
-PREDICT_ENCODED = "predict_encoded"
-CANCEL = "cancel"
-CALL = "call"
-
-OK = 0
-ENGINE_ERROR = 1
-FAILED = 2
-
-# Engine methods a front may call by name (the API's repository routes and the /metrics scrape).
-CALLS = frozenset({"repository_index", "repository_entry", "load_variant", "unload_variant", "metrics"})
+__all__ = ["ProtocolError"]
 
 STATE_INTERVAL_S = 0.05
 STALE_AFTER_S = 2.0  # the default of XNLI_SERVE_ENGINE_SILENCE_S (app.settings says why not lower)
@@ -55,59 +47,110 @@ def state_address(run_dir: Path) -> str:
     return f"ipc://{run_dir / 'state.sock'}"
 
 
-def pack(message: Any) -> bytes:
-    packed: bytes = msgpack.packb(message, use_bin_type=True, default=str)
-    return packed
+# -- front -> engine -------------------------------------------------------------------------------------------------
 
 
-def unpack(frame: bytes) -> Any:
-    return msgpack.unpackb(frame, raw=False, strict_map_key=False)
+@dataclass(slots=True)
+class SubmitMessage:
+    call_id: int
+    request: EngineRequest
 
 
-def encode_result(result: PredictionResult) -> list[Any]:
-    probabilities = np.ascontiguousarray(result.probabilities, dtype=np.float32)
-    timings = result.timings
-    return [
-        result.variant,
-        probabilities.tobytes(),
-        probabilities.shape[0],
-        list(result.truncated),
-        [timings.tokenization_s, timings.queue_s, timings.inference_s, timings.total_s],
-    ]
+@dataclass(slots=True)
+class CancelMessage:
+    call_id: int
 
 
-def decode_result(body: list[Any]) -> PredictionResult:
-    variant, raw, rows, truncated, timings = body
-    probabilities = np.frombuffer(raw, dtype=np.float32).reshape(rows, -1)
-    return PredictionResult(variant, probabilities, list(truncated), Timings(*timings))
+class EngineCall(StrEnum):
+    """The engine methods a front may call (the API's repository routes and the /metrics scrape)."""
+
+    REPOSITORY_INDEX = "repository_index"
+    REPOSITORY_ENTRY = "repository_entry"
+    LOAD_VARIANT = "load_variant"
+    UNLOAD_VARIANT = "unload_variant"
+    METRICS = "metrics"
 
 
-def _error_types() -> dict[str, type[engine_errors.EngineError]]:
-    found: dict[str, type[engine_errors.EngineError]] = {}
-    pending: list[type[engine_errors.EngineError]] = [engine_errors.EngineError]
-    while pending:
-        kind = pending.pop()
-        found[kind.__name__] = kind
-        pending.extend(kind.__subclasses__())
-    return found
+@dataclass(slots=True)
+class CallMessage:
+    call_id: int
+    method: EngineCall
+    name: str | None = None  # the variant, for every method but the index and the metrics
+    min_queue_pairs: int = 1  # load_variant's
 
 
-def encode_error(error: engine_errors.EngineError) -> list[Any]:
-    """Type name, message and the attributes the API reads (retry_after_s, limit, pair_index, ...)."""
-    message = error.args[0] if error.args else str(error)
-    return [type(error).__name__, str(message), dict(vars(error))]
+# -- engine -> front -------------------------------------------------------------------------------------------------
 
 
-def decode_error(body: list[Any]) -> engine_errors.EngineError:
-    name, message, attributes = body
-    kind = _error_types().get(name, engine_errors.EngineError)
-    error = kind.__new__(kind)
-    Exception.__init__(error, message)
-    vars(error).update(attributes)
-    return error
+@dataclass(slots=True)
+class ResultReply:
+    call_id: int
+    result: EngineResult
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
+class RepositoryReply:
+    """The index, or the one entry asked for."""
+
+    call_id: int
+    entries: list[RepositoryEntry]
+
+
+@dataclass(slots=True)
+class MetricsReply:
+    call_id: int
+    exposition: bytes  # the engine process's Prometheus text exposition
+
+
+@dataclass(slots=True)
+class DoneReply:
+    """A load or unload finished."""
+
+    call_id: int
+
+
+@dataclass(slots=True)
+class ErrorReply:
+    """An EngineError: its type's name, message and attributes (``app.engine.errors.error_parts``)."""
+
+    call_id: int
+    error_type: str
+    message: str
+    attributes: dict[str, Any]
+
+    @classmethod
+    def of(cls, call_id: int, error: EngineError) -> ErrorReply:
+        return cls(call_id, *error_parts(error))
+
+    def rebuild(self) -> EngineError:
+        """The error as the engine raised it (EngineError itself for a type this process does not know)."""
+        return rebuild_error(self.error_type, self.message, self.attributes)
+
+
+@dataclass(slots=True)
+class FailedReply:
+    call_id: int
+    message: str
+
+
+Reply = ResultReply | RepositoryReply | MetricsReply | DoneReply | ErrorReply | FailedReply
+
+
+# -- engine state broadcast ------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class VariantState:
+    """One variant as the engine serves it: what the front ends route, tokenize and describe with."""
+
+    spec: dict[str, Any]  # its VariantSpec as JSON (``model_dump(mode="json")``)
+    status: VariantStatus
+    error: str | None
+    description: dict[str, Any]  # ``VariantRuntime.describe()``: what /variants shows
+    fingerprint: str | None  # of the encoder it serves with (None before it is loaded): front ends load the same one
+
+
+@dataclass(slots=True)
 class EngineState:
     """What the engine process publishes: the front ends answer health, /variants and routing from it."""
 
@@ -115,15 +158,51 @@ class EngineState:
     live: bool
     draining: bool
     default_variant: str
-    # Per variant: its spec as JSON (``VariantSpec.model_dump(mode="json")``), ``VariantRuntime.describe()`` and the
-    # fingerprint of the encoder it serves with (None before it is loaded): front ends load the same one to tokenize.
-    variants: list[tuple[dict[str, Any], dict[str, Any], str | None]]
+    variants: list[VariantState]
     sent_at: float = field(default_factory=time.time)
 
-    def encode(self) -> bytes:
-        return pack([self.ready, self.live, self.draining, self.default_variant, self.variants, self.sent_at])
 
-    @classmethod
-    def decode(cls, frame: bytes) -> EngineState:
-        ready, live, draining, default_variant, variants, sent_at = unpack(frame)
-        return cls(ready, live, draining, default_variant, [tuple(entry) for entry in variants], sent_at)
+SCHEMA = Schema(
+    [
+        SubmitMessage,
+        CancelMessage,
+        CallMessage,
+        ResultReply,
+        RepositoryReply,
+        MetricsReply,
+        DoneReply,
+        ErrorReply,
+        FailedReply,
+        EngineState,
+    ]
+)
+
+
+def encode(message: Any) -> bytes:
+    """One frame for a message of this channel."""
+    return SCHEMA.encode(message)
+
+
+Request = SubmitMessage | CancelMessage | CallMessage
+
+
+def decode_request(frame: bytes) -> Request:
+    """What a front asked of the engine; ProtocolError for a frame of another protocol version or another kind."""
+    return cast(Request, _expect(frame, (SubmitMessage, CancelMessage, CallMessage)))
+
+
+def decode_reply(frame: bytes) -> Reply:
+    """The engine's answer to one request; ProtocolError as for ``decode_request``."""
+    return cast(Reply, _expect(frame, (ResultReply, RepositoryReply, MetricsReply, DoneReply, ErrorReply, FailedReply)))
+
+
+def decode_state(frame: bytes) -> EngineState:
+    """The engine's broadcast; ProtocolError as for ``decode_request``."""
+    return cast(EngineState, _expect(frame, (EngineState,)))
+
+
+def _expect(frame: bytes, kinds: tuple[type[Any], ...]) -> object:
+    message = SCHEMA.decode(frame)
+    if not isinstance(message, kinds):
+        raise ProtocolError(f"a {type(message).__name__} where {', '.join(kind.__name__ for kind in kinds)} belong")
+    return message

@@ -47,7 +47,7 @@ class EngineChannel:
         self._heard_at = 0.0
         self._closed = threading.Event()
         self._ids = itertools.count()
-        self._pending: dict[int, tuple[asyncio.Future[tuple[int, Any]], str | None]] = {}
+        self._pending: dict[int, tuple[asyncio.Future[channel.Reply], str | None]] = {}
         self._socket: zmq.asyncio.Socket | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._async_context = zmq.asyncio.Context()
@@ -55,6 +55,7 @@ class EngineChannel:
         self._sync_socket = self._dealer(self._sync_context)
         self._sync_lock = threading.Lock()
         self._parent = os.getppid()
+        self._refused = False  # a frame was refused (logged once)
         self._listener = threading.Thread(target=self._listen, name="engine-state", daemon=True)
         self._listener.start()
 
@@ -83,11 +84,21 @@ class EngineChannel:
                     frame = subscriber.recv()
                 except zmq.Again:
                     continue
-                self.on_state(channel.EngineState.decode(frame))
+                try:
+                    state = channel.decode_state(frame)
+                except channel.ProtocolError as error:
+                    self._refuse(error)  # an engine of another version: never heard, so this front stays unready
+                    continue
+                self.on_state(state)
                 self.heard = True
                 self._heard_at = time.monotonic()
         finally:
             subscriber.close()
+
+    def _refuse(self, error: channel.ProtocolError) -> None:
+        if not self._refused:
+            self._refused = True
+            log.error("the engine process speaks another protocol; its frames are refused: %s", error)
 
     @property
     def connected(self) -> bool:
@@ -104,10 +115,15 @@ class EngineChannel:
     async def _receive(self) -> None:
         assert self._socket is not None
         while True:
-            call_id, status, body = channel.unpack(await self._socket.recv())
-            waiting = self._pending.get(call_id)
+            frame = await self._socket.recv()
+            try:
+                reply = channel.decode_reply(frame)
+            except channel.ProtocolError as error:
+                self._refuse(error)
+                continue
+            waiting = self._pending.get(reply.call_id)
             if waiting is not None and not waiting[0].done():
-                waiting[0].set_result((status, body))
+                waiting[0].set_result(reply)
 
     async def _watch(self) -> None:
         """Fail what waits on an engine process that fell silent (503 for predictions)."""
@@ -123,39 +139,50 @@ class EngineChannel:
                             else EngineUnavailableError("the engine process is unavailable")
                         )
 
-    async def request(self, kind: str, payload: list[Any], variant: str | None, timeout_s: float | None) -> Any:
-        """Send one request and await its answer; ``variant``: the prediction's (its 503 if the engine falls silent)."""
+    def next_call_id(self) -> int:
+        """A call id no other request of this front end uses."""
+        return next(self._ids)
+
+    async def request(
+        self, message: channel.SubmitMessage | channel.CallMessage, variant: str | None, timeout_s: float | None
+    ) -> channel.Reply:
+        """Send one request and await its answer (an EngineError raised as the engine raised it); ``variant``: the
+        prediction's (its 503 if the engine falls silent)."""
         socket = self._start()
-        call_id = next(self._ids)
-        future: asyncio.Future[tuple[int, Any]] = asyncio.get_running_loop().create_future()
+        call_id = message.call_id
+        future: asyncio.Future[channel.Reply] = asyncio.get_running_loop().create_future()
         self._pending[call_id] = (future, variant)
         try:
-            await socket.send(channel.pack([kind, call_id, payload]))
+            await socket.send(channel.encode(message))
             async with asyncio.timeout(timeout_s):
-                status, body = await future
+                reply = await future
         except (asyncio.CancelledError, TimeoutError) as stopped:
             # The client hung up (or the answer is long overdue): the engine drops the request's queued pairs.
-            socket.send(channel.pack([channel.CANCEL, call_id, None]))
+            socket.send(channel.encode(channel.CancelMessage(call_id)))
             if isinstance(stopped, TimeoutError):
                 raise DeadlineExceededError("no answer from the engine process within the request's deadline") from None
             raise
         finally:
             del self._pending[call_id]
-        return _answer(status, body)
+        return _answer(reply)
 
-    def call_sync(self, method: str, *args: Any) -> Any:
+    def call_sync(self, method: channel.EngineCall, name: str | None = None) -> channel.Reply:
         """A blocking call (for the API's synchronous methods: repository index, metrics); never on the event loop."""
         if not self.connected:
             raise EngineUnavailableError("the engine process is unavailable")
         with self._sync_lock:
             call_id = next(self._ids)
-            self._sync_socket.send(channel.pack([channel.CALL, call_id, [method, list(args), {}]]))
+            self._sync_socket.send(channel.encode(channel.CallMessage(call_id, method, name)))
             deadline = time.monotonic() + SYNC_CALL_TIMEOUT_S
             while (left := deadline - time.monotonic()) > 0:
                 if self._sync_socket.poll(int(left * 1000) + 1):
-                    answer_id, status, body = channel.unpack(self._sync_socket.recv())
-                    if answer_id == call_id:
-                        return _answer(status, body)
+                    try:
+                        reply = channel.decode_reply(self._sync_socket.recv())
+                    except channel.ProtocolError as error:
+                        self._refuse(error)
+                        continue
+                    if reply.call_id == call_id:
+                        return _answer(reply)
         raise EngineUnavailableError(f"the engine process did not answer {method} within {SYNC_CALL_TIMEOUT_S}s")
 
     def close(self, timeout: float | None = 30.0) -> None:
@@ -170,9 +197,11 @@ class EngineChannel:
         self._sync_context.term()
 
 
-def _answer(status: int, body: Any) -> Any:
-    if status == channel.OK:
-        return body
-    if status == channel.ENGINE_ERROR:
-        raise channel.decode_error(body)
-    raise EngineUnavailableError(str(body))
+def _answer(reply: channel.Reply) -> channel.Reply:
+    """The reply, unless it reports a failure: an ErrorReply is raised as the EngineError it carries, a FailedReply
+    as EngineUnavailableError (the API's 500)."""
+    if isinstance(reply, channel.ErrorReply):
+        raise reply.rebuild()
+    if isinstance(reply, channel.FailedReply):
+        raise EngineUnavailableError(reply.message)
+    return reply

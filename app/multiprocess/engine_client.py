@@ -15,19 +15,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from app import metrics
-from app.engine.errors import (
-    EngineError,
-    VariantNotReadyError,
-)
-from app.engine.gate import Inflight, refuse_while_draining, request_timeout, resolve_variant
+from app.engine.contract import EncodedInputs, EngineRequest, EngineResult
+from app.engine.errors import EngineError, VariantNotReadyError
+from app.engine.gate import RequestGate
 from app.engine.models.catalogue import Catalogue, VariantSpec
-from app.engine.scheduler.requests import Priority
-from app.engine.status import PredictionResult, RepositoryEntry, RepositoryState, VariantRuntime, VariantStatus
+from app.engine.status import RepositoryEntry, VariantRuntime, VariantStatus
 from app.engine.tokenization import DEFAULT_MAX_TOKENIZING_CHARS, TokenizationPool
 from app.engine.traffic.split import TrafficRouter
 from app.multiprocess import channel
@@ -45,32 +44,34 @@ ANSWER_GRACE_S = 5.0
 class RemoteVariant:
     """A variant as the engine process last described it: ``spec``, ``status`` and ``describe()``."""
 
-    __slots__ = ("described", "spec")
+    __slots__ = ("spec", "state")
 
-    def __init__(self, spec: VariantSpec, described: dict[str, Any]) -> None:
+    def __init__(self, spec: VariantSpec, state: channel.VariantState) -> None:
         self.spec = spec
-        self.described = described
+        self.state = state
 
     @property
     def status(self) -> VariantStatus:
-        return VariantStatus(self.described["status"])
+        return self.state.status
 
     @property
     def error(self) -> str | None:
-        error: str | None = self.described.get("error")
-        return error
+        return self.state.error
 
     def describe(self) -> dict[str, Any]:
-        return dict(self.described)
+        return dict(self.state.description)
 
 
 def _initial(spec: VariantSpec) -> RemoteVariant:
     """Before the engine's first broadcast: what the engine itself says before loading (pending or disabled)."""
     runtime = VariantRuntime(spec, status=VariantStatus.PENDING if spec.enabled else VariantStatus.DISABLED)
-    return RemoteVariant(spec, runtime.describe())
+    state = channel.VariantState(spec.model_dump(mode="json"), runtime.status, None, runtime.describe(), None)
+    return RemoteVariant(spec, state)
 
 
 class EngineClient:
+    """What a front end holds instead of the Engine: the same RequestGate and contract, the work forwarded."""
+
     def __init__(
         self,
         catalogue: Catalogue,
@@ -86,12 +87,10 @@ class EngineClient:
         self.run_dir = run_dir
         self.tokenization = TokenizationPool(tokenization_workers, max_tokenizing_pairs, max_tokenizing_chars)
         self.encoders = FrontEncoders()
-        self.request_timeout_s = request_timeout_s
-        self.default_variant = catalogue.default_variant
-        self.variants: dict[str, RemoteVariant] = {spec.name: _initial(spec) for spec in catalogue.variants}
-        self.router = TrafficRouter(catalogue.traffic, catalogue.default_variant, traffic_seed)
-        self.draining = False
-        self._inflight = Inflight()
+        variants = {spec.name: _initial(spec) for spec in catalogue.variants}
+        router = TrafficRouter(catalogue.traffic, catalogue.default_variant, traffic_seed)
+        # The gate's variants are the engine's last broadcast, replaced whole on each (see ``_apply``).
+        self.gate = RequestGate(variants, catalogue.default_variant, router, request_timeout_s, self.variant_ready)
         self._state: channel.EngineState | None = None
         self._specs: dict[bytes, VariantSpec] = {}
         self._closed = threading.Event()
@@ -99,20 +98,33 @@ class EngineClient:
         self.channel = EngineChannel(run_dir, self._apply, engine_silence_s)
 
     def _apply(self, state: channel.EngineState) -> None:
+        """A broadcast (in the channel's listener thread): the variants, their encoders and the default variant."""
         variants: dict[str, RemoteVariant] = {}
         wanted: dict[str, tuple[VariantSpec, str]] = {}
-        for spec_json, described, fingerprint in state.variants:
-            key = channel.pack(spec_json)
+        for variant in state.variants:
+            key = wire_key(variant.spec)
             spec = self._specs.get(key)
             if spec is None:
-                spec = self._specs[key] = VariantSpec.model_validate(spec_json)
-            variants[spec.name] = RemoteVariant(spec, described)
-            if fingerprint is not None:
-                wanted[spec.name] = (spec, fingerprint)
-        self.variants = variants
+                spec = self._specs[key] = VariantSpec.model_validate(variant.spec)
+            variants[spec.name] = RemoteVariant(spec, variant)
+            if variant.fingerprint is not None:
+                wanted[spec.name] = (spec, variant.fingerprint)
+        self.gate.variants = variants
         self.encoders.want(wanted)
-        self.default_variant = state.default_variant
+        self.gate.default_variant = state.default_variant
         self._state = state
+
+    @property
+    def variants(self) -> Mapping[str, RemoteVariant]:
+        return self.gate.variants
+
+    @property
+    def default_variant(self) -> str:
+        return self.gate.default_variant
+
+    @property
+    def draining(self) -> bool:
+        return self.gate.draining
 
     @property
     def connected(self) -> bool:
@@ -124,7 +136,7 @@ class EngineClient:
     def load(self) -> None:
         """Wait (in a thread) until the engine process has loaded every variant and this front end their tokenizers;
         raise if the engine's loading failed."""
-        while not (self._closed.is_set() or self._give_up or self.draining):
+        while not (self._closed.is_set() or self._give_up or self.gate.draining):
             state = self._state
             if state is not None and state.ready and self.encoders.settled():
                 return
@@ -139,15 +151,15 @@ class EngineClient:
     def begin_drain(self) -> None:
         """This front end takes no new request (readiness 503); the engine keeps answering what it forwarded. The
         supervisor drains the engine process only once every front end has drained."""
-        self.draining = True
+        self.gate.begin_drain()
 
     async def wait_idle(self) -> None:
-        await self._inflight.wait_idle()
+        await self.gate.wait_idle()
 
     @property
     def inflight(self) -> int:
         """Requests this front end has forwarded and not had answered yet."""
-        return self._inflight.count
+        return self.gate.inflight
 
     def close(self, timeout: float | None = 30.0) -> None:
         self._closed.set()
@@ -160,7 +172,7 @@ class EngineClient:
     @property
     def ready(self) -> bool:
         state = self._state
-        return self.connected and state is not None and state.ready and not self.draining
+        return self.connected and state is not None and state.ready and not self.gate.draining
 
     @property
     def live(self) -> bool:
@@ -169,10 +181,10 @@ class EngineClient:
         return state is None or (self.connected and state.live)
 
     def resolve(self, name: str | None) -> RemoteVariant:
-        return resolve_variant(self.variants, self.default_variant, name)
+        return self.gate.resolve(name)
 
     def variant_ready(self, name: str) -> bool:
-        runtime = self.variants.get(name)
+        runtime = self.gate.variants.get(name)
         state = self._state
         return (
             runtime is not None
@@ -182,97 +194,87 @@ class EngineClient:
             and state is not None
             and state.live
             and not state.draining
-            and not self.draining
+            and not self.gate.draining
         )
 
     def route(self, variant: str | None, routing_key: str | None = None) -> RemoteVariant:
         """As ``Engine.route``: the traffic split is decided here, from the engine's broadcast readiness."""
-        decision = self.router.choose(variant, routing_key, self.variant_ready)
-        runtime = self.resolve(decision.variant)
-        metrics.ROUTED_REQUESTS.labels(runtime.spec.name, str(decision.route)).inc()
-        return runtime
+        return self.gate.route(variant, routing_key)
 
     # -- repository ------------------------------------------------------------------------------------------------
 
     def repository_index(self) -> list[RepositoryEntry]:
-        return [_entry(entry) for entry in self.channel.call_sync("repository_index")]
+        reply = self.channel.call_sync(channel.EngineCall.REPOSITORY_INDEX)
+        assert isinstance(reply, channel.RepositoryReply)
+        return reply.entries
 
     def repository_entry(self, name: str) -> RepositoryEntry:
-        return _entry(self.channel.call_sync("repository_entry", name))
+        reply = self.channel.call_sync(channel.EngineCall.REPOSITORY_ENTRY, name)
+        assert isinstance(reply, channel.RepositoryReply)
+        return reply.entries[0]
 
     async def load_variant(self, name: str, *, min_queue_pairs: int = 1) -> None:
-        await self.channel.request(
-            channel.CALL, ["load_variant", [name], {"min_queue_pairs": min_queue_pairs}], None, None
-        )
+        call = channel.CallMessage(self.channel.next_call_id(), channel.EngineCall.LOAD_VARIANT, name, min_queue_pairs)
+        await self.channel.request(call, None, None)
 
     async def unload_variant(self, name: str) -> None:
-        await self.channel.request(channel.CALL, ["unload_variant", [name], {}], None, None)
+        call = channel.CallMessage(self.channel.next_call_id(), channel.EngineCall.UNLOAD_VARIANT, name)
+        await self.channel.request(call, None, None)
 
     def engine_metrics(self) -> bytes:
         """The engine process's Prometheus exposition (every engine series; the front ends hold the HTTP ones)."""
-        text: bytes = self.channel.call_sync("metrics")
-        return text
+        reply = self.channel.call_sync(channel.EngineCall.METRICS)
+        assert isinstance(reply, channel.MetricsReply)
+        return reply.exposition
 
     # -- inference -------------------------------------------------------------------------------------------------
 
-    async def predict(
-        self,
-        pairs: Sequence[tuple[str, str]],
-        variant: str | None = None,
-        truncate: bool = True,
-        timeout_s: float | None = None,
-        *,
-        priority: Priority = Priority.INTERACTIVE,
-        language: str | None = None,
-    ) -> PredictionResult:
-        """``Engine.predict`` in the engine process: admission, deadline and cancellation are decided there."""
-        if priority is Priority.SHADOW:
-            raise ValueError("shadow priority is reserved for the engine's own shadow work")
+    async def submit(self, request: EngineRequest) -> EngineResult:
+        """``Engine.submit`` in the engine process: admission, deadline and cancellation are decided there. This front
+        end tokenizes the pairs when it holds the variant's encoder, and adds its own time to ``spent_s``."""
         arrived = time.perf_counter()  # the deadline runs from here: the engine subtracts what this front end spends
-        name = self.resolve(variant).spec.name
+        gate = self.gate
+        gate.refuse_shadow_priority(request.priority)
+        name = request.variant
         try:
-            refuse_while_draining(self.draining)
+            gate.refuse_while_draining()
             if not self.connected:
                 raise VariantNotReadyError(name, "engine process unavailable")
         except EngineError as refused:
             metrics.REQUEST_FAILURES.labels(name, refused.reason).inc()
             raise
-        timeout = request_timeout(self.request_timeout_s, timeout_s)
-        self._inflight.enter()
+        timeout = gate.timeout(request.timeout_s)
+        gate.enter()
         try:
             encoder = self.encoders.get(name)
-            if encoder is None:
-                spent_s = time.perf_counter() - arrived
-                kind, payload = (
-                    channel.PREDICT,
-                    [list(pairs), name, truncate, timeout_s, priority.name, language, spent_s],
-                )
-            else:
+            encoded: EncodedInputs | None = None
+            if encoder is not None:
                 try:
-                    encoded = await self.tokenization.encode(encoder, pairs, truncate)
+                    pairs = await self.tokenization.encode(encoder, request.pairs, request.truncate)
                 except EngineError as refused:  # too long, or this front end's tokenizer backlog is full
                     metrics.REQUEST_FAILURES.labels(name, refused.reason).inc()
                     raise
-                tokenization_s = time.perf_counter() - arrived  # with the wait for a tokenizer thread
-                kind = channel.PREDICT_ENCODED
-                payload = [
-                    list(pairs),
-                    encoded.ids,
-                    encoded.truncated,
-                    encoder.fingerprint,
-                    tokenization_s,
-                    name,
-                    truncate,
-                    timeout_s,
-                    priority.name,
-                    language,
-                ]
-            body = await self.channel.request(kind, payload, name, timeout + ANSWER_GRACE_S)
-            return channel.decode_result(body)
+                encoded = EncodedInputs(pairs.ids, pairs.truncated, encoder.fingerprint)
+            # Encoded: the time spent so far is tokenization (with the wait for a tokenizer thread).
+            forwarded = EngineRequest(
+                request.pairs,
+                name,
+                request.truncate,
+                request.timeout_s,
+                request.priority,
+                request.language,
+                request.spent_s + time.perf_counter() - arrived,
+                encoded,
+                request.request_id,
+            )
+            message = channel.SubmitMessage(self.channel.next_call_id(), forwarded)
+            reply = await self.channel.request(message, name, timeout + ANSWER_GRACE_S)
+            assert isinstance(reply, channel.ResultReply)
+            return reply.result
         finally:
-            self._inflight.leave()
+            gate.leave()
 
 
-def _entry(fields: list[str]) -> RepositoryEntry:
-    name, state, reason = fields
-    return RepositoryEntry(name, RepositoryState(state), reason)
+def wire_key(spec_json: dict[str, Any]) -> bytes:
+    """A variant spec's JSON as bytes, to reuse the VariantSpec validated from the same JSON before."""
+    return orjson.dumps(spec_json)

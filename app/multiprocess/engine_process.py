@@ -1,9 +1,10 @@
 """The engine process: one ``Engine`` (models, queues, device workers) serving the front ends over ZeroMQ.
 
 Run by the supervisor as ``python -m app.multiprocess.engine_process RUN_DIR``. Admission (429/503) and deadlines happen
-here, in the one place that sees the whole load; errors go back typed (see channel). The front ends tokenize: this
-process tokenizes only pairs a front end sent without ids (it had no encoder for the variant yet, or an outdated one)
-and a shadow sample whose candidate's tokenizer differs from its primary's.
+here, in the one place that sees the whole load. Requests and answers are the engine's own contract (``Engine.submit``:
+an EngineRequest in, an EngineResult or a typed EngineError out), framed by :mod:`app.multiprocess.channel`. The front
+ends tokenize: this process tokenizes only pairs a front end sent without ids (it had no encoder for the variant yet,
+or an outdated one) and a shadow sample whose candidate's tokenizer differs from its primary's.
 SIGTERM: stop admitting (the supervisor sends it only after the front ends have drained), wait for what was accepted,
 stop the workers, exit 0.
 """
@@ -16,9 +17,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import zmq
 import zmq.asyncio
@@ -26,18 +25,12 @@ from prometheus_client import REGISTRY, generate_latest
 
 from app.engine.engine import Engine
 from app.engine.errors import EngineError
-from app.engine.scheduler.requests import Priority
-from app.engine.status import RepositoryEntry
-from app.engine.tokenization import EncodedPairs
+from app.logs import request_id_var
 from app.multiprocess import channel
 from app.multiprocess.supervisor import exit_now
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-def _entry(entry: RepositoryEntry) -> list[str]:
-    return [entry.name, str(entry.state), entry.reason]
 
 
 class EngineProcess:
@@ -57,6 +50,7 @@ class EngineProcess:
         self._stopping = asyncio.Event()
         self._drain = True
         self._parent = os.getppid()
+        self._refusals: set[str] = set()  # what was logged of frames refused
 
     def snapshot(self) -> channel.EngineState:
         engine = self.engine
@@ -66,10 +60,12 @@ class EngineProcess:
             draining=engine.draining,
             default_variant=engine.default_variant,
             variants=[
-                (
-                    runtime.spec.model_dump(mode="json"),
-                    runtime.describe(),
-                    None if runtime.encoder is None else runtime.encoder.fingerprint,
+                channel.VariantState(
+                    spec=runtime.spec.model_dump(mode="json"),
+                    status=runtime.status,
+                    error=runtime.error,
+                    description=runtime.describe(),
+                    fingerprint=None if runtime.encoder is None else runtime.encoder.fingerprint,
                 )
                 for runtime in engine.variants.values()
             ],
@@ -77,98 +73,90 @@ class EngineProcess:
 
     async def publish(self) -> None:
         while not self._stopping.is_set():
-            await self.state.send(self.snapshot().encode())
+            await self.state.send(channel.encode(self.snapshot()))
             if os.getppid() != self._parent:
                 log.error("the supervisor is gone: the engine process stops")
                 self.stop(drain=False)
             await asyncio.sleep(channel.STATE_INTERVAL_S)
 
-    async def _reply(self, identity: bytes, call_id: int, status: int, body: Any) -> None:
-        await self.requests.send_multipart([identity, channel.pack([call_id, status, body])])
+    async def _reply(self, identity: bytes, reply: channel.Reply) -> None:
+        await self.requests.send_multipart([identity, channel.encode(reply)])
 
-    async def _predict(self, identity: bytes, call_id: int, kind: str, payload: list[Any]) -> None:
+    async def _submit(self, identity: bytes, message: channel.SubmitMessage) -> None:
+        call_id, request = message.call_id, message.request
+        if request.request_id is not None:
+            request_id_var.set(request.request_id)  # this task's own context: its log lines carry the HTTP request's id
+        reply: channel.Reply
         try:
-            if kind == channel.PREDICT_ENCODED:
-                pairs, ids, truncated, fingerprint, tokenization_s, variant, truncate, timeout_s, priority, language = (
-                    payload
-                )
-                result = await self.engine.predict_encoded(
-                    [(premise, hypothesis) for premise, hypothesis in pairs],
-                    EncodedPairs(ids, truncated),
-                    fingerprint,
-                    variant,
-                    truncate,
-                    timeout_s,
-                    priority=Priority[priority],
-                    language=language,
-                    tokenization_s=tokenization_s,
-                )
-            else:
-                pairs, variant, truncate, timeout_s, priority, language, spent_s = payload
-                result = await self.engine.predict(
-                    [(premise, hypothesis) for premise, hypothesis in pairs],
-                    variant,
-                    truncate,
-                    timeout_s,
-                    priority=Priority[priority],
-                    language=language,
-                    spent_s=spent_s,
-                )
+            reply = channel.ResultReply(call_id, await self.engine.submit(request))
         except asyncio.CancelledError:
             return  # the front's client hung up: nobody waits for an answer
         except EngineError as error:
-            await self._reply(identity, call_id, channel.ENGINE_ERROR, channel.encode_error(error))
+            reply = channel.ErrorReply.of(call_id, error)
         except Exception as error:
             log.exception("prediction failed")
-            await self._reply(identity, call_id, channel.FAILED, f"{type(error).__name__}: {error}")
-        else:
-            await self._reply(identity, call_id, channel.OK, channel.encode_result(result))
+            reply = channel.FailedReply(call_id, f"{type(error).__name__}: {error}")
+        await self._reply(identity, reply)
 
-    async def _call(self, identity: bytes, call_id: int, payload: list[Any]) -> None:
-        method, args, kwargs = payload
+    async def _call(self, identity: bytes, message: channel.CallMessage) -> None:
+        call_id, method, name = message.call_id, message.method, message.name
+        engine = self.engine
+        reply: channel.Reply
         try:
-            if method not in channel.CALLS:
-                raise ValueError(f"unknown engine call {method!r}")
-            body: Any
-            if method == "metrics":
-                body = generate_latest(REGISTRY)
-            elif method == "repository_index":
-                body = [_entry(entry) for entry in self.engine.repository_index()]
-            elif method == "repository_entry":
-                body = _entry(self.engine.repository_entry(*args))
+            if method is channel.EngineCall.METRICS:
+                reply = channel.MetricsReply(call_id, generate_latest(REGISTRY))
+            elif method is channel.EngineCall.REPOSITORY_INDEX:
+                reply = channel.RepositoryReply(call_id, engine.repository_index())
+            elif name is None:
+                raise ValueError(f"engine call {method} names no variant")
+            elif method is channel.EngineCall.REPOSITORY_ENTRY:
+                reply = channel.RepositoryReply(call_id, [engine.repository_entry(name)])
+            elif method is channel.EngineCall.LOAD_VARIANT:
+                await engine.load_variant(name, min_queue_pairs=message.min_queue_pairs)
+                reply = channel.DoneReply(call_id)
             else:
-                function: Callable[..., Any] = getattr(self.engine, method)
-                await function(*args, **kwargs)
-                body = None
+                await engine.unload_variant(name)
+                reply = channel.DoneReply(call_id)
         except asyncio.CancelledError:
             return
         except EngineError as error:
-            await self._reply(identity, call_id, channel.ENGINE_ERROR, channel.encode_error(error))
+            reply = channel.ErrorReply.of(call_id, error)
         except Exception as error:
             log.exception("engine call %s failed", method)
-            await self._reply(identity, call_id, channel.FAILED, f"{type(error).__name__}: {error}")
-        else:
-            await self._reply(identity, call_id, channel.OK, body)
+            reply = channel.FailedReply(call_id, f"{type(error).__name__}: {error}")
+        await self._reply(identity, reply)
 
     async def receive(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             identity, frame = await self.requests.recv_multipart(copy=True)
-            kind, call_id, payload = channel.unpack(frame)
-            key = (identity, call_id)
-            if kind == channel.CANCEL:
-                task = self._calls.get(key)
-                if task is not None:
-                    task.cancel()
+            try:
+                message = channel.decode_request(frame)
+            except channel.ProtocolError as error:
+                self._refuse(error)
                 continue
-            if kind == channel.CALL:
-                task = loop.create_task(self._call(identity, call_id, payload))
+            key = (identity, message.call_id)
+            task: asyncio.Task[None]
+            if isinstance(message, channel.CancelMessage):
+                running = self._calls.get(key)
+                if running is not None:
+                    running.cancel()
+                continue
+            if isinstance(message, channel.CallMessage):
+                task = loop.create_task(self._call(identity, message))
             else:
-                task = loop.create_task(self._predict(identity, call_id, kind, payload))
+                task = loop.create_task(self._submit(identity, message))
             self._calls[key] = task
             # The entry goes when the task ends, however it ends: a task cancelled before it first runs (its CANCEL
             # was already buffered behind it) never reaches its own ``finally``.
             task.add_done_callback(functools.partial(self._forget, key))
+
+    def _refuse(self, error: channel.ProtocolError) -> None:
+        """A frame this process cannot read (a front end of another version): dropped, logged once per kind of
+        error. Such a front end never hears a broadcast it can read either, so it stays unready."""
+        if str(error) not in self._refusals:
+            self._refusals.add(str(error))
+            log.error("a frame from a front end was refused: %s", error)
 
     def _forget(self, key: tuple[bytes, int], task: asyncio.Task[None]) -> None:
         if self._calls.get(key) is task:
@@ -202,7 +190,7 @@ class EngineProcess:
                 log.info("engine drained: no request in flight")
             except TimeoutError:
                 log.warning("engine drain timeout: %d request(s) still in flight", self.engine.inflight)
-        await self.state.send(self.snapshot().encode())
+        await self.state.send(channel.encode(self.snapshot()))
         for task in tasks[:2]:
             task.cancel()
         for task in list(self._calls.values()):

@@ -33,8 +33,7 @@ import orjson
 
 from app.api import listener_drain
 from app.api.error_shapes import NATIVE, OIP, ErrorShape
-from app.engine.errors import DrainingError
-from app.engine.gate import refuse_while_draining
+from app.engine.gate import draining_error
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -83,22 +82,13 @@ def remove_stale_run_dirs(root: Path) -> list[Path]:
 OIP_PREFIX = b"/v2"  # the Open Inference Protocol's namespace (app.api.routes.open_inference.PREFIX): its error shape
 
 
-def _draining_message() -> str:
-    """The message the service's own 503 draining carries (one wording, whoever answers)."""
-    try:
-        refuse_while_draining(True)
-    except DrainingError as error:
-        return str(error)
-    raise AssertionError("refuse_while_draining(True) did not refuse")
-
-
 def draining_answer(head: bytes) -> bytes:
     """503 draining for a connection the front ends left queued, as the service answers it: the error shape of the
     protocol the path belongs to, ``Retry-After: 1`` and ``Connection: close``."""
     parts = head.split(b" ", 2)
     path = parts[1].split(b"?", 1)[0] if len(parts) > 1 else b""
     shape: ErrorShape = OIP if path == OIP_PREFIX or path.startswith(OIP_PREFIX + b"/") else NATIVE
-    body = orjson.dumps(shape.body("draining", _draining_message()))
+    body = orjson.dumps(shape.body("draining", str(draining_error())))
     return (
         b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
         + f"content-length: {len(body)}\r\n".encode("ascii")

@@ -4,12 +4,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Protocol
 
+from app.engine.contract import EngineRequest, EngineResult
 from app.engine.models.catalogue import VariantSpec
-from app.engine.scheduler.requests import Priority
-from app.engine.status import PredictionResult, RepositoryEntry, VariantStatus
+from app.engine.status import RepositoryEntry, VariantStatus
 
 
 class ServedVariant(Protocol):
@@ -68,13 +68,4 @@ class EngineHandle(Protocol):
 
     async def unload_variant(self, name: str) -> None: ...
 
-    async def predict(
-        self,
-        pairs: Sequence[tuple[str, str]],
-        variant: str | None = None,
-        truncate: bool = True,
-        timeout_s: float | None = None,
-        *,
-        priority: Priority = Priority.INTERACTIVE,
-        language: str | None = None,
-    ) -> PredictionResult: ...
+    async def submit(self, request: EngineRequest) -> EngineResult: ...

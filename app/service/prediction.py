@@ -1,7 +1,7 @@
 """One prediction path for every protocol: validate a typed query, route it to a variant, run it on the engine,
 count it once in the request metrics, and return the engine's typed result.
 
-Transports only parse their wire format into a :class:`PredictionQuery` and render the :class:`PredictionResult`.
+Transports only parse their wire format into a :class:`PredictionQuery` and render the engine's :class:`EngineResult`.
 A transport that can tell when its caller has gone passes ``disconnected`` (an awaitable that completes then): the
 prediction is cancelled, its queued pairs are skipped, and :class:`ClientDisconnected` is raised.
 """
@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from app import metrics
-from app.engine.engine import PredictionResult
+from app.engine.contract import EngineRequest, EngineResult, Priority
 from app.engine.errors import EngineError
-from app.engine.scheduler.requests import Priority
+from app.logs import request_id_var
 from app.metrics import Outcome
 from app.service.engine_handle import EngineHandle
 
@@ -82,7 +82,7 @@ class PredictionService:
 
     async def predict(
         self, query: PredictionQuery, endpoint: str, disconnected: Disconnected | None = None
-    ) -> PredictionResult:
+    ) -> EngineResult:
         """Route, validate and predict; ``endpoint`` labels xnli_request_duration_seconds.
 
         Raises UnknownVariantError first (routing comes before every other check), then InvalidQueryError or
@@ -105,15 +105,17 @@ class PredictionService:
             metrics.REQUEST_DURATION.labels(variant, endpoint).observe(time.perf_counter() - started)
             metrics.REQUESTS.labels(variant, outcome).inc()
 
-    async def _run(self, query: PredictionQuery, variant: str, disconnected: Disconnected | None) -> PredictionResult:
-        call = self.engine.predict(
+    async def _run(self, query: PredictionQuery, variant: str, disconnected: Disconnected | None) -> EngineResult:
+        request = EngineRequest(
             query.pairs,
-            variant,
+            variant,  # routed: the engine does not choose again
             query.truncate,
             query.timeout_s,
-            priority=Priority[query.priority.upper()],
-            language=query.language,
+            Priority[query.priority.upper()],
+            query.language,
+            request_id=request_id_var.get(),
         )
+        call = self.engine.submit(request)
         if disconnected is None:
             return await call
         # The prediction runs in the caller's own task and only the watcher is a new one: one task per request,

@@ -12,14 +12,14 @@ from app.api.inference import RenderedBody
 from app.api.oip.parsing import InferRequest
 from app.api.oip.schemas import INPUT_NAMES, LABEL_ORDER, MODEL_VERSION, ModelMetadata, TensorMetadata
 from app.engine.backends import get_backend
-from app.engine.engine import PredictionResult
+from app.engine.contract import EngineResult
 from app.engine.tasks.nli import LABELS
 from app.service.oip.responses import inference_response
 from app.service.oip.tensors import encode_bytes, encode_fp32
 from app.service.variants import VariantInfo
 
 
-def infer_response(request: InferRequest, result: PredictionResult) -> bytes | RenderedBody:
+def infer_response(request: InferRequest, result: EngineResult) -> bytes | RenderedBody:
     response = inference_response(result, request.outputs, request.id)
     tensors: list[dict[str, Any]] = []
     buffers: list[bytes] = []

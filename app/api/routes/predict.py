@@ -19,7 +19,7 @@ from app.api.schemas import (
     PredictResponse,
     VariantPredictRequest,
 )
-from app.engine.engine import PredictionResult
+from app.engine.contract import EngineResult
 from app.engine.tasks.nli import NLI
 from app.service.prediction import PredictionQuery
 
@@ -40,7 +40,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def render(result: PredictionResult) -> bytes:
+def render(result: EngineResult) -> bytes:
     predictions = NLI.rows(result.probabilities, result.truncated)
     return orjson.dumps({"variant": result.variant, "predictions": predictions})
 

@@ -16,35 +16,60 @@ from typing import Any
 from app import metrics
 from app.engine.backends.preparation import release_freed_memory
 from app.engine.errors import DrainingError, RepositoryBusyError, UnknownVariantError, VariantLoadError
+from app.engine.gate import RequestGate
 from app.engine.models.catalogue import Catalogue, CatalogueError, VariantSpec, load_catalogue
 from app.engine.models.loading import DeviceWorkers, check_faults, free_memory, load_runtime, release_export
-from app.engine.models.store import CheckpointError
+from app.engine.models.store import CheckpointError, inspect_checkpoint
 from app.engine.status import RepositoryEntry, RepositoryState, VariantRuntime, VariantStatus
-from app.engine.traffic.split import TrafficRouter
 
 log = logging.getLogger(__name__)
 
 
 class ModelRepository:
-    """The repository part of the Engine (it inherits this): its own state is set here, the rest by the Engine."""
+    """The variants the engine serves and every change to them: start-up loading, then loads, reloads and unloads
+    while serving. ``variants`` is the table the engine's RequestGate resolves requests against: a switch replaces
+    one entry in it, so every request resolved from that moment on runs the new version."""
 
-    catalogue: Catalogue
-    variants: dict[str, VariantRuntime]
-    default_variant: str
-    router: TrafficRouter
-    draining: bool
-    started: bool
-    request_timeout_s: float
-    allow_faults: bool
-    export_cache_dir: Path | None
-    _devices: DeviceWorkers
-    _torch_threads: int | None
-
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        catalogue: Catalogue,
+        variants: dict[str, VariantRuntime],
+        gate: RequestGate[VariantRuntime],
+        devices: DeviceWorkers,
+        *,
+        torch_threads: int | None = None,
+        allow_faults: bool = False,
+        export_cache_dir: Path | None = None,
+    ) -> None:
+        self.catalogue = catalogue
+        self.variants = variants
+        self.allow_faults = allow_faults
+        self.export_cache_dir = export_cache_dir
+        self.started = False  # start-up loading finished (or failed): loads and unloads may change variants
+        self._gate = gate  # draining, the default variant and the split, read when a change is asked for
+        self._devices = devices
+        self._torch_threads = torch_threads
         self._loading: set[str] = set()
         self._unloading: set[str] = set()
         self._load_failures: dict[str, str] = {}  # the last failed repository load of a name, until one succeeds
-        self._repository_tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def preflight(self) -> None:
+        """Check every enabled variant's checkpoint without loading weights; raises the first CheckpointError."""
+        for runtime in self.variants.values():
+            if runtime.spec.enabled:
+                check_faults(runtime.spec, self.allow_faults)
+                runtime.info = inspect_checkpoint(runtime.spec)
+
+    def load_enabled(self) -> None:
+        """Start-up: load, warm up and start serving every enabled variant (blocking); changes are refused until
+        this has finished, however it ends."""
+        try:
+            for runtime in self.variants.values():
+                if runtime.spec.enabled:
+                    load_runtime(runtime, self._devices, self._torch_threads, self.export_cache_dir)
+        finally:
+            self.started = True
 
     def catalogue_entry(self, name: str) -> VariantSpec:
         """``name``'s entry as the catalogue file says now (it may have been edited since start-up), enabled.
@@ -58,16 +83,16 @@ class ModelRepository:
             raise UnknownVariantError(name, [variant.name for variant in catalogue.variants]) from None
         return spec.model_copy(update={"enabled": True})  # an explicit load serves it, whatever `enabled` says
 
-    def repository_index(self) -> list[RepositoryEntry]:
+    def index(self) -> list[RepositoryEntry]:
         """Every variant the engine knows and every entry of the catalogue file, with its state and why."""
         names = list(dict.fromkeys([*self.variants, *self._loading, *self._load_failures]))
         try:
             names += [spec.name for spec in load_catalogue(self.catalogue.source).variants if spec.name not in names]
         except CatalogueError as error:
             log.warning("repository index lists loaded variants only: %s", error)
-        return [self.repository_entry(name) for name in names]
+        return [self.entry(name) for name in names]
 
-    def repository_entry(self, name: str) -> RepositoryEntry:
+    def entry(self, name: str) -> RepositoryEntry:
         runtime = self.variants.get(name)
         failure = self._load_failures.get(name)
         serving = runtime is not None and runtime.spec.enabled and runtime.status is VariantStatus.READY
@@ -95,7 +120,7 @@ class ModelRepository:
 
     def _claim(self, name: str) -> None:
         """Refuse a repository change that would race another one (or start-up, or shutdown)."""
-        if self.draining:
+        if self._gate.draining:
             raise DrainingError("the service is shutting down and changes no variant")
         if not self.started:
             raise RepositoryBusyError("start-up is still loading the catalogue's variants; try again when it is ready")
@@ -106,8 +131,8 @@ class ModelRepository:
     async def _run_to_completion(self, work: Any) -> Any:
         """Run a repository change as its own task: a caller that goes away does not leave it half done."""
         task = asyncio.get_running_loop().create_task(work)
-        self._repository_tasks.add(task)
-        task.add_done_callback(self._repository_tasks.discard)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         return await asyncio.shield(task)
 
     async def load_variant(self, name: str, *, min_queue_pairs: int = 1) -> VariantRuntime:
@@ -177,7 +202,7 @@ class ModelRepository:
     def _refuse_unloading_the_fallback(self, name: str) -> None:
         """The default variant answers every request that names none unless a traffic split chooses for them; with
         it unloaded each of those would get 404 while the service still reads as ready."""
-        if name == self.default_variant and not self.router.splits:
+        if name == self._gate.default_variant and not self._gate.router.splits:
             raise RepositoryBusyError(
                 f"variant {name!r} is the default variant: requests that name no variant fall back to it and no "
                 "[traffic] split covers them, so it stays loaded; to unload it, make another variant the catalogue's "
@@ -205,7 +230,7 @@ class ModelRepository:
         runtime.drained = asyncio.Event()
         if runtime.active:
             try:
-                async with asyncio.timeout(self.request_timeout_s + 5.0):  # every request ends by its deadline
+                async with asyncio.timeout(self._gate.request_timeout_s + 5.0):  # every request ends by its deadline
                     await runtime.drained.wait()
             except TimeoutError:
                 log.warning("variant %s: %d requests still inside after the drain", runtime.spec.name, runtime.active)

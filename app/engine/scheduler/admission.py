@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from app.engine.contract import Priority
 from app.engine.errors import (
     DeadlineTooShortError,
     InferenceError,
@@ -24,7 +25,7 @@ from app.engine.errors import (
     VariantNotReadyError,
 )
 from app.engine.scheduler.queues import UnloadedRunner, VariantQueue
-from app.engine.scheduler.requests import InferenceRequest, PendingPair, Priority, ShadowRefused
+from app.engine.scheduler.requests import InferenceRequest, PendingPair, ShadowRefused
 
 # Admit only work expected to finish within this share of the time a request has left: the estimate is an average
 # and batches vary, so admitting right up to the deadline makes the last requests in line expire after their pairs

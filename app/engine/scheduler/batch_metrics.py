@@ -13,8 +13,9 @@ import numpy as np
 import numpy.typing as npt
 
 from app import metrics
+from app.engine.contract import Priority
 from app.engine.scheduler.padding import padded_length
-from app.engine.scheduler.requests import PendingPair, Priority
+from app.engine.scheduler.requests import PendingPair
 
 if TYPE_CHECKING:
     from prometheus_client import Counter

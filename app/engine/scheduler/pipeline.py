@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from app.engine.contract import Priority
 from app.engine.errors import InferenceError
 from app.engine.scheduler.queues import VariantQueue
-from app.engine.scheduler.requests import InferenceRequest, PendingPair, Priority
+from app.engine.scheduler.requests import InferenceRequest, PendingPair
 from app.engine.scheduler.stages import Launched
 
 log = logging.getLogger(__name__)

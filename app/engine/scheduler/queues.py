@@ -13,10 +13,11 @@ import numpy as np
 import numpy.typing as npt
 
 from app import metrics
+from app.engine.contract import Priority
 from app.engine.errors import DeadlineExceededError, InferenceError
 from app.engine.scheduler.batch_metrics import BatchMetrics
 from app.engine.scheduler.batching import BatchLimits, select_batch
-from app.engine.scheduler.requests import InferenceRequest, PendingPair, Priority
+from app.engine.scheduler.requests import InferenceRequest, PendingPair
 from app.engine.scheduler.stages import StageFactory, own_stages
 
 if TYPE_CHECKING:

@@ -1,25 +1,12 @@
-"""What the device worker carries: priorities, a caller's request, and its pairs waiting in a lane."""
+"""What the device worker carries: a caller's request and its pairs waiting in a lane."""
 
 from __future__ import annotations
 
 import asyncio
 import math
-from enum import IntEnum
 
 import numpy as np
 import numpy.typing as npt
-
-
-class Priority(IntEnum):
-    """Lanes of a queue, served in this order; lower values run first."""
-
-    INTERACTIVE = 0
-    BATCH = 1
-    SHADOW = 2
-
-    @property
-    def label(self) -> str:
-        return self.name.lower()
 
 
 class ShadowRefused(Exception):

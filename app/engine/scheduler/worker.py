@@ -27,11 +27,12 @@ from collections.abc import Sequence
 import torch
 
 from app import metrics
+from app.engine.contract import Priority
 from app.engine.errors import InferenceError
 from app.engine.scheduler.admission import AdmissionControl, Reservation
 from app.engine.scheduler.pipeline import Flight, PostStage, answer, fail_batch, fail_requests
 from app.engine.scheduler.queues import VariantQueue
-from app.engine.scheduler.requests import InferenceRequest, PendingPair, Priority
+from app.engine.scheduler.requests import InferenceRequest, PendingPair
 from app.engine.scheduler.stages import Launched, Stages
 
 log = logging.getLogger(__name__)

@@ -15,13 +15,14 @@ import numpy as np
 import numpy.typing as npt
 
 from app import metrics
+from app.engine.contract import EngineResult
 from app.engine.errors import DeadlineExceededError, EngineError, InputTooLongError, OverloadedError
+from app.engine.gate import RequestGate
 from app.engine.models.catalogue import ShadowSpec
-from app.engine.scheduler.requests import InferenceRequest, Priority, ShadowRefused
-from app.engine.status import PredictionResult, VariantRuntime, VariantStatus
+from app.engine.scheduler.requests import InferenceRequest, ShadowRefused
+from app.engine.status import VariantRuntime, VariantStatus
 from app.engine.tasks.nli import LABELS
 from app.engine.tokenization import EncodedPairs, TokenizationPool
-from app.engine.traffic.split import TrafficRouter
 
 log = logging.getLogger(__name__)
 
@@ -62,40 +63,53 @@ class ShadowJob:
 
 
 class ShadowRunner:
-    """The shadow part of the Engine (it inherits this): its own state is set here, the rest by the Engine."""
-
-    variants: dict[str, VariantRuntime]
-    draining: bool
-    router: TrafficRouter
-    tokenization: TokenizationPool
+    """Starts, runs and counts the shadow comparisons of the requests the engine answered."""
 
     def __init__(
-        self, shadows: Sequence[ShadowSpec], max_queue_pairs: int, timeout_s: float, max_client_backlog_s: float
+        self,
+        gate: RequestGate[VariantRuntime],
+        tokenization: TokenizationPool,
+        shadows: Sequence[ShadowSpec],
+        max_queue_pairs: int,
+        timeout_s: float,
+        max_client_backlog_s: float,
     ) -> None:
-        self.shadow_max_queue_pairs = max_queue_pairs
-        self.shadow_timeout_s = timeout_s
-        self.shadow_max_client_backlog_s = max_client_backlog_s
-        self._shadow_tasks: set[asyncio.Task[None]] = set()
+        self.max_queue_pairs = max_queue_pairs
+        self.timeout_s = timeout_s
+        self.max_client_backlog_s = max_client_backlog_s
+        self._gate = gate  # the variants, the router's shadow list and sampling, draining
+        self._tokenization = tokenization
+        self._tasks: set[asyncio.Task[None]] = set()
         for shadow in shadows:  # every series exists from the start: rates and ratios read 0
             metrics.SHADOW_SAMPLED_PAIRS.labels(shadow.primary, shadow.candidate)
             for reason in metrics.SHADOW_DROP_REASONS:
                 metrics.SHADOW_DROPPED_PAIRS.labels(shadow.primary, shadow.candidate, reason)
 
-    def _start_shadows(
+    def shadowed(self, primary: str) -> bool:
+        """``primary`` has shadows: its answered requests are sampled for them."""
+        return primary in self._gate.router.shadows
+
+    @property
+    def running(self) -> int:
+        """Comparisons started and not yet compared or dropped."""
+        return len(self._tasks)
+
+    def start(
         self,
         primary: str,
         pairs: Sequence[tuple[str, str]],
-        result: PredictionResult,
+        result: EngineResult,
         truncate: bool,
         language: str,
         encoded: tuple[EncodedPairs, str] | None = None,
     ) -> None:
         """Sample the answered pairs for each shadow of ``primary`` and start its comparison as a background task.
         Nothing here may fail the client's answer: errors are logged and counted as dropped pairs."""
-        for shadow in self.router.shadows[primary]:
+        router = self._gate.router
+        for shadow in router.shadows[primary]:
             chosen: list[int] = []
             try:
-                chosen = self.router.sample(shadow, len(pairs))
+                chosen = router.sample(shadow, len(pairs))
                 if not chosen:
                     continue
                 metrics.SHADOW_SAMPLED_PAIRS.labels(primary, shadow.candidate).inc(len(chosen))
@@ -108,18 +122,18 @@ class ShadowRunner:
                     language,
                     None if encoded is None else ([encoded[0].ids[index] for index in chosen], encoded[1]),
                 )
-                task = asyncio.get_running_loop().create_task(self._run_shadow(job))
-                self._shadow_tasks.add(task)
-                task.add_done_callback(self._shadow_tasks.discard)
+                task = asyncio.get_running_loop().create_task(self._run(job))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
             except Exception:
                 log.exception("could not start the shadow %s -> %s", primary, shadow.candidate)
                 metrics.SHADOW_DROPPED_PAIRS.labels(primary, shadow.candidate, "error").inc(len(chosen))
 
-    async def _run_shadow(self, job: ShadowJob) -> None:
+    async def _run(self, job: ShadowJob) -> None:
         """Run the job's pairs on its candidate in the shadow lane and compare with the primary's answers; every
         outcome other than a comparison is a counted drop. Never raises (but lets cancellation through)."""
         try:
-            reason = await self._shadow_compare(job)
+            reason = await self._compare(job)
         except asyncio.CancelledError:
             job.drop("draining")
             raise
@@ -129,52 +143,41 @@ class ShadowRunner:
         if reason is not None:
             job.drop(reason)
 
-    async def _shadow_compare(self, job: ShadowJob) -> str | None:
+    async def _compare(self, job: ShadowJob) -> str | None:
         """None once compared and counted, else the reason the pairs were dropped."""
         candidate, pairs, truncate = job.candidate, job.pairs, job.truncate
-        if self.draining:
+        if self._gate.draining:
             return "draining"
-        runtime = self.variants.get(candidate)
+        runtime = self._gate.variants.get(candidate)
         if runtime is None or runtime.status is not VariantStatus.READY:
             return "not_ready"
-        queue, worker, encoder = runtime.queue, runtime.worker, runtime.encoder
-        assert queue is not None
-        assert worker is not None
+        encoder = runtime.encoder
         assert encoder is not None
-        limits = (self.shadow_max_queue_pairs, self.shadow_max_client_backlog_s)
         try:
-            reservation = worker.admit_shadow(queue, len(pairs), *limits)
+            admission = runtime.admit_shadow(len(pairs), self.max_queue_pairs, self.max_client_backlog_s)
         except ShadowRefused as refused:
             return refused.reason
         loop = asyncio.get_running_loop()
-        deadline = time.perf_counter() + self.shadow_timeout_s
+        deadline = time.perf_counter() + self.timeout_s
         try:
-            if job.encoded is not None and job.encoded[1] == encoder.fingerprint:
-                ids = job.encoded[0]  # the candidate tokenizes as the primary did: nothing to tokenize
-            else:
-                if not self.tokenization.inline(pairs) and self.tokenization.waiting_pairs:
-                    return "busy"  # client requests are waiting for the tokenizer threads: they go first
-                ids = (await self.tokenization.encode(encoder, pairs, truncate)).ids
-            request = InferenceRequest(len(pairs), loop, deadline, job.language)
-            worker.submit(
-                queue,
-                request,
-                ids,
-                reservation,
-                Priority.SHADOW,
-                max_shadow_pairs=limits[0],
-                max_client_backlog_s=limits[1],
-            )
+            with admission:
+                if job.encoded is not None and job.encoded[1] == encoder.fingerprint:
+                    ids = job.encoded[0]  # the candidate tokenizes as the primary did: nothing to tokenize
+                else:
+                    tokenization = self._tokenization
+                    if not tokenization.inline(pairs) and tokenization.waiting_pairs:
+                        return "busy"  # client requests are waiting for the tokenizer threads: they go first
+                    ids = (await tokenization.encode(encoder, pairs, truncate)).ids
+                request = InferenceRequest(len(pairs), loop, deadline, job.language)
+                admission.submit(request, ids)
         except ShadowRefused as refused:
             return refused.reason
         except InputTooLongError:
             return "too_long"
         except OverloadedError:
             return "busy"
-        finally:
-            worker.release(reservation)
         try:
-            async with asyncio.timeout_at(loop.time() + self.shadow_timeout_s):
+            async with asyncio.timeout_at(loop.time() + self.timeout_s):
                 await request.future
         except TimeoutError:
             request.abandon("deadline")
@@ -191,7 +194,7 @@ class ShadowRunner:
         job.record(request.probabilities)
         return None
 
-    async def wait_shadows(self) -> None:
+    async def wait(self) -> None:
         """Return once every shadow started so far was compared or dropped (tests and benchmarks use it)."""
-        while self._shadow_tasks:
-            await asyncio.gather(*list(self._shadow_tasks), return_exceptions=True)
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)

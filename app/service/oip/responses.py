@@ -7,12 +7,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from app.engine.engine import PredictionResult
+from app.engine.contract import EngineResult
 from app.engine.tasks.nli import LABELS
 from app.service.oip.model import LABEL_ORDER, MODEL_VERSION, InferenceResponse, OutputTensor, Parameter
 
 
-def inference_response(result: PredictionResult, outputs: Sequence[str], request_id: str | None) -> InferenceResponse:
+def inference_response(result: EngineResult, outputs: Sequence[str], request_id: str | None) -> InferenceResponse:
     """``outputs`` as :func:`~app.service.oip.requests.read_options` checked them; ``request_id`` is echoed."""
     probabilities = result.probabilities
     count = len(probabilities)

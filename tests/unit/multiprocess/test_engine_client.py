@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 import httpx
+import msgpack
 import numpy as np
 import pytest
 import zmq
@@ -18,6 +19,7 @@ from prometheus_client import REGISTRY
 
 from app import metrics
 from app.api.app import create_app
+from app.engine.contract import EngineRequest, EngineResult, Priority, Timings
 from app.engine.engine import Engine
 from app.engine.errors import (
     DrainingError,
@@ -27,8 +29,7 @@ from app.engine.errors import (
     VariantNotReadyError,
 )
 from app.engine.models.catalogue import load_catalogue
-from app.engine.scheduler.requests import Priority
-from app.engine.status import PredictionResult, RepositoryEntry, RepositoryState, Timings, VariantRuntime, VariantStatus
+from app.engine.status import RepositoryEntry, RepositoryState, VariantRuntime, VariantStatus
 from app.multiprocess import channel, engine_process, front_end
 from app.multiprocess.engine_client import EngineClient
 from app.multiprocess.engine_process import EngineProcess
@@ -39,7 +40,7 @@ from tests.support.helpers import write_catalogue
 
 @dataclass
 class ScriptedEngine:
-    """What EngineProcess reads of an engine; predict answers, raises or waits as a test says."""
+    """What EngineProcess reads of an engine; submit answers, raises or waits as a test says."""
 
     runtimes: dict[str, VariantRuntime]
     default_variant: str = "alpha"
@@ -50,25 +51,20 @@ class ScriptedEngine:
     raises: EngineError | None = None
     hold: bool = False
     calls: list[tuple[Any, ...]] = field(default_factory=list)
+    requests: list[EngineRequest] = field(default_factory=list)
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     @property
     def variants(self) -> dict[str, VariantRuntime]:
         return self.runtimes
 
-    async def predict(
-        self,
-        pairs: Sequence[tuple[str, str]],
-        variant: str | None = None,
-        truncate: bool = True,
-        timeout_s: float | None = None,
-        *,
-        priority: Priority = Priority.INTERACTIVE,
-        language: str | None = None,
-        spent_s: float = 0.0,
-    ) -> PredictionResult:
-        assert 0.0 <= spent_s < 1.0
-        self.calls.append((list(pairs), variant, truncate, timeout_s, priority, language))
+    async def submit(self, request: EngineRequest) -> EngineResult:
+        assert 0.0 <= request.spent_s < 1.0
+        self.requests.append(request)
+        pairs, variant = request.pairs, request.variant
+        self.calls.append(
+            (list(pairs), variant, request.truncate, request.timeout_s, request.priority, request.language)
+        )
         if self.raises is not None:
             raise self.raises
         if self.hold:
@@ -78,7 +74,7 @@ class ScriptedEngine:
                 self.cancelled.set()
                 raise
         probabilities = np.tile(np.array([[0.25, 0.5, 0.25]], dtype=np.float32), (len(pairs), 1))
-        return PredictionResult(str(variant), probabilities, [False] * len(pairs), Timings(0.001, 0.002, 0.003, 0.01))
+        return EngineResult(str(variant), probabilities, [False] * len(pairs), Timings(0.001, 0.002, 0.003, 0.01))
 
     def repository_index(self) -> list[RepositoryEntry]:
         return [RepositoryEntry(name, RepositoryState.READY, "") for name in self.runtimes]
@@ -172,8 +168,8 @@ def test_state_comes_from_the_engine_broadcast(harness: Harness) -> None:
 
 
 async def test_predictions_and_their_options_reach_the_engine(harness: Harness) -> None:
-    result = await harness.client.predict(
-        [("a", "b"), ("c", "d")], "alpha", False, 0.5, priority=Priority.BATCH, language="fr"
+    result = await harness.client.submit(
+        EngineRequest([("a", "b"), ("c", "d")], "alpha", False, 0.5, priority=Priority.BATCH, language="fr")
     )
     assert result.variant == "alpha"
     np.testing.assert_array_equal(result.probabilities, np.array([[0.25, 0.5, 0.25]] * 2, dtype=np.float32))
@@ -182,16 +178,44 @@ async def test_predictions_and_their_options_reach_the_engine(harness: Harness) 
     assert harness.client.inflight == 0
 
 
+async def test_the_request_crosses_whole_with_the_time_this_front_end_spent(harness: Harness) -> None:
+    """Without an encoder (the scripted engine names no fingerprint) the pairs go as text; the front end's own time
+    is added to what the request had already spent; the HTTP request's id reaches the engine process."""
+    sent = EngineRequest([("a", "b")], "alpha", timeout_s=2.0, spent_s=0.25, request_id="req-1")
+    await harness.client.submit(sent)
+    (received,) = harness.engine.requests
+    assert received.encoded is None
+    assert received.pairs == [("a", "b")]
+    assert (received.variant, received.timeout_s, received.request_id) == ("alpha", 2.0, "req-1")
+    assert 0.25 <= received.spent_s < 0.5
+
+
+async def test_a_frame_of_another_protocol_is_dropped_and_the_engine_keeps_serving(harness: Harness) -> None:
+    context = zmq.Context()
+    dealer = context.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(channel.request_address(harness.client.run_dir))
+    try:
+        dealer.send(msgpack.packb(["predict", 0, [[("a", "b")], "alpha", True, None, "INTERACTIVE", None, 0.0]]))
+        dealer.send(msgpack.packb(["0" * 12, 0, [0, [[["a", "b"]], "alpha"]]]))
+    finally:
+        dealer.close()
+        context.term()
+    result = await harness.client.submit(EngineRequest([("a", "b")], "alpha"))
+    assert result.variant == "alpha"
+    assert len(harness.engine.requests) == 1
+
+
 async def test_engine_errors_are_raised_typed(harness: Harness) -> None:
     harness.engine.raises = OverloadedError("the queue is full", retry_after_s=3.0)
     with pytest.raises(OverloadedError) as raised:
-        await harness.client.predict([("a", "b")], "alpha")
+        await harness.client.submit(EngineRequest([("a", "b")], "alpha"))
     assert raised.value.retry_after_s == 3.0
 
 
 async def test_a_client_that_goes_away_cancels_the_engine_call(harness: Harness) -> None:
     harness.engine.hold = True
-    call = asyncio.ensure_future(harness.client.predict([("a", "b")], "alpha"))
+    call = asyncio.ensure_future(harness.client.submit(EngineRequest([("a", "b")], "alpha")))
     await asyncio.sleep(0.2)
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -201,7 +225,7 @@ async def test_a_client_that_goes_away_cancels_the_engine_call(harness: Harness)
 
 async def test_a_silent_engine_fails_what_waits_and_turns_unready(harness: Harness) -> None:
     harness.engine.hold = True
-    call = asyncio.ensure_future(harness.client.predict([("a", "b")], "alpha"))
+    call = asyncio.ensure_future(harness.client.submit(EngineRequest([("a", "b")], "alpha")))
     await asyncio.sleep(0.1)
     harness.stop_publishing()
     started = time.monotonic()
@@ -211,14 +235,14 @@ async def test_a_silent_engine_fails_what_waits_and_turns_unready(harness: Harne
     assert not harness.client.ready
     assert not harness.client.live
     with pytest.raises(VariantNotReadyError):
-        await harness.client.predict([("a", "b")], "alpha")
+        await harness.client.submit(EngineRequest([("a", "b")], "alpha"))
 
 
 async def test_a_draining_front_end_refuses_new_requests_itself(harness: Harness) -> None:
     harness.client.begin_drain()
     assert not harness.client.ready
     with pytest.raises(DrainingError):
-        await harness.client.predict([("a", "b")], "alpha")
+        await harness.client.submit(EngineRequest([("a", "b")], "alpha"))
     assert harness.engine.calls == []
     await asyncio.wait_for(harness.client.wait_idle(), 1)
 
@@ -244,10 +268,8 @@ def test_a_call_cancelled_before_it_starts_leaves_no_entry(harness: Harness) -> 
     try:
         frames = []
         for call_id in range(50):
-            frames.append(
-                channel.pack([channel.PREDICT, call_id, [[("a", "b")], "alpha", True, None, "INTERACTIVE", None]])
-            )
-            frames.append(channel.pack([channel.CANCEL, call_id, None]))
+            frames.append(channel.encode(channel.SubmitMessage(call_id, EngineRequest([("a", "b")], "alpha"))))
+            frames.append(channel.encode(channel.CancelMessage(call_id)))
         for frame in frames:
             dealer.send(frame)
         deadline = time.monotonic() + 5

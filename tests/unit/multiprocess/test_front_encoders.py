@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
+from app.engine.contract import EncodedInputs, EngineRequest, EngineResult
 from app.engine.engine import Engine
 from app.engine.errors import (
     DeadlineExceededError,
@@ -27,7 +28,6 @@ from app.engine.errors import (
     OverloadedError,
 )
 from app.engine.models.catalogue import Catalogue, load_catalogue
-from app.engine.status import PredictionResult
 from app.engine.tokenization import EncodedPairs, PairEncoder
 from app.multiprocess.engine_client import EngineClient
 from app.multiprocess.engine_process import EngineProcess
@@ -141,7 +141,7 @@ def setup(engine_setup: Setup) -> Iterator[Setup]:
     client.close()
 
 
-def assert_same(front: PredictionResult, engine: PredictionResult) -> None:
+def assert_same(front: EngineResult, engine: EngineResult) -> None:
     assert front.variant == engine.variant
     assert front.truncated == engine.truncated
     np.testing.assert_array_equal(front.probabilities, engine.probabilities)  # bit for bit
@@ -164,7 +164,7 @@ async def test_the_engine_does_not_tokenize_what_a_front_end_encoded(
     setup: Setup, pairs: list[tuple[str, str]], truncate: bool
 ) -> None:
     setup.calls.clear()
-    front = await setup.front.predict(pairs, "ft-twin", truncate)
+    front = await setup.front.submit(EngineRequest(pairs, "ft-twin", truncate))
     assert setup.calls == []
     assert front.timings.tokenization_s > 0
     engine = setup.on_engine(setup.engine.predict(pairs, "ft-twin", truncate))
@@ -176,7 +176,7 @@ async def test_the_engine_does_not_tokenize_what_a_front_end_encoded(
 async def test_a_too_long_pair_without_truncation_is_refused_the_same(setup: Setup) -> None:
     setup.calls.clear()
     with pytest.raises(InputTooLongError) as front:
-        await setup.front.predict([PAIRS[0], *LONG], "ft-twin", truncate=False)
+        await setup.front.submit(EngineRequest([PAIRS[0], *LONG], "ft-twin", truncate=False))
     assert setup.calls == []
     with pytest.raises(InputTooLongError) as engine:
         setup.on_engine(setup.engine.predict([PAIRS[0], *LONG], "ft-twin", truncate=False))
@@ -186,7 +186,7 @@ async def test_a_too_long_pair_without_truncation_is_refused_the_same(setup: Set
 async def test_pairs_go_as_text_without_an_encoder(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(setup.front.encoders, "get", lambda name: None)
     setup.calls.clear()
-    front = await setup.front.predict(PAIRS, "ft-twin")
+    front = await setup.front.submit(EngineRequest(PAIRS, "ft-twin"))
     assert setup.calls == [len(PAIRS)]
     assert_same(front, setup.on_engine(setup.engine.predict(PAIRS, "ft-twin")))
 
@@ -197,7 +197,8 @@ async def test_an_outdated_encoder_is_not_trusted(setup: Setup) -> None:
     assert short is not None
     setup.calls.clear()
     encoded = short.encode(PAIRS)
-    front = setup.on_engine(setup.engine.predict_encoded(PAIRS, encoded, short.fingerprint, "ft-twin"))
+    given = EncodedInputs(encoded.ids, encoded.truncated, short.fingerprint)
+    front = setup.on_engine(setup.engine.submit(EngineRequest(PAIRS, "ft-twin", encoded=given)))
     assert setup.calls == [len(PAIRS)]
     assert_same(front, setup.on_engine(setup.engine.predict(PAIRS, "ft-twin")))
 
@@ -207,7 +208,7 @@ async def test_shadows_still_compare(setup: Setup) -> None:
     the engine (its own max_seq_len), the one tokenization the engine still does for an encoded request."""
     before = {candidate: shadow_pairs(primary, candidate) for primary, candidate in SHADOWS}
     setup.calls.clear()
-    await setup.front.predict(PAIRS, "ft-primary")
+    await setup.front.submit(EngineRequest(PAIRS, "ft-primary"))
     setup.on_engine(setup.engine.wait_shadows())
     assert setup.calls == [len(PAIRS)]  # ft-short's sample only
     for primary, candidate in SHADOWS:
@@ -265,19 +266,17 @@ async def test_time_spent_in_the_front_end_counts_against_the_deadline(
     monkeypatch.setattr(engine.tokenization, "encode", counted)
     assert isinstance(single.value, DeadlineExceededError | OverloadedError)
 
-    real_resolve = front.resolve
+    real_get = front.encoders.get
 
-    def slow_resolve(name: str | None) -> Any:
+    def slow_get(name: str) -> PairEncoder | None:
         time.sleep(0.5)  # stands in for time lost in this front end before the request is sent
-        return real_resolve(name)
+        return real_get(name) if encoded else None
 
-    if not encoded:
-        monkeypatch.setattr(front.encoders, "get", lambda name: None)
-    monkeypatch.setattr(front, "resolve", slow_resolve)
+    monkeypatch.setattr(front.encoders, "get", slow_get)
     with pytest.raises(EngineError) as multi:
-        await front.predict(PAIRS[:1], "ft-twin", timeout_s=0.4)
+        await front.submit(EngineRequest(PAIRS[:1], "ft-twin", timeout_s=0.4))
     assert (type(multi.value), multi.value.reason) == (type(single.value), single.value.reason)
-    monkeypatch.setattr(front, "resolve", real_resolve)
-    assert (await front.predict(PAIRS[:1], "ft-twin", timeout_s=2.0)).variant == "ft-twin"
+    monkeypatch.setattr(front.encoders, "get", real_get)
+    assert (await front.submit(EngineRequest(PAIRS[:1], "ft-twin", timeout_s=2.0))).variant == "ft-twin"
     with pytest.raises(DeadlineTooShortError):
-        await front.predict(PAIRS[:1], "ft-twin", timeout_s=1e-6)
+        await front.submit(EngineRequest(PAIRS[:1], "ft-twin", timeout_s=1e-6))

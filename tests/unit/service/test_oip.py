@@ -12,7 +12,7 @@ import grimp
 import numpy as np
 import pytest
 
-from app.engine.status import PredictionResult, Timings
+from app.engine.contract import EngineResult, Timings
 from app.service.errors import (
     ErrorKind,
     InvalidInferenceRequest,
@@ -186,7 +186,7 @@ def test_the_response_holds_the_outputs_asked_for_in_order_as_typed_tensors() ->
     infer = request(outputs=[RequestedOutput("probabilities"), RequestedOutput("label")])
     outputs = read_options(infer).outputs
     probabilities = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], dtype=np.float32)
-    result = PredictionResult("alpha", probabilities, [False, True], Timings(0.0, 0.0, 0.0, 0.0))
+    result = EngineResult("alpha", probabilities, [False, True], Timings(0.0, 0.0, 0.0, 0.0))
     response = inference_response(result, outputs, "7")
     assert (response.model_name, response.model_version, response.id) == ("alpha", "1", "7")
     assert response.parameters == {"label_order": LABEL_ORDER, "truncated_pairs": "1"}

@@ -293,7 +293,7 @@ async def test_unloading_an_onnx_variant_releases_its_export(
 ) -> None:
     onnx = {"name": "onnx", "backend": "onnxruntime", "max_batch_size": 4, "max_seq_len": 128, "max_batch_tokens": 512}
     edit(catalogue, demo_store, {"name": "alpha", "path": str(checkpoint)}, onnx)
-    engine.export_cache_dir = tmp_path / "exports"
+    engine.repository.export_cache_dir = tmp_path / "exports"
     await engine.load_variant("onnx")
     export = engine.variants["onnx"].execution["export"]
     folder = Path(export["path"]).parent

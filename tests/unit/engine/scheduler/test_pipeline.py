@@ -14,13 +14,14 @@ import pytest
 import torch
 
 from app.engine.backends.torch_stages import TorchStages
+from app.engine.contract import Priority
 from app.engine.engine import Engine
 from app.engine.errors import InferenceError
 from app.engine.models.catalogue import load_catalogue
 from app.engine.scheduler.batching import BatchLimits
 from app.engine.scheduler.pipeline import Flight, PostStage
 from app.engine.scheduler.queues import VariantQueue
-from app.engine.scheduler.requests import InferenceRequest, Priority
+from app.engine.scheduler.requests import InferenceRequest
 from app.engine.scheduler.stages import PacedYieldPoint, device_yield_point
 from app.engine.scheduler.worker import DeviceWorker
 from app.engine.tasks.nli import LABELS

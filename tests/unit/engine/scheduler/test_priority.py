@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 import torch
 
+from app.engine.contract import Priority
 from app.engine.errors import OverloadedError
 from app.engine.scheduler.batching import BatchLimits
 from app.engine.scheduler.queues import VariantQueue
-from app.engine.scheduler.requests import InferenceRequest, Priority, ShadowRefused
+from app.engine.scheduler.requests import InferenceRequest, ShadowRefused
 from app.engine.scheduler.worker import DeviceWorker
 from app.engine.tasks.nli import LABELS
 from tests.support.helpers import metric_value

@@ -186,7 +186,7 @@ async def test_the_answer_never_waits_for_the_candidate(engine: Engine) -> None:
     result = await engine.predict([("Il pleut.", "Le sol est sec.")], "sh-primary")
     answered = time.perf_counter() - started
     assert result.variant == "sh-primary"
-    assert engine._shadow_tasks  # still running after the answer
+    assert engine.shadows.running  # still running after the answer
     await engine.wait_shadows()
     assert grown(before, shadow_counts("sh-primary", "sh-twin"))["diff_count"] == 1
     assert answered < 5.0
