@@ -71,10 +71,16 @@ def test_slo_mode_finds_the_slow_variant_lower_and_twins_not_different(
         for key in ("slo", "rate", "ci_low", "ci_high", "p_latency_ms_at_rate", "error_rate_at_rate",
                     "cost_per_million"):  # fmt: skip
             assert key in entry
+    # `slow` saturates its device (50 ms a batch): whatever the generator manages, its limit is the service's, and
+    # the service's own metrics say so (it was once judged generator-bound, and a lower bound is never "lower").
+    assert not capacity["slow"]["generator_bound"], capacity["slow"]
     verdicts = {(c["a"], c["b"], c["metric"]): c["verdict"] for c in results["comparisons"]}
-    # On two shared cores Locust often cannot load the twins (or even `slow`) to their limit, so intervals stay open
-    # and "lower" is not reliable here (issue #23 stays open on it): what must hold is that no run invents a
-    # difference between two names for one checkpoint, and that `slow` is never found higher or equivalent.
+    # "lower" against each twin is not reliable here (issue #23; benchmarks/RESULTS.md has the runs): a twin's low
+    # end is a rate at which the SLO is shown met, and that takes about 770 violation-free requests at it for the
+    # p99 term and 7,700 for errors<=0.1% once the twin has erred at any tested rate (its overload at twice its top
+    # rate does). On two cores shared with other work the twins' capacity also falls from about 265 to 40-80
+    # pairs/s, next to `slow`'s 32-51. What must hold: no run invents a difference between two names for one
+    # checkpoint, and `slow` is never found higher or equivalent.
     against_twins = [verdicts[(twin, "slow", "capacity")] for twin in ("a1", "a2")]
     assert set(against_twins) <= {"lower", "inconclusive"}, against_twins
     assert verdicts[("a1", "a2", "capacity")] not in {"higher", "lower"}
