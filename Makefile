@@ -47,14 +47,15 @@ lint: install-dev
 test-unit: install-dev
 	$(BIN)/pytest -m "not slow and not checkpoints and not sockets and not simulation" --forbid-sockets tests/unit
 
-# Every test but the few long end-to-end runs marked `slow` (see pyproject.toml); CI (.ci/run) runs both targets.
+# Every test but the long end-to-end runs and the statistical calibrations marked `slow` (see pyproject.toml); CI (.ci/run) runs both targets.
 test: install-dev lint
-	$(BIN)/pytest -m "not slow" --durations=15
+	$(BIN)/pytest -m "not slow and not simulation" --durations=15
 
-# The long end-to-end runs: the image's install in a clean venv, the benchmark harness, the bounded schema fuzzing
-# and benchmarks/gpu_check.sh's CPU proof.
+# The long end-to-end runs and the statistical calibrations (simulated load tests, marker `simulation`): the image's install in a clean venv, the benchmark harness, the bounded schema fuzzing,
+# benchmarks/gpu_check.sh's CPU proof, and the real-server runs of many seconds each (front-end and engine processes
+# killed and drained, SIGTERM under load, saturation, hostile connections, Locust end to end, Prometheus, Chromium).
 test-slow: install-dev
-	$(BIN)/pytest -m slow --durations=15
+	$(BIN)/pytest -m "slow or simulation" --durations=15
 
 # Compare every demo variant under the same Locust load (starts its own server on a free port).
 COMPARE_ARGS ?= --users 1,8,32 --duration 20

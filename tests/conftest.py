@@ -17,7 +17,7 @@ XNLI_DIR = REPO_ROOT.parent / "shared" / "data" / "xnli"
 
 CHECKPOINT_FIXTURES = frozenset({"demo_store", "demo_catalogue", "checkpoint_layouts"})
 SOCKET_FOLDERS = ("tests/integration/", "tests/unit/multiprocess/")  # real servers; ZeroMQ between processes
-# Statistical calibrations: thousands of simulated load tests each, pure CPU; in make test, not in the quick loop.
+# Statistical calibrations: thousands of simulated load tests each, pure CPU: make test-slow.
 SIMULATION_MODULES = ("tests/unit/loadtests/test_calibration.py", "tests/unit/loadtests/test_slo.py")
 
 

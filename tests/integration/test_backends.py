@@ -90,6 +90,7 @@ def test_variant_info_metric_names_the_backend(server: ServerProcess) -> None:
         assert metric_value(text, "xnli_variant_info", **labels) == 1
 
 
+@pytest.mark.slow  # a long end-to-end run: make test-slow
 def test_corrupted_export_is_refused_at_start_up(server: ServerProcess, demo_store: Path, tmp_path: Path) -> None:
     """``server`` (the shared demo server) exported the demo checkpoint; a copy of it with a corrupted export."""
     checkpoint = tmp_path / "store" / "xlmr-mnli"

@@ -34,6 +34,7 @@ def refused_start(catalogue: Path, env: dict[str, str] | None = None) -> subproc
     return result
 
 
+@pytest.mark.slow  # a long end-to-end run: make test-slow
 def test_classic_xlmr_layout_serves(checkpoint_layouts: dict[str, Path], tmp_path: Path) -> None:
     folder = checkpoint_layouts["classic-xlmr"]
     catalogue = write_catalogue(
@@ -65,6 +66,7 @@ def name_slow_only_tokenizer_class(folder: Path) -> None:
     (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
 
 
+@pytest.mark.slow  # a long end-to-end run: make test-slow
 @pytest.mark.parametrize(
     ("breakage", "message"),
     [

@@ -13,7 +13,8 @@ import pytest
 from benchmarks import drain_loss
 from tests.support.helpers import Outcome, predict_until_refused, running_server, write_catalogue
 
-pytestmark = pytest.mark.integration
+# Long end-to-end runs (SIGTERM drains under steady clients): make test-slow (CI runs it after make test).
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PAIR = {"premise": "Les étudiants préparent un exposé.", "hypothesis": "Les étudiants travaillent."}
 DRAIN_TIMEOUT_S = 10

@@ -90,6 +90,7 @@ def predict_latency(server: ServerProcess) -> float:
     return time.perf_counter() - started
 
 
+@pytest.mark.slow  # a long end-to-end run: make test-slow
 def test_silent_dripping_and_stalled_connections_are_closed_while_real_requests_are_served(
     edge_server: ServerProcess,
 ) -> None:
@@ -307,6 +308,7 @@ def test_unterminated_headers_cannot_grow_memory(edge_server: ServerProcess) -> 
     assert rss_bytes(pid) - before < 50 << 20
 
 
+@pytest.mark.slow  # a long end-to-end run: make test-slow
 def test_a_full_house_answers_503_at_once(edge_catalogue: Path, tmp_path: Path) -> None:
     """At the connection cap with every connection carrying a request, a newcomer gets 503 and Retry-After at once
     (never a hang); once a request finishes, new connections are served again."""
@@ -344,6 +346,7 @@ def limited_descriptors(limit: int) -> object:
     return command
 
 
+@pytest.mark.slow  # a long end-to-end run: make test-slow
 def test_idle_connections_cannot_exhaust_descriptors(
     edge_catalogue: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -370,6 +373,7 @@ def test_idle_connections_cannot_exhaust_descriptors(
                 sock.close()
 
 
+@pytest.mark.slow  # a long end-to-end run: make test-slow
 def test_requests_beyond_the_inflight_limit_are_shed_before_routing(edge_catalogue: Path, tmp_path: Path) -> None:
     """With every slot busy, a request gets 429 and Retry-After at once, on a connection that stays usable; health
     probes and /metrics are never shed; the shed request is counted as overloaded."""

@@ -11,7 +11,8 @@ import pytest
 
 from tests.support.helpers import ServerProcess, metric_value, running_server, write_catalogue
 
-pytestmark = pytest.mark.integration
+# Long end-to-end runs (injected faults in a real server): make test-slow (CI runs it after make test).
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PAIR = {"premise": "Il pleut depuis ce matin.", "hypothesis": "Le sol est mouillé."}
 FAULTS_ON = {"XNLI_SERVE_ENABLE_FAULT_INJECTION": "true"}

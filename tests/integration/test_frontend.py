@@ -25,7 +25,8 @@ from benchmarks import drain_loss
 from benchmarks.drain_loss import children, engine_pid
 from tests.support.helpers import ServerProcess, metric_value, running_server, write_catalogue
 
-pytestmark = pytest.mark.integration
+# Long end-to-end runs (front ends and an engine process, killed and drained): make test-slow, after make test in CI.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 MAX_PAIRS = 8
 ENV = {

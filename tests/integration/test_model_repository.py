@@ -172,6 +172,7 @@ def steady_traffic(base_url: str, stop: threading.Event, answers: list[Answer]) 
     asyncio.run(run())
 
 
+@pytest.mark.slow  # a long end-to-end run: make test-slow
 def test_live_swap_under_steady_traffic(demo_store: Path, tmp_path: Path) -> None:
     """Load a new B from an edited catalogue, reload A with a changed checkpoint, unload B, while 16 clients call A."""
     alpha = perturbed_copy(demo_store / "xlmr-mnli", tmp_path / "alpha", (0.0, 0.0, 0.0))

@@ -14,7 +14,8 @@ import pytest
 
 from tests.support.helpers import ServerProcess, metric_value, running_server, write_catalogue
 
-pytestmark = pytest.mark.integration
+# Long end-to-end runs (three times saturation and recovery): make test-slow (CI runs it after make test).
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PAIR = {"premise": "Der Zug nach Hamburg hatte Verspätung.", "hypothesis": "Der Zug war pünktlich."}
 REQUEST_TIMEOUT_S = 2.0

@@ -16,6 +16,7 @@ from tests.support.helpers import running_server, write_catalogue
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.slow  # a long end-to-end run: make test-slow
 def test_ready_only_after_every_variant_is_warmed_up(demo_store: Path, tmp_path: Path) -> None:
     # Warm-up shapes of twice the default's tokens keep the loading window wide enough to observe; two checkpoints
     # show "every variant" (warm-up does not depend on the backend; an ONNX variant's large warm-up is slow on 2 cores).

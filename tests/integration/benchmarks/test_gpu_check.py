@@ -31,6 +31,7 @@ def check_env(tmp_path: Path, xnli_dir: Path, **extra: str) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow  # a long end-to-end run: make test-slow
 def test_without_a_cuda_device_it_stops_and_says_so(xnli_dir: Path, tmp_path: Path) -> None:
     import torch
 

@@ -20,7 +20,8 @@ from tests.integration.browser.conftest import SCREENSHOT_DIR, VARIANTS, Browser
 from tests.integration.conftest import API_KEY
 from tests.support.helpers import ServerProcess
 
-pytestmark = pytest.mark.integration
+# Long end-to-end runs (the pages in Chromium): make test-slow (CI runs it after make test).
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 WAIT_S = 30
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

@@ -20,7 +20,8 @@ from app.xnli import read_xnli
 from tests.integration.conftest import API_KEY
 from tests.support.helpers import ServerProcess, metric_value
 
-pytestmark = pytest.mark.integration
+# Long end-to-end runs (the evaluation report in-process and over HTTP): make test-slow (CI runs it after make test).
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 LANGUAGES = ["en", "de", "zh"]
 LIMIT = 40

@@ -35,6 +35,7 @@ def document(out: Path) -> dict[str, list[dict[str, object]]]:
     return found
 
 
+@pytest.mark.slow  # a long end-to-end run: make test-slow
 def test_a_failing_variant_has_a_higher_error_rate_and_is_never_faster(
     faulty_server: ServerProcess, tmp_path: Path
 ) -> None:

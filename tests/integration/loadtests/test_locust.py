@@ -28,6 +28,7 @@ def stats(prefix: Path) -> dict[tuple[str, str], dict[str, str]]:
         return {(row["Type"], row["Name"]): row for row in csv.DictReader(handle)}
 
 
+@pytest.mark.slow  # a long end-to-end run: make test-slow
 @pytest.mark.parametrize("pairs_per_request", [1, 4])
 def test_headless_locust_run_splits_stats_per_variant(
     server: ServerProcess, tmp_path: Path, pairs_per_request: int
@@ -50,6 +51,7 @@ def test_headless_locust_run_splits_stats_per_variant(
         assert float(rows[("inference", variant)]["Average Response Time"]) > 0
 
 
+@pytest.mark.slow  # a long end-to-end run: make test-slow
 def test_xnli_payloads_and_arrival_rate(server: ServerProcess, tmp_path: Path, xnli_dir: Path) -> None:
     prefix = tmp_path / "rate"
     command = [
@@ -63,6 +65,7 @@ def test_xnli_payloads_and_arrival_rate(server: ServerProcess, tmp_path: Path, x
     assert 8 <= float(post["Requests/s"]) <= 30  # paced near 20 requests/s, not as fast as possible
 
 
+@pytest.mark.slow  # a long end-to-end run: make test-slow
 def test_step_ramp_shape(server: ServerProcess, tmp_path: Path) -> None:
     prefix = tmp_path / "steps"
     shapes = LOCUSTFILE.with_name("shapes.py")
@@ -77,6 +80,7 @@ def test_step_ramp_shape(server: ServerProcess, tmp_path: Path) -> None:
     assert {2, 4} <= users, completed.stderr[-2000:]
 
 
+@pytest.mark.slow  # a long end-to-end run: make test-slow
 def test_compare_end_to_end(server: ServerProcess, tmp_path: Path) -> None:
     out = tmp_path / "report"
     compare.main(
@@ -160,6 +164,7 @@ def test_a_a_comparison_finds_no_difference(same_checkpoint_server: ServerProces
     assert all(int(str(c["blocks"])) >= 3 for c in found)
 
 
+@pytest.mark.slow  # a long end-to-end run: make test-slow
 def test_a_b_comparison_reports_a_known_delay_as_slower(same_checkpoint_server: ServerProcess, tmp_path: Path) -> None:
     out = tmp_path / "ab"
     compare.main(
@@ -173,6 +178,7 @@ def test_a_b_comparison_reports_a_known_delay_as_slower(same_checkpoint_server: 
     assert "delayed is slower than a1 in median latency" in report
 
 
+@pytest.mark.slow  # a long end-to-end run: make test-slow
 def test_capacity_mode_runs_alternating_blocks(same_checkpoint_server: ServerProcess, tmp_path: Path) -> None:
     out = tmp_path / "capacity"
     compare.main(
@@ -201,6 +207,7 @@ def test_capacity_mode_runs_alternating_blocks(same_checkpoint_server: ServerPro
     assert rates["delayed"] < rates["a1"]
 
 
+@pytest.mark.slow  # a long end-to-end run: make test-slow
 def test_locust_sends_the_api_key(secured_server: ServerProcess, tmp_path: Path) -> None:
     results = {}
     for label, key in (("with", API_KEY), ("without", "")):

@@ -22,7 +22,9 @@ from app.xnli import LabelledPair
 from tests.support.deploy_support import DEPLOY, dashboard_module, rule_files
 from tests.support.helpers import ServerProcess, free_port, running_server, write_catalogue
 
+# A real Prometheus scraping a real server, every dashboard query: make test-slow (CI runs it after make test).
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.integration,
     pytest.mark.skipif(
         # CI installs it (.ci/run): there a missing binary fails the fixture instead of skipping silently.

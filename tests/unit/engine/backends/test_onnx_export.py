@@ -17,6 +17,9 @@ from app.engine.backends.onnx_export import ensure_export
 from app.engine.models.export_cache import MANIFEST_FILE
 from app.engine.models.store import checkpoint_fingerprint
 
+# Each test exports the tiny checkpoint to ONNX (10-20 s apiece): make test-slow, after make test in CI.
+pytestmark = pytest.mark.slow
+
 
 class CountingLoader:
     """Hands the exporter the float32 model and counts how often an export actually ran."""

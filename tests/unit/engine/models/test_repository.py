@@ -288,6 +288,7 @@ async def test_nothing_changes_before_start_up_has_loaded(catalogue: Path) -> No
     fresh.close()
 
 
+@pytest.mark.slow  # exports an ONNX model: make test-slow
 async def test_unloading_an_onnx_variant_releases_its_export(
     engine: Engine, catalogue: Path, demo_store: Path, checkpoint: Path, tmp_path: Path
 ) -> None:
