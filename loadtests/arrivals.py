@@ -14,24 +14,49 @@ import math
 from collections.abc import Sequence
 
 
+def block_at(moment: float, start: float, block_seconds: float, gap_seconds: float = 0.0) -> int | None:
+    """The index of the block running at ``moment`` (negative before the first), None inside the quiet gap that
+    follows each block. Block ``k`` runs from ``start + k * (block_seconds + gap_seconds)`` for ``block_seconds``."""
+    period = block_seconds + gap_seconds
+    block = math.floor((moment - start) / period)
+    return block if moment - start - block * period < block_seconds else None
+
+
 def next_arrival(
-    after: float, units: float, start: float, block_seconds: float, rates: Sequence[float], users: int
+    after: float,
+    units: float,
+    start: float,
+    block_seconds: float,
+    rates: Sequence[float],
+    users: int,
+    gap_seconds: float = 0.0,
 ) -> float:
     """The time (same clock as ``after`` and ``start``) at which one user's share of the rate, integrated from
-    ``after``, reaches ``units``. Block ``k`` runs from ``start + k * block_seconds`` at ``rates[k]`` requests/s
-    in all; before the first block the first block's rate holds, after the last the last's. ``inf`` when the rate
-    is zero from ``after`` on."""
+    ``after``, reaches ``units``. Block ``k`` runs from ``start + k * (block_seconds + gap_seconds)`` for
+    ``block_seconds`` at ``rates[k]`` requests/s in all, then the rate is zero for ``gap_seconds`` (the previous
+    variant's requests drain before the next block starts); before the first block the first block's rate holds,
+    from the last block's start the last's. ``inf`` when the rate is zero from ``after`` on."""
     if not rates:
         return math.inf
     share = 1.0 / max(1, users)
-    block = math.floor((after - start) / block_seconds) if block_seconds > 0 else len(rates)
+    period = block_seconds + gap_seconds
     time, left = after, units
-    while True:
-        rate = rates[min(max(block, 0), len(rates) - 1)] * share
-        end = math.inf if block >= len(rates) - 1 else start + max(block + 1, 0) * block_seconds
-        if rate > 0 and time + left / rate <= end:
+    if time < start:  # before the first block: its rate, up to its start
+        rate = rates[0] * share
+        if rate > 0 and time + left / rate <= start:
             return time + left / rate
-        if math.isinf(end):
+        left -= rate * (start - time)
+        time = start
+    block = min(math.floor((time - start) / period), len(rates) - 1) if period > 0 else len(rates) - 1
+    while True:
+        opens = start + block * period
+        last = block >= len(rates) - 1
+        closes = math.inf if last else opens + block_seconds
+        time = max(time, opens)
+        rate = rates[block] * share
+        if rate > 0 and time + left / rate <= closes:
+            return time + left / rate
+        if last:
             return math.inf
-        left -= rate * max(0.0, end - time)
-        time, block = end, max(block + 1, 0)
+        left -= rate * max(0.0, closes - time)
+        block += 1

@@ -94,6 +94,8 @@ def run_locust(
     if open_loop:
         command += ["--block-rates", ",".join(f"{rate:.4g}" for rate in open_loop.block_rates), "--poisson"]
         command += ["--schedule-at", f"{open_loop.schedule_at:.3f}"]
+        if open_loop.gap_seconds > 0:
+            command += ["--block-gap", f"{open_loop.gap_seconds:g}"]
         if open_loop.processes > 1:
             command += ["--processes", str(open_loop.processes)]
     if load.xnli_dir:
@@ -414,13 +416,15 @@ def _search_slo(
         )  # fmt: skip
         after = scrape_or_none(client)
         service = {} if before is None or after is None else slo_run.service_loads(before, after, order, block_seconds)
-        blocks = slo_run.block_cpu(trace, schedule.schedule_at, block_seconds, len(order), schedule.processes)
+        blocks = slo_run.block_cpu(
+            trace, schedule.schedule_at, block_seconds, len(order), schedule.processes, schedule.gap_seconds
+        )
         return slo_run.StepLoad(cpu, blocks, service)
 
     searches, steps, cpu = slo_run.run_search(
         run, variants, terms, raw, start_rate=args.start_rate, steps=args.slo_steps, rounds=rounds,
         block_seconds=args.block_seconds, processes=args.processes, seed=args.seed, alpha=alpha,
-        timeout_s=args.request_timeout,
+        timeout_s=args.request_timeout, gap_seconds=args.block_gap,
     )  # fmt: skip
     found = slo_run.capacities(
         searches, ", ".join(term.text for term in terms), args.pairs_per_request, args.price_per_hour, args.peak_rps,
@@ -531,8 +535,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--request-timeout",
         type=float,
-        default=outcomes.DEFAULT_TIMEOUT_S,
-        help="Seconds before a request counts as timed out (and every unanswered request as lasting this long)",
+        default=None,
+        help="Seconds before a request counts as timed out (and every unanswered request as lasting this long); "
+        f"default {outcomes.DEFAULT_TIMEOUT_S:g}, in SLO mode {slo.TIMEOUT_PER_LIMIT:g} x the SLO's longest latency "
+        f"limit, at least {slo.MIN_TIMEOUT_S:g} s",
+    )
+    parser.add_argument(
+        "--block-gap",
+        type=float,
+        default=None,
+        help="SLO mode: quiet seconds after each block, so that its requests are answered or time out before the "
+        "next variant's block (default: the request timeout)",
     )
     parser.add_argument("--confidence", type=float, default=0.95, help="For the whole report (Bonferroni-shared)")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the users' variant shuffles")
@@ -552,6 +565,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--rounds must be at least 3")
     if not 0 < args.margin < 1 or not 0.5 < args.confidence < 1:
         parser.error("--margin must be in (0, 1) and --confidence in (0.5, 1)")
+    if (args.request_timeout is not None and args.request_timeout <= 0) or (args.block_gap or 0) < 0:
+        parser.error("--request-timeout must be positive and --block-gap not negative")
+    if args.mode != "slo" and args.block_gap is not None:
+        parser.error("--block-gap applies to the SLO mode")
     if args.block_seconds <= 0 or args.duration <= 0 or args.analysis_block_seconds < 0:
         parser.error("--block-seconds and --duration must be positive, --analysis-block-seconds not negative")
     if args.repeats < 1:
@@ -564,13 +581,19 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--pilot goes with --plan")
     if args.mode == "slo":
         try:
-            [slo.parse_term(text) for text in args.slo or ["?"]]
+            terms = [slo.parse_term(text) for text in args.slo or ["?"]]
         except ValueError as error:
             parser.error(f"--slo: {error}" if args.slo else "--mode slo needs at least one --slo term")
+        if args.request_timeout is None:
+            args.request_timeout = slo.client_timeout(terms)
+        if args.block_gap is None:
+            args.block_gap = args.request_timeout
         if args.start_rate <= 0 or args.slo_steps < 1 or args.processes < 1 or not 0 < args.utilisation <= 1:
             parser.error(
                 "--start-rate must be positive, --slo-steps and --processes at least 1, --utilisation in (0, 1]"
             )
+    if args.request_timeout is None:
+        args.request_timeout = outcomes.DEFAULT_TIMEOUT_S
     args.out.mkdir(parents=True, exist_ok=True)
     parameters = {key: value for key, value in vars(args).items() if key != "api_key"}
     if args.mode == "slo":

@@ -8,7 +8,9 @@ With several variants, every user cycles through its own seeded shuffle of them 
 cycle), so all variants share one time window and any drift of the machine falls on all of them alike.
 ``--schedule blocks --block-order a,b,b,a --block-seconds 2`` instead sends every user's requests to one variant at a
 time, block after block from the moment all users have started (capacity of a variant alone; the order comes from
-``loadtests.compare``). ``--samples-file`` keeps every request (send time, variant, latency, server split, block).
+``loadtests.compare``; ``--block-gap`` leaves quiet seconds after each block, so that no request of one variant is
+still in flight during the next's block). ``--samples-file`` keeps every request (send time, variant, latency,
+server split, block).
 
 Request names carry the variant (``xlmr-mnli /predict``) so Locust's statistics split by variant. Each answer's
 ``X-Queue-Time`` and ``X-Inference-Time`` headers are recorded as extra entries (type ``queue`` and ``inference``),
@@ -44,7 +46,7 @@ from requests.exceptions import Timeout
 
 from app.xnli import LabelledPair
 from loadtests import outcomes
-from loadtests.arrivals import next_arrival
+from loadtests.arrivals import block_at, next_arrival
 from loadtests.measurements import SAMPLE_COLUMNS
 from loadtests.pairs import load_pairs
 
@@ -80,6 +82,13 @@ def _arguments(parser: Any) -> None:
     group.add_argument("--seed", type=int, default=0, help="Seed of the per-user variant shuffles")
     group.add_argument("--block-order", default="", help="blocks schedule: the variant of each block, comma-separated")
     group.add_argument("--block-seconds", type=float, default=2.0, help="blocks schedule: length of a block")
+    group.add_argument(
+        "--block-gap",
+        type=float,
+        default=0.0,
+        help="blocks schedule: quiet seconds after each block, so that its requests are answered (or time out) "
+        "before the next variant's block starts",
+    )
     group.add_argument(
         "--block-rates",
         default="",
@@ -139,6 +148,7 @@ def _write_samples(environment: Environment, **_: Any) -> None:
             "schedule": options.schedule,
             "schedule_start": _schedule_start[0] if _schedule_start else None,
             "block_seconds": options.block_seconds,
+            "block_gap": options.block_gap,
             "block_order": [name.strip() for name in options.block_order.split(",") if name.strip()],
             "block_rates": _rates(options.block_rates),
             "timeout_s": options.request_timeout,
@@ -198,8 +208,8 @@ class XnliUser(HttpUser):
             return next(self.variant_cycle), -1
         if not _schedule_start:
             return None
-        block = int((time.time() - _schedule_start[0]) // options.block_seconds)
-        return (self.block_order[block], block) if 0 <= block < len(self.block_order) else None
+        block = block_at(time.time(), _schedule_start[0], options.block_seconds, options.block_gap)
+        return (self.block_order[block], block) if block is not None and 0 <= block < len(self.block_order) else None
 
     def wait_time(self) -> float:
         """Open-model pacing when a rate is set: send times fixed in advance (every user sends its share of the total
@@ -211,11 +221,13 @@ class XnliUser(HttpUser):
         units = -math.log(1.0 - self.timing.random()) if options.poisson else 1.0
         if self.block_rates and _schedule_start:
             start, now = _schedule_start[0], time.time()
-            block = math.floor((now - start) / options.block_seconds)
-            if block != self.last_block:
+            block = block_at(now, start, options.block_seconds, options.block_gap)
+            if block is not None and block != self.last_block:
                 self.last_block = block
                 self.next_at = max(self.next_at, now)
-            self.next_at = next_arrival(self.next_at, units, start, options.block_seconds, self.block_rates, users)
+            self.next_at = next_arrival(
+                self.next_at, units, start, options.block_seconds, self.block_rates, users, options.block_gap
+            )
             if not math.isfinite(self.next_at):  # no rate from here on: look again in a second
                 self.next_at = now + 1.0
             return max(0.0, self.next_at - time.time())

@@ -80,6 +80,7 @@ class Samples:
     outcome: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # outcomes.SUCCESS, ...
     timeout_ms: float = outcomes.DEFAULT_TIMEOUT_S * 1000
     block_rates: list[float] = field(default_factory=list)  # blocks schedule: each block's arrival rate (SLO mode)
+    block_gap: float = 0.0  # blocks schedule: quiet seconds after each block (SLO mode)
 
     def __post_init__(self) -> None:
         if len(self.outcome) != len(self.start):  # runs written before outcomes were kept: ok or failed
@@ -105,6 +106,7 @@ class Samples:
             outcome=column["outcome"].astype(np.int64) if "outcome" in column else np.zeros(0, dtype=np.int64),
             timeout_ms=float(document.get("timeout_s", outcomes.DEFAULT_TIMEOUT_S)) * 1000,
             block_rates=[float(rate) for rate in document.get("block_rates", [])],
+            block_gap=float(document.get("block_gap", 0.0)),
         )
 
     @classmethod
@@ -151,6 +153,7 @@ class Samples:
             self.outcome[keep],
             self.timeout_ms,
             self.block_rates,
+            self.block_gap,
         )
 
     def censored_ms(self) -> np.ndarray:
@@ -158,11 +161,11 @@ class Samples:
         return outcomes.censored(self.latency_ms, self.ok, self.timeout_ms)
 
     def measured(self) -> Samples:
-        """Capacity blocks without their first GUARD_FRACTION (requests still draining from the previous variant);
-        interleaved runs whole."""
+        """Capacity blocks without their first GUARD_FRACTION (requests still draining from the previous variant, when
+        no quiet gap separated them; the ramp of the block's own rate); interleaved runs whole."""
         if self.schedule_start is None or not self.block_order:
             return self
-        into_block = self.start - self.schedule_start - self.block * self.block_seconds
+        into_block = self.start - self.schedule_start - self.block * (self.block_seconds + self.block_gap)
         return self.subset((self.block >= 0) & (into_block >= GUARD_FRACTION * self.block_seconds))
 
 

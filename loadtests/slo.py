@@ -40,6 +40,7 @@ from statistics import NormalDist
 
 import numpy as np
 
+from loadtests.outcomes import DEFAULT_TIMEOUT_S
 from loadtests.stats import FloatArray, IntArray
 from loadtests.student_t import t_ppf
 
@@ -50,6 +51,8 @@ SERVICE_QUEUE_SHARE = 0.5  # queue wait at least this share of the time requests
 SERVICE_BUSY = 0.8  # device busy at least this share of the variant's time: it was saturated
 IDLE_QUEUE_SHARE = 0.2  # the service sat idle: queue wait under this share of the time in the service ...
 IDLE_BUSY = 0.5  # ... and its device busy under this share of the variant's time (unknown: not counted)
+TIMEOUT_PER_LIMIT = 4.0  # the client's default timeout in SLO mode, in multiples of the longest latency limit ...
+MIN_TIMEOUT_S = 1.0  # ... and at least this
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,14 @@ def parse_term(text: str) -> SloTerm:
             raise ValueError(f"SLO term {text!r}: the error budget must be in (0, 1)")
         return SloTerm(text.strip(), "errors", budget)
     raise ValueError(f"SLO term {text!r}: expected e.g. 'p99<=250ms' or 'errors<=0.1%'")
+
+
+def client_timeout(terms: Sequence[SloTerm]) -> float:
+    """The client's default timeout for an SLO: a few times its longest latency limit (an answer later than that
+    violates the SLO whenever it comes, and a client that waits longer only lets a saturated variant's backlog
+    grow into the next block), or the plain default without a latency term."""
+    limits = [term.limit_ms / 1000 for term in terms if term.kind == "latency"]
+    return max(MIN_TIMEOUT_S, TIMEOUT_PER_LIMIT * max(limits)) if limits else DEFAULT_TIMEOUT_S
 
 
 def wilson(hits: float, n: float, z: float) -> tuple[float, float]:

@@ -44,6 +44,11 @@ class OpenLoop:
     users: int
     schedule_at: float
     processes: int = 1
+    gap_seconds: float = 0.0  # quiet after each block: its requests are answered or time out before the next
+
+    def seconds(self, block_seconds: float, blocks: int) -> float:
+        """From the first block's start to the last's end."""
+        return blocks * (block_seconds + self.gap_seconds) - self.gap_seconds
 
 
 @dataclass(frozen=True)
@@ -66,19 +71,26 @@ Runner = Callable[[Path, int, list[str], float, OpenLoop, float], "StepLoad | fl
 
 
 def block_cpu(
-    trace: Sequence[tuple[float, float]], start: float, block_seconds: float, blocks: int, processes: int = 1
+    trace: Sequence[tuple[float, float]],
+    start: float,
+    block_seconds: float,
+    blocks: int,
+    processes: int = 1,
+    gap_seconds: float = 0.0,
 ) -> list[float]:
     """Per block, the load generator's CPU in cores per process, from a trace of (epoch time, CPU seconds used so
-    far) taken while it ran: the CPU seconds used between the block's ends (interpolated) over its length."""
-    if len(trace) < 2 or block_seconds <= 0:
+    far) taken while it ran: the CPU seconds used between the block's ends (interpolated) over its length (the
+    quiet gap after it left out)."""
+    if len(trace) < 2 or block_seconds <= 0 or blocks < 1:
         return []
     times = np.array([time for time, _ in trace])
     used = np.maximum.accumulate(np.array([seconds for _, seconds in trace]))
-    ends = start + block_seconds * np.arange(blocks + 1)
-    if ends[0] < times[0] or ends[-1] > times[-1]:
+    opens = start + (block_seconds + gap_seconds) * np.arange(blocks)
+    closes = opens + block_seconds
+    if opens[0] < times[0] or closes[-1] > times[-1]:
         return []  # the trace does not cover the schedule
-    at = np.interp(ends, times, used)
-    return [float(value) for value in np.diff(at) / block_seconds / max(1, processes)]
+    spent = np.interp(closes, times, used) - np.interp(opens, times, used)
+    return [float(value) for value in spent / block_seconds / max(1, processes)]
 
 
 def service_loads(
@@ -130,9 +142,13 @@ def run_search(
     seed: int,
     alpha: float,
     timeout_s: float,
+    gap_seconds: float = 0.0,
 ) -> tuple[dict[str, slo.RateSearch], list[Samples], list[float]]:
     """Every step of the search for every variant; every step's samples (the last: the confirmation); the
-    generator's CPU per step."""
+    generator's CPU per step. ``gap_seconds`` of quiet follow each block: with the client's timeout, no request
+    of one variant is in flight during another's block (a saturated variant's backlog once held up its successor:
+    the Locust users waiting on it sent the next variant's rate short, and its requests queued behind the backlog's
+    batches, so that a twin following the slow variant more often was found short of capacity)."""
     searches = {variant: slo.RateSearch(start_rate) for variant in variants}
     k = len(variants)
     cpu: list[float] = []
@@ -145,12 +161,14 @@ def run_search(
         lead = SPAWN_SECONDS + (processes - 1)
         schedule = OpenLoop(
             [rates[name] for name in order], users_for(list(rates.values()), terms, timeout_s), time.time() + lead,
-            processes,
+            processes, gap_seconds,
         )  # fmt: skip
         prefix = raw / f"slo-step-{step}"
         shown = ", ".join(f"{name} {rate:.3g}/s" for name, rate in rates.items())
         print(f"slo step {step + 1}/{steps + 1}{' (confirmation)' if confirming else ''}: {shown}", flush=True)
-        reported = run(prefix, seed + step, order, block_seconds, schedule, lead + len(order) * block_seconds + 1)
+        reported = run(
+            prefix, seed + step, order, block_seconds, schedule, lead + schedule.seconds(block_seconds, len(order)) + 1
+        )
         load = reported if isinstance(reported, StepLoad) else StepLoad(float(reported))
         cpu.append(load.cpu)
         samples = Samples.read_all(Path(f"{prefix}_samples.json"))

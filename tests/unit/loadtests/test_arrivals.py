@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from loadtests.arrivals import next_arrival
+from loadtests.arrivals import block_at, next_arrival
 
 RATES = [40.0, 160.0] * 20  # the SLO search's blocks: a slow variant beside a twin
 
@@ -64,3 +64,29 @@ def test_unit_time_change_across_blocks() -> None:
     assert next_arrival(5.0, 1.0, 0.0, 1.0, [2.0, 4.0], 1) == pytest.approx(5.25)  # after the last: the last's
     assert next_arrival(0.75, 1.0, 0.0, 1.0, [2.0, 0.0], 1) == math.inf  # half a unit left, and no rate after
     assert next_arrival(0.0, 1.0, 0.0, 1.0, [], 1) == math.inf
+
+
+def test_quiet_gaps_between_blocks_send_nothing_and_take_nothing_from_the_rate() -> None:
+    # blocks of 1 s separated by 0.5 s gaps: the unit left at a block's end carries over the gap, none lands in it
+    assert next_arrival(0.75, 1.0, 0.0, 1.0, [2.0, 4.0], 1, gap_seconds=0.5) == pytest.approx(1.625)
+    assert next_arrival(1.2, 1.0, 0.0, 1.0, [2.0, 4.0], 1, gap_seconds=0.5) == pytest.approx(1.75)  # from a gap
+    assert next_arrival(0.0, 1.0, 0.0, 1.0, [0.0, 4.0], 1, gap_seconds=0.5) == pytest.approx(1.75)
+    generator = np.random.default_rng(2)
+    sends, time = [], -1.0
+    while (time := next_arrival(time, generator.exponential(), 0.0, 1.2, RATES, 1, gap_seconds=0.8)) < 2.0 * (
+        len(RATES) - 1
+    ):
+        sends.append(time)
+    blocks = [block_at(moment, 0.0, 1.2, 0.8) for moment in sends if moment >= 0]
+    assert None not in blocks
+    counts = np.bincount(np.array(blocks, dtype=np.int64), minlength=len(RATES))[: len(RATES)]
+    assert counts[0:-1:2].mean() == pytest.approx(40.0 * 1.2, rel=0.1)
+    assert counts[1:-1:2].mean() == pytest.approx(160.0 * 1.2, rel=0.05)
+
+
+@pytest.mark.parametrize(
+    ("moment", "expected"),
+    [(-0.6, -1), (-0.1, None), (0.0, 0), (0.99, 0), (1.0, None), (1.49, None), (1.5, 1), (3.1, 2), (2.6, None)],
+)
+def test_block_at_names_the_block_or_the_gap(moment: float, expected: int | None) -> None:
+    assert block_at(moment, 0.0, 1.0, 0.5) == expected

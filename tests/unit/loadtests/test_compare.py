@@ -43,6 +43,15 @@ def test_capacity_blocks_give_throughput_and_latency_verdicts_per_round() -> Non
     assert latency.difference == pytest.approx(10.0, rel=0.05)
 
 
+def test_a_quiet_gap_after_each_block_moves_the_blocks_not_the_guard() -> None:
+    samples = capacity_samples({"a": 60, "b": 40}, {"a": 10.0, "b": 20.0})
+    samples.start = samples.start + 0.5 * samples.block  # the same blocks, each 0.5 s later than the last
+    samples.block_gap = 0.5
+    measured = samples.measured()
+    assert len(measured.start) == 4 * 51 + 4 * 34
+    assert measured.latency_ms.max() < 1000.0
+
+
 def test_capacity_rows_count_only_a_variants_own_blocks() -> None:
     samples = capacity_samples({"a": 60, "b": 40}, {"a": 10.0, "b": 20.0})
     load = compare.LoadSettings("http://x", ["a", "b"], "users", 1, None, None, "")
@@ -56,7 +65,15 @@ def test_capacity_rows_count_only_a_variants_own_blocks() -> None:
 
 @pytest.mark.parametrize(
     "arguments",
-    [["--margin", "0"], ["--confidence", "1.5"], ["--mode", "capacity", "--rounds", "2"], ["--block-seconds", "0"]],
+    [
+        ["--margin", "0"],
+        ["--confidence", "1.5"],
+        ["--mode", "capacity", "--rounds", "2"],
+        ["--block-seconds", "0"],
+        ["--request-timeout", "0"],
+        ["--mode", "capacity", "--block-gap", "1"],
+        ["--mode", "slo", "--slo", "p99<=250ms", "--block-gap", "-1"],
+    ],
 )
 def test_nonsense_arguments_are_refused(arguments: list[str]) -> None:
     with pytest.raises(SystemExit) as caught:

@@ -311,3 +311,11 @@ def test_a_rate_the_service_could_not_absorb_leaves_the_interval_open_up_to_it()
     assert rate == pytest.approx(80.0)
     assert low == pytest.approx(80.0)
     assert high == pytest.approx(160.0, rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("terms", "timeout_s"),
+    [(["p99<=250ms", "errors<=0.1%"], 1.0), (["p95<=2s"], 8.0), (["p99<=50ms"], 1.0), (["errors<=1%"], 10.0)],
+)
+def test_the_clients_timeout_follows_the_slos_latency_limit(terms: list[str], timeout_s: float) -> None:
+    assert slo.client_timeout([slo.parse_term(text) for text in terms]) == pytest.approx(timeout_s)

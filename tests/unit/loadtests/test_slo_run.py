@@ -131,6 +131,12 @@ def test_the_generators_cpu_per_block_from_a_trace() -> None:
         pytest.approx([0.25, 0.25, 0.45])  # two processes: per process
     )
     assert slo_run.block_cpu([(1000.0, 0.0), (1001.0, 1.0)], 1000.0, 1.0, 3) == []  # the trace ends too soon
+    # blocks of 0.5 s with 0.5 s quiet gaps: each block's own CPU, not its gap's
+    gapped = np.where((times - 1000.0) % 1.0 < 0.5, 0.8, 0.1)  # CPU per second in each 0.1 s step
+    gapped_used = np.concatenate([[0.0], np.cumsum(gapped[:-1] * 0.1)])
+    trace = list(zip(times.tolist(), gapped_used.tolist(), strict=True))
+    assert slo_run.block_cpu(trace, 1000.0, 0.5, 3, 1, 0.5) == pytest.approx([0.8, 0.8, 0.8])
+    assert slo_run.OpenLoop([1.0] * 3, 4, 1000.0, 1, 0.5).seconds(0.5, 3) == pytest.approx(2.5)
     load = slo_run.StepLoad(0.3, [0.5, 0.2, 0.9, 0.4], {})
     assert load.generator_cpu(["a", "b", "a", "b"], "a") == pytest.approx(0.7)
     assert slo_run.StepLoad(0.3).generator_cpu(["a", "b"], "a") == 0.3  # not measured per block: the run's
