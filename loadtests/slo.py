@@ -316,7 +316,9 @@ def measure(
 @dataclass
 class RateSearch:
     """Where the next step of one variant's search goes: double (halve) until the SLO breaks (holds), then bisect
-    in log-rate; a generator-bound rate that held stops the climb."""
+    in log-rate; a generator-bound rate that held stops the climb. A break that is not *shown* (the load's lower
+    bound still at most 1: an overload whose violations pile up late in each block) is probed once at twice that
+    rate, so that the interval's high end rests on a rate shown broken rather than on "twice the top rate"."""
 
     start: float
     factor: float = 2.0
@@ -327,6 +329,12 @@ class RateSearch:
     generator_bound: bool = False
     bound_at: float = math.nan  # the highest rate that met the SLO with the generator short of it
 
+    @property
+    def shown_broken(self) -> bool:
+        """Some tested rate broke the SLO beyond doubt: its load's lower bound above 1, or a rate the service could
+        not absorb."""
+        return any(not point.offered or point.load_low > 1.0 for point in self.points)
+
     def next_rate(self) -> float:
         if not self.points:
             return self.start
@@ -334,6 +342,9 @@ class RateSearch:
             return max(self.minimum, self.points[-1].rate / self.factor)
         if self.broke is None:
             return self.held if self.generator_bound else self.held * self.factor
+        probe = self.broke * self.factor
+        if not self.shown_broken and max(point.rate for point in self.points) < probe:
+            return probe
         return self._between(self.held, self.broke)
 
     def _between(self, held: float, broke: float) -> float:
@@ -350,6 +361,8 @@ class RateSearch:
         self.points.append(point)
         if point.met:
             self.held = point.rate if self.held is None else max(self.held, point.rate)
+            if self.broke is not None and self.held >= self.broke:  # it held above where it broke: climb on
+                self.broke = None
             if point.generator_bound:
                 self.generator_bound = True
                 self.bound_at = point.rate if math.isnan(self.bound_at) else max(self.bound_at, point.rate)

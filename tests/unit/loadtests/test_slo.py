@@ -319,3 +319,38 @@ def test_a_rate_the_service_could_not_absorb_leaves_the_interval_open_up_to_it()
 )
 def test_the_clients_timeout_follows_the_slos_latency_limit(terms: list[str], timeout_s: float) -> None:
     assert slo.client_timeout([slo.parse_term(text) for text in terms]) == pytest.approx(timeout_s)
+
+
+def rate_point(rate: float, block_shares: list[float], per_block: int = 200) -> slo.RatePoint:
+    """A point whose blocks each violate p99<=25ms in the given share of their requests (none fails)."""
+    latency = np.concatenate([np.where(np.arange(per_block) < share * per_block, 40.0, 5.0) for share in block_shares])
+    units = np.repeat(np.arange(len(block_shares)), per_block)
+    count = len(latency)
+    return slo.measure(rate, TERMS, latency, np.zeros(count, dtype=np.bool_), units, len(block_shares),
+                       count / rate, np.zeros(count))  # fmt: skip
+
+
+def test_a_break_not_shown_is_probed_once_at_twice_its_rate() -> None:
+    search = slo.RateSearch(40.0)
+    search.record(rate_point(40.0, [0.0] * 4))
+    assert search.next_rate() == 80.0
+    unsure = rate_point(80.0, [0.0, 0.0, 0.05, 0.6])  # broke on average, violations in late blocks only
+    assert not unsure.met
+    assert unsure.load_low <= 1.0  # not shown broken
+    search.record(unsure)
+    assert search.next_rate() == 160.0  # the probe: a rate that bounds the interval's high end
+    search.record(rate_point(160.0, [0.5, 0.6, 0.7, 0.8]))
+    assert search.shown_broken
+    assert 40.0 < search.next_rate() < 80.0  # back to the bracket
+    _, _, high = slo.capacity_estimate(search.points)
+    assert 80.0 < high < 160.0  # from the rate shown broken, not twice the top rate
+
+
+def test_a_probe_that_holds_discards_the_break_and_climbs_on() -> None:
+    search = slo.RateSearch(40.0)
+    search.record(rate_point(40.0, [0.0] * 4))
+    search.record(rate_point(80.0, [0.0, 0.0, 0.0, 0.3]))
+    assert search.next_rate() == 160.0
+    search.record(rate_point(160.0, [0.0] * 4))
+    assert search.broke is None
+    assert search.next_rate() == 320.0
