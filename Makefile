@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 DEMO_SIZE ?= tiny
 
-.PHONY: serve test test-unit test-slow lint fuzz compare evaluate install install-dev demo-store clean
+.PHONY: proto serve test test-unit test-slow lint fuzz compare evaluate install install-dev demo-store clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,16 @@ evaluate: demo-store
 # Longer, unseeded schema fuzzing than CI's bounded run (nightly-style).
 fuzz: install-dev
 	XNLI_SERVE_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-500} XNLI_SERVE_FUZZ_SEED= $(BIN)/pytest -s tests/integration/test_fuzz.py
+
+# The gRPC transport's generated code (issue #26), committed: messages (+ .pyi for mypy) and the service stubs, from
+# app/grpc/proto/open_inference.proto. The pool edit: tritonclient registers the same `inference.*` names in
+# protobuf's default descriptor pool, and a process holding both (tests, a service that also calls Triton) would
+# refuse the second; our messages live in a pool of their own (the wire does not carry pool or file names).
+proto: install-dev
+	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. \
+		app/grpc/proto/open_inference.proto
+	sed -i 's/_descriptor_pool\.Default()\.AddSerializedFile/_descriptor_pool.DescriptorPool().AddSerializedFile/' \
+		app/grpc/proto/open_inference_pb2.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

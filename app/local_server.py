@@ -27,6 +27,7 @@ class LocalServer:
     process: subprocess.Popen[bytes]
     base_url: str
     log_path: Path
+    grpc_target: str | None = None  # host:port of its gRPC server (issue #26); None when XNLI_SERVE_GRPC_ENABLED=false
 
     def logs(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
@@ -64,13 +65,16 @@ def local_server(
         "XNLI_SERVE_CATALOGUE": str(catalogue),
         "XNLI_SERVE_HOST": "127.0.0.1",
         "XNLI_SERVE_PORT": str(port),
+        "XNLI_SERVE_GRPC_PORT": str(free_port()),  # gRPC (issue #26): a free port too, never the shared 8001
         "PYTHONUNBUFFERED": "1",
         **(extra_env or {}),
     }
+    grpc_enabled = env.get("XNLI_SERVE_GRPC_ENABLED", "true").strip().lower() not in ("0", "false", "no", "off")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(server_command("serve"), env=env, stdout=log_file, stderr=subprocess.STDOUT)
-    server = LocalServer(process, f"http://127.0.0.1:{port}", log_path)
+    grpc_target = f"127.0.0.1:{env['XNLI_SERVE_GRPC_PORT']}" if grpc_enabled else None
+    server = LocalServer(process, f"http://127.0.0.1:{port}", log_path, grpc_target)
     try:
         if wait:
             server.wait_ready()

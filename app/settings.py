@@ -217,6 +217,20 @@ class Settings(BaseSettings):
         "lower: a busy engine loop (a large request tokenized inline, shadow comparisons, a CPU-starved container) "
         "can delay broadcasts for a second without anything being wrong.",
     )
+    # -- gRPC (issue #26): the Open Inference Protocol over gRPC, beside HTTP in every serving process ------------
+    grpc_enabled: bool = Field(
+        True,
+        description="Serve the Open Inference Protocol over gRPC (inference.GRPCInferenceService) on grpc_port too; "
+        "false = HTTP only.",
+    )
+    grpc_port: int = Field(
+        8001,
+        ge=1,
+        le=65535,
+        description="gRPC port (Triton's default), on the same host as HTTP; with several front ends each binds it "
+        "with SO_REUSEPORT.",
+    )
+    # -- end gRPC ---------------------------------------------------------------------------------------------------
     enable_fault_injection: bool = Field(False, description="Honour [variant.faults] in the catalogue (tests only).")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"

@@ -1,19 +1,18 @@
 """Optional API-key authentication (``Authorization: Bearer <key>``), as a pure ASGI middleware.
 
-Keys are kept only as SHA-256 digests and compared in constant time against every stored digest, so neither the
-keys nor their position leak through memory dumps or timing.
+The check itself (digests, constant-time comparison) is transport-neutral and shared with gRPC:
+``app.service.auth`` (issue #26).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.middleware import ShapeOf, native_shape, send_json_error
 from app.api.routes import pages
+from app.service.auth import INVALID_KEY, MISSING_KEY, ApiKeys
 
 DOCS_PATHS = (pages.DOCS_URL, pages.DOCS_OAUTH2_REDIRECT_URL, pages.REDOC_URL, "/openapi.json")
 DOCS_PREFIXES = (pages.DOCS_ASSETS_URL + "/",)
@@ -22,10 +21,6 @@ DOCS_PREFIXES = (pages.DOCS_ASSETS_URL + "/",)
 PAGE_PATHS = ("/", pages.PLAYGROUND_URL)
 PAGE_PREFIXES = (pages.PLAYGROUND_ASSETS_URL + "/",)
 HEALTH_PREFIXES = ("/health/",)
-
-
-def digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode("utf-8")).digest()
 
 
 class ApiKeyMiddleware:
@@ -40,9 +35,10 @@ class ApiKeyMiddleware:
     ) -> None:
         self.app = app
         self.shape_of = shape_of
-        self._digests = [digest(key) for key in keys]
-        if not self._digests:
+        keys = list(keys)
+        if not keys:
             raise ValueError("ApiKeyMiddleware needs at least one key")
+        self._keys = ApiKeys(keys)
         self._public_exact = (
             set(PAGE_PATHS) | set(DOCS_PATHS if public_docs else ()) | ({"/metrics"} if public_metrics else set())
         )
@@ -54,16 +50,7 @@ class ApiKeyMiddleware:
         return path in self._public_exact or path.startswith(self._public_prefixes)
 
     def authorized(self, header: bytes | None) -> bool:
-        if header is None:
-            return False
-        scheme, _, token = header.decode("latin-1").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return False
-        presented = digest(token.strip())
-        matched = False
-        for stored in self._digests:  # no early exit: time does not depend on which key matched
-            matched |= hmac.compare_digest(presented, stored)
-        return matched
+        return self._keys.authorized(None if header is None else header.decode("latin-1"))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # No exemption for OPTIONS: CORS preflights are answered by CORSMiddleware, which runs before this one
@@ -76,7 +63,7 @@ class ApiKeyMiddleware:
             await self.app(scope, receive, send)
             return
         missing = header is None
-        message = "missing API key: send Authorization: Bearer <key>" if missing else "invalid API key"
+        message = MISSING_KEY if missing else INVALID_KEY
         challenge = b'Bearer realm="xnli-serve"' if missing else b'Bearer realm="xnli-serve", error="invalid_token"'
         headers = [(b"www-authenticate", challenge)]
         await send_json_error(send, 401, "unauthorized", message, headers, self.shape_of(scope))

@@ -24,6 +24,7 @@ from app.api import listener_drain
 from app.api.app import create_app
 from app.api.edge import EdgeLimits, connection_cap, edge_protocol
 from app.engine.engine import Engine
+from app.grpc.server import GrpcBindError, GrpcServer, grpc_server  # gRPC beside HTTP (issue #26)
 from app.service.engine_handle import EngineHandle
 from app.settings import Settings
 
@@ -78,7 +79,13 @@ class DrainingServer(uvicorn.Server):
     """
 
     def __init__(
-        self, config: uvicorn.Config, engine: EngineHandle, drain_timeout_s: float, *, last_holder: bool = True
+        self,
+        config: uvicorn.Config,
+        engine: EngineHandle,
+        drain_timeout_s: float,
+        *,
+        last_holder: bool = True,
+        grpc: GrpcServer | None = None,
     ) -> None:
         # server_config always passes the app itself (ASGI 3), never an import string.
         config.app = CloseWhileDraining(cast("ASGIApp", config.app), lambda: self._draining)
@@ -88,10 +95,23 @@ class DrainingServer(uvicorn.Server):
         self.last_holder = last_holder
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining = False
+        self.grpc = grpc
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
-        await super().serve(sockets)
+        # -- gRPC (issue #26): started in this loop before the HTTP port opens; stopped in shutdown (or here) ------
+        if self.grpc is not None:
+            try:
+                await self.grpc.start()
+            except GrpcBindError as error:
+                log.error("%s", error)
+                raise SystemExit(1) from None
+        try:
+            await super().serve(sockets)
+        finally:
+            if self.grpc is not None:
+                await self.grpc.stop(None)  # a no-op after shutdown stopped it
+        # -- end gRPC --
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if sig != signal.SIGTERM or self._draining or self._loop is None:
@@ -121,7 +141,12 @@ class DrainingServer(uvicorn.Server):
         """uvicorn's shutdown closes the listening socket, then every connection without a request in progress;
         after a drain, first make sure nothing that reached this process is among those closed unanswered."""
         if self._draining and not self.force_exit:
-            await self._hand_over()
+            if self.grpc is not None:  # gRPC (issue #26): answers on their way out finish alongside HTTP's hand-over
+                await asyncio.gather(self._hand_over(), self.grpc.stop(HANDOVER_S))
+            else:
+                await self._hand_over()
+        elif self.grpc is not None:
+            await self.grpc.stop(None)
         await super().shutdown(sockets)
 
     async def _hand_over(self) -> None:
@@ -178,5 +203,8 @@ def server_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
 
 def run_server(settings: Settings, engine: Engine, api_keys: Sequence[str] | None = None) -> None:
     """``api_keys``: as the caller already read them from ``settings`` (read again when not given)."""
-    config = server_config(create_app(settings, engine, api_keys), settings)
-    DrainingServer(config, engine, settings.drain_timeout_s).run()
+    keys = list(api_keys) if api_keys is not None else settings.load_api_keys()
+    app = create_app(settings, engine, keys)
+    config = server_config(app, settings)
+    grpc = grpc_server(settings, engine, app.state.service, keys, reuse_port=False)  # gRPC (issue #26)
+    DrainingServer(config, engine, settings.drain_timeout_s, grpc=grpc).run()

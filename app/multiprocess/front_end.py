@@ -21,6 +21,7 @@ import uvicorn
 from app.api.app import create_app
 from app.api.server import DrainingServer, server_config
 from app.engine.models.catalogue import load_catalogue
+from app.grpc.server import GrpcServer, grpc_server
 from app.multiprocess.engine_client import EngineClient
 from app.multiprocess.service_metrics import serve_service_metrics
 from app.multiprocess.supervisor import exit_now
@@ -28,9 +29,11 @@ from app.settings import Settings
 
 
 class FrontServer(DrainingServer):
-    def __init__(self, config: uvicorn.Config, client: EngineClient, drain_timeout_s: float) -> None:
+    def __init__(
+        self, config: uvicorn.Config, client: EngineClient, drain_timeout_s: float, grpc: GrpcServer | None = None
+    ) -> None:
         # The supervisor holds the listening socket after every front end has gone, and answers what is queued.
-        super().__init__(config, client, drain_timeout_s, last_holder=False)
+        super().__init__(config, client, drain_timeout_s, last_holder=False, grpc=grpc)
         self.client = client
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -61,10 +64,13 @@ def main() -> None:
     client = engine_client(settings, run_dir)
     serve_service_metrics(client.engine_metrics, Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
     # The engine client stands in for the engine: it satisfies EngineHandle, what the API layer uses of one.
-    app = create_app(settings, client)
+    keys = settings.load_api_keys()
+    app = create_app(settings, client, keys)
     config = server_config(app, settings)  # host and port unused: it serves on the supervisor's socket
     listener = socket.socket(fileno=fd)
-    FrontServer(config, client, settings.drain_timeout_s).run(sockets=[listener])
+    # gRPC (issue #26): every front end serves it too, each binding the port with SO_REUSEPORT.
+    grpc = grpc_server(settings, client, app.state.service, keys, reuse_port=True)
+    FrontServer(config, client, settings.drain_timeout_s, grpc).run(sockets=[listener])
     exit_now(0)
 
 

@@ -51,6 +51,7 @@ def image_server(image_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         "HF_HUB_OFFLINE": "1",
         "XNLI_SERVE_HOST": "127.0.0.1",
         "XNLI_SERVE_PORT": str(port),
+        "XNLI_SERVE_GRPC_PORT": str(free_port()),  # gRPC (issue #26): never the shared default 8001
         "XNLI_SERVE_CATALOGUE": str(models / "variants.toml"),
         "HOME": str(models),
     }
