@@ -103,10 +103,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if rpc not in PROBES:
             metrics.REQUESTS.labels(variant, outcome).inc()
 
-    def _model(self, name: str, version: str) -> ServedVariant:
+    def _resolve(self, name: str) -> ServedVariant:
         if not name:
-            raise InvalidInferenceRequest("the model's name is empty; GET the index (RepositoryIndex) for the names")
-        runtime = self.engine.resolve(name)
+            raise InvalidInferenceRequest("the model's name is empty; RepositoryIndex lists the names")
+        return self.engine.resolve(name)
+
+    def _model(self, name: str, version: str) -> ServedVariant:
+        runtime = self._resolve(name)
         check_version(name, version or None)
         return runtime
 
@@ -162,7 +165,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async def body(call: CallContext) -> pb.ModelInferResponse:
             variant = metrics.UNKNOWN_VARIANT
             try:
-                variant = self._model(request.model_name, request.model_version).spec.name
+                variant = self._resolve(request.model_name).spec.name  # labels a refusal from here on, as over HTTP
+                check_version(request.model_name, request.model_version or None)
                 parsed = messages.infer_request(
                     request, variant, self.max_pairs, call.routing_key, _deadline(context.time_remaining())
                 )

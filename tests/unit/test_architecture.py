@@ -148,6 +148,10 @@ def direct_imports_of(graph: grimp.ImportGraph, package: str, targets: tuple[str
         ("app.engine", ("app.service", "app.api", "app.multiprocess", "app.cli")),
         # Protocol-neutral services: no HTTP, no process plumbing.
         ("app.service", ("app.api", "app.multiprocess", *HTTP_PACKAGES)),
+        # gRPC (issue #26): the engine and the services know no transport; gRPC knows nothing of HTTP.
+        ("app.engine", ("app.grpc",)),
+        ("app.service", ("app.grpc",)),
+        ("app.grpc", ("app.api", "app.multiprocess", "app.cli", *HTTP_PACKAGES)),
     ],
 )
 def test_layers_import_only_downwards(graph: grimp.ImportGraph, package: str, forbidden: tuple[str, ...]) -> None:
@@ -167,3 +171,8 @@ def test_only_the_http_transport_imports_fastapi(graph: grimp.ImportGraph) -> No
     }
     assert importers, "no module imports FastAPI: the graph is not the project's"
     assert sorted(module for module in importers if not module.startswith("app.api")) == []
+
+
+def test_http_reaches_grpc_only_where_the_process_starts_both(graph: grimp.ImportGraph) -> None:
+    """gRPC runs beside uvicorn in one loop (issue #26): app.api.server starts it; no route or middleware knows it."""
+    assert direct_imports_of(graph, "app.api", ("app.grpc",)) == [("app.api.server", "app.grpc.server")]
