@@ -18,8 +18,7 @@ from collections.abc import Sequence
 
 import grpc
 
-from app.grpc.proto import open_inference_pb2_grpc as pb_grpc
-from app.grpc.service import InferenceServicer
+from app.grpc.service import InferenceServicer, rpc_handlers
 from app.service.auth import ApiKeys
 from app.service.engine_handle import EngineHandle
 from app.service.prediction import PredictionService
@@ -67,7 +66,7 @@ class GrpcServer:
             # As XNLI_SERVE_MAX_INFLIGHT_REQUESTS bounds HTTP: calls beyond get RESOURCE_EXHAUSTED at once.
             maximum_concurrent_rpcs=self.max_concurrent_rpcs,
         )
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, server)  # type: ignore[no-untyped-call]
+        server.add_generic_rpc_handlers((rpc_handlers(self.servicer),))
         try:
             port = server.add_insecure_port(self.address)
         except RuntimeError as error:  # grpcio raises when it cannot bind

@@ -17,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 
 from app import metrics
 from app.engine.backends import get_backend
@@ -237,6 +238,38 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return pb.RepositoryModelUnloadResponse()
 
         return await self._serve("RepositoryModelUnload", context, body)
+
+
+def rpc_handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
+    """The service's methods, each decoding its own request: gRPC's own decoding would answer a message that does not
+    parse with a status of its choosing (UNKNOWN), this one answers INVALID_ARGUMENT, counted like every refusal."""
+    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        method.name: grpc.unary_unary_rpc_method_handler(
+            _decoding(servicer, method.name, getattr(pb, method.input_type.name)),
+            response_serializer=getattr(pb, method.output_type.name).SerializeToString,
+        )
+        for method in service.methods
+    }
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
+def _decoding(
+    servicer: InferenceServicer, rpc: str, request_class: type[Message]
+) -> Callable[[bytes, grpc.aio.ServicerContext[object, object]], Awaitable[Message]]:
+    method = getattr(servicer, rpc)
+
+    async def handle(raw: bytes, context: grpc.aio.ServicerContext[object, object]) -> Message:
+        try:
+            request = request_class.FromString(raw)
+        except DecodeError as error:
+            failure = failure_of(InvalidInferenceRequest(f"the {rpc} request does not parse: {error}"))
+            servicer._count(rpc, metrics.UNKNOWN_VARIANT, failure.outcome)
+            await context.abort(status.status_of(failure), failure.message, status.trailing_metadata(failure))
+        answer: Message = await method(request, context)
+        return answer
+
+    return handle
 
 
 def _deadline(remaining_s: float | None) -> float | None:

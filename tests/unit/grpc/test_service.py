@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY
 from app.engine.contract import EngineRequest, EngineResult
 from app.engine.engine import Engine
 from app.grpc.proto import open_inference_pb2 as pb
-from app.grpc.service import ENDPOINT, InferenceServicer
+from app.grpc.service import ENDPOINT, InferenceServicer, rpc_handlers
 from app.metrics import UNKNOWN_VARIANT
 from tests.unit.grpc.conftest import API_KEY, Aborted, context
 from tests.unit.grpc.test_messages import PAIRS, contents_message, tritonclient_message
@@ -227,3 +227,18 @@ async def test_unloading_an_unknown_model(servicer: InferenceServicer) -> None:
     with pytest.raises(Aborted) as refused:
         await servicer.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="nope"), context())
     assert refused.value.code is grpc.StatusCode.NOT_FOUND
+
+
+def test_every_rpc_of_the_proto_is_served(servicer: InferenceServicer) -> None:
+    handler: Any = rpc_handlers(servicer)
+    methods = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods
+    assert {method.name for method in methods} == set(handler._method_handlers)
+
+
+async def test_a_message_that_does_not_parse_is_invalid_argument(servicer: InferenceServicer) -> None:
+    handler: Any = rpc_handlers(servicer)
+    infer = handler._method_handlers["ModelInfer"].unary_unary
+    with pytest.raises(Aborted) as refused:
+        await infer(b"\x0a\xff", context())  # field 1 with a length past the end
+    assert refused.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.metadata["xnli-error-type"] == "invalid_inference_request"
