@@ -232,12 +232,12 @@ async def test_unloading_an_unknown_model(servicer: InferenceServicer) -> None:
 def test_every_rpc_of_the_proto_is_served(servicer: InferenceServicer) -> None:
     handler: Any = rpc_handlers(servicer)
     methods = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods
-    assert {method.name for method in methods} == set(handler._method_handlers)
+    assert {f"/inference.GRPCInferenceService/{method.name}" for method in methods} == set(handler._method_handlers)
 
 
 async def test_a_message_that_does_not_parse_is_invalid_argument(servicer: InferenceServicer) -> None:
     handler: Any = rpc_handlers(servicer)
-    infer = handler._method_handlers["ModelInfer"].unary_unary
+    infer = handler._method_handlers["/inference.GRPCInferenceService/ModelInfer"].unary_unary
     with pytest.raises(Aborted) as refused:
         await infer(b"\x0a\xff", context())  # field 1 with a length past the end
     assert refused.value.code is grpc.StatusCode.INVALID_ARGUMENT
