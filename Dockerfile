@@ -28,6 +28,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     HF_HUB_OFFLINE=1 \
     XNLI_SERVE_HOST=0.0.0.0 \
     XNLI_SERVE_PORT=8000 \
+    XNLI_SERVE_GRPC_PORT=8001 \
     XNLI_SERVE_CATALOGUE=/models/variants.toml
 RUN groupadd --system --gid 10001 xnli && useradd --system --uid 10001 --gid xnli --home-dir /home/xnli --create-home xnli
 COPY --from=cpu-build /opt/venv /opt/venv
@@ -36,6 +37,8 @@ RUN mkdir -p /models && if [ -n "${BAKE_DEMO_STORE}" ]; then xnli-serve build-de
 USER 10001:10001
 VOLUME ["/models"]
 EXPOSE 8000
+# The Open Inference Protocol over gRPC (XNLI_SERVE_GRPC_PORT; XNLI_SERVE_GRPC_ENABLED=false turns it off).
+EXPOSE 8001
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=15s --timeout=3s --start-period=120s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health/live', timeout=2).status != 200)"]
@@ -61,6 +64,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     HF_HUB_OFFLINE=1 \
     XNLI_SERVE_HOST=0.0.0.0 \
     XNLI_SERVE_PORT=8000 \
+    XNLI_SERVE_GRPC_PORT=8001 \
     XNLI_SERVE_CATALOGUE=/models/variants.toml
 RUN groupadd --system --gid 10001 xnli && useradd --system --uid 10001 --gid xnli --home-dir /home/xnli --create-home xnli
 COPY --from=gpu-build /opt/venv /opt/venv
@@ -69,6 +73,8 @@ RUN mkdir -p /models && if [ -n "${BAKE_DEMO_STORE}" ]; then xnli-serve build-de
 USER 10001:10001
 VOLUME ["/models"]
 EXPOSE 8000
+# The Open Inference Protocol over gRPC (XNLI_SERVE_GRPC_PORT; XNLI_SERVE_GRPC_ENABLED=false turns it off).
+EXPOSE 8001
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=15s --timeout=3s --start-period=180s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health/live', timeout=2).status != 200)"]

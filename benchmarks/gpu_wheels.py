@@ -64,6 +64,10 @@ MODULES = (
     "orjson",
     "zmq",
     "msgpack",
+    # gRPC (issue #26): the image has grpcio and protobuf, at versions the notes do not give; the generated messages
+    # need protobuf >= 6.31.1 (< 7 with tritonclient): `check` reports it here if the image's are older.
+    "grpc",
+    "google.protobuf",
 )
 # The project modules that must import there (they pull in everything the service and the benchmarks use).
 PROJECT_MODULES = (
@@ -125,6 +129,8 @@ IMAGE_VENV_REQUIREMENTS = (
     "uvloop",
     "packaging",
     "msgpack",
+    "grpcio",  # gRPC (issue #26): in the image
+    "protobuf>=6.31.1,<7",
 )
 
 

@@ -30,7 +30,6 @@ from app.engine.status import RepositoryEntry, RepositoryState
 from app.grpc import messages, status
 from app.grpc.context import CallContext, call_context
 from app.grpc.proto import open_inference_pb2 as pb
-from app.grpc.proto import open_inference_pb2_grpc as pb_grpc
 from app.metrics import Outcome
 from app.service import health
 from app.service.auth import INVALID_KEY, MISSING_KEY, ApiKeys
@@ -58,8 +57,10 @@ class _Refused(Exception):
         self.error = error
 
 
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    """The RPCs, each one call of the service layer inside :meth:`_serve`; the protocol's method names."""
+class InferenceServicer:
+    """The RPCs, each one call of the service layer inside :meth:`_serve`; the protocol's method names. Registered
+    by :func:`rpc_handlers`, not the generated ``*_pb2_grpc`` module (which the tests' stubs use): its grpcio
+    version check would tie the service to the grpcio that generated it."""
 
     def __init__(
         self,

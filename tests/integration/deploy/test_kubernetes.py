@@ -17,7 +17,12 @@ K8S = DEPLOY / "k8s"
 KUBECTL = shutil.which("kubectl")
 KUSTOMIZATIONS = ["base", "overlays/cpu", "overlays/gpu", "examples/per-variant"]
 # Custom resources have no schema in the Kubernetes distribution; each gets the structural checks below instead.
-CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("gateway.networking.k8s.io/v1", "HTTPRoute")}
+CUSTOM_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"),
+    ("gateway.networking.k8s.io/v1", "GRPCRoute"),
+}
+GRPC_PORT = 8001  # XNLI_SERVE_GRPC_PORT's default (issue #26)
 
 pytestmark = pytest.mark.integration
 
@@ -89,9 +94,19 @@ def test_rendered_overlay_validates_and_is_consistent(kustomization: str) -> Non
         assert all(labels.get(key) == value for key, value in deployment["spec"]["selector"]["matchLabels"].items())
         gpus = container["resources"]["limits"].get("nvidia.com/gpu")
         assert (gpus == 1) == (kustomization in ("overlays/gpu", "examples/per-variant"))
-    for route in by_kind.get("HTTPRoute", []):
+    for route in by_kind.get("HTTPRoute", []) + by_kind.get("GRPCRoute", []):
         for rule in route["spec"]["rules"]:
             assert all(backend["name"] in services for backend in rule["backendRefs"])
+    # gRPC (issue #26): each Service exposes the pods' grpc port under that name; the probes stay HTTP.
+    for service in by_kind["Service"]:
+        ports = {port["name"]: port for port in service["spec"]["ports"]}
+        assert (ports["grpc"]["port"], ports["grpc"]["targetPort"]) == (GRPC_PORT, "grpc")
+    for deployment in deployments.values():
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+        env = {item["name"]: item.get("value") for item in container["env"]}
+        assert ports["grpc"] == int(env["XNLI_SERVE_GRPC_PORT"]) == GRPC_PORT
+        assert container["readinessProbe"]["httpGet"]["port"] == "http"
 
 
 def test_per_variant_groups_split_the_catalogue() -> None:
@@ -118,3 +133,27 @@ def test_prometheus_adapter_rule_feeds_the_hpa_metric() -> None:
     hpa = yaml.safe_load((K8S / "base" / "hpa.yaml").read_text(encoding="utf-8"))
     assert rules[0]["name"]["as"] == hpa["spec"]["metrics"][0]["pods"]["metric"]["name"]
     assert "xnli_queue_depth" in rules[0]["seriesQuery"]
+
+
+def test_the_grpc_route_sends_each_model_to_its_group() -> None:
+    """The GRPCRoute (issue #26) routes by the `x-xnli-model` metadata key exactly as the HTTPRoute routes by path."""
+    resources = render("examples/per-variant")
+    http = next(resource for resource in resources if resource["kind"] == "HTTPRoute")
+    by_path = {
+        match["path"]["value"].rstrip("/").split("/")[-1]: rule["backendRefs"][0]["name"]
+        for rule in http["spec"]["rules"]
+        for match in rule["matches"]
+    }
+    grpc = next(resource for resource in resources if resource["kind"] == "GRPCRoute")
+    by_key: dict[str, str] = {}
+    fallback = []
+    for rule in grpc["spec"]["rules"]:
+        (backend,) = rule["backendRefs"]
+        assert backend["port"] == GRPC_PORT
+        for match in rule["matches"]:
+            headers = match.get("headers", [])
+            by_key.update({header["value"]: backend["name"] for header in headers if header["name"] == "x-xnli-model"})
+            if not headers:
+                fallback.append(match["method"]["service"])
+    assert by_key == by_path
+    assert fallback == ["inference.GRPCInferenceService"]
