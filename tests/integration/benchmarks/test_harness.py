@@ -90,3 +90,22 @@ def test_engine_time_budget_stops_each_batch_size_early(
     rows = json.loads(out.read_text(encoding="utf-8"))["engine"]["rows"]
     assert [row["pairs"] for row in rows] == expected_pairs
     assert all(row["pairs_per_s"] > 0 for row in rows)
+
+
+def test_grpc_vs_http_benchmark_measures_every_protocol(demo_catalogue: Path, xnli_dir: Path, tmp_path: Path) -> None:
+    """benchmarks/grpc_vs_http.py (issue #26): each protocol answers every request of a short run, both sizes."""
+    out = tmp_path / "grpc_vs_http.json"
+    command = [
+        sys.executable, "-m", "benchmarks.grpc_vs_http", "--catalogue", str(demo_catalogue), "--data", str(xnli_dir),
+        "--pairs", "64", "--sizes", "1,16", "--concurrency", "2", "--rounds", "1", "--seconds", "0.5",
+        "--warmup-seconds", "0.2", "--out", str(out),
+    ]  # fmt: skip
+    completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=True)
+    assert "vs grpc" in completed.stdout
+    rows = json.loads(out.read_text(encoding="utf-8"))["rows"]
+    assert [(row["protocol"], row["pairs_per_request"]) for row in rows] == [
+        (protocol, size) for size in (1, 16) for protocol in ("grpc", "http-json", "http-binary")
+    ]
+    for row in rows:
+        assert row["errors"] == 0
+        assert row["requests"] > 0
