@@ -69,7 +69,8 @@ evaluate: demo-store
 
 # Longer, unseeded schema fuzzing than CI's bounded run (nightly-style).
 fuzz: install-dev
-	XNLI_SERVE_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-500} XNLI_SERVE_FUZZ_SEED= $(BIN)/pytest -s tests/integration/test_fuzz.py
+	XNLI_SERVE_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-500} XNLI_SERVE_FUZZ_SEED= $(BIN)/pytest -s tests/integration/test_fuzz.py \
+		tests/integration/grpc/test_grpc_fuzz.py
 
 # The gRPC transport's generated code (issue #26), committed: messages (+ .pyi for mypy) and the service stubs, from
 # app/grpc/proto/open_inference.proto. The pool edit: tritonclient registers the same `inference.*` names in
