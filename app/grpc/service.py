@@ -91,11 +91,13 @@ class InferenceServicer:
                 return await body(call)
             except _Refused as refused:
                 failure = failure_of(refused.error)
+                if failure.kind is ErrorKind.INTERNAL:
+                    log.error("internal error in %s", rpc, exc_info=refused.error)
             except Exception as error:  # every failure gets its status: none leaves as UNKNOWN
                 failure = failure_of(error)
                 self._count(rpc, metrics.UNKNOWN_VARIANT, failure.outcome)
-            if failure.kind is ErrorKind.INTERNAL:
-                log.error("internal error in %s: %s", rpc, failure.message)
+                if failure.kind is ErrorKind.INTERNAL:
+                    log.exception("internal error in %s", rpc)
             await context.abort(status.status_of(failure), failure.message, status.trailing_metadata(failure))
         finally:
             call.close()
