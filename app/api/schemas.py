@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from app.service.prediction import (
     DEFAULT_PRIORITY,
@@ -166,3 +166,75 @@ class VariantList(BaseModel):
 class HealthStatus(BaseModel):
     status: str
     variants: dict[str, str] | None = None
+
+
+# --- issue #26: zero-shot classification (POST /zero-shot, POST /variants/{name}/zero-shot) ------------------------
+# The body's shape only; the rules every transport shares (duplicate labels, the template's {}, texts x labels within
+# max_pairs_per_request) are app.service.zero_shot's, answered 422 / 413 like /predict's.
+
+Template = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
+
+
+class _ZeroShotOptions(_PredictOptions):
+    candidate_labels: list[Text] = Field(
+        min_length=1, description="The labels to score, each filled into the template as one NLI hypothesis."
+    )
+    hypothesis_template: Template | dict[Annotated[str, Field(min_length=1, max_length=35)], Template] | None = Field(
+        None,
+        description="`{}` marks where a label goes (exactly once). A string, or a template per language code (the "
+        "entry for `language` is used). Without one: the variant's catalogue template for `language`, else the "
+        "built-in default for `language`, else English's `This example is {}.` (transformers' default).",
+    )
+    multi_label: bool = Field(
+        False,
+        description="false: scores sum to 1 over the labels (softmax of their entailment logits); true: each label "
+        "scored on its own (softmax over its contradiction and entailment logits).",
+    )
+
+
+class ZeroShotBody(_ZeroShotOptions):
+    """One text (`text`) or several (`texts`), each scored against every candidate label."""
+
+    text: Text | None = None
+    texts: list[Text] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ZeroShotBody:
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("give either text or texts (a list), not both and not neither")
+        return self
+
+    def all_texts(self) -> list[str]:
+        return self.texts if self.texts is not None else [self.text or ""]
+
+
+class ZeroShotRequest(ZeroShotBody, _VariantChoice):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "texts": ["Die Mannschaft gewann das Finale in der Verlängerung.", "新的手机电池可以用两天。"],
+                    "candidate_labels": ["sport", "technology", "politics"],
+                    "hypothesis_template": "This example is about {}.",
+                    "multi_label": False,
+                }
+            ]
+        }
+    )
+
+
+class ZeroShotClassification(BaseModel):
+    sequence: str = Field(description="The text, as sent.")
+    labels: list[str] = Field(description="The candidate labels, best score first.")
+    scores: list[float] = Field(description="Each label's score, in the order of `labels`.")
+    truncated: bool = Field(description="True when the text was cut to fit max_seq_len in any of its pairs.")
+
+
+class ZeroShotResponse(BaseModel):
+    variant: str
+    hypothesis_template: str = Field(description="The template the labels were filled into.")
+    multi_label: bool
+    results: list[ZeroShotClassification] = Field(description="One per text, in order.")
+
+
+# --- end of issue #26 block ------------------------------------------------------------------------------------------

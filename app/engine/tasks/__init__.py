@@ -32,6 +32,10 @@ class DeviceTensor(Protocol):
 
     def index_select(self, dim: int, index: Any) -> Self: ...
 
+    def repeat(self, *sizes: int) -> Self: ...
+
+    def __setitem__(self, key: Any, value: Any) -> None: ...
+
 
 T = TypeVar("T", bound=DeviceTensor)
 
@@ -73,17 +77,24 @@ class Task:
         return tuple(by_name[label] for label in self.labels)
 
     def scores(self, logits: T, order: Any) -> T:
-        """The head's logits (rows of one batch, on the device) to the answered scores in the service's label order:
-        a float32 softmax, then the columns reordered by ``order`` (a device index tensor from ``label_order``)."""
-        return logits.float().softmax(dim=-1).index_select(1, order)
+        """The head's logits (rows of one batch, on the device) to the runner's output rows, ``[probabilities |
+        logits]`` (see :func:`probabilities_of`), both in the service's label order: a float32 softmax, then the
+        columns reordered by ``order`` (a device index tensor from ``label_order``), beside the float32 logits
+        reordered alike (issue #26: zero-shot classification softmaxes entailment logits across rows)."""
+        logits = logits.float()
+        # issue #26: one (n, 2 * width) tensor, so the device-to-host copy and the batcher's row writes stay one each.
+        outputs = logits.index_select(1, order).repeat(1, 2)
+        outputs[:, : self.width] = logits.softmax(dim=-1).index_select(1, order)
+        return outputs
 
     def scores_numpy(self, logits: npt.NDArray[Any], order: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
         """``scores`` for a runner that answers NumPy logits (ONNX Runtime)."""
-        shifted = np.asarray(logits, dtype=np.float32)
-        shifted = shifted - shifted.max(axis=1, keepdims=True)
+        raw = np.asarray(logits, dtype=np.float32)
+        shifted = raw - raw.max(axis=1, keepdims=True)
         exponentials = np.exp(shifted)
-        scores: npt.NDArray[np.float32] = (exponentials / exponentials.sum(axis=1, keepdims=True))[:, order]
-        return scores
+        probabilities = (exponentials / exponentials.sum(axis=1, keepdims=True))[:, order]
+        outputs: npt.NDArray[np.float32] = np.concatenate([probabilities, raw[:, order]], axis=1)  # issue #26
+        return outputs
 
     def rows(self, scores: npt.NDArray[np.float32], truncated: Sequence[bool]) -> list[dict[str, Any]]:
         """The native API's answer per input: the top label, every label's score, whether the input was cut."""
