@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import torch
 from prometheus_client import REGISTRY
@@ -168,3 +169,78 @@ async def test_bad_bodies_are_422_naming_the_rule(
     response = await client.post("/zero-shot", json=body)
     assert response.status_code == 422, response.text
     assert message in response.text
+
+
+# --- the Open Inference Protocol's infer: the same task on the same model name ------------------------------------
+
+
+def oip_body(texts: list[str], labels: list[str], **parameters: Any) -> dict[str, Any]:
+    return {
+        "inputs": [
+            {"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts},
+            {"name": "candidate_labels", "datatype": "BYTES", "shape": [len(labels)], "data": labels},
+        ],
+        "parameters": parameters,
+    }
+
+
+@pytest.mark.parametrize("multi_label", [False, True], ids=["single-label", "multi-label"])
+async def test_v2_infer_answers_as_zero_shot_does(client: httpx.AsyncClient, multi_label: bool) -> None:
+    texts, labels, template = SCRIPTS["cyrillic"]
+    native = await client.post(
+        "/zero-shot",
+        json={"texts": texts, "candidate_labels": labels, "hypothesis_template": template, "multi_label": multi_label},
+    )
+    response = await client.post(
+        "/v2/models/xlmr-mnli/infer",
+        json=oip_body(texts, labels, hypothesis_template=template, multi_label=multi_label),
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    outputs = {output["name"]: output for output in body["outputs"]}
+    assert outputs["labels"]["shape"] == outputs["scores"]["shape"] == [len(texts), len(labels)]
+    assert outputs["scores"]["datatype"] == "FP32"
+    assert body["parameters"]["hypothesis_template"] == template
+    results = native.json()["results"]
+    assert outputs["labels"]["data"] == [label for result in results for label in result["labels"]]
+    assert outputs["scores"]["data"] == pytest.approx([score for result in results for score in result["scores"]])
+
+
+async def test_v2_metadata_names_the_zero_shot_task(client: httpx.AsyncClient) -> None:
+    parameters = (await client.get("/v2/models/xlmr-mnli")).json()["parameters"]
+    assert "candidate_labels" in parameters["zero_shot_inputs"]
+    assert "scores" in parameters["zero_shot_outputs"]
+    assert "multi_label" in parameters["zero_shot_parameters"]
+
+
+async def test_v2_binary_scores_and_selected_outputs(client: httpx.AsyncClient) -> None:
+    body = oip_body(["Il neige."], ["météo", "sport"])
+    body["outputs"] = [{"name": "scores", "parameters": {"binary_data": True}}]
+    response = await client.post("/v2/models/xlmr-mnli/infer", json=body)
+    assert response.status_code == 200, response.text
+    header_length = int(response.headers["inference-header-content-length"])
+    head = response.content[:header_length]
+    assert b'"scores"' in head
+    assert b'"labels"' not in head
+    scores = np.frombuffer(response.content[header_length:], dtype="<f4")
+    assert scores.shape == (2,)
+    assert float(scores.sum()) == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["x"]}]}, 400, "candidate_labels"),
+        (oip_body(["x"], ["a"], multi_label="yes"), 400, "multi_label"),
+        (oip_body(["x"], ["a"], hypothesis_template=3), 400, "hypothesis_template"),
+        (oip_body(["x"], ["a", "a"]), 422, "repeats label 0"),
+        (oip_body(["x"], ["a"], hypothesis_template="none"), 422, "exactly once"),
+        (oip_body(["x"] * 13, list("abcde")), 413, "13 texts x 5 candidate labels"),
+        ({**oip_body(["x"], ["a"]), "outputs": [{"name": "probabilities"}]}, 400, "outputs are labels, scores"),
+    ],
+    ids=["missing-labels", "multi-label-type", "template-type", "duplicate", "template", "too-many", "nli-output"],
+)
+async def test_v2_zero_shot_errors(client: httpx.AsyncClient, body: dict[str, Any], status: int, message: str) -> None:
+    response = await client.post("/v2/models/xlmr-mnli/infer", json=body)
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
