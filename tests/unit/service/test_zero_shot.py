@@ -4,6 +4,7 @@ pipeline's order (text-major), and the query's rules before any pair is built.""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,7 +33,7 @@ class OneVariant:
 
 
 def service(templates: dict[str, str] | None = None, max_pairs: int = 64) -> tuple[PredictionService, OneVariant]:
-    spec = VariantSpec(name="routed", path="/nowhere", zero_shot_templates=templates or {})  # type: ignore[arg-type]
+    spec = VariantSpec(name="routed", path=Path("/nowhere"), zero_shot_templates=templates or {})
     engine = OneVariant(spec)
     return PredictionService(engine, max_pairs), engine  # type: ignore[arg-type]
 
@@ -73,7 +74,7 @@ def test_template_precedence_request_catalogue_default_english(requested: Any, l
 
 def test_a_catalogue_template_must_hold_the_placeholder() -> None:
     with pytest.raises(ValueError, match=r"zero_shot_templates\['fr'\] must contain \{\} exactly once"):
-        VariantSpec(name="v", path="/nowhere", zero_shot_templates={"fr": "sans"})  # type: ignore[arg-type]
+        VariantSpec(name="v", path=Path("/nowhere"), zero_shot_templates={"fr": "sans"})
 
 
 def test_too_many_pairs_names_texts_and_labels_and_is_the_too_many_pairs_kind() -> None:

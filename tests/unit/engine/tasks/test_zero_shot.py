@@ -26,7 +26,8 @@ LOGITS = np.array(
 
 def softmax(values: np.ndarray) -> np.ndarray:
     exponentials = np.exp(values - values.max(axis=-1, keepdims=True))
-    return exponentials / exponentials.sum(axis=-1, keepdims=True)
+    result: np.ndarray = exponentials / exponentials.sum(axis=-1, keepdims=True)
+    return result
 
 
 def test_single_label_is_a_softmax_of_the_entailment_logits_across_labels() -> None:
