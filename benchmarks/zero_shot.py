@@ -1,7 +1,7 @@
 """Zero-shot classification through the service against transformers' pipeline on the same checkpoint (issue #26).
 
     python -m benchmarks.zero_shot --catalogue /tmp/store/variants.toml --variant xlmr-mnli \
-        --labels 5,20 --concurrency 1,4,16 --seconds 5 --rounds 2 [--out benchmarks/results/zero-shot.json]
+        --labels 5,20 --concurrency 1,4,16 --seconds 5 --rounds 2 [--threads 1] [--out results.json]
 
 One text per request, scored against the first N of twenty English topic labels with the English default template
 ("This example is {}.", the pipeline's own), texts drawn from the project's own sample pairs (written for it, no XNLI
@@ -12,7 +12,8 @@ on 127.0.0.1) at each concurrency, closed loop; rounds interleave, so drift of t
 Concurrency of the pipeline: a pipeline object runs one call at a time (it is not safe to call from several threads
 at once, and the model's forward pass already uses the process's torch threads), so c callers sharing it queue on one
 lock: labels per second are its one-caller figure at every c (each caller waits c times as long). That figure is
-measured once per round and compared with the service at each concurrency.
+measured once per round and compared with the service at each concurrency. Both use the same number of torch
+threads (``--threads``), the only CPU resource they share the rules of.
 """
 
 from __future__ import annotations
@@ -117,11 +118,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--seconds", type=float, default=5.0, help="Per step")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads of the pipeline and of the server alike (default: the server's default, XNLI_SERVE_"
+        "TORCH_THREADS or the physical cores); on a busy machine 2 threads can slow a forward pass tenfold",
+    )
     args = parser.parse_args(argv)
 
     import torch
     from transformers import pipeline
 
+    from app.settings import Settings
+
+    threads = args.threads or Settings().torch_threads
+    torch.set_num_threads(threads)
     info = machine()
     print_machine(info)
     spec = next(spec for spec in load_catalogue(args.catalogue).variants if spec.name == args.variant)
@@ -130,7 +142,11 @@ def main(argv: list[str] | None = None) -> None:
     pool = texts()
     label_counts = [int(count) for count in args.labels.split(",")]
     levels = [int(level) for level in args.concurrency.split(",")]
-    env = {"XNLI_SERVE_VARIANTS": args.variant, "XNLI_SERVE_LOG_LEVEL": "warning"}
+    env = {
+        "XNLI_SERVE_VARIANTS": args.variant,
+        "XNLI_SERVE_LOG_LEVEL": "warning",
+        "XNLI_SERVE_TORCH_THREADS": str(threads),
+    }
     log = Path(os.environ.get("TMPDIR", "/tmp")) / "xnli-bench-zero-shot.log"
     rows: list[dict[str, Any]] = []
     with local_server(args.catalogue, log, env) as running:
@@ -180,7 +196,8 @@ def main(argv: list[str] | None = None) -> None:
                 )
     above_one = [verdict for verdict in verdicts if verdict["concurrency"] > 1]
     print(f"\nservice faster than the pipeline at every concurrency above 1: {all(v['faster'] for v in above_one)}")
-    write_json(args.out, {"machine": info, "variant": args.variant, "rows": rows, "verdicts": verdicts})
+    report = {"machine": info, "variant": args.variant, "threads": threads, "rows": rows, "verdicts": verdicts}
+    write_json(args.out, report)
 
 
 if __name__ == "__main__":
