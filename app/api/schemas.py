@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
+from app.engine.tasks.zero_shot import TEMPLATE_PATTERN  # issue #26
 from app.service.prediction import (
     DEFAULT_PRIORITY,
     LANGUAGE_MAX_CHARS,
@@ -169,15 +170,25 @@ class HealthStatus(BaseModel):
 
 
 # --- issue #26: zero-shot classification (POST /zero-shot, POST /variants/{name}/zero-shot) ------------------------
-# The body's shape only; the rules every transport shares (duplicate labels, the template's {}, texts x labels within
+# The body's shape only; the rules every transport shares (duplicate labels, texts x labels within
 # max_pairs_per_request) are app.service.zero_shot's, answered 422 / 413 like /predict's.
 
-Template = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
+Template = Annotated[
+    str,
+    Field(
+        min_length=2,
+        max_length=MAX_TEXT_CHARS,
+        pattern=TEMPLATE_PATTERN,
+        description="`{}` exactly once, where the label goes, and no other brace.",
+    ),
+]
 
 
 class _ZeroShotOptions(_PredictOptions):
     candidate_labels: list[Text] = Field(
-        min_length=1, description="The labels to score, each filled into the template as one NLI hypothesis."
+        min_length=1,
+        description="The labels to score, each filled into the template as one NLI hypothesis; no label twice.",
+        json_schema_extra={"uniqueItems": True},  # checked by app.service.zero_shot (422)
     )
     hypothesis_template: Template | dict[Annotated[str, Field(min_length=1, max_length=35)], Template] | None = Field(
         None,
@@ -192,35 +203,69 @@ class _ZeroShotOptions(_PredictOptions):
     )
 
 
-class ZeroShotBody(_ZeroShotOptions):
-    """One text (`text`) or several (`texts`), each scored against every candidate label."""
+class ZeroShotTextBody(_ZeroShotOptions):
+    """One text, scored against every candidate label."""
 
-    text: Text | None = None
-    texts: list[Text] | None = Field(None, min_length=1)
-
-    @model_validator(mode="after")
-    def _one_form(self) -> ZeroShotBody:
-        if (self.text is None) == (self.texts is None):
-            raise ValueError("give either text or texts (a list), not both and not neither")
-        return self
+    text: Text
 
     def all_texts(self) -> list[str]:
-        return self.texts if self.texts is not None else [self.text or ""]
+        return [self.text]
 
 
-class ZeroShotRequest(ZeroShotBody, _VariantChoice):
+class ZeroShotTextsBody(_ZeroShotOptions):
+    """Several texts, each scored against every candidate label, answered in order."""
+
+    texts: list[Text] = Field(min_length=1)
+
+    def all_texts(self) -> list[str]:
+        return self.texts
+
+
+class ZeroShotTextRequest(ZeroShotTextBody, _VariantChoice):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "text": "Die Mannschaft gewann das Finale in der Verlängerung.",
+                    "candidate_labels": ["sport", "technology", "politics"],
+                    "hypothesis_template": "This example is about {}.",
+                }
+            ]
+        }
+    )
+
+
+class ZeroShotTextsRequest(ZeroShotTextsBody, _VariantChoice):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
                 {
                     "texts": ["Die Mannschaft gewann das Finale in der Verlängerung.", "新的手机电池可以用两天。"],
                     "candidate_labels": ["sport", "technology", "politics"],
-                    "hypothesis_template": "This example is about {}.",
                     "multi_label": False,
                 }
             ]
         }
     )
+
+
+def _zero_shot_form(value: object) -> str:
+    """Route a body to the several-texts form when it has `texts`, else to the one-text form (clear errors for both:
+    a body with both has an extra field, one with neither lacks `text`)."""
+    return "texts" if isinstance(value, dict) and "texts" in value else "text"
+
+
+ZeroShotRequest = Annotated[
+    Annotated[ZeroShotTextRequest, Tag("text")] | Annotated[ZeroShotTextsRequest, Tag("texts")],
+    Discriminator(_zero_shot_form),
+]
+"""Body of POST /zero-shot: one text (`text`) or several (`texts`); never both."""
+
+ZeroShotBody = Annotated[
+    Annotated[ZeroShotTextBody, Tag("text")] | Annotated[ZeroShotTextsBody, Tag("texts")],
+    Discriminator(_zero_shot_form),
+]
+"""Body of POST /variants/{name}/zero-shot: as /zero-shot, without `variant` (the path names it)."""
 
 
 class ZeroShotClassification(BaseModel):

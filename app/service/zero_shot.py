@@ -77,10 +77,9 @@ class ZeroShotQuery:
             problem = text_problem(label)
             if problem is not None:
                 raise InvalidQueryError(f"candidate label {index} {problem}")
-            key = label.strip()
-            if key in seen:
-                raise InvalidQueryError(f"candidate label {index} ({label!r}) repeats label {seen[key]}")
-            seen[key] = index
+            if label in seen:  # exact equality, as the schema's uniqueItems says
+                raise InvalidQueryError(f"candidate label {index} ({label!r}) repeats label {seen[label]}")
+            seen[label] = index
         templates = (
             {"": self.hypothesis_template}
             if isinstance(self.hypothesis_template, str)

@@ -13,7 +13,14 @@ from starlette.responses import Response
 from app.api.errors import from_engine
 from app.api.inference import answer_prediction, routing_key
 from app.api.routes.predict import timeout_seconds
-from app.api.schemas import ErrorResponse, ZeroShotBody, ZeroShotRequest, ZeroShotResponse
+from app.api.schemas import (
+    ErrorResponse,
+    ZeroShotBody,
+    ZeroShotRequest,
+    ZeroShotResponse,
+    ZeroShotTextBody,
+    ZeroShotTextsBody,
+)
 from app.engine.contract import EngineResult
 from app.engine.errors import EngineError
 from app.service import zero_shot
@@ -41,7 +48,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def serve_zero_shot(request: Request, body: ZeroShotBody, variant: str | None, endpoint: str) -> Response:
+async def serve_zero_shot(
+    request: Request, body: ZeroShotTextBody | ZeroShotTextsBody, variant: str | None, endpoint: str
+) -> Response:
     service: PredictionService = request.app.state.service
     query = zero_shot.ZeroShotQuery(
         texts=body.all_texts(),
