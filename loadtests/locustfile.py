@@ -51,6 +51,11 @@ from loadtests.measurements import SAMPLE_COLUMNS
 from loadtests.pairs import load_pairs
 
 _samples: list[tuple[float, int, float, float, float, int, int, int, int]] = []
+# issue #26: candidate labels of the zero-shot shape (English topics: the default template's language).
+TOPICS = (
+    "politics", "sport", "science", "travel", "food", "music", "health", "business", "weather", "education",
+    "technology", "art", "history", "nature", "family", "law", "religion", "film", "economy", "fashion",
+)  # fmt: skip
 _schedule_start: list[float] = []  # when every user had started (blocks schedule)
 
 
@@ -97,6 +102,17 @@ def _arguments(parser: Any) -> None:
     group.add_argument("--poisson", action="store_true", help="Random (exponential) gaps between arrivals")
     group.add_argument(
         "--schedule-at", type=float, default=0.0, help="blocks schedule: epoch time its first block starts"
+    )
+    # issue #26: the zero-shot request shape
+    group.add_argument(
+        "--request-shape",
+        choices=("predict", "zero-shot"),
+        default="predict",
+        help="predict: NLI pairs to /predict; zero-shot: texts (the pairs' premises, --pairs-per-request of them) and "
+        "--zero-shot-labels candidate labels to /zero-shot",
+    )
+    group.add_argument(
+        "--zero-shot-labels", type=int, default=5, help=f"Candidate labels per zero-shot request (1-{len(TOPICS)})"
     )
     group.add_argument(
         "--request-timeout",
@@ -237,6 +253,19 @@ class XnliUser(HttpUser):
         self.next_send += units * users / rate
         return max(0.0, self.next_send - time.monotonic())
 
+    def request_shape(self, chosen: list[LabelledPair], label: str) -> tuple[str, dict[str, Any], str]:
+        """(path, body, Locust name) of one request: NLI pairs, or (issue #26) zero-shot texts x labels."""
+        options = self.environment.parsed_options
+        if options.request_shape == "zero-shot":
+            labels = list(TOPICS[: max(1, min(len(TOPICS), options.zero_shot_labels))])
+            body = {"texts": [pair.premise for pair in chosen], "candidate_labels": labels}
+            return "/zero-shot", body, f"{label} /zero-shot {len(chosen)}x{len(labels)}"
+        if self.pairs_per_request == 1:
+            single = {"premise": chosen[0].premise, "hypothesis": chosen[0].hypothesis}
+            return "/predict", single, f"{label} /predict"
+        pairs = {"inputs": [{"premise": pair.premise, "hypothesis": pair.hypothesis} for pair in chosen]}
+        return "/predict", pairs, f"{label} /predict x{self.pairs_per_request}"
+
     @task
     def predict(self) -> None:
         chosen_variant = self.next_variant()
@@ -245,19 +274,15 @@ class XnliUser(HttpUser):
             return
         variant, block = chosen_variant
         chosen = [next(self.pair_cycle) for _ in range(self.pairs_per_request)]
-        if self.pairs_per_request == 1:
-            body: dict[str, Any] = {"premise": chosen[0].premise, "hypothesis": chosen[0].hypothesis}
-        else:
-            body = {"inputs": [{"premise": pair.premise, "hypothesis": pair.hypothesis} for pair in chosen]}
         label = self.names[variant]
+        path, body, name = self.request_shape(chosen, label)
         if self.environment.parsed_options.variants.strip():
             body["variant"] = label
-        name = f"{label} /predict" if self.pairs_per_request == 1 else f"{label} /predict x{self.pairs_per_request}"
         sent = time.time()
         started = time.perf_counter()
         timeout = self.environment.parsed_options.request_timeout
         with self.client.post(
-            "/predict", json=body, name=name, headers=self.headers, catch_response=True, timeout=timeout
+            path, json=body, name=name, headers=self.headers, catch_response=True, timeout=timeout
         ) as response:
             elapsed_ms = (time.perf_counter() - started) * 1000
             status = int(response.status_code or 0)

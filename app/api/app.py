@@ -16,6 +16,7 @@ from app.api.error_shapes import Namespaces
 from app.api.errors import install_error_handlers
 from app.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.api.routes import health, open_inference, pages, predict, repository, variants
+from app.api.routes import zero_shot as zero_shot_routes  # issue #26
 from app.api.security import ApiKeyMiddleware
 from app.service.engine_handle import EngineHandle
 from app.service.prediction import PredictionService
@@ -125,5 +126,6 @@ def create_app(settings: Settings, engine: EngineHandle, api_keys: Sequence[str]
     app.include_router(health.router)
     app.include_router(open_inference.router)
     app.include_router(repository.router)
+    app.include_router(zero_shot_routes.router)  # issue #26: POST /zero-shot, /variants/{name}/zero-shot
     pages.install_pages(app, api_keys=bool(keys))
     return app

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
+from app.engine.tasks.zero_shot import TEMPLATE_PATTERN  # issue #26
 from app.service.prediction import (
     DEFAULT_PRIORITY,
     LANGUAGE_MAX_CHARS,
@@ -166,3 +167,119 @@ class VariantList(BaseModel):
 class HealthStatus(BaseModel):
     status: str
     variants: dict[str, str] | None = None
+
+
+# --- issue #26: zero-shot classification (POST /zero-shot, POST /variants/{name}/zero-shot) ------------------------
+# The body's shape only; the rules every transport shares (duplicate labels, texts x labels within
+# max_pairs_per_request) are app.service.zero_shot's, answered 422 / 413 like /predict's.
+
+Template = Annotated[
+    str,
+    Field(
+        min_length=2,
+        max_length=MAX_TEXT_CHARS,
+        pattern=TEMPLATE_PATTERN,
+        description="`{}` exactly once, where the label goes, and no other brace.",
+    ),
+]
+
+
+class _ZeroShotOptions(_PredictOptions):
+    candidate_labels: list[Text] = Field(
+        min_length=1,
+        description="The labels to score, each filled into the template as one NLI hypothesis; no label twice.",
+        json_schema_extra={"uniqueItems": True},  # checked by app.service.zero_shot (422)
+    )
+    hypothesis_template: Template | dict[Annotated[str, Field(min_length=1, max_length=35)], Template] | None = Field(
+        None,
+        description="`{}` marks where a label goes (exactly once). A string, or a template per language code (the "
+        "entry for `language` is used). Without one: the variant's catalogue template for `language`, else the "
+        "built-in default for `language`, else English's `This example is {}.` (transformers' default).",
+    )
+    multi_label: bool = Field(
+        False,
+        description="false: scores sum to 1 over the labels (softmax of their entailment logits); true: each label "
+        "scored on its own (softmax over its contradiction and entailment logits).",
+    )
+
+
+class ZeroShotTextBody(_ZeroShotOptions):
+    """One text, scored against every candidate label."""
+
+    text: Text
+
+    def all_texts(self) -> list[str]:
+        return [self.text]
+
+
+class ZeroShotTextsBody(_ZeroShotOptions):
+    """Several texts, each scored against every candidate label, answered in order."""
+
+    texts: list[Text] = Field(min_length=1)
+
+    def all_texts(self) -> list[str]:
+        return self.texts
+
+
+class ZeroShotTextRequest(ZeroShotTextBody, _VariantChoice):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "text": "Die Mannschaft gewann das Finale in der Verlängerung.",
+                    "candidate_labels": ["sport", "technology", "politics"],
+                    "hypothesis_template": "This example is about {}.",
+                }
+            ]
+        }
+    )
+
+
+class ZeroShotTextsRequest(ZeroShotTextsBody, _VariantChoice):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "texts": ["Die Mannschaft gewann das Finale in der Verlängerung.", "新的手机电池可以用两天。"],
+                    "candidate_labels": ["sport", "technology", "politics"],
+                    "multi_label": False,
+                }
+            ]
+        }
+    )
+
+
+def _zero_shot_form(value: object) -> str:
+    """Route a body to the several-texts form when it has `texts`, else to the one-text form (clear errors for both:
+    a body with both has an extra field, one with neither lacks `text`)."""
+    return "texts" if isinstance(value, dict) and "texts" in value else "text"
+
+
+ZeroShotRequest = Annotated[
+    Annotated[ZeroShotTextRequest, Tag("text")] | Annotated[ZeroShotTextsRequest, Tag("texts")],
+    Discriminator(_zero_shot_form),
+]
+"""Body of POST /zero-shot: one text (`text`) or several (`texts`); never both."""
+
+ZeroShotBody = Annotated[
+    Annotated[ZeroShotTextBody, Tag("text")] | Annotated[ZeroShotTextsBody, Tag("texts")],
+    Discriminator(_zero_shot_form),
+]
+"""Body of POST /variants/{name}/zero-shot: as /zero-shot, without `variant` (the path names it)."""
+
+
+class ZeroShotClassification(BaseModel):
+    sequence: str = Field(description="The text, as sent.")
+    labels: list[str] = Field(description="The candidate labels, best score first.")
+    scores: list[float] = Field(description="Each label's score, in the order of `labels`.")
+    truncated: bool = Field(description="True when the text was cut to fit max_seq_len in any of its pairs.")
+
+
+class ZeroShotResponse(BaseModel):
+    variant: str
+    hypothesis_template: str = Field(description="The template the labels were filled into.")
+    multi_label: bool
+    results: list[ZeroShotClassification] = Field(description="One per text, in order.")
+
+
+# --- end of issue #26 block ------------------------------------------------------------------------------------------

@@ -83,3 +83,7 @@ class EngineResult:
     probabilities: npt.NDArray[np.float32]
     truncated: list[bool]
     timings: Timings
+    # --- issue #26: the head's float32 logits, same rows and label order as ``probabilities`` -------------------
+    # Zero-shot classification softmaxes the entailment logits across a text's labels, which probabilities cannot
+    # give. The engine always sets them; None only in results built by hand (tests, fakes of the engine).
+    logits: npt.NDArray[np.float32] | None = None

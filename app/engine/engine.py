@@ -39,6 +39,7 @@ from app.engine.models.catalogue import Catalogue
 from app.engine.models.loading import DeviceWorkers, warmup_shapes
 from app.engine.models.repository import ModelRepository
 from app.engine.scheduler.requests import InferenceRequest
+from app.engine.scheduler.runner import logits_of, probabilities_of
 from app.engine.status import RepositoryEntry, RepositoryState, VariantRuntime, VariantStatus
 from app.engine.tokenization import (
     DEFAULT_MAX_TOKENIZING_CHARS,
@@ -321,7 +322,8 @@ class Engine:
         finished = time.perf_counter()
         result = EngineResult(
             variant=name,
-            probabilities=waiting.probabilities,
+            probabilities=probabilities_of(waiting.outputs),
+            logits=logits_of(waiting.outputs),  # issue #26
             truncated=encoded.truncated,
             timings=Timings(earlier + tokenized - started, queue_s, waiting.compute_s, earlier + finished - started),
         )

@@ -54,7 +54,7 @@ def catalogue(store: Path, folder: Path) -> Path:
         folder / "variants.toml",
         store,
         [
-            {"name": "fast"},
+            {"name": "fast", "zero_shot_templates": {"fr": "Il s'agit de {}."}},  # issue #26: crosses to fronts
             # 2 pairs per 50 ms and room for 8 waiting pairs: a burst overflows it (429).
             {"name": "slow", "max_batch_size": 2, "max_queue_pairs": 8, "faults": {"delay_ms": 50}},
             {"name": "sleepy", "checkpoint": "xlmr-squad-mnli", "max_batch_size": 1, "faults": {"delay_ms": 1500}},
@@ -111,6 +111,20 @@ QUERIES: list[tuple[str, dict[str, Any]]] = [
         },
     ),
     ("/v2/models/nope/infer", {"inputs": []}),
+    # issue #26: zero-shot over the channel (logits carried), the catalogue's template read by the front ends.
+    ("/zero-shot", {"texts": [PAIRS[2][0], PAIRS[4][0]], "candidate_labels": ["Tier", "Brief", "Zug"]}),
+    ("/zero-shot", {"text": PAIRS[1][0], "candidate_labels": ["art", "sport"], "language": "fr", "variant": "fast"}),
+    ("/variants/fast/zero-shot", {"text": PAIRS[6][0], "candidate_labels": ["food", "travel"], "multi_label": True}),
+    ("/zero-shot", {"texts": ["a", "b", "c"], "candidate_labels": ["x", "y", "z"]}),  # 9 pairs: 413
+    (
+        "/v2/models/fast/infer",
+        {
+            "inputs": [
+                {"name": "text", "datatype": "BYTES", "shape": [1], "data": [PAIRS[3][0]]},
+                {"name": "candidate_labels", "datatype": "BYTES", "shape": [2], "data": ["comercio", "deporte"]},
+            ]
+        },
+    ),
 ]
 
 
@@ -135,7 +149,8 @@ def test_same_answers_as_one_process(fronts: ServerProcess, single: ServerProces
     """Predictions (bit for bit: one request per batch in both), error bodies and descriptions are identical."""
     multi = answers(fronts)
     assert multi == answers(single)
-    assert {status for status, _, _ in multi} >= {200, 404, 422}
+    assert {status for status, _, _ in multi} >= {200, 404, 413, 422}
+    assert b"Il s'agit de {}." in multi[len(QUERIES) - 4][2]  # the catalogue's fr template (issue #26)
 
 
 async def _load(server: ServerProcess, requests: int, concurrency: int, variant: str, pairs: int) -> list[Any]:

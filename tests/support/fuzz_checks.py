@@ -39,12 +39,20 @@ def response_size_follows_request_size(ctx: Any, response: Any, case: Any) -> No
 
 @schemathesis.check
 def valid_data_refused_only_for_a_short_deadline(ctx: Any, response: Any, case: Any) -> None:
-    """positive_data_acceptance allows 422 (schemathesis.toml) for one reason only: deadline_too_short."""
+    """positive_data_acceptance allows 422 (schemathesis.toml) for one reason only: deadline_too_short; and 413 for
+    one only (issue #26): a zero-shot request whose texts x candidate labels exceed max_pairs_per_request, a product
+    no schema can state (each list alone is schema-valid)."""
     _ran("valid_data_refused_only_for_a_short_deadline")
     meta = case.meta
-    if meta is None or not meta.generation.mode.is_positive or response.status_code != 422:
+    if meta is None or not meta.generation.mode.is_positive or response.status_code not in (413, 422):
         return
     error = response.json().get("error")
     error_type = error.get("type") if isinstance(error, dict) else None
+    if response.status_code == 413:
+        message = error.get("message", "") if isinstance(error, dict) else ""
+        zero_shot = str(case.path).endswith("/zero-shot") and "candidate labels =" in message
+        if error_type != "too_many_pairs" or not zero_shot:
+            raise AssertionError(f"schema-valid data refused with 413 {error_type}: {response.text[:500]}")
+        return
     if error_type != "deadline_too_short":
         raise AssertionError(f"schema-valid data refused with 422 {error_type}: {response.text[:500]}")

@@ -15,7 +15,9 @@ from app.api.oip.schemas import InferenceRequestBody
 from app.service.errors import InvalidInferenceRequest
 from app.service.oip.model import ContentFields, InferenceRequest, InputTensor, RequestedOutput
 from app.service.oip.requests import MAX_TIMEOUT_US, prediction_query, read_options
+from app.service.oip.zero_shot import is_zero_shot, zero_shot_query
 from app.service.prediction import PredictionQuery
+from app.service.zero_shot import ZeroShotQuery
 
 __all__ = ["MAX_TIMEOUT_US", "InferRequest", "infer_request", "read_body"]
 
@@ -26,10 +28,11 @@ CONTENT_FIELDS = ContentFields(values="data", raw="a binary_data_size parameter"
 class InferRequest:
     """A parsed infer request: the query for the prediction service and what its answer must carry."""
 
-    query: PredictionQuery
+    query: PredictionQuery | None  # None for a zero-shot request: its pairs are built once it is routed
     id: str | None
     outputs: tuple[str, ...]
     binary_outputs: frozenset[str]
+    zero_shot: ZeroShotQuery | None = None  # issue #26: inputs text + candidate_labels (app.service.oip.zero_shot)
 
 
 def read_body(raw: bytes, header_length: str | None) -> InferenceRequest:
@@ -59,6 +62,9 @@ def infer_request(
     """Options first (cheap), then which outputs are binary, then the tensors."""
     options = read_options(request)
     binary = _binary_outputs(request, options.outputs)
+    if is_zero_shot(request):  # issue #26
+        asked = zero_shot_query(request, options, variant, max_pairs, routing_key)
+        return InferRequest(None, request.id, options.outputs, binary, asked)
     query = prediction_query(request, options, variant, max_pairs, routing_key)
     return InferRequest(query, request.id, options.outputs, binary)
 

@@ -14,13 +14,27 @@ from app.api.oip.schemas import INPUT_NAMES, LABEL_ORDER, MODEL_VERSION, ModelMe
 from app.engine.backends import get_backend
 from app.engine.contract import EngineResult
 from app.engine.tasks.nli import LABELS
+from app.service.oip.model import InferenceResponse
 from app.service.oip.responses import inference_response
 from app.service.oip.tensors import encode_bytes, encode_fp32
+from app.service.oip.zero_shot import METADATA as ZERO_SHOT_METADATA
+from app.service.oip.zero_shot import zero_shot_response
 from app.service.variants import VariantInfo
+from app.service.zero_shot import ZeroShotPlan
 
 
 def infer_response(request: InferRequest, result: EngineResult) -> bytes | RenderedBody:
-    response = inference_response(result, request.outputs, request.id)
+    return _write(request, inference_response(result, request.outputs, request.id))
+
+
+def zero_shot_infer_response(
+    request: InferRequest, planned: ZeroShotPlan, result: EngineResult
+) -> bytes | RenderedBody:
+    """issue #26: a zero-shot answer (labels, scores), written as every infer response is."""
+    return _write(request, zero_shot_response(planned, result, request.outputs, request.id))
+
+
+def _write(request: InferRequest, response: InferenceResponse) -> bytes | RenderedBody:
     tensors: list[dict[str, Any]] = []
     buffers: list[bytes] = []
     for output in response.outputs:
@@ -68,5 +82,6 @@ def model_metadata(info: VariantInfo) -> ModelMetadata:
             "device": info.device,
             "dtype": info.dtype,
             "untrained_demo": info.untrained,
+            **ZERO_SHOT_METADATA,  # issue #26: the zero-shot task the same model serves
         },
     )

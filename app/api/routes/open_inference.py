@@ -30,10 +30,10 @@ from app.api.oip.schemas import (
     ServerMetadata,
     openapi_components,
 )
-from app.engine.errors import UnknownVariantError
-from app.service import health
+from app.engine.errors import EngineError, UnknownVariantError
+from app.service import health, zero_shot
 from app.service.engine_handle import EngineHandle, ServedVariant
-from app.service.errors import InvalidInferenceRequest, TooManyPairsError, UnknownModelVersionError
+from app.service.errors import InvalidInferenceRequest, InvalidQueryError, TooManyPairsError, UnknownModelVersionError
 from app.service.oip.requests import check_version
 from app.service.variants import describe
 
@@ -120,6 +120,14 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
         parsed = parsing.infer_request(body, runtime.spec.name, max_pairs, routing_key(request))
     except (InvalidInferenceRequest, TooManyPairsError) as error:
         raise from_engine(error) from None
+    if parsed.zero_shot is not None:  # issue #26: inputs text + candidate_labels
+        try:
+            planned = zero_shot.plan(request.app.state.service, parsed.zero_shot)
+        except (EngineError, InvalidQueryError, TooManyPairsError) as error:
+            raise from_engine(error) from None
+        render = lambda result: rendering.zero_shot_infer_response(parsed, planned, result)  # noqa: E731
+        return await answer_prediction(request, planned.query, render, "v2_infer")
+    assert parsed.query is not None
     return await answer_prediction(
         request, parsed.query, lambda result: rendering.infer_response(parsed, result), "v2_infer"
     )

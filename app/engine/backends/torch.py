@@ -47,7 +47,8 @@ class TorchRunner:
         self.device = device
         self.pad_token_id = pad_token_id
         self.task = task
-        self._label_order = torch.tensor(list(label_permutation), dtype=torch.long, device=device)
+        # [probabilities | logits] columns (issue #26)
+        self._label_order = torch.tensor(task.output_order(label_permutation), dtype=torch.long, device=device)
         self._pin = device.type == "cuda"
 
     def to_device(self, array: npt.NDArray[np.int64]) -> torch.Tensor:
@@ -88,7 +89,7 @@ class TorchRunner:
     def probabilities(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The forward pass on device tensors: probabilities in the service's label order, on the device."""
         logits: torch.Tensor = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-        return self.task.scores(logits, self._label_order)
+        return self.task.scores(logits, self._label_order, torch.cat)
 
     @torch.inference_mode()
     def forward_tensors(

@@ -216,11 +216,15 @@ class BucketRunner:
     def _run_parts(self, batch: HostBatch) -> torch.Tensor:
         if len(batch.parts) == 1:
             return self._run_part(batch.parts[0])
-        probabilities = torch.empty((batch.count, 3), dtype=torch.float32, device=self.device)
+        probabilities: torch.Tensor | None = None
         for part in batch.parts:
             assert part.rows is not None
+            rows = self._run_part(part)
+            if probabilities is None:  # as wide as the runner's rows: [probabilities | logits] (issue #26)
+                probabilities = torch.empty((batch.count, rows.shape[1]), dtype=torch.float32, device=self.device)
             # Placed before the next replay can overwrite the graph's output (same stream).
-            probabilities.index_copy_(0, self.eager.to_device(part.rows), self._run_part(part))
+            probabilities.index_copy_(0, self.eager.to_device(part.rows), rows)
+        assert probabilities is not None
         return probabilities
 
     @torch.inference_mode()

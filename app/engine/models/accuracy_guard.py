@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from app.engine.scheduler.runner import BatchRunner
+from app.engine.scheduler.runner import BatchRunner, probabilities_of
 from app.engine.tokenization import PairEncoder
 from app.samples import sample_pairs
 
@@ -38,7 +38,10 @@ def probe_sequences(encoder: PairEncoder) -> list[list[int]]:
 def run_probe(runner: BatchRunner, sequences: Sequence[Sequence[int]]) -> npt.NDArray[np.float32]:
     """Probabilities for every probe sequence, in batches small enough for any device."""
     return np.concatenate(
-        [runner.forward(sequences[start : start + PROBE_BATCH]) for start in range(0, len(sequences), PROBE_BATCH)]
+        [
+            probabilities_of(runner.forward(sequences[start : start + PROBE_BATCH]))  # not the logits (issue #26)
+            for start in range(0, len(sequences), PROBE_BATCH)
+        ]
     )
 
 

@@ -18,6 +18,7 @@ from app.engine import backends
 from app.engine.scheduler.padding import padded_length
 from app.engine.tasks import Task
 from app.engine.tasks.nli import NLI
+from app.engine.tasks.zero_shot import template_problem  # issue #26
 
 VARIANT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
@@ -139,6 +140,28 @@ class VariantSpec(ServingOptions):
     intermediate_task: str = "none"
     description: str = ""
     faults: FaultSpec | None = None
+    # --- issue #26: zero-shot hypothesis templates per language code (app.engine.tasks.zero_shot) ----------------
+    zero_shot_templates: dict[str, str] = Field(
+        default_factory=dict,
+        description='Zero-shot hypothesis template per language code (e.g. fr = "Ce texte parle de {}."): '
+        "between a request's own template and the built-in default for the request's language.",
+    )
+
+    @field_validator("zero_shot_templates")
+    @classmethod
+    def _check_templates(cls, templates: dict[str, str]) -> dict[str, str]:
+        checked: dict[str, str] = {}
+        for language, template in templates.items():
+            code = language.strip().lower().replace("_", "-")
+            if not 1 <= len(code) <= 35 or not code.replace("-", "").isalnum():
+                raise ValueError(f"zero_shot_templates: {language!r} is not a language code (e.g. fr, pt-br)")
+            problem = template_problem(template)
+            if problem is not None:
+                raise ValueError(f"zero_shot_templates[{language!r}] {problem}: {template!r}")
+            checked[code] = template
+        return checked
+
+    # --- end of issue #26 block --------------------------------------------------------------------------------
 
     @property
     def task(self) -> Task:

@@ -221,7 +221,7 @@ class AdmissionControl:
         if they cannot be served in time: tokenizing took some of the time the request had. Shadow pairs are checked
         again against ``max_shadow_pairs`` and ``max_client_backlog_s`` (ShadowRefused)."""
         pending = [PendingPair(request, index, ids) for index, ids in enumerate(sequences)]
-        request.probabilities = np.empty((len(pending), len(queue.labels)), dtype=np.float32)
+        request.outputs = np.empty((len(pending), 2 * len(queue.labels)), dtype=np.float32)  # + logits (issue #26)
         with self.condition:
             if reservation is not None:
                 self._release(reservation)

@@ -23,6 +23,7 @@ from app.engine.contract import Priority
 from app.engine.errors import InferenceError
 from app.engine.scheduler.queues import VariantQueue
 from app.engine.scheduler.requests import InferenceRequest, PendingPair
+from app.engine.scheduler.runner import probabilities_of
 from app.engine.scheduler.stages import Launched
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ def answer(flight: Flight, stopped: Callable[[list[InferenceRequest], BaseExcept
     try:
         collected = [launch.collect() for launch in flight.launches]
         probabilities = np.concatenate([rows for rows, _ in collected]) if len(collected) > 1 else collected[0][0]
-        if probabilities.shape != (len(batch), len(queue.labels)):
+        if probabilities.shape != (len(batch), 2 * len(queue.labels)):  # [probabilities | logits] (issue #26)
             raise ValueError(f"the runner returned shape {probabilities.shape} for {len(batch)} pairs")
     except Exception as error:
         fail_batch(queue, len(batch), flight.requests, error)
@@ -161,7 +162,7 @@ def answer(flight: Flight, stopped: Callable[[list[InferenceRequest], BaseExcept
     try:
         for pair, row in zip(batch, probabilities, strict=True):
             request = pair.request
-            request.probabilities[pair.index] = row
+            request.outputs[pair.index] = row
             if request.last_batch != flight.batch_id:
                 request.last_batch = flight.batch_id
                 request.compute_s += elapsed
@@ -172,6 +173,6 @@ def answer(flight: Flight, stopped: Callable[[list[InferenceRequest], BaseExcept
         fail_batch(queue, len(batch), [request for request in flight.requests if request.remaining > 0], error)
         return
     try:
-        queue.record_batch(batch, elapsed, probabilities, flight.priority)
+        queue.record_batch(batch, elapsed, probabilities_of(probabilities), flight.priority)
     except Exception:  # every request is answered; only bookkeeping was lost
         log.exception("recording batch metrics failed for variant %s; the worker goes on", queue.name)

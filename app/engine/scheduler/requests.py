@@ -37,7 +37,7 @@ class InferenceRequest:
         "future",
         "language",
         "last_batch",
-        "probabilities",
+        "outputs",
         "remaining",
     )
 
@@ -47,8 +47,9 @@ class InferenceRequest:
         self._loop = loop
         self.language = language  # the `language` label its predictions are counted under
         self.future: asyncio.Future[None] = loop.create_future()
-        # One row per pair, as wide as the variant's labels: allocated when its pairs are queued (``queue.put``).
-        self.probabilities: npt.NDArray[np.float32] = _NOT_QUEUED
+        # One row per pair, the runner's [probabilities | logits] (issue #26), twice as wide as the variant's labels:
+        # allocated when its pairs are queued (``queue.put``).
+        self.outputs: npt.NDArray[np.float32] = _NOT_QUEUED
         self.remaining = size
         self.deadline = deadline
         self.enqueued_at = 0.0

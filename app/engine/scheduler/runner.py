@@ -16,12 +16,15 @@ __all__ = [
     "BatchRunner",
     "PreemptibleRunner",
     "WarmableRunner",
+    "logits_of",
+    "probabilities_of",
     "warm_up_inputs",
 ]
 
 
 class BatchRunner(Protocol):
-    """What the batcher needs from a backend: token sequences in, (n, 3) probabilities in service order out."""
+    """What the batcher needs from a backend: token sequences in, (n, 2 * labels) rows out, probabilities then logits,
+    both in service order (``Task.scores``; issue #26)."""
 
     def forward(self, sequences: Sequence[Sequence[int]]) -> npt.NDArray[np.float32]: ...
 
@@ -45,3 +48,16 @@ def warm_up_inputs(rows: int, width: int, pad_token_id: int) -> tuple[npt.NDArra
     """A full (rows, width) batch of non-pad tokens: the most work a batch of that shape can ask for."""
     filler = 0 if pad_token_id != 0 else 1
     return np.full((rows, width), filler, dtype=np.int64), np.ones((rows, width), dtype=np.int64)
+
+
+# --- issue #26: a runner's output rows carry the logits beside the probabilities -------------------------------------
+
+
+def probabilities_of(outputs: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """The probabilities of a runner's output rows ``[probabilities | logits]`` (a view: no copy on the hot path)."""
+    return outputs[:, : outputs.shape[1] // 2]
+
+
+def logits_of(outputs: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """The logits (float32, service label order) of a runner's output rows ``[probabilities | logits]`` (a view)."""
+    return outputs[:, outputs.shape[1] // 2 :]

@@ -20,6 +20,7 @@ from app.engine.errors import DeadlineExceededError, EngineError, InputTooLongEr
 from app.engine.gate import RequestGate
 from app.engine.models.catalogue import ShadowSpec
 from app.engine.scheduler.requests import InferenceRequest, ShadowRefused
+from app.engine.scheduler.runner import probabilities_of
 from app.engine.status import VariantRuntime, VariantStatus
 from app.engine.tasks.nli import LABELS
 from app.engine.tokenization import EncodedPairs, TokenizationPool
@@ -191,7 +192,7 @@ class ShadowRunner:
         except asyncio.CancelledError:
             request.abandon("disconnected")
             raise
-        job.record(request.probabilities)
+        job.record(probabilities_of(request.outputs))
         return None
 
     async def wait(self) -> None:

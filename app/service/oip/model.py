@@ -22,6 +22,9 @@ from app.engine.tasks.nli import LABELS
 MODEL_VERSION = "1"
 INPUT_NAMES = ("premise", "hypothesis")
 OUTPUT_NAMES = ("label", "probabilities")
+# issue #26: the zero-shot task on the same model (app.service.oip.zero_shot)
+ZERO_SHOT_INPUT_NAMES = ("text", "candidate_labels")
+ZERO_SHOT_OUTPUT_NAMES = ("labels", "scores")
 LABEL_ORDER = ",".join(LABELS)
 
 Parameter = bool | int | float | str

@@ -9,7 +9,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.service.errors import InvalidInferenceRequest, TooManyPairsError, UnknownModelVersionError
-from app.service.oip.model import INPUT_NAMES, MODEL_VERSION, OUTPUT_NAMES, InferenceRequest, InputTensor, Parameters
+from app.service.oip.model import (  # issue #26
+    INPUT_NAMES,
+    MODEL_VERSION,
+    OUTPUT_NAMES,
+    ZERO_SHOT_INPUT_NAMES,
+    ZERO_SHOT_OUTPUT_NAMES,
+    InferenceRequest,
+    InputTensor,
+    Parameters,
+)
 from app.service.oip.tensors import decode_bytes, flatten
 from app.service.prediction import (
     CLIENT_PRIORITIES,
@@ -103,6 +112,9 @@ def _strings(tensor: InputTensor, max_pairs: int, request: InferenceRequest) -> 
     return values
 
 
+read_strings = _strings  # issue #26: zero-shot's text and candidate_labels tensors read by the same rule
+
+
 def _as_string(value: object, name: str, index: int) -> str:
     """An element that is not a string: UTF-8 bytes (gRPC's ``bytes_contents``) decode; anything else is refused."""
     if isinstance(value, bytes):
@@ -136,12 +148,15 @@ def _pairs(request: InferenceRequest, max_pairs: int) -> list[tuple[str, str]]:
 
 def _requested_outputs(request: InferenceRequest) -> tuple[str, ...]:
     """Each output at most once: a response never grows with how often a client names an output."""
+    # issue #26: a zero-shot request (inputs text + candidate_labels) has outputs of its own
+    zero_shot = any(tensor.name in ZERO_SHOT_INPUT_NAMES for tensor in request.inputs)
+    known = ZERO_SHOT_OUTPUT_NAMES if zero_shot else OUTPUT_NAMES
     if not request.outputs:
-        return OUTPUT_NAMES
+        return known
     names = tuple(output.name for output in request.outputs)
-    unknown = [name for name in names if name not in OUTPUT_NAMES]
+    unknown = [name for name in names if name not in known]
     if unknown:
-        raise InvalidInferenceRequest(f"unknown output {unknown[0]!r}; outputs are {', '.join(OUTPUT_NAMES)}")
+        raise InvalidInferenceRequest(f"unknown output {unknown[0]!r}; outputs are {', '.join(known)}")
     if len(set(names)) != len(names):
         raise InvalidInferenceRequest(f"output named more than once in {list(names)}")
     return names

@@ -109,3 +109,22 @@ def test_grpc_vs_http_benchmark_measures_every_protocol(demo_catalogue: Path, xn
     for row in rows:
         assert row["errors"] == 0
         assert row["requests"] > 0
+
+
+def test_zero_shot_benchmark_compares_service_and_pipeline(demo_catalogue: Path, tmp_path: Path) -> None:
+    """issue #26: every step of every round measured, and both ratios per concurrency written."""
+    out = tmp_path / "zero-shot.json"
+    command = [
+        sys.executable, "-m", "benchmarks.zero_shot", "--catalogue", str(demo_catalogue), "--labels", "2,3",
+        "--concurrency", "1,2", "--seconds", "0.5", "--rounds", "1", "--threads", "1", "--out", str(out),
+    ]  # fmt: skip
+    completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=True)
+    assert "service over the pipeline (default batch_size=1)" in completed.stdout
+    report = json.loads(out.read_text(encoding="utf-8"))
+    assert report["threads"] == 1
+    assert {row["who"] for row in report["rows"]} == {
+        "pipeline batch_size=1", "pipeline batch_size=2", "pipeline batch_size=3", "service c=1", "service c=2",
+    }  # fmt: skip
+    assert all(row["texts"] > 0 and row.get("errors", 0) == 0 for row in report["rows"])
+    assert len(report["verdicts"]) == 4
+    assert all(verdict["over_default"] > 0 for verdict in report["verdicts"])

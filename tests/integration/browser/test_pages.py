@@ -233,3 +233,47 @@ def test_markup_in_a_premise_is_shown_as_text(browser: Browser, keyed_server: Se
     assert browser.foreign_requests() == []
     assert browser.blocked_by_policy() == []
     assert page_errors(browser) == []
+
+
+def zero_shot(server: ServerProcess, variant: str, body: dict[str, Any]) -> dict[str, Any]:
+    response = httpx.post(f"{server.base_url}/variants/{variant}/zero-shot", json=body, headers=AUTH, timeout=30)
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+@pytest.mark.parametrize("multi_label", [False, True], ids=["single-label", "multi-label"])
+def test_zero_shot_mode_shows_a_bar_per_label_per_variant(
+    browser: Browser, keyed_server: ServerProcess, multi_label: bool
+) -> None:
+    """issue #26: a Russian text and labels (written for this test), a template, one card per variant with a bar per
+    label in the order and with the scores that /zero-shot answers."""
+    text, labels, template = "Сборная выиграла матч в дополнительное время.", ["спорт", "политика", "погода"], "Это {}."
+    open_playground(browser, keyed_server)
+    browser.driver.find_element(By.CSS_SELECTOR, 'input[name="mode"][value="zero-shot"]').click()
+    assert browser.driver.find_element(By.ID, "zero-shot-form").is_displayed()
+    assert not browser.driver.find_element(By.ID, "single-form").is_displayed()
+    fill(browser, "zs-text", text)
+    fill(browser, "zs-labels", " , ".join(labels))
+    fill(browser, "zs-template", template)
+    if multi_label:
+        browser.driver.find_element(By.ID, "zs-multi").click()
+    browser.driver.find_element(By.ID, "zero-shot-submit").click()
+    wait_for(browser, lambda: len(find(browser, "#results .card.zero-shot")) == len(VARIANTS), "no zero-shot cards")
+
+    body = {"text": text, "candidate_labels": labels, "hypothesis_template": template, "multi_label": multi_label}
+    for card in find(browser, "#results .card.zero-shot"):
+        (expected,) = zero_shot(keyed_server, str(card.get_attribute("data-variant")), body)["results"]
+        bars = card.find_elements(By.CSS_SELECTOR, ".bar")
+        assert [bar.get_attribute("data-label") for bar in bars] == expected["labels"]
+        shown = [float(str(bar.get_attribute("aria-valuenow"))) for bar in bars]
+        assert shown == pytest.approx(expected["scores"], abs=1e-6)
+        assert card.find_element(By.CSS_SELECTOR, ".label").text == expected["labels"][0]
+        assert template in card.find_element(By.CSS_SELECTOR, ".template").text
+        assert "untrained" in card.text
+        assert float(card.find_element(By.CSS_SELECTOR, 'dd[data-header="X-Inference-Time"]').text[:-3]) >= 0
+    if not multi_label:
+        assert sum(shown) == pytest.approx(1.0, abs=1e-5)
+    assert browser.foreign_requests() == []
+    assert browser.blocked_by_policy() == []
+    assert page_errors(browser) == []

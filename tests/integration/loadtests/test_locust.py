@@ -52,6 +52,23 @@ def test_headless_locust_run_splits_stats_per_variant(
 
 
 @pytest.mark.slow  # a long end-to-end run: make test-slow
+def test_the_zero_shot_request_shape(server: ServerProcess, tmp_path: Path) -> None:
+    """issue #26: texts x labels to /zero-shot, named by both counts, with the same server-side split."""
+    prefix = tmp_path / "zero-shot"
+    command = [
+        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", server.base_url,
+        "-u", "2", "-r", "2", "-t", "3s", "--csv", str(prefix), "--only-summary", "--variants", "xlmr-mnli",
+        "--request-shape", "zero-shot", "--pairs-per-request", "2", "--zero-shot-labels", "5",
+    ]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True, timeout=120)
+    rows = stats(prefix)
+    post = rows[("POST", "xlmr-mnli /zero-shot 2x5")]
+    assert int(post["Request Count"]) > 5
+    assert int(post["Failure Count"]) == 0
+    assert int(rows[("inference", "xlmr-mnli")]["Request Count"]) == int(post["Request Count"])
+
+
+@pytest.mark.slow  # a long end-to-end run: make test-slow
 def test_xnli_payloads_and_arrival_rate(server: ServerProcess, tmp_path: Path, xnli_dir: Path) -> None:
     prefix = tmp_path / "rate"
     command = [

@@ -46,12 +46,14 @@ def test_unmappable_labels_are_refused(id2label: dict[int | str, str], expected:
 def test_scores_are_a_float32_softmax_in_service_order_on_torch_and_numpy_alike() -> None:
     logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]], dtype=torch.float16)
     order = NLI.label_order({0: "contradiction", 1: "neutral", 2: "entailment"})
-    on_torch = NLI.scores(logits, torch.tensor(order))
+    on_torch = NLI.scores(logits, torch.tensor(NLI.output_order(order)), torch.cat)
     assert on_torch.dtype == torch.float32
     expected = torch.softmax(logits.float(), dim=-1)[:, list(order)]
-    assert torch.equal(on_torch, expected)
+    assert torch.equal(on_torch[:, :3], expected)
+    assert torch.equal(on_torch[:, 3:], logits.float()[:, list(order)])  # and the logits beside them (issue #26)
     on_numpy = NLI.scores_numpy(logits.float().numpy(), np.asarray(order, dtype=np.int64))
-    np.testing.assert_allclose(on_numpy, expected.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(on_numpy[:, :3], expected.numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(on_numpy[:, 3:], logits.float().numpy()[:, list(order)])
 
 
 def test_rows_name_the_top_label_and_every_score_in_service_order() -> None:

@@ -99,6 +99,20 @@ def test_results_cross_bit_for_bit(rows: int) -> None:
     assert crossed.result.timings == result.timings
 
 
+# issue #26: the logits cross too, bit for bit, also as the engine hands them over (a strided view of its rows).
+@pytest.mark.parametrize("rows", [1, 16])
+def test_logits_cross_bit_for_bit(rows: int) -> None:
+    outputs = np.random.default_rng(rows).normal(size=(rows, 6)).astype(np.float32)
+    probabilities, logits = outputs[:, :3], outputs[:, 3:]
+    result = EngineResult("alpha", probabilities, [False] * rows, Timings(1e-4, 2, 3, 4), logits)
+    crossed = channel.decode_reply(channel.encode(channel.ResultReply(6, result)))
+    assert isinstance(crossed, channel.ResultReply)
+    assert crossed.result.logits is not None
+    assert crossed.result.logits.dtype == np.float32
+    np.testing.assert_array_equal(crossed.result.logits, logits)
+    np.testing.assert_array_equal(crossed.result.probabilities, probabilities)
+
+
 def test_engine_state_crosses() -> None:
     crossed = channel.decode_state(channel.encode(STATE))
     assert crossed == STATE

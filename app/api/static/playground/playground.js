@@ -160,17 +160,18 @@
     return list;
   }
 
-  function bar(label, value) {
+  // kind: the NLI label (its colour), or "topic" for a zero-shot candidate label (user text, never a class name).
+  function bar(label, value, kind = label) {
     const fill = el("div", { class: "fill" });
     fill.style.width = percent(value);
     return el(
       "div",
-      { class: "bar-row" },
-      el("span", { class: "bar-name", text: label }),
+      { class: `bar-row ${kind}` },
+      el("span", { class: "bar-name", dir: "auto", text: label }),
       el(
         "div",
         {
-          class: `bar ${label}`,
+          class: `bar ${kind}`,
           role: "meter",
           "aria-label": `${label} probability`,
           "aria-valuemin": 0,
@@ -214,7 +215,7 @@
   }
 
   function setBusy(busy) {
-    for (const id of ["single-submit", "batch-submit"]) byId(id).disabled = busy;
+    for (const id of ["single-submit", "batch-submit", "zero-shot-submit"]) byId(id).disabled = busy;
   }
 
   function checkedNames() {
@@ -329,16 +330,70 @@
     setStatus(failed.length ? failed[0].message : `${names.length} variant(s) answered.`, failed.length > 0);
   }
 
+  // Zero-shot mode (issue #26): POST variants/{name}/zero-shot, one bar per candidate label, best first.
+  const zeroShotPath = (name) => `variants/${encodeURIComponent(name)}/zero-shot`;
+  // Commas of several scripts separate labels: Latin, Arabic (،), CJK full-width (，) and enumeration (、).
+  const splitLabels = (text) => text.split(/[,،，、]/).map((label) => label.trim()).filter(Boolean);
+
+  function zeroShotCard(name, result) {
+    if (!result.ok) return errorCard(name, result.message);
+    const answer = result.payload.results[0];
+    return el(
+      "article",
+      { class: "card zero-shot", "data-variant": name },
+      el("h3", { text: name }),
+      untrainedBadge(name),
+      el("p", { class: "label topic", dir: "auto", "data-label": answer.labels[0], text: answer.labels[0] }),
+      el("div", { class: "bars" }, ...answer.labels.map((label, index) => bar(label, answer.scores[index], "topic"))),
+      el("p", { class: "template", dir: "auto", text: `Template: ${result.payload.hypothesis_template}` }),
+      answer.truncated ? el("p", { class: "note", text: "Truncated to the variant's max_seq_len." }) : null,
+      timingList(result),
+    );
+  }
+
+  async function submitZeroShot(event) {
+    event.preventDefault();
+    const text = byId("zs-text").value;
+    const labels = splitLabels(byId("zs-labels").value);
+    if (!text.trim() || labels.length === 0) {
+      setStatus("Enter a text and at least one candidate label.", true);
+      return;
+    }
+    const names = checkedNames();
+    if (names.length === 0) return;
+    const body = { text, candidate_labels: labels, multi_label: byId("zs-multi").checked };
+    const template = byId("zs-template").value.trim();
+    if (template) body.hypothesis_template = template;
+    setBusy(true);
+    setStatus(`Asking ${names.length} variant(s) about ${labels.length} label(s)…`);
+    const results = await Promise.all(names.map((name) => call("POST", zeroShotPath(name), body)));
+    setBusy(false);
+    const asked = el(
+      "dl",
+      { class: "pair" },
+      el("dt", { text: "Text" }),
+      el("dd", { dir: "auto", class: "user-text zs-text", text }),
+      el("dt", { text: "Candidate labels" }),
+      el("dd", { dir: "auto", class: "user-text zs-labels", text: labels.join(", ") }),
+    );
+    const cards = el("div", { class: "cards" }, ...names.map((name, index) => zeroShotCard(name, results[index])));
+    byId("results").replaceChildren(asked, cards);
+    const failed = results.filter((result) => !result.ok);
+    setStatus(failed.length ? failed[0].message : `${names.length} variant(s) answered.`, failed.length > 0);
+  }
+
   function switchMode() {
-    const batch = document.querySelector('input[name="mode"]:checked').value === "batch";
-    byId("single-form").hidden = batch;
-    byId("batch-form").hidden = !batch;
+    const mode = document.querySelector('input[name="mode"]:checked').value;
+    byId("single-form").hidden = mode !== "single";
+    byId("batch-form").hidden = mode !== "batch";
+    byId("zero-shot-form").hidden = mode !== "zero-shot";
   }
 
   document.addEventListener("DOMContentLoaded", () => {
     if (document.body.dataset.apiKeys === "on") showAuth();
     byId("single-form").addEventListener("submit", submitSingle);
     byId("batch-form").addEventListener("submit", submitBatch);
+    byId("zero-shot-form").addEventListener("submit", submitZeroShot);
     byId("api-key-apply").addEventListener("click", loadVariants);
     byId("api-key").addEventListener("keydown", (event) => {
       if (event.key === "Enter") loadVariants();

@@ -170,7 +170,7 @@ def test_preemptible_batches_on_cuda_pause_at_paced_yield_points() -> None:
 
         def forward_tensors_preemptible(self, ids: object, mask: object, yield_point: object) -> np.ndarray:
             handed.append(yield_point)
-            return np.zeros((1, 3), dtype=np.float32)
+            return np.zeros((1, 6), dtype=np.float32)  # [probabilities | logits] (issue #26)
 
     runner = BucketRunner(Eager(), "compile", [(1, 16)], "probe")  # type: ignore[arg-type]
     batch = runner.prepare([[0, 5, 2]])

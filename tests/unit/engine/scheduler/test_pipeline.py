@@ -44,7 +44,7 @@ class FakeLaunch:
         self.runner.journal.append(("collect", self.tokens[0]))
         if self.tokens[0] in self.runner.fail_in.get("collect", ()):
             raise RuntimeError("injected collect fault")
-        rows = np.zeros((len(self.tokens), 3), dtype=np.float32)
+        rows = np.zeros((len(self.tokens), 6), dtype=np.float32)  # [probabilities | logits] (issue #26)
         rows[:, 0] = self.tokens
         return rows, self.seconds
 
@@ -120,7 +120,7 @@ async def test_the_next_batch_is_launched_while_one_runs_and_answers_come_in_lau
         await asyncio.wait_for(asyncio.gather(*(request.future for request in requests)), 5)
         collects = [token for stage, token in runner.journal if stage == "collect"]
         assert collects == [1, 2, 3]
-        assert [request.probabilities[0, 0] for request in requests] == [1, 2, 3]
+        assert [request.outputs[0, 0] for request in requests] == [1, 2, 3]
     finally:
         worker.stop(5)
 
@@ -152,7 +152,7 @@ async def test_a_failing_stage_fails_only_its_batch(worker: DeviceWorker, stage:
     assert isinstance(results[1], InferenceError)
     assert f"injected {stage} fault" in str(results[1])
     assert results[2] is None
-    assert [requests[0].probabilities[0, 0], requests[2].probabilities[0, 0]] == [1, 3]
+    assert [requests[0].outputs[0, 0], requests[2].outputs[0, 0]] == [1, 3]
     assert worker.alive
 
 
@@ -173,7 +173,7 @@ async def test_stop_waits_for_the_batches_in_flight() -> None:
     await asyncio.to_thread(stopper.join, 5)
     assert not stopper.is_alive()
     await asyncio.wait_for(asyncio.gather(*(request.future for request in requests)), 5)
-    assert [request.probabilities[0, 0] for request in requests] == [1, 2]
+    assert [request.outputs[0, 0] for request in requests] == [1, 2]
 
 
 async def test_compute_time_is_the_device_time_of_the_batches_and_the_rest_is_queue_time(worker: DeviceWorker) -> None:
@@ -271,7 +271,7 @@ async def test_pipelined_and_serial_workers_give_identical_probabilities(demo_ca
                 await asyncio.wait_for(asyncio.gather(*(request.future for request in requests)), 30)
             finally:
                 worker.stop(10)
-            answers[pipeline] = [request.probabilities for request in requests]
+            answers[pipeline] = [request.outputs for request in requests]
         for serial, pipelined in zip(answers[False], answers[True], strict=True):
             np.testing.assert_array_equal(serial, pipelined)
         # The staged forward pass is the runner's own, operation for operation.
@@ -416,7 +416,7 @@ async def test_a_request_whose_event_loop_closed_takes_nothing_down(pipeline: bo
         assert results[0] is None
         assert results[2] is None
         assert isinstance(results[1], InferenceError)
-        assert [alive.probabilities[0, 0], last.probabilities[0, 0]] == [2, 5]
+        assert [alive.outputs[0, 0], last.outputs[0, 0]] == [2, 5]
         assert worker.alive
     finally:
         worker.stop(5)

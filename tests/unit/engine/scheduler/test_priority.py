@@ -238,8 +238,8 @@ async def test_a_background_batch_lets_interactive_batches_run_between_its_layer
     assert journal == [("a", 1), ("a", 3)]  # the interactive forward pass ran inside the background one
     assert interactive.done_at < background.done_at
     assert runner.yields == 4  # the nested pass did not re-enter the yield point
-    assert background.probabilities[:, 0].tolist() == [1, 2, 3]
-    assert interactive.probabilities[0, 0] == 9
+    assert background.outputs[:, 0].tolist() == [1, 2, 3]
+    assert interactive.outputs[0, 0] == 9
 
 
 def test_the_torch_runner_yields_before_every_block_of_every_encoder_layer(demo_store: Path) -> None:

@@ -43,7 +43,7 @@ class RecordingRunner:
         if self.fail:
             raise RuntimeError("injected fault")
         self.computed.extend(sequence[0] for sequence in sequences)
-        result = np.zeros((len(sequences), 3), dtype=np.float32)
+        result = np.zeros((len(sequences), 6), dtype=np.float32)  # [probabilities | logits] (issue #26)
         result[:, 0] = [sequence[0] for sequence in sequences]
         result[:, 1] = 1.0
         return result
@@ -70,7 +70,7 @@ async def test_split_request_is_answered_once_all_its_batches_ran(worker: Device
     request = submit(worker, queue, list(range(100)))
     await asyncio.wait_for(request.future, 5)
     assert journal == [("a", 32), ("a", 32), ("a", 32), ("a", 4)]
-    assert request.probabilities[:, 0].tolist() == list(range(100))
+    assert request.outputs[:, 0].tolist() == list(range(100))
     assert request.compute_s > 0
     assert request.done_at >= request.enqueued_at
 
@@ -86,7 +86,7 @@ async def test_waiting_requests_share_batches(worker: DeviceWorker) -> None:
     gate.set()
     await asyncio.wait_for(asyncio.gather(first.future, *(request.future for request in rest)), 5)
     assert journal == [("a", 1), ("a", 10)]
-    assert [request.probabilities[0, 0] for request in rest] == list(range(1, 11))
+    assert [request.outputs[0, 0] for request in rest] == list(range(1, 11))
 
 
 async def test_variants_on_one_device_are_served_round_robin(worker: DeviceWorker) -> None:
@@ -138,7 +138,7 @@ async def test_failed_forward_fails_only_its_batch(worker: DeviceWorker) -> None
         await asyncio.wait_for(failing.future, 5)
     await asyncio.wait_for(fine.future, 5)
     assert worker.alive
-    assert fine.probabilities[0, 0] == 3
+    assert fine.outputs[0, 0] == 3
 
 
 async def test_abandoned_request_is_not_computed(worker: DeviceWorker) -> None:
@@ -248,12 +248,12 @@ async def test_a_fault_after_the_forward_pass_fails_the_batch_and_keeps_the_work
     short = add_queue(worker, ShortRunner("short", []))
     fine = add_queue(worker, RecordingRunner("fine", []))
     worker.start()
-    with pytest.raises(InferenceError, match=r"returned shape \(1, 3\) for 2 pairs"):
+    with pytest.raises(InferenceError, match=r"returned shape \(1, 6\) for 2 pairs"):
         await asyncio.wait_for(submit(worker, short, [1, 2]).future, 5)
     answered = submit(worker, fine, [7])
     await asyncio.wait_for(answered.future, 5)
     assert worker.alive
-    assert answered.probabilities[0, 0] == 7
+    assert answered.outputs[0, 0] == 7
 
 
 async def test_failing_bookkeeping_keeps_the_answer_and_the_worker(
@@ -271,4 +271,4 @@ async def test_failing_bookkeeping_keeps_the_answer_and_the_worker(
     second = submit(worker, queue, [4])
     await asyncio.wait_for(second.future, 5)
     assert worker.alive
-    assert (first.probabilities[0, 0], second.probabilities[0, 0]) == (3, 4)
+    assert (first.outputs[0, 0], second.outputs[0, 0]) == (3, 4)
