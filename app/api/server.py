@@ -176,7 +176,19 @@ def server_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
     )
 
 
+def start_tracing(role: str) -> None:
+    """Tracing (issue #27) from the OTEL_* environment; a value it cannot honour stops start-up (exit code 2)."""
+    from app.tracing.setup import TracingConfigError, configure
+
+    try:
+        configure(role=role)
+    except TracingConfigError as error:
+        log.error("%s", error)
+        raise SystemExit(2) from None
+
+
 def run_server(settings: Settings, engine: Engine, api_keys: Sequence[str] | None = None) -> None:
     """``api_keys``: as the caller already read them from ``settings`` (read again when not given)."""
+    start_tracing("server")  # tracing (issue #27): before the app is built, which adds its middleware if on
     config = server_config(create_app(settings, engine, api_keys), settings)
     DrainingServer(config, engine, settings.drain_timeout_s).run()
