@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from app import __version__
@@ -163,6 +163,15 @@ def configure(environ: Mapping[str, str] | None = None, role: str = "server") ->
     return True
 
 
+def _bounded(call: Callable[[], object], wait_s: float, name: str) -> bool:
+    """Run ``call`` on a daemon thread and wait at most ``wait_s``: the SDK's own flush ignores its timeout while
+    the exporter retries an unreachable endpoint (opentelemetry-python issue 4568)."""
+    closing = threading.Thread(target=call, name=name, daemon=True)
+    closing.start()
+    closing.join(wait_s)
+    return not closing.is_alive()
+
+
 def shutdown(wait_s: float = SHUTDOWN_WAIT_S) -> None:
     """Export what is queued (for at most ``wait_s``) and turn tracing off. Safe to call when it is off."""
     global _provider
@@ -171,13 +180,11 @@ def shutdown(wait_s: float = SHUTDOWN_WAIT_S) -> None:
     from opentelemetry.trace import NoOpTracer
 
     STATE.tracer = NoOpTracer()
-    if provider is None:
-        return
-    closing = threading.Thread(target=provider.shutdown, name="tracing-shutdown", daemon=True)
-    closing.start()
-    closing.join(wait_s)
+    if provider is not None:
+        _bounded(provider.shutdown, wait_s, "tracing-shutdown")
 
 
-def force_flush(timeout_s: float = 5.0) -> bool:
-    """Export every span ended so far (tests and benchmarks)."""
-    return _provider is None or _provider.force_flush(int(timeout_s * 1000))
+def force_flush(wait_s: float = 5.0) -> bool:
+    """Export every span ended so far, waiting at most ``wait_s`` (tests and benchmarks); True once done."""
+    provider = _provider
+    return provider is None or _bounded(provider.force_flush, wait_s, "tracing-flush")

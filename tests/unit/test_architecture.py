@@ -148,6 +148,8 @@ def direct_imports_of(graph: grimp.ImportGraph, package: str, targets: tuple[str
         ("app.engine", ("app.service", "app.api", "app.multiprocess", "app.cli")),
         # Protocol-neutral services: no HTTP, no process plumbing.
         ("app.service", ("app.api", "app.multiprocess", *HTTP_PACKAGES)),
+        # Tracing (issue #27) serves every layer (transports, service, engine, processes): it imports none of them.
+        ("app.tracing", ("app.api", "app.service", "app.engine", "app.multiprocess", "app.cli", *HTTP_PACKAGES)),
     ],
 )
 def test_layers_import_only_downwards(graph: grimp.ImportGraph, package: str, forbidden: tuple[str, ...]) -> None:

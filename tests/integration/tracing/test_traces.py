@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ pytestmark = [pytest.mark.integration]
 SERVER_KIND = 2
 CLIENT_TRACE = "0af7651916cd43dd8448eb211c80319c"
 CLIENT_SPAN = "b7ad6b7169203331"
+OPENMETRICS = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
 PAIR = {"premise": "The ferry left the harbour at dawn.", "hypothesis": "A boat departed early."}
 
 
@@ -193,3 +195,30 @@ def test_a_422_is_a_server_span_and_nothing_more(server: ServerProcess, receiver
     assert server_span.span_id == span_id
     assert server_span.attributes["http.response.status_code"] == 422
     assert [span.name for span in spans] == ["POST /predict"]  # refused before the service: no engine span
+
+
+def test_openmetrics_scrapes_carry_trace_ids_as_exemplars(server: ServerProcess, receiver: OtlpReceiver) -> None:
+    response = httpx.post(f"{server.base_url}/predict", json={**PAIR, "variant": "solo"})
+    trace_id, _ = trace_of(response)
+    classic = httpx.get(f"{server.base_url}/metrics")
+    assert classic.headers["content-type"].startswith("text/plain")
+    assert "trace_id" not in classic.text  # the classic text format has no exemplars
+    scraped = httpx.get(f"{server.base_url}/metrics", headers={"accept": OPENMETRICS})
+    assert scraped.headers["content-type"].startswith("application/openmetrics-text")
+    assert scraped.text.endswith("# EOF\n")
+    exemplars = {
+        name: set(
+            re.findall(
+                rf'^{name}_bucket{{[^}}]*variant="solo"[^}}]*}} \S+ # {{trace_id="([0-9a-f]{{32}})"}}',
+                scraped.text,
+                re.M,
+            )
+        )
+        for name in ("xnli_request_duration_seconds", "xnli_queue_duration_seconds")
+    }
+    # Each bucket keeps its latest exemplar: this request's is there unless a later one fell in the same bucket.
+    assert all(exemplars.values()), exemplars
+    sampled = {span.trace_id for span in receiver.snapshot()}
+    assert exemplars["xnli_request_duration_seconds"] <= sampled
+    assert exemplars["xnli_queue_duration_seconds"] <= sampled
+    assert trace_id in sampled
