@@ -22,7 +22,8 @@ from pathlib import Path
 import zmq
 import zmq.asyncio
 from opentelemetry import context as otel_context
-from prometheus_client import REGISTRY, generate_latest
+from prometheus_client import REGISTRY
+from prometheus_client.openmetrics import exposition as openmetrics
 
 from app import tracing
 from app.engine.engine import Engine
@@ -110,7 +111,8 @@ class EngineProcess:
         reply: channel.Reply
         try:
             if method is channel.EngineCall.METRICS:
-                reply = channel.MetricsReply(call_id, generate_latest(REGISTRY))
+                # OpenMetrics (issue #27): the only exposition that keeps exemplars (queue-wait trace ids).
+                reply = channel.MetricsReply(call_id, openmetrics.generate_latest(REGISTRY))
             elif method is channel.EngineCall.REPOSITORY_INDEX:
                 reply = channel.RepositoryReply(call_id, engine.repository_index())
             elif name is None:

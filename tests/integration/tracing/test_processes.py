@@ -4,6 +4,7 @@ the ZeroMQ channel), and a server whose collector is unreachable answers every r
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import time
 from pathlib import Path
@@ -39,6 +40,11 @@ def test_a_request_is_one_trace_across_the_front_end_and_engine_processes(
             return {"POST /predict", "engine call", "engine request", "device batch", "queue wait"} <= names
 
         spans = [span for span in receiver.wait_for(complete, timeout_s=20) if span.trace_id == CLIENT_TRACE]
+        # The engine process's queue-wait exemplars reach the front end's OpenMetrics scrape.
+        scraped = httpx.get(f"{server.base_url}/metrics", headers={"accept": "application/openmetrics-text"}).text
+        assert re.search(
+            rf'^xnli_queue_duration_seconds_bucket{{[^}}]*}} \S+ # {{trace_id="{CLIENT_TRACE}"}}', scraped, re.M
+        )
     by_name = {span.name: span for span in spans}
     front, call, engine = by_name["POST /predict"], by_name["engine call"], by_name["engine request"]
     assert front.parent_span_id == CLIENT_SPAN
