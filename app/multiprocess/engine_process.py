@@ -112,7 +112,7 @@ class EngineProcess:
         try:
             if method is channel.EngineCall.METRICS:
                 # OpenMetrics (issue #27): the only exposition that keeps exemplars (queue-wait trace ids).
-                reply = channel.MetricsReply(call_id, openmetrics.generate_latest(REGISTRY))
+                reply = channel.MetricsReply(call_id, openmetrics.generate_latest(REGISTRY))  # type: ignore[no-untyped-call]
             elif method is channel.EngineCall.REPOSITORY_INDEX:
                 reply = channel.RepositoryReply(call_id, engine.repository_index())
             elif name is None:

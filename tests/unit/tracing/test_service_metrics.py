@@ -18,10 +18,10 @@ def test_engine_exemplars_survive_the_merge(tmp_path: Path) -> None:
     queue = Histogram("xnli_queue_duration_seconds", "Queue wait.", ["variant"], registry=engine, buckets=(0.1, 1.0))
     queue.labels("a").observe(0.05, {"trace_id": TRACE})
     queue.labels("a").observe(0.5)
-    exposition = openmetrics.generate_latest(engine)
+    exposition = openmetrics.generate_latest(engine)  # type: ignore[no-untyped-call]
     service = CollectorRegistry()
     service.register(ServiceMetrics(lambda: exposition, tmp_path))  # no front end has written series yet
-    scraped = openmetrics.generate_latest(service).decode()
+    scraped = openmetrics.generate_latest(service).decode()  # type: ignore[no-untyped-call]
     assert f'xnli_queue_duration_seconds_bucket{{le="0.1",variant="a"}} 1.0 # {{trace_id="{TRACE}"}} 0.05' in scraped
     assert 'xnli_queue_duration_seconds_count{variant="a"} 2.0' in scraped
     assert "trace_id" not in generate_latest(service).decode()  # the classic format has no exemplars
