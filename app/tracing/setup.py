@@ -155,7 +155,10 @@ def configure(environ: Mapping[str, str] | None = None, role: str = "server") ->
         resource=Resource.create(resource_attributes(environ, role)),
         shutdown_on_exit=False,  # ``shutdown`` does it, bounded; processes here leave with os._exit
     )
-    provider.add_span_processor(BatchSpanProcessor(exporter(environ)))
+    try:
+        provider.add_span_processor(BatchSpanProcessor(exporter(environ)))
+    except ValueError as error:  # the SDK's own checks of OTEL_BSP_* and the exporter's settings
+        raise TracingConfigError(f"OTEL_* settings: {error}") from None
     _provider = provider
     STATE.tracer = provider.get_tracer(TRACER_NAME, __version__)
     STATE.active = True

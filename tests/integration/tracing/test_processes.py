@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from app.tracing.receiver import OtlpReceiver, ReceivedSpan
-from tests.integration.tracing.conftest import traced_catalogue, traced_env
+from tests.integration.tracing.conftest import NARROW_PAIRS, traced_catalogue, traced_env
 from tests.support.helpers import running_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -54,9 +54,10 @@ def test_a_request_is_one_trace_across_the_front_end_and_engine_processes(
     assert engine.resource["xnli.process"] == "engine"
     assert by_name["device batch"].parent_span_id == engine.span_id
     assert by_name["device batch"].resource["xnli.process"] == "engine"
-    # The front end tokenized (it holds the variant's encoder once ready): its span, not the engine's.
+    # Tokenized once: by the front end when it holds the variant's encoder already, else by the engine.
     tokenization = [span for span in spans if span.name == "tokenization"]
-    assert [span.parent_span_id for span in tokenization] == [call.span_id]
+    assert len(tokenization) == 1
+    assert tokenization[0].parent_span_id in (call.span_id, engine.span_id)
 
 
 def closed_port() -> int:
@@ -71,6 +72,8 @@ def test_an_unreachable_collector_loses_spans_never_requests(demo_store: Path, t
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{closed_port()}",
         "OTEL_BSP_SCHEDULE_DELAY": "50",
         "OTEL_BSP_MAX_QUEUE_SIZE": "64",  # full at once: spans beyond it are dropped, requests go on
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "32",
+        "XNLI_SERVE_MAX_PAIRS_PER_REQUEST": str(NARROW_PAIRS),
     }
 
     async def load(base_url: str) -> list[tuple[int, float]]:

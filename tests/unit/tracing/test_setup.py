@@ -98,10 +98,13 @@ def test_the_sampler_follows_the_environment(environ: dict[str, str], descriptio
         {"OTEL_TRACES_SAMPLER": "sometimes"},
         {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "half"},
         {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "1.5"},
+        {"OTEL_BSP_MAX_QUEUE_SIZE": "8", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "16"},
     ],
-    ids=["protocol", "sampler", "ratio-text", "ratio-range"],
+    ids=["protocol", "sampler", "ratio-text", "ratio-range", "batch-over-queue"],
 )
-def test_values_the_service_cannot_honour_stop_it(environ: dict[str, str]) -> None:
+def test_values_the_service_cannot_honour_stop_it(environ: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in environ.items():  # the SDK reads OTEL_BSP_* from the process environment itself
+        monkeypatch.setenv(name, value)
     with pytest.raises(setup.TracingConfigError):
         setup.configure({**ENDPOINT, **environ})
     assert STATE.active is False
