@@ -10,6 +10,8 @@ import uuid
 from collections.abc import Callable
 
 import orjson
+from opentelemetry import context, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -17,6 +19,7 @@ from app.api import accounting
 from app.api.accounting import CLIENT_CLOSED
 from app.api.error_shapes import NATIVE, ErrorShape
 from app.logs import request_id_var
+from app.tracing import STATE, propagation
 
 __all__ = ["CLIENT_CLOSED", "BodyLimitMiddleware", "RequestContextMiddleware", "ShapeOf", "send_json_error"]
 
@@ -191,11 +194,6 @@ class TracingMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        from opentelemetry import context, trace
-        from opentelemetry.trace import SpanKind, Status, StatusCode
-
-        from app.tracing import STATE, propagation
-
         carrier = {
             name.decode("latin-1"): value.decode("latin-1")
             for name, value in scope.get("headers", ())

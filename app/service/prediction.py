@@ -27,6 +27,7 @@ from app.service.errors import ClientDisconnected as ClientDisconnected
 from app.service.errors import InvalidQueryError as InvalidQueryError
 from app.service.errors import TooManyPairsError as TooManyPairsError
 from app.service.errors import outcome_of as outcome_of
+from app.tracing.spans import request_span
 
 ClientPriority = Literal["interactive", "batch"]
 """The priority classes a client may ask for (the engine keeps ``shadow`` for itself)."""
@@ -112,8 +113,6 @@ class PredictionService:
     ) -> EngineResult:
         """``predict`` with its request span (the transport's server span, else one of its own) labelled with the
         variant, priority, pairs and outcome, and its trace id as the duration's exemplar when sampled."""
-        from app.tracing.spans import request_span
-
         with request_span(f"predict {endpoint}") as span:
             started = time.perf_counter()
             variant = metrics.UNKNOWN_VARIANT

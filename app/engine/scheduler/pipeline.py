@@ -26,6 +26,7 @@ from app.engine.scheduler.padding import padded_length
 from app.engine.scheduler.queues import VariantQueue
 from app.engine.scheduler.requests import InferenceRequest, PendingPair
 from app.engine.scheduler.stages import Launched
+from app.tracing import spans as trace_spans
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +193,6 @@ def trace_batch(flight: Flight, finished: float) -> None:
     if not traces:
         return
     try:
-        from app.tracing import spans
-
         attributes: dict[str, int | float | str] = {
             "xnli.batch.id": flight.batch_id,
             "xnli.batch.rows": len(flight.batch),
@@ -202,6 +201,6 @@ def trace_batch(flight: Flight, finished: float) -> None:
             "xnli.batch.device_s": flight.elapsed,
             "xnli.priority": flight.priority.label,
         }
-        spans.record_batch(traces, flight.launched_at, finished, attributes)
+        trace_spans.record_batch(traces, flight.launched_at, finished, attributes)
     except Exception:
         log.exception("tracing batch %d failed; its requests are answered all the same", flight.batch_id)
