@@ -9,10 +9,16 @@ its own (``app.tracing.receiver``, which decodes every span). Alternates ``--sec
 single-pair /predict requests between them (the asyncio-stream client of benchmarks.frontend), the order rotating
 each round. Prints each round's requests/s and p50/p99 per mode, the median per-round ratio of each mode to ``off``,
 and the spans received; writes JSON (--out).
+
+First, in this process and without a server, the CPU one request's tracing costs (``--micro``): the spans the HTTP
+middleware, the prediction service and the engine make for a request and one device batch, timed with tracing off
+(the guards alone), at ratio 0.01 and at 1.0 (exporting to the same receiver). On a shared machine these microseconds
+are steadier than a throughput ratio.
 """
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import statistics
 import time
@@ -75,6 +81,65 @@ def receiver_process() -> Iterator[tuple[str, Any]]:
         process.join(10)
 
 
+def micro_request() -> None:
+    """What one single-pair request does with tracing, call site by call site (app.api.middleware,
+    app.service.prediction, app.engine.engine, app.engine.scheduler.pipeline), each behind the same guard."""
+    from opentelemetry import context, trace
+    from opentelemetry.trace import SpanKind
+
+    from app.tracing import STATE, exemplar, propagation, spans
+
+    if not STATE.active:  # the middleware is not even installed; the service, engine, batch and queue guards
+        for _ in range(4):
+            if STATE.active:
+                raise AssertionError
+        return
+    server = STATE.tracer.start_span("POST", context=propagation.extract({}), kind=SpanKind.SERVER, attributes={})
+    token = context.attach(trace.set_span_in_context(server))
+    propagation.traceparent(server)
+    with spans.request_span("predict") as request:
+        request.set_attributes({"xnli.endpoint": "predict", "xnli.pairs": 1, "xnli.priority": "interactive"})
+        span = spans.start_span("engine request", {"xnli.variant": "v", "xnli.pairs": 1})
+        if span is not None:
+            now = time.perf_counter()
+            engine = spans.RequestTrace(span, {"xnli.variant": "v", "xnli.device": "cpu"})
+            spans.record(span, "admission", now, now)
+            spans.record(span, "tokenization", now, now)
+            spans.record_batch([engine], now, now, {"xnli.batch.rows": 1})
+            spans.record(span, "queue wait", now, now, links=engine.batches)
+            exemplar(span)
+            span.end()
+        request.set_attribute("xnli.outcome", "success")
+        exemplar(request)
+    context.detach(token)
+    server.end()
+
+
+def micro(endpoint: str, count: int = 5_000) -> dict[str, float]:
+    """Microseconds of tracing per request (``micro_request``), best of 3 runs of ``count``, per mode."""
+    from app.tracing import setup
+
+    costs: dict[str, float] = {}
+    for name, ratio in (("off", None), ("sampled-0.01", "0.01"), ("sampled-1.0", "1.0")):
+        if ratio is not None:
+            environ = {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+                "OTEL_TRACES_SAMPLER": "traceidratio",
+                "OTEL_TRACES_SAMPLER_ARG": ratio,
+            }
+            setup.configure(environ)
+        best = math.inf
+        for _ in range(3):
+            started = time.perf_counter()
+            for _ in range(count):
+                micro_request()
+            best = min(best, (time.perf_counter() - started) / count)
+        setup.shutdown(wait_s=5.0)
+        costs[name] = best * 1e6
+        print(f"tracing per request, in-process: {name} {costs[name]:.2f} us", flush=True)
+    return costs
+
+
 def main() -> None:
     parser = argument_parser("benchmarks.tracing", __doc__, pairs=0)
     parser.add_argument("--variant", default="xlmr-mnli")
@@ -83,6 +148,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--client-processes", type=int, default=1)
     parser.add_argument("--logs", type=Path, default=Path("/tmp/benchmark-tracing"))
+    parser.add_argument("--micro", type=int, default=5_000, help="requests of the in-process measurement (0: none)")
     args = parser.parse_args()
     info = machine()
     print_machine(info)
@@ -90,6 +156,7 @@ def main() -> None:
     rounds: list[dict[str, Any]] = []
     with ExitStack() as stack, ProcessPoolExecutor(args.client_processes) as pool:
         endpoint, received = stack.enter_context(receiver_process())
+        costs = micro(endpoint, args.micro) if args.micro else {}
         servers: dict[str, LocalServer] = {}
         for name, env in modes(endpoint).items():
             env = {"XNLI_SERVE_VARIANTS": args.variant, "XNLI_SERVE_TORCH_THREADS": "1", **env}
@@ -138,9 +205,16 @@ def main() -> None:
             f"{name:<14} {row['req_s_median']:8.1f} {row['p50_ms_median']:8.2f} {row['p99_ms_median']:8.2f} "
             f"{row['ratio_to_off_median']:10.3f} ({low:.3f}..{high:.3f})"
         )
-    print(f"spans received: {spans} in {exports} exports (sampled-1.0 and sampled-0.01 together)")
+    print(f"spans received: {spans} in {exports} exports (the in-process measurement's and both traced servers')")
     config = {key: str(value) for key, value in vars(args).items()}
-    payload = {"machine": info, "rounds": rounds, "summary": summary, "spans": spans, "config": config}
+    payload = {
+        "machine": info,
+        "micro_us": costs,
+        "rounds": rounds,
+        "summary": summary,
+        "spans": spans,
+        "config": config,
+    }
     write_json(args.out, payload)
 
 

@@ -47,7 +47,10 @@ def start_span(
     links: Sequence[Link] = (),
 ) -> Span | None:
     """A live span in ``parent`` (the current context by default), or None when it is not sampled (then nothing
-    more is recorded for it)."""
+    more is recorded for it). A parent that is not sampled settles it at once: no span object is made."""
+    outer = trace.get_current_span(parent).get_span_context()
+    if outer.is_valid and not outer.trace_flags.sampled:
+        return None
     span = STATE.tracer.start_span(name, context=parent, kind=kind, attributes=attributes, links=links)
     if span.is_recording():
         return span
@@ -100,9 +103,10 @@ def end(span: Span, error: str | None = None, at: float | None = None) -> None:
 @contextmanager
 def request_span(name: str, kind: SpanKind = SpanKind.SERVER) -> Iterator[Span]:
     """The span a request's attributes go on: the transport's server span when one is current (HTTP, and gRPC once
-    it opens one), else a span of its own, current while the request runs."""
+    it opens one; attributes on an unsampled one cost nothing), else a span of its own, current while the request
+    runs."""
     current = trace.get_current_span()
-    if current.is_recording():
+    if current.get_span_context().is_valid:
         yield current
         return
     span = STATE.tracer.start_span(name, kind=kind)
