@@ -29,13 +29,17 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from opentelemetry import context, trace
+from opentelemetry.trace import SpanKind
 
 from app.local_server import LocalServer, local_server
+from app.tracing import STATE, exemplar, propagation, spans
 from benchmarks.common import argument_parser, machine, print_machine, write_json
 from benchmarks.frontend import Share, closed_loop
 
 PAIR = {"premise": "The ferry left the harbour at dawn.", "hypothesis": "A boat departed early in the morning."}
 BASELINE = "off"
+MODES = ("off", "off-twin", "sampled-1.0", "sampled-0.01")
 
 
 def modes(endpoint: str) -> dict[str, dict[str, str]]:
@@ -84,11 +88,6 @@ def receiver_process() -> Iterator[tuple[str, Any]]:
 def micro_request() -> None:
     """What one single-pair request does with tracing, call site by call site (app.api.middleware,
     app.service.prediction, app.engine.engine, app.engine.scheduler.pipeline), each behind the same guard."""
-    from opentelemetry import context, trace
-    from opentelemetry.trace import SpanKind
-
-    from app.tracing import STATE, exemplar, propagation, spans
-
     if not STATE.active:  # the middleware is not even installed; the service, engine, batch and queue guards
         for _ in range(4):
             if STATE.active:
@@ -143,6 +142,7 @@ def micro(endpoint: str, count: int = 5_000) -> dict[str, float]:
 def main() -> None:
     parser = argument_parser("benchmarks.tracing", __doc__, pairs=0)
     parser.add_argument("--variant", default="xlmr-mnli")
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated, among " + ", ".join(MODES))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--concurrency", type=int, default=16)
@@ -159,6 +159,8 @@ def main() -> None:
         costs = micro(endpoint, args.micro) if args.micro else {}
         servers: dict[str, LocalServer] = {}
         for name, env in modes(endpoint).items():
+            if name not in args.modes.split(","):
+                continue
             env = {"XNLI_SERVE_VARIANTS": args.variant, "XNLI_SERVE_TORCH_THREADS": "1", **env}
             servers[name] = stack.enter_context(local_server(args.catalogue, args.logs / f"{name}.log", env))
         names = list(servers)
@@ -187,7 +189,7 @@ def main() -> None:
                 flush=True,
             )
         time.sleep(1.0)  # the traced servers' last batch of spans leaves (OTEL_BSP_SCHEDULE_DELAY is 5 s: most)
-        spans, exports = received()
+        received_spans, exports = received()
     summary: dict[str, Any] = {}
     for name in names:
         ratios = [row[name]["ratio"] for row in rounds]
@@ -205,14 +207,16 @@ def main() -> None:
             f"{name:<14} {row['req_s_median']:8.1f} {row['p50_ms_median']:8.2f} {row['p99_ms_median']:8.2f} "
             f"{row['ratio_to_off_median']:10.3f} ({low:.3f}..{high:.3f})"
         )
-    print(f"spans received: {spans} in {exports} exports (the in-process measurement's and both traced servers')")
+    print(
+        f"spans received: {received_spans} in {exports} exports (the in-process measurement's and the traced servers')"
+    )
     config = {key: str(value) for key, value in vars(args).items()}
     payload = {
         "machine": info,
         "micro_us": costs,
         "rounds": rounds,
         "summary": summary,
-        "spans": spans,
+        "spans": received_spans,
         "config": config,
     }
     write_json(args.out, payload)
