@@ -106,10 +106,27 @@ def request_span(name: str, kind: SpanKind = SpanKind.SERVER) -> Iterator[Span]:
     it opens one; attributes on an unsampled one cost nothing), else a span of its own, current while the request
     runs."""
     current = trace.get_current_span()
-    if current.get_span_context().is_valid:
+    found = current.get_span_context()
+    if found.is_valid and not found.is_remote:  # a remote one is only the caller's context: this span is its child
         yield current
         return
     span = STATE.tracer.start_span(name, kind=kind)
+    token = otel_context.attach(trace.set_span_in_context(span))
+    try:
+        yield span
+    finally:
+        otel_context.detach(token)
+        span.end()
+
+
+@contextmanager
+def server_span(name: str, carrier: Mapping[str, str], attributes: Attributes | None = None) -> Iterator[Span]:
+    """For a transport (gRPC): the server span of one call, in the caller's W3C context read from ``carrier`` (its
+    metadata), current while the call runs; ``propagation.traceparent(span)`` is what to send back. Check
+    ``STATE.active`` first: with tracing off, do nothing at all."""
+    from app.tracing.propagation import extract
+
+    span = STATE.tracer.start_span(name, context=extract(carrier), kind=SpanKind.SERVER, attributes=attributes)
     token = otel_context.attach(trace.set_span_in_context(span))
     try:
         yield span
