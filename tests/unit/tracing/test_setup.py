@@ -119,6 +119,7 @@ def test_the_resource_names_the_service_and_the_process() -> None:
     assert (named["service.name"], named["deployment.environment"], named["team"]) == ("nli", "prod", "a b")
 
 
+@pytest.mark.sockets  # its span is exported (to nowhere) at shutdown
 def test_an_endpoint_turns_tracing_on_once() -> None:
     assert setup.configure(ENDPOINT, role="server") is True
     assert STATE.active is True
