@@ -279,7 +279,7 @@ class EngineClient:
                 request.spent_s + time.perf_counter() - arrived,
                 encoded,
                 request.request_id,
-                request.trace_context if span is None else propagation.inject(span),
+                self._trace_context(request, span) if tracing.STATE.active else request.trace_context,
             )
             message = channel.SubmitMessage(self.channel.next_call_id(), forwarded)
             reply = await self.channel.request(message, name, timeout + ANSWER_GRACE_S)
@@ -295,6 +295,14 @@ class EngineClient:
             gate.leave()
             if span is not None:
                 span.end()
+
+    @staticmethod
+    def _trace_context(request: EngineRequest, span: Span | None) -> dict[str, str] | None:
+        """Tracing (issue #27): the context the engine process continues: this call's span, or the unsampled
+        request's own (so the engine does not sample it again as a new trace)."""
+        from opentelemetry.trace import get_current_span
+
+        return propagation.inject(span if span is not None else get_current_span()) or request.trace_context
 
     @staticmethod
     def _trace(request: EngineRequest) -> Span | None:

@@ -23,7 +23,7 @@ import zmq
 import zmq.asyncio
 from opentelemetry import context as otel_context
 from prometheus_client import REGISTRY
-from prometheus_client.openmetrics import exposition as openmetrics
+from prometheus_client.openmetrics.exposition import generate_latest  # issue #27: OpenMetrics keeps exemplars
 
 from app import tracing
 from app.engine.engine import Engine
@@ -112,7 +112,7 @@ class EngineProcess:
         try:
             if method is channel.EngineCall.METRICS:
                 # OpenMetrics (issue #27): the only exposition that keeps exemplars (queue-wait trace ids).
-                reply = channel.MetricsReply(call_id, openmetrics.generate_latest(REGISTRY))  # type: ignore[no-untyped-call]
+                reply = channel.MetricsReply(call_id, generate_latest(REGISTRY))  # type: ignore[no-untyped-call]
             elif method is channel.EngineCall.REPOSITORY_INDEX:
                 reply = channel.RepositoryReply(call_id, engine.repository_index())
             elif name is None:
