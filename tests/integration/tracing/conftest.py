@@ -37,14 +37,14 @@ fraction = 1.0
 
 
 def traced_catalogue(folder: Path, store: Path) -> Path:
-    """``solo``: batches wait 150 ms to fill, so concurrent requests share one; ``shadowed``, its pairs run again
+    """``solo``: batches wait 400 ms to fill, so concurrent requests share one; ``shadowed``, its pairs run again
     on ``candidate``; ``narrow``: a full request's pairs wait 600 ms there, and fill its queue, so a second request
     meanwhile gets a 429."""
     catalogue = write_catalogue(
         folder / "variants.toml",
         store,
         [
-            {"name": "solo", "checkpoint": "xlmr-mnli", "max_wait_ms": 150.0},
+            {"name": "solo", "checkpoint": "xlmr-mnli", "max_wait_ms": 400.0},
             {"name": "shadowed", "checkpoint": "xlmr-mnli"},
             {"name": "candidate", "checkpoint": "xlmr-squad-mnli"},
             {"name": "narrow", "checkpoint": "xlmr-mnli", "max_queue_pairs": NARROW_PAIRS, "max_wait_ms": 600.0},

@@ -126,7 +126,7 @@ def test_one_batch_serving_several_requests_is_linked_from_each(server: ServerPr
     spans = [span for trace_id in traces for span in spans_of(receiver, trace_id, "queue wait", "engine request")]
     engines = {span.trace_id: span for span in spans if span.name == "engine request"}
     batches = [span for span in receiver.snapshot() if span.name == "device batch" and span.trace_id in traces]
-    assert len(batches) == 1, "the three requests waited 150 ms for each other: one batch"
+    assert len(batches) == 1, "the three requests waited 400 ms for each other: one batch"
     batch = batches[0]
     assert (batch.attributes["xnli.batch.rows"], batch.attributes["xnli.batch.requests"]) == (3, 3)
     parent = next(engine for engine in engines.values() if engine.span_id == batch.parent_span_id)
@@ -171,8 +171,10 @@ def test_a_429_shows_the_refused_admission(server: ServerProcess, receiver: Otlp
             await asyncio.sleep(0.2)  # its pairs fill the queue, and wait 600 ms for more
             return [await http.post("/predict", json={**PAIR, "variant": "narrow"}), await first]
 
-    refused, answered = asyncio.run(send())
-    assert (refused.status_code, answered.status_code) == (429, 200)
+    answers = asyncio.run(send())
+    # Whichever was admitted first holds the queue (the full one, nearly always): the other is refused.
+    assert sorted(response.status_code for response in answers) == [200, 429]
+    refused = next(response for response in answers if response.status_code == 429)
     trace_id, _ = trace_of(refused)
     spans = spans_of(receiver, trace_id, "POST /predict", "engine request", "admission")
     server_span = one(spans, "POST /predict")
