@@ -136,6 +136,14 @@ def resource_attributes(environ: Mapping[str, str], role: str) -> dict[str, str]
     return attributes
 
 
+def check(environ: Mapping[str, str]) -> None:
+    """Raise TracingConfigError for a value ``configure`` would refuse (a supervisor checks before its children
+    start); the SDK's own OTEL_BSP_* checks happen in ``configure``."""
+    if endpoint(environ) is not None:
+        protocol(environ)
+        sampler(environ)
+
+
 def configure(environ: Mapping[str, str] | None = None, role: str = "server") -> bool:
     """Start exporting traces if the environment names an endpoint; True when tracing is on. Idempotent: a process
     has one tracer provider (``shutdown`` ends it)."""

@@ -128,3 +128,20 @@ def test_an_endpoint_turns_tracing_on_once() -> None:
     assert STATE.tracer is tracer  # one provider per process
     with tracer.start_as_current_span("probe") as span:
         assert span.is_recording()
+
+
+def test_check_refuses_what_configure_would_and_turns_nothing_on() -> None:
+    setup.check({})  # off: nothing to check
+    setup.check({**ENDPOINT, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"})
+    with pytest.raises(setup.TracingConfigError):
+        setup.check({**ENDPOINT, "OTEL_EXPORTER_OTLP_PROTOCOL": "carrier-pigeon"})
+    assert STATE.active is False
+
+
+def test_a_supervisor_stops_before_its_children_on_a_bad_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.multiprocess.supervisor import run_supervisor
+    from app.settings import Settings
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector.invalid:4318")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "sometimes")
+    assert run_supervisor(Settings(), {}) == 2
