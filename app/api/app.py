@@ -11,10 +11,10 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from app import __version__
+from app import __version__, tracing
 from app.api.error_shapes import Namespaces
 from app.api.errors import install_error_handlers
-from app.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from app.api.middleware import BodyLimitMiddleware, RequestContextMiddleware, TracingMiddleware
 from app.api.routes import health, open_inference, pages, predict, repository, variants
 from app.api.routes import zero_shot as zero_shot_routes  # issue #26
 from app.api.security import ApiKeyMiddleware
@@ -73,6 +73,10 @@ def create_app(settings: Settings, engine: EngineHandle, api_keys: Sequence[str]
         finally:
             await loading
             await asyncio.to_thread(engine.close)
+            if tracing.STATE.active:  # tracing (issue #27): what is queued leaves, within a bounded wait
+                from app.tracing.setup import shutdown
+
+                await asyncio.to_thread(shutdown)
 
     app = FastAPI(
         title="xnli-serve",
@@ -110,7 +114,14 @@ def create_app(settings: Settings, engine: EngineHandle, api_keys: Sequence[str]
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "X-Request-Id", "X-Routing-Key"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "X-Request-Id",
+                "X-Routing-Key",
+                "traceparent",
+                "tracestate",
+            ],
             expose_headers=[
                 "X-Queue-Time",
                 "X-Inference-Time",
@@ -118,9 +129,12 @@ def create_app(settings: Settings, engine: EngineHandle, api_keys: Sequence[str]
                 "X-Total-Time",
                 "X-Request-Id",
                 "X-Variant",
+                "traceparent",  # tracing (issue #27)
             ],
         )
     app.add_middleware(RequestContextMiddleware, shape_of=error_shape)
+    if tracing.STATE.active:  # tracing (issue #27): outermost, so its span sees every answer
+        app.add_middleware(TracingMiddleware)
     app.include_router(predict.router)
     app.include_router(variants.router)
     app.include_router(health.router)

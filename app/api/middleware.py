@@ -10,6 +10,8 @@ import uuid
 from collections.abc import Callable
 
 import orjson
+from opentelemetry import context, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -17,6 +19,7 @@ from app.api import accounting
 from app.api.accounting import CLIENT_CLOSED
 from app.api.error_shapes import NATIVE, ErrorShape
 from app.logs import request_id_var
+from app.tracing import STATE, propagation
 
 __all__ = ["CLIENT_CLOSED", "BodyLimitMiddleware", "RequestContextMiddleware", "ShapeOf", "send_json_error"]
 
@@ -171,3 +174,65 @@ class BodyLimitMiddleware:
                 await send(message)
 
         await self.app(scope, counting_receive, guarded_send)
+
+
+# -- Tracing (issue #27) -------------------------------------------------------------------------------------------
+# Added by create_app only while tracing is on (app.tracing), outermost, so its span covers every other middleware's
+# answer (401, 413, 500) and the status the client really got.
+
+_TRACE_HEADERS = (b"traceparent", b"tracestate")
+
+
+class TracingMiddleware:
+    """A server span per HTTP request, in the caller's W3C trace context (``traceparent``/``tracestate``) when it
+    sent one; the response carries ``traceparent`` naming that span, beside ``X-Request-Id``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        carrier = {
+            name.decode("latin-1"): value.decode("latin-1")
+            for name, value in scope.get("headers", ())
+            if name in _TRACE_HEADERS
+        }
+        method = scope.get("method", "GET")
+        span = STATE.tracer.start_span(
+            method,
+            context=propagation.extract(carrier),
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": method, "url.path": scope.get("path", "")},
+        )
+        token = context.attach(trace.set_span_in_context(span))
+        header = propagation.traceparent(span)
+        status = 500
+
+        async def send_traced(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                for name, value in headers:
+                    if name == b"x-request-id":
+                        span.set_attribute("xnli.request_id", value.decode("latin-1"))
+                if header is not None:
+                    headers.append((b"traceparent", header.encode()))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_traced)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None)
+            if template is not None:
+                span.update_name(f"{method} {template}")
+                span.set_attribute("http.route", template)
+            span.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                span.set_status(Status(StatusCode.ERROR))
+            context.detach(token)
+            span.end()

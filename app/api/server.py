@@ -201,8 +201,20 @@ def server_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
     )
 
 
+def start_tracing(role: str) -> None:
+    """Tracing (issue #27) from the OTEL_* environment; a value it cannot honour stops start-up (exit code 2)."""
+    from app.tracing.setup import TracingConfigError, configure
+
+    try:
+        configure(role=role)
+    except TracingConfigError as error:
+        log.error("%s", error)
+        raise SystemExit(2) from None
+
+
 def run_server(settings: Settings, engine: Engine, api_keys: Sequence[str] | None = None) -> None:
     """``api_keys``: as the caller already read them from ``settings`` (read again when not given)."""
+    start_tracing("server")  # tracing (issue #27): before the app is built, which adds its middleware if on
     keys = list(api_keys) if api_keys is not None else settings.load_api_keys()
     app = create_app(settings, engine, keys)
     config = server_config(app, settings)

@@ -63,6 +63,9 @@ class EngineRequest:
     spent_s: float = 0.0
     encoded: EncodedInputs | None = None
     request_id: str | None = None
+    # Tracing (issue #27): the caller's W3C trace context (``traceparent``, ``tracestate``) when it is traced, so the
+    # engine process's spans join the front end's trace.
+    trace_context: dict[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from app import metrics
+from app import metrics, tracing
 from app.engine.contract import EngineRequest, EngineResult, Priority, Timings
 from app.engine.errors import DeadlineExceededError, EngineError, VariantNotReadyError
 from app.engine.gate import RequestGate
@@ -50,6 +50,7 @@ from app.engine.tokenization import (
 )
 from app.engine.traffic.shadows import ShadowJob, ShadowRunner
 from app.engine.traffic.split import TrafficRouter
+from app.tracing import spans as trace_spans
 
 __all__ = [
     "INLINE_TOKENIZATION_CHARS",
@@ -257,26 +258,67 @@ class Engine:
         runtime.active += 1
         metrics.INFLIGHT_REQUESTS.inc()
         metrics.PRIORITY_REQUESTS.labels(name, request.priority.label).inc()
+        # Tracing (issue #27): the request's span in the engine, None unless tracing is on and the request sampled.
+        trace = self._trace(runtime, request) if tracing.STATE.active else None
         try:
-            result, used = await self._run(runtime, request, language)
+            result, used = await self._run(runtime, request, language, trace)
             if self.shadows.shadowed(name):
-                self.shadows.start(name, request.pairs, result, request.truncate, language, used)
+                primary = None if trace is None else trace.context
+                self.shadows.start(name, request.pairs, result, request.truncate, language, used, primary)
             return result
         except EngineError as error:
             metrics.REQUEST_FAILURES.labels(name, error.reason).inc()
+            if trace is not None:
+                trace.span.set_attribute("error.type", error.reason)
+                trace_spans.end(trace.span, error.reason)
+                trace = None
             raise
         except asyncio.CancelledError:
             metrics.REQUEST_FAILURES.labels(name, "disconnected").inc()
+            if trace is not None:
+                trace.span.set_attribute("error.type", "disconnected")
             raise
         finally:
+            if trace is not None:
+                trace.span.end()
             runtime.active -= 1
             if runtime.active == 0 and runtime.drained is not None:
                 runtime.drained.set()
             metrics.INFLIGHT_REQUESTS.dec()
             gate.leave()
 
+    @staticmethod
+    def _trace(runtime: VariantRuntime, request: EngineRequest) -> trace_spans.RequestTrace | None:
+        """Tracing (issue #27): the engine's span of a request, in the caller's context (the transport's span, or the
+        front end's in the engine process); None when it is not sampled."""
+        spec = runtime.spec
+        span = trace_spans.start_span(
+            "engine request",
+            {
+                "xnli.variant": spec.name,
+                "xnli.priority": request.priority.label,
+                "xnli.pairs": len(request.pairs),
+                "xnli.language": request.language or "",
+                "xnli.request_id": request.request_id or "",
+            },
+        )
+        if span is None:
+            return None
+        device = runtime.worker.device if runtime.worker is not None else spec.device
+        batch = {
+            "xnli.variant": spec.name,
+            "xnli.backend": spec.backend,
+            "xnli.device": device,
+            "xnli.graph": spec.graph,
+        }
+        return trace_spans.RequestTrace(span, batch)
+
     async def _run(
-        self, runtime: VariantRuntime, request: EngineRequest, language: str
+        self,
+        runtime: VariantRuntime,
+        request: EngineRequest,
+        language: str,
+        trace: trace_spans.RequestTrace | None = None,
     ) -> tuple[EngineResult, tuple[EncodedPairs, str]]:
         """The answer, and the encoding its pairs ran with and its encoder's fingerprint (for the shadows)."""
         name = runtime.spec.name
@@ -293,7 +335,16 @@ class Engine:
         # is the client's error, whatever a front end spent); the answer is due ``spent_s`` earlier.
         deadline = started + timeout - request.spent_s
         earlier = 0.0  # tokenization done before this call, by the front end
-        with runtime.admit(len(pairs), started + timeout, request.priority) as admission:
+        try:
+            admitting = runtime.admit(len(pairs), started + timeout, request.priority)
+        except EngineError as refused:
+            if trace is not None:  # tracing (issue #27): the refusal is the admission span's
+                trace_spans.record(trace.span, "admission", started, time.perf_counter(), error=refused.reason)
+            raise
+        with admitting as admission:
+            if trace is not None:
+                admitted = time.perf_counter()
+                trace_spans.record(trace.span, "admission", started, admitted)
             given = request.encoded
             if given is not None and given.fingerprint == encoder.fingerprint:
                 encoded = checked_encoding(EncodedPairs(given.ids, given.truncated), len(pairs), encoder.max_seq_len)
@@ -304,13 +355,25 @@ class Engine:
                 encoded = await self.tokenization.encode(encoder, pairs, request.truncate)
                 tokenized = time.perf_counter()
                 metrics.TOKENIZATION_DURATION.labels(name).observe(tokenized - started)
+                if trace is not None:
+                    trace_spans.record(trace.span, "tokenization", admitted, tokenized, {"xnli.pairs": len(pairs)})
             waiting = InferenceRequest(len(encoded.ids), loop, deadline, language)
+            waiting.trace = trace
             admission.submit(waiting, encoded.ids)
         try:
             async with asyncio.timeout_at(loop.time() + max(0.0, deadline - time.perf_counter())):
                 await waiting.future
         except TimeoutError:
             waiting.abandon("deadline")  # the batcher drops its pairs that have not run yet
+            if trace is not None:
+                trace_spans.record(
+                    trace.span,
+                    "queue wait",
+                    waiting.enqueued_at,
+                    time.perf_counter(),
+                    links=trace.batches,
+                    error="deadline",
+                )
             raise DeadlineExceededError(
                 f"no answer within the {timeout:.3f}s deadline; the request's remaining pairs were dropped"
             ) from None
@@ -318,7 +381,18 @@ class Engine:
             waiting.abandon("disconnected")
             raise
         queue_s = max(0.0, waiting.done_at - waiting.enqueued_at - waiting.compute_s)
-        metrics.QUEUE_DURATION.labels(name).observe(queue_s)
+        if trace is None:
+            metrics.QUEUE_DURATION.labels(name).observe(queue_s)
+        else:  # tracing (issue #27): until the last batch carrying its pairs began; the trace id as exemplar
+            trace_spans.record(
+                trace.span,
+                "queue wait",
+                waiting.enqueued_at,
+                trace.batch_started or waiting.done_at,
+                {"xnli.queue_s": queue_s, "xnli.compute_s": waiting.compute_s, "xnli.batches": len(trace.batches)},
+                links=trace.batches,
+            )
+            metrics.QUEUE_DURATION.labels(name).observe(queue_s, tracing.exemplar(trace.span))
         finished = time.perf_counter()
         result = EngineResult(
             variant=name,

@@ -17,11 +17,11 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from app import metrics
+from app import metrics, tracing
 from app.engine.contract import EncodedInputs, EngineRequest, EngineResult
 from app.engine.errors import EngineError, VariantNotReadyError
 from app.engine.gate import RequestGate
@@ -32,6 +32,11 @@ from app.engine.traffic.split import TrafficRouter
 from app.multiprocess import channel
 from app.multiprocess.channel_client import EngineChannel
 from app.multiprocess.front_encoders import FrontEncoders
+from app.tracing import propagation
+from app.tracing import spans as trace_spans
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +249,8 @@ class EngineClient:
             metrics.REQUEST_FAILURES.labels(name, refused.reason).inc()
             raise
         timeout = gate.timeout(request.timeout_s)
+        # Tracing (issue #27): this front end's span of the call; its context crosses the channel in the request.
+        span = self._trace(request) if tracing.STATE.active else None
         gate.enter()
         try:
             encoder = self.encoders.get(name)
@@ -253,8 +260,14 @@ class EngineClient:
                     pairs = await self.tokenization.encode(encoder, request.pairs, request.truncate)
                 except EngineError as refused:  # too long, or this front end's tokenizer backlog is full
                     metrics.REQUEST_FAILURES.labels(name, refused.reason).inc()
+                    if span is not None:
+                        trace_spans.record(span, "tokenization", arrived, time.perf_counter(), error=refused.reason)
                     raise
                 encoded = EncodedInputs(pairs.ids, pairs.truncated, encoder.fingerprint)
+                if span is not None:
+                    trace_spans.record(
+                        span, "tokenization", arrived, time.perf_counter(), {"xnli.pairs": len(pairs.ids)}
+                    )
             # Encoded: the time spent so far is tokenization (with the wait for a tokenizer thread).
             forwarded = EngineRequest(
                 request.pairs,
@@ -266,13 +279,38 @@ class EngineClient:
                 request.spent_s + time.perf_counter() - arrived,
                 encoded,
                 request.request_id,
+                self._trace_context(request, span) if tracing.STATE.active else request.trace_context,
             )
             message = channel.SubmitMessage(self.channel.next_call_id(), forwarded)
             reply = await self.channel.request(message, name, timeout + ANSWER_GRACE_S)
             assert isinstance(reply, channel.ResultReply)
             return reply.result
+        except EngineError as error:
+            if span is not None:
+                span.set_attribute("error.type", error.reason)
+                trace_spans.end(span, error.reason)
+                span = None
+            raise
         finally:
             gate.leave()
+            if span is not None:
+                span.end()
+
+    @staticmethod
+    def _trace_context(request: EngineRequest, span: Span | None) -> dict[str, str] | None:
+        """Tracing (issue #27): the context the engine process continues: this call's span, or the unsampled
+        request's own (so the engine does not sample it again as a new trace)."""
+        from opentelemetry.trace import get_current_span
+
+        return propagation.inject(span if span is not None else get_current_span()) or request.trace_context
+
+    @staticmethod
+    def _trace(request: EngineRequest) -> Span | None:
+        """Tracing (issue #27): the span of a call to the engine process, a child of the request's span here."""
+        from opentelemetry.trace import SpanKind
+
+        attributes: dict[str, int | str] = {"xnli.variant": request.variant, "xnli.pairs": len(request.pairs)}
+        return trace_spans.start_span("engine call", attributes, kind=SpanKind.CLIENT)
 
 
 def wire_key(spec_json: dict[str, Any]) -> bytes:

@@ -21,14 +21,18 @@ from pathlib import Path
 
 import zmq
 import zmq.asyncio
-from prometheus_client import REGISTRY, generate_latest
+from opentelemetry import context as otel_context
+from prometheus_client import REGISTRY
+from prometheus_client.openmetrics.exposition import generate_latest  # issue #27: OpenMetrics keeps exemplars
 
+from app import tracing
 from app.engine.engine import Engine
 from app.engine.errors import EngineError
 from app.logs import request_id_var
 from app.multiprocess import channel
 from app.multiprocess.supervisor import exit_now
 from app.settings import Settings
+from app.tracing import propagation
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +90,9 @@ class EngineProcess:
         call_id, request = message.call_id, message.request
         if request.request_id is not None:
             request_id_var.set(request.request_id)  # this task's own context: its log lines carry the HTTP request's id
+        if request.trace_context is not None and tracing.STATE.active:
+            # Tracing (issue #27): the front end's span is the parent of this task's spans: one trace across processes.
+            otel_context.attach(propagation.extract(request.trace_context))
         reply: channel.Reply
         try:
             reply = channel.ResultReply(call_id, await self.engine.submit(request))
@@ -104,7 +111,8 @@ class EngineProcess:
         reply: channel.Reply
         try:
             if method is channel.EngineCall.METRICS:
-                reply = channel.MetricsReply(call_id, generate_latest(REGISTRY))
+                # OpenMetrics (issue #27): the only exposition that keeps exemplars (queue-wait trace ids).
+                reply = channel.MetricsReply(call_id, generate_latest(REGISTRY))  # type: ignore[no-untyped-call]
             elif method is channel.EngineCall.REPOSITORY_INDEX:
                 reply = channel.RepositoryReply(call_id, engine.repository_index())
             elif name is None:
@@ -212,10 +220,14 @@ def main() -> None:
 
     configure_logging(settings.log_level, settings.log_format)
     engine = build_engine(settings)
+    from app.tracing.setup import configure, shutdown  # tracing (issue #27)
+
+    configure(role="engine")  # a bad OTEL_* value already stopped the supervisor's front ends' start
     engine.preflight()  # the supervisor checked the same catalogue; this loads this process's tokenizers
     import uvloop
 
     uvloop.run(EngineProcess(engine, run_dir, settings.drain_timeout_s).serve())
+    shutdown()  # tracing (issue #27): queued spans leave, within a bounded wait
     exit_now(0)
 
 

@@ -19,7 +19,7 @@ from types import FrameType
 import uvicorn
 
 from app.api.app import create_app
-from app.api.server import DrainingServer, server_config
+from app.api.server import DrainingServer, server_config, start_tracing
 from app.engine.models.catalogue import load_catalogue
 from app.grpc.server import GrpcServer, grpc_server
 from app.multiprocess.engine_client import EngineClient
@@ -63,6 +63,7 @@ def main() -> None:
     configure_logging(settings.log_level, settings.log_format)
     client = engine_client(settings, run_dir)
     serve_service_metrics(client.engine_metrics, Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
+    start_tracing("front-end")  # tracing (issue #27): before the app is built, which adds its middleware if on
     # The engine client stands in for the engine: it satisfies EngineHandle, what the API layer uses of one.
     keys = settings.load_api_keys()
     app = create_app(settings, client, keys)

@@ -16,6 +16,7 @@ from pathlib import Path
 from prometheus_client import REGISTRY
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
@@ -55,7 +56,10 @@ class ServiceMetrics(Collector):
 
     def collect(self) -> Iterator[Metric]:
         try:
-            engine = list(text_string_to_metric_families(self.engine_exposition().decode("utf-8")))
+            exposition = self.engine_exposition().decode("utf-8")
+            # The engine process answers OpenMetrics (issue #27: its exemplars, queue-wait trace ids, come along).
+            parse = openmetrics_families if exposition.endswith("# EOF\n") else text_string_to_metric_families
+            engine = list(parse(exposition))
         except EngineError:  # the engine process is gone: the front ends' series still show
             engine = []
         fronts = (family for family in self.fronts.collect() if family.type != "gauge")  # type: ignore[no-untyped-call]

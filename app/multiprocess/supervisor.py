@@ -219,4 +219,11 @@ def _stop(process: subprocess.Popen[bytes], sig: int | None, timeout: float) -> 
 def run_supervisor(settings: Settings, overrides: dict[str, str]) -> int:
     """Serve with ``settings.frontend_processes`` front ends; ``overrides`` are XNLI_SERVE_* variables from the
     command line, for the children to read the same settings."""
+    from app.tracing.setup import TracingConfigError, check
+
+    try:  # tracing (issue #27): a bad OTEL_* value stops the start here, before any child is started
+        check(os.environ)
+    except TracingConfigError as error:
+        log.error("%s", error)
+        return 2
     return Supervisor(settings, {**os.environ, **overrides}).run()

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from app import metrics
+from app import metrics, tracing
 from app.engine.contract import EngineRequest, EngineResult, Priority
 from app.engine.errors import EngineError
 from app.logs import request_id_var
@@ -27,6 +27,7 @@ from app.service.errors import ClientDisconnected as ClientDisconnected
 from app.service.errors import InvalidQueryError as InvalidQueryError
 from app.service.errors import TooManyPairsError as TooManyPairsError
 from app.service.errors import outcome_of as outcome_of
+from app.tracing.spans import request_span
 
 ClientPriority = Literal["interactive", "batch"]
 """The priority classes a client may ask for (the engine keeps ``shadow`` for itself)."""
@@ -89,6 +90,8 @@ class PredictionService:
         TooManyPairsError, an EngineError from the engine, or ClientDisconnected. Every call, whatever its end,
         adds one to xnli_requests_total and one observation to xnli_request_duration_seconds.
         """
+        if tracing.STATE.active:  # tracing (issue #27): the same, on the request's span
+            return await self._predict_traced(query, endpoint, disconnected)
         started = time.perf_counter()
         variant = metrics.UNKNOWN_VARIANT
         outcome = Outcome.ERROR  # also what a cancellation by the server (not the client) counts as
@@ -104,6 +107,34 @@ class PredictionService:
         finally:
             metrics.REQUEST_DURATION.labels(variant, endpoint).observe(time.perf_counter() - started)
             metrics.REQUESTS.labels(variant, outcome).inc()
+
+    async def _predict_traced(
+        self, query: PredictionQuery, endpoint: str, disconnected: Disconnected | None
+    ) -> EngineResult:
+        """``predict`` with its request span (the transport's server span, else one of its own) labelled with the
+        variant, priority, pairs and outcome, and its trace id as the duration's exemplar when sampled."""
+        with request_span(f"predict {endpoint}") as span:
+            started = time.perf_counter()
+            variant = metrics.UNKNOWN_VARIANT
+            outcome = Outcome.ERROR
+            span.set_attributes(
+                {"xnli.endpoint": endpoint, "xnli.pairs": len(query.pairs), "xnli.priority": query.priority}
+            )
+            try:
+                variant = self.engine.route(query.variant, query.routing_key).spec.name
+                span.set_attribute("xnli.variant", variant)
+                query.validate(self.max_pairs_per_request)
+                result = await self._run(query, variant, disconnected)
+                outcome = Outcome.SUCCESS
+                return result
+            except (EngineError, InvalidQueryError, TooManyPairsError, ClientDisconnected) as error:
+                outcome = outcome_of(error)
+                raise
+            finally:
+                span.set_attribute("xnli.outcome", str(outcome))
+                duration = time.perf_counter() - started
+                metrics.REQUEST_DURATION.labels(variant, endpoint).observe(duration, tracing.exemplar(span))
+                metrics.REQUESTS.labels(variant, outcome).inc()
 
     async def _run(self, query: PredictionQuery, variant: str, disconnected: Disconnected | None) -> EngineResult:
         request = EngineRequest(

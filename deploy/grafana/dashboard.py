@@ -26,6 +26,24 @@ def target(expr: str, legend: str = "", ref: str = "A", **extra: Any) -> dict[st
     return {"datasource": DATASOURCE, "expr": expr, "legendFormat": legend, "refId": ref, **extra}
 
 
+# Tracing (issue #27): the latency histograms carry the trace id of sampled requests as exemplars (label trace_id);
+# these queries ask Grafana to draw them, and the Prometheus data source links each one to the trace in the data
+# source whose uid is `traces` (deploy/grafana/provisioning/datasources/prometheus.yml; docs/operations.md#tracing).
+TRACES_VARIABLE = "traces"
+
+
+def with_exemplars(query: dict[str, Any]) -> dict[str, Any]:
+    return {**query, "exemplar": True}
+
+
+# A series' data link: Explore on the $traces data source, a TraceQL search for the series' variant over the range.
+TRACES_LINK = {
+    "title": "Traces of ${__field.labels.variant} in $traces",
+    "url": '/explore?left={"datasource":"${traces}","queries":[{"refId":"A","queryType":"traceql",'
+    '"query":"{span.xnli.variant=\\"${__field.labels.variant}\\"}"}],"range":{"from":"${__from}","to":"${__to}"}}',
+}
+
+
 class Layout:
     """Places panels left to right in rows of 24 grid units."""
 
@@ -161,13 +179,15 @@ def build() -> dict[str, Any]:
         timeseries(
             "Request latency p50 / p95 / p99",
             [
-                target(quantile(0.5, "xnli_request_duration_seconds"), "p50 {{variant}}"),
-                target(quantile(0.95, "xnli_request_duration_seconds"), "p95 {{variant}}", "B"),
-                target(quantile(0.99, "xnli_request_duration_seconds"), "p99 {{variant}}", "C"),
+                with_exemplars(target(quantile(0.5, "xnli_request_duration_seconds"), "p50 {{variant}}")),
+                with_exemplars(target(quantile(0.95, "xnli_request_duration_seconds"), "p95 {{variant}}", "B")),
+                with_exemplars(target(quantile(0.99, "xnli_request_duration_seconds"), "p99 {{variant}}", "C")),
             ],
             "s",
-            "End to end inside the service, per variant.",
+            "End to end inside the service, per variant. Dots are exemplars: sampled requests, each linked to its "
+            "trace; the panel's link opens the variant's traces in the $traces data source.",
             **thresholds((None, "green"), (0.5, "red")),
+            links=[TRACES_LINK],
         ),
         width=12,
     )
@@ -220,11 +240,12 @@ def build() -> dict[str, Any]:
         timeseries(
             "Queue and inference p95",
             [
-                target(quantile(0.95, "xnli_queue_duration_seconds"), "queue p95 {{variant}}"),
+                with_exemplars(target(quantile(0.95, "xnli_queue_duration_seconds"), "queue p95 {{variant}}")),
                 target(quantile(0.95, "xnli_inference_duration_seconds"), "inference p95 {{variant}}", "B"),
             ],
             "s",
-            "A rising queue p95 with a flat inference p95 means the device is saturated.",
+            "A rising queue p95 with a flat inference p95 means the device is saturated. Dots on the queue line are "
+            "exemplars: a sampled request's queue wait, linked to its trace.",
         ),
         width=12,
     )
@@ -481,6 +502,16 @@ def build() -> dict[str, Any]:
                     "label": "Data source",
                     "type": "datasource",
                     "query": "prometheus",
+                    "current": {},
+                    "hide": 0,
+                },
+                {
+                    # Tracing (issue #27): the trace data source exemplars open in (Tempo; a Jaeger one is picked
+                    # by changing this query to "jaeger").
+                    "name": TRACES_VARIABLE,
+                    "label": "Traces",
+                    "type": "datasource",
+                    "query": "tempo",
                     "current": {},
                     "hide": 0,
                 },

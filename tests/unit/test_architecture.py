@@ -152,6 +152,11 @@ def direct_imports_of(graph: grimp.ImportGraph, package: str, targets: tuple[str
         ("app.engine", ("app.grpc",)),
         ("app.service", ("app.grpc",)),
         ("app.grpc", ("app.api", "app.multiprocess", "app.cli", *HTTP_PACKAGES)),
+        # Tracing (issue #27) serves every layer (transports, service, engine, processes): it imports none of them.
+        (
+            "app.tracing",
+            ("app.api", "app.grpc", "app.service", "app.engine", "app.multiprocess", "app.cli", *HTTP_PACKAGES),
+        ),
     ],
 )
 def test_layers_import_only_downwards(graph: grimp.ImportGraph, package: str, forbidden: tuple[str, ...]) -> None:

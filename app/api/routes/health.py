@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, Request
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import REGISTRY
+from prometheus_client.exposition import choose_encoder
 from starlette.responses import Response
 
 from app.api.schemas import HealthStatus
@@ -35,6 +36,9 @@ async def ready(request: Request) -> Response:
 
 
 @router.get("/metrics", include_in_schema=False)
-async def prometheus_metrics() -> Response:
+async def prometheus_metrics(request: Request) -> Response:
     # In a thread: a front end's collection asks the engine process and waits for its answer (app.multiprocess).
-    return Response(await asyncio.to_thread(generate_latest, REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    # The format the scraper asks for (issue #27): OpenMetrics carries the histograms' exemplars (trace ids), the
+    # classic text format does not.
+    encode, content_type = choose_encoder(request.headers.get("accept", ""))
+    return Response(await asyncio.to_thread(encode, REGISTRY), headers={"content-type": content_type})

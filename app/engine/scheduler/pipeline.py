@@ -19,12 +19,15 @@ from typing import Any
 
 import numpy as np
 
+from app import tracing
 from app.engine.contract import Priority
 from app.engine.errors import InferenceError
+from app.engine.scheduler.padding import padded_length
 from app.engine.scheduler.queues import VariantQueue
 from app.engine.scheduler.requests import InferenceRequest, PendingPair
 from app.engine.scheduler.runner import probabilities_of
 from app.engine.scheduler.stages import Launched
+from app.tracing import spans as trace_spans
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,7 @@ class Flight:
         "elapsed",
         "estimate_s",
         "holds_slot",
+        "launched_at",
         "launches",
         "nested",
         "preempted_s",
@@ -58,6 +62,7 @@ class Flight:
         self.elapsed = 0.0  # device seconds charged to this batch, once collected
         self.estimate_s = 0.0  # its device seconds as admission control expects them (pairs x seconds per pair)
         self.holds_slot = False  # counted in the post stage's depth (the yield points' batches are not)
+        self.launched_at = time.perf_counter()  # tracing (issue #27): where the batch's span starts
 
 
 class PostStage:
@@ -159,6 +164,8 @@ def answer(flight: Flight, stopped: Callable[[list[InferenceRequest], BaseExcept
         seconds -= flight.preempted_s
     flight.elapsed = elapsed = max(0.0, seconds)
     finished = time.perf_counter()
+    if tracing.STATE.active:  # tracing (issue #27): the batch's span, before its requests' spans end
+        trace_batch(flight, finished)
     try:
         for pair, row in zip(batch, probabilities, strict=True):
             request = pair.request
@@ -176,3 +183,25 @@ def answer(flight: Flight, stopped: Callable[[list[InferenceRequest], BaseExcept
         queue.record_batch(batch, elapsed, probabilities_of(probabilities), flight.priority)
     except Exception:  # every request is answered; only bookkeeping was lost
         log.exception("recording batch metrics failed for variant %s; the worker goes on", queue.name)
+
+
+# -- tracing (issue #27) ------------------------------------------------------------------------------------------
+
+
+def trace_batch(flight: Flight, finished: float) -> None:
+    """The span of one device batch, if any request it served is sampled; a tracing fault never fails the batch."""
+    traces = [request.trace for request in flight.requests if request.trace is not None]
+    if not traces:
+        return
+    try:
+        attributes: dict[str, int | float | str] = {
+            "xnli.batch.id": flight.batch_id,
+            "xnli.batch.rows": len(flight.batch),
+            "xnli.batch.padded_length": padded_length(max(pair.length for pair in flight.batch)),
+            "xnli.batch.requests": len(flight.requests),
+            "xnli.batch.device_s": flight.elapsed,
+            "xnli.priority": flight.priority.label,
+        }
+        trace_spans.record_batch(traces, flight.launched_at, finished, attributes)
+    except Exception:
+        log.exception("tracing batch %d failed; its requests are answered all the same", flight.batch_id)

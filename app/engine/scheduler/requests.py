@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from app.tracing.spans import RequestTrace
 
 
 class ShadowRefused(Exception):
@@ -39,6 +43,7 @@ class InferenceRequest:
         "last_batch",
         "outputs",
         "remaining",
+        "trace",
     )
 
     def __init__(
@@ -57,6 +62,7 @@ class InferenceRequest:
         self.compute_s = 0.0
         self.last_batch = -1
         self.abandon_reason: str | None = None
+        self.trace: RequestTrace | None = None  # tracing (issue #27): set when the request is sampled
 
     def abandon(self, reason: str) -> None:
         """Nobody waits for the answer any more (deadline, disconnect, failure): its queued pairs are skipped."""

@@ -10,11 +10,12 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
-from app import metrics
+from app import metrics, tracing
 from app.engine.contract import EngineResult
 from app.engine.errors import DeadlineExceededError, EngineError, InputTooLongError, OverloadedError
 from app.engine.gate import RequestGate
@@ -24,6 +25,10 @@ from app.engine.scheduler.runner import probabilities_of
 from app.engine.status import VariantRuntime, VariantStatus
 from app.engine.tasks.nli import LABELS
 from app.engine.tokenization import EncodedPairs, TokenizationPool
+from app.tracing import spans as trace_spans
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import SpanContext
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +46,7 @@ class ShadowJob:
     # The primary's encoding of these pairs and its encoder's fingerprint: a candidate with the same fingerprint
     # runs them as they are, any other tokenizes the pairs itself.
     encoded: tuple[list[list[int]], str] | None = None
+    primary_trace: SpanContext | None = None  # tracing (issue #27): the primary's request span, which it links to
 
     def drop(self, reason: str) -> None:
         metrics.SHADOW_DROPPED_PAIRS.labels(self.primary, self.candidate, reason).inc(len(self.pairs))
@@ -103,6 +109,7 @@ class ShadowRunner:
         truncate: bool,
         language: str,
         encoded: tuple[EncodedPairs, str] | None = None,
+        primary_trace: SpanContext | None = None,
     ) -> None:
         """Sample the answered pairs for each shadow of ``primary`` and start its comparison as a background task.
         Nothing here may fail the client's answer: errors are logged and counted as dropped pairs."""
@@ -122,6 +129,7 @@ class ShadowRunner:
                     truncate,
                     language,
                     None if encoded is None else ([encoded[0].ids[index] for index in chosen], encoded[1]),
+                    primary_trace,
                 )
                 task = asyncio.get_running_loop().create_task(self._run(job))
                 self._tasks.add(task)
@@ -133,18 +141,46 @@ class ShadowRunner:
     async def _run(self, job: ShadowJob) -> None:
         """Run the job's pairs on its candidate in the shadow lane and compare with the primary's answers; every
         outcome other than a comparison is a counted drop. Never raises (but lets cancellation through)."""
+        trace = self._trace(job) if tracing.STATE.active and job.primary_trace is not None else None
+        reason: str | None = "draining"
         try:
-            reason = await self._compare(job)
+            reason = await self._compare(job, trace)
         except asyncio.CancelledError:
             job.drop("draining")
             raise
         except Exception:
             log.exception("shadow %s -> %s failed", job.primary, job.candidate)
             reason = "error"
+        finally:
+            if trace is not None:
+                trace.span.set_attribute("xnli.shadow.outcome", reason or "compared")
+                trace.span.end()
         if reason is not None:
             job.drop(reason)
 
-    async def _compare(self, job: ShadowJob) -> str | None:
+    def _trace(self, job: ShadowJob) -> trace_spans.RequestTrace | None:
+        """Tracing (issue #27): a shadow is a trace of its own (it never delays the primary's), linked to the
+        primary's request span; its batches are its children."""
+        from opentelemetry.context import Context
+        from opentelemetry.trace import Link
+
+        assert job.primary_trace is not None
+        attributes: dict[str, int | str] = {
+            "xnli.primary": job.primary,
+            "xnli.candidate": job.candidate,
+            "xnli.pairs": len(job.pairs),
+        }
+        span = trace_spans.start_span("shadow", attributes, Context(), links=[Link(job.primary_trace)])
+        if span is None:
+            return None
+        runtime = self._gate.variants.get(job.candidate)
+        device = runtime.worker.device if runtime is not None and runtime.worker is not None else ""
+        batch = {"xnli.variant": job.candidate, "xnli.device": device}
+        if runtime is not None:
+            batch.update({"xnli.backend": runtime.spec.backend, "xnli.graph": runtime.spec.graph})
+        return trace_spans.RequestTrace(span, batch)
+
+    async def _compare(self, job: ShadowJob, trace: trace_spans.RequestTrace | None = None) -> str | None:
         """None once compared and counted, else the reason the pairs were dropped."""
         candidate, pairs, truncate = job.candidate, job.pairs, job.truncate
         if self._gate.draining:
@@ -170,6 +206,7 @@ class ShadowRunner:
                         return "busy"  # client requests are waiting for the tokenizer threads: they go first
                     ids = (await tokenization.encode(encoder, pairs, truncate)).ids
                 request = InferenceRequest(len(pairs), loop, deadline, job.language)
+                request.trace = trace
                 admission.submit(request, ids)
         except ShadowRefused as refused:
             return refused.reason

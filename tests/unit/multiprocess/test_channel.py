@@ -35,6 +35,11 @@ REQUESTS: list[channel.Request] = [
             spent_s=0.01,
             encoded=EncodedInputs([[0, 17, 2]], [False], "f00d"),
             request_id="abc123",
+            # Tracing (issue #27): the front end's W3C trace context crosses to the engine process.
+            trace_context={
+                "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                "tracestate": "k=v",
+            },
         ),
     ),
     channel.CancelMessage(3),

@@ -1,0 +1,42 @@
+"""An exporter that cannot reach its endpoint loses spans, never time: ending a span only queues it, and the process
+leaves within the bounded wait at shutdown."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from app.tracing import STATE, setup
+
+pytestmark = pytest.mark.sockets
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port  # nothing listens there any more: every export is refused
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_an_unreachable_collector_costs_the_spans_not_the_caller(protocol: str) -> None:
+    environ = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{closed_port()}",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+    }
+    assert setup.configure(environ)
+    started = time.perf_counter()
+    for index in range(2_000):
+        with STATE.tracer.start_as_current_span("request", attributes={"index": index}):
+            pass
+    spent = time.perf_counter() - started
+    assert spent < 2.0, f"2,000 spans took {spent:.2f}s: the caller waited on the exporter"
+    flushing = time.perf_counter()
+    setup.force_flush(wait_s=0.2)  # the exports fail and retry in the background
+    assert time.perf_counter() - flushing < 0.5
+    closing = time.perf_counter()
+    setup.shutdown(wait_s=1.0)
+    assert time.perf_counter() - closing < 1.5  # bounded, however long the exporter would retry
+    assert STATE.active is False
