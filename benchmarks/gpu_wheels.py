@@ -65,7 +65,7 @@ MODULES = (
     "zmq",
     "msgpack",
     # gRPC (issue #26): the image has grpcio and protobuf, at versions the notes do not give; the generated messages
-    # need protobuf >= 6.31.1 (< 7 with tritonclient): `check` reports it here if the image's are older.
+    # need protobuf >= 7.35.1 (grpcio-tools 1.85.1's gencode): `check` reports it here if the image's is older.
     "grpc",
     "google.protobuf",
 )
@@ -130,7 +130,7 @@ IMAGE_VENV_REQUIREMENTS = (
     "packaging",
     "msgpack",
     "grpcio",  # gRPC (issue #26): in the image
-    "protobuf>=6.31.1,<7",
+    "protobuf>=7.35.1",
 )
 
 

@@ -21,6 +21,7 @@ from app.service.oip.model import (
     MODEL_VERSION,
     ContentFields,
     InferenceRequest,
+    InferenceResponse,
     InputTensor,
     Parameter,
     RequestedOutput,
@@ -28,8 +29,10 @@ from app.service.oip.model import (
 from app.service.oip.requests import prediction_query, read_options
 from app.service.oip.responses import inference_response
 from app.service.oip.tensors import encode_bytes, encode_fp32
+from app.service.oip.zero_shot import is_zero_shot, zero_shot_query, zero_shot_response
 from app.service.prediction import PredictionQuery
 from app.service.variants import VariantInfo
+from app.service.zero_shot import ZeroShotPlan, ZeroShotQuery
 
 CONTENT_FIELDS = ContentFields(values="contents", raw="raw_input_contents")
 RAW_OUTPUT_PARAMETER = "binary_data_output"  # false: outputs as typed contents instead of raw_output_contents
@@ -39,12 +42,14 @@ EXTENSIONS = ("model_repository",)
 
 @dataclass(slots=True)  # built per request: not frozen, which would cost three times as much
 class GrpcInferRequest:
-    """A parsed infer request: the query for the prediction service and what its answer must carry."""
+    """A parsed infer request: the query for the prediction service (NLI pairs) or the zero-shot query (inputs
+    ``text`` + ``candidate_labels``, as over HTTP), and what its answer must carry."""
 
-    query: PredictionQuery
+    query: PredictionQuery | None
     id: str | None
     outputs: tuple[str, ...]
     raw_outputs: bool
+    zero_shot: ZeroShotQuery | None = None
 
 
 def _parameter(name: str, parameter: pb.InferParameter) -> Parameter:
@@ -98,6 +103,9 @@ def infer_request(
     raw = request.parameters.get(RAW_OUTPUT_PARAMETER, True)
     if not isinstance(raw, bool):
         raise InvalidInferenceRequest(f"parameter {RAW_OUTPUT_PARAMETER!r} must be a boolean")
+    if is_zero_shot(request):  # issue #26: the same zero-shot task as HTTP's v2 infer
+        asked = zero_shot_query(request, options, variant, max_pairs, routing_key)
+        return GrpcInferRequest(None, request.id, options.outputs, raw, asked)
     query = prediction_query(request, options, variant, max_pairs, routing_key)
     return GrpcInferRequest(query, request.id, options.outputs, raw)
 
@@ -116,7 +124,16 @@ def _string_parameters(target: Mapping[str, pb.InferParameter], values: Mapping[
 
 
 def infer_response(request: GrpcInferRequest, result: EngineResult) -> pb.ModelInferResponse:
-    response = inference_response(result, request.outputs, request.id)
+    return write_response(request, inference_response(result, request.outputs, request.id))
+
+
+def zero_shot_infer_response(
+    request: GrpcInferRequest, planned: ZeroShotPlan, result: EngineResult
+) -> pb.ModelInferResponse:
+    return write_response(request, zero_shot_response(planned, result, request.outputs, request.id))
+
+
+def write_response(request: GrpcInferRequest, response: InferenceResponse) -> pb.ModelInferResponse:
     message = pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version)
     if response.id is not None:
         message.id = response.id

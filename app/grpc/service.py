@@ -28,10 +28,10 @@ from app.engine.contract import EngineResult
 from app.engine.errors import DeadlineExceededError
 from app.engine.status import RepositoryEntry, RepositoryState
 from app.grpc import messages, status
-from app.grpc.context import CallContext, call_context
+from app.grpc.context import TRACEPARENT_KEY, CallContext, call_context
 from app.grpc.proto import open_inference_pb2 as pb
 from app.metrics import Outcome
-from app.service import health
+from app.service import health, zero_shot
 from app.service.auth import INVALID_KEY, MISSING_KEY, ApiKeys
 from app.service.engine_handle import EngineHandle, ServedVariant
 from app.service.errors import ErrorKind, Failure, InvalidInferenceRequest, failure_of
@@ -39,11 +39,13 @@ from app.service.oip.model import MODEL_VERSION
 from app.service.oip.requests import check_version
 from app.service.prediction import PredictionService
 from app.service.variants import describe
+from app.tracing import STATE, propagation, spans
 
 log = logging.getLogger(__name__)
 
 ENDPOINT = "grpc_infer"  # the endpoint label of xnli_request_duration_seconds for gRPC infers
 DEADLINE_MARGIN_S = 0.005  # kept from a call's deadline for the answer's way back, so the engine's deadline fires first
+SERVICE_NAME = "inference.GRPCInferenceService"  # the span names' prefix, as OpenTelemetry names RPC spans
 PROBES = frozenset({"ServerLive", "ServerReady", "ModelReady"})  # answers, not refusals: never counted
 AUTHENTICATE = (("www-authenticate", 'Bearer realm="xnli-serve"'),)
 
@@ -81,6 +83,23 @@ class InferenceServicer:
         body: Callable[[CallContext], Awaitable[Reply]],
     ) -> Reply:
         call = call_context(context.invocation_metadata())
+        if STATE.active and rpc not in PROBES:  # tracing (issue #27): off, this costs one attribute read
+            with spans.server_span(
+                f"{SERVICE_NAME}/{rpc}", call.trace_carrier, {"rpc.system": "grpc", "rpc.method": rpc}
+            ) as span:
+                answer = propagation.traceparent(span)
+                if answer is not None:  # as HTTP's traceparent response header: the call's initial metadata
+                    await context.send_initial_metadata(((TRACEPARENT_KEY, answer),))
+                return await self._checked(rpc, context, body, call)
+        return await self._checked(rpc, context, body, call)
+
+    async def _checked(
+        self,
+        rpc: str,
+        context: grpc.aio.ServicerContext[object, object],
+        body: Callable[[CallContext], Awaitable[Reply]],
+        call: CallContext,
+    ) -> Reply:
         failure: Failure | None = None
         try:
             if self.keys is not None and not self.keys.authorized(call.authorization):
@@ -177,6 +196,18 @@ class InferenceServicer:
             except Exception as error:
                 self._count("ModelInfer", variant, failure_of(error).outcome)
                 raise _Refused(error) from None
+            if parsed.zero_shot is not None:  # issue #26: inputs text + candidate_labels
+                try:
+                    planned = zero_shot.plan(self.service, parsed.zero_shot)
+                except Exception as error:
+                    self._count("ModelInfer", variant, failure_of(error).outcome)
+                    raise _Refused(error) from None
+                try:
+                    result = await self._predict(planned.query, context)
+                except Exception as error:
+                    raise _Refused(error) from None  # the service counted it
+                return messages.zero_shot_infer_response(parsed, planned, result)
+            assert parsed.query is not None
             try:
                 result = await self._predict(parsed.query, context)
             except Exception as error:

@@ -32,6 +32,10 @@ class FakeContext:
     def __init__(self, metadata: Sequence[tuple[str, str]] = (), remaining_s: float | None = None) -> None:
         self.metadata = tuple(metadata)
         self.remaining_s = remaining_s
+        self.initial_metadata: tuple[tuple[str, str], ...] = ()
+
+    async def send_initial_metadata(self, metadata: Sequence[tuple[str, str]]) -> None:
+        self.initial_metadata = tuple(metadata)
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return self.metadata

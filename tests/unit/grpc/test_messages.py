@@ -11,6 +11,7 @@ from app.engine.contract import EngineResult, Timings
 from app.grpc import messages
 from app.grpc.proto import open_inference_pb2 as pb
 from app.service.errors import InvalidInferenceRequest, TooManyPairsError
+from app.service.prediction import PredictionQuery
 
 PAIRS = [("Il pleut sur la ville.", "Le ciel est clair."), ("Она читает книгу.", "Она что-то читает.")]
 RESULT = EngineResult(
@@ -50,9 +51,45 @@ def parse(message: pb.ModelInferRequest, deadline_s: float | None = None) -> mes
     return messages.infer_request(message, "xlmr-mnli", 64, None, deadline_s)
 
 
+def query_of(message: pb.ModelInferRequest, deadline_s: float | None = None) -> PredictionQuery:
+    parsed = parse(message, deadline_s)
+    assert parsed.query is not None
+    assert parsed.zero_shot is None
+    return parsed.query
+
+
+def zero_shot_message(texts: list[str], labels: list[str], **parameters: str | bool) -> pb.ModelInferRequest:
+    """Zero-shot (issue #26) as tritonclient.grpc sends it on its defaults: inputs text and candidate_labels, raw."""
+    request = service_pb2.ModelInferRequest(model_name="xlmr-mnli", id="zs-1")
+    for name, values in (("text", texts), ("candidate_labels", labels)):
+        tensor = InferInput(name, [len(values)], "BYTES")
+        tensor.set_data_from_numpy(np.array(values, dtype=object))
+        request.inputs.extend([tensor._get_tensor()])
+        request.raw_input_contents.extend([tensor._get_content()])
+    message = pb.ModelInferRequest.FromString(request.SerializeToString())
+    for key, value in parameters.items():
+        if isinstance(value, bool):
+            message.parameters[key].bool_param = value
+        else:
+            message.parameters[key].string_param = value
+    return message
+
+
+def test_text_and_candidate_labels_make_a_zero_shot_request() -> None:
+    texts, labels = ["Der Zug fährt um neun ab."], ["Reisen", "Sport"]
+    message = zero_shot_message(texts, labels, hypothesis_template="Es geht um {}.")
+    message.parameters["multi_label"].bool_param = True
+    parsed = parse(message)
+    assert parsed.query is None
+    assert parsed.zero_shot is not None
+    asked = parsed.zero_shot
+    assert (list(asked.texts), list(asked.candidate_labels)) == (texts, labels)
+    assert (asked.hypothesis_template, asked.multi_label, asked.variant) == ("Es geht um {}.", True, "xlmr-mnli")
+
+
 @pytest.mark.parametrize("message", [tritonclient_message(PAIRS), contents_message(PAIRS)], ids=["raw", "contents"])
 def test_both_input_forms_read_the_same_pairs(message: pb.ModelInferRequest) -> None:
-    assert list(parse(message).query.pairs) == PAIRS
+    assert list(query_of(message).pairs) == PAIRS
 
 
 def test_raw_entries_must_match_the_inputs() -> None:
@@ -105,7 +142,7 @@ def test_the_call_deadline_shortens_the_timeout(
     timeout_us: int | None, deadline_s: float | None, expected_s: float | None
 ) -> None:
     message = contents_message(PAIRS) if timeout_us is None else contents_message(PAIRS, timeout=timeout_us)
-    assert parse(message, deadline_s).query.timeout_s == expected_s
+    assert query_of(message, deadline_s).timeout_s == expected_s
 
 
 def test_raw_outputs_read_back_by_tritonclient() -> None:

@@ -4,19 +4,28 @@ request metrics, keys, drain, the deadline and a client that cancels."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import SpanKind
 from prometheus_client import REGISTRY
+from tritonclient.grpc import InferResult, service_pb2
 
 from app.engine.contract import EngineRequest, EngineResult
 from app.engine.engine import Engine
 from app.grpc.proto import open_inference_pb2 as pb
 from app.grpc.service import ENDPOINT, InferenceServicer, rpc_handlers
 from app.metrics import UNKNOWN_VARIANT
+from app.service import zero_shot
+from app.service.zero_shot import ZeroShotQuery
+from app.tracing import STATE
 from tests.unit.grpc.conftest import API_KEY, Aborted, context
-from tests.unit.grpc.test_messages import PAIRS, contents_message, tritonclient_message
+from tests.unit.grpc.test_messages import PAIRS, contents_message, tritonclient_message, zero_shot_message
 
 
 def requests_total(variant: str, outcome: str) -> float:
@@ -242,3 +251,81 @@ async def test_a_message_that_does_not_parse_is_invalid_argument(servicer: Infer
         await infer(b"\x0a\xff", context())  # field 1 with a length past the end
     assert refused.value.code is grpc.StatusCode.INVALID_ARGUMENT
     assert refused.value.metadata["xnli-error-type"] == "invalid_inference_request"
+
+
+# -- zero-shot (issue #26) and tracing (issue #27) over gRPC --------------------------------------------------------
+
+ZERO_SHOT_TEXTS = ["Der Zug nach Hamburg hat zwanzig Minuten Verspätung.", "Команда выиграла финал в серии пенальти."]
+ZERO_SHOT_LABELS = ["Reisen", "Sport", "Politik"]
+
+
+@pytest.mark.parametrize("multi_label", [False, True])
+async def test_zero_shot_infer_answers_as_the_zero_shot_service(servicer: InferenceServicer, multi_label: bool) -> None:
+    message = zero_shot_message(ZERO_SHOT_TEXTS, ZERO_SHOT_LABELS, hypothesis_template="Es geht um {}.")
+    message.parameters["multi_label"].bool_param = multi_label
+    before = durations("xlmr-mnli")
+    response = await servicer.ModelInfer(message, context())
+    answer = InferResult(service_pb2.ModelInferResponse.FromString(response.SerializeToString()))
+    labels, scores = answer.as_numpy("labels"), answer.as_numpy("scores")
+
+    asked = ZeroShotQuery(ZERO_SHOT_TEXTS, ZERO_SHOT_LABELS, "Es geht um {}.", multi_label, variant="xlmr-mnli")
+    planned = zero_shot.plan(servicer.service, asked)
+    expected = planned.classify(await servicer.service.predict(planned.query, "test"))
+    assert labels is not None
+    assert scores is not None
+    assert [[label.decode() for label in row] for row in labels] == [list(each.labels) for each in expected]
+    np.testing.assert_allclose(scores, [each.scores for each in expected], rtol=0, atol=1e-6)
+    assert durations("xlmr-mnli") == before + 1  # one request, counted once, however many label pairs it made
+
+
+async def test_a_zero_shot_rule_broken_is_invalid_argument(servicer: InferenceServicer) -> None:
+    message = zero_shot_message(ZERO_SHOT_TEXTS, ZERO_SHOT_LABELS, hypothesis_template="no placeholder")
+    before = requests_total("xlmr-mnli", "client_error")
+    with pytest.raises(Aborted) as refused:
+        await servicer.ModelInfer(message, context())
+    assert refused.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert "{}" in refused.value.details
+    assert requests_total("xlmr-mnli", "client_error") == before + 1
+
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+class _Kept(SpanExporter):
+    def __init__(self) -> None:
+        self.spans: list[ReadableSpan] = []
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.spans.extend(spans)
+        return SpanExportResult.SUCCESS
+
+
+@pytest.fixture
+def kept(monkeypatch: pytest.MonkeyPatch) -> _Kept:
+    exporter = _Kept()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(STATE, "tracer", provider.get_tracer("test"))
+    monkeypatch.setattr(STATE, "active", True)
+    return exporter
+
+
+async def test_a_call_joins_its_callers_trace_and_answers_traceparent(servicer: InferenceServicer, kept: _Kept) -> None:
+    """issue #27: traceparent in the call's metadata is the server span's parent, as over HTTP, and the call's initial
+    metadata names the server span; the request's phases are children in the same trace."""
+    call = context([("traceparent", f"00-{TRACE}-00f067aa0ba902b7-01")])
+    await servicer.ModelInfer(tritonclient_message(PAIRS), call)
+    server = next(span for span in kept.spans if span.name == "inference.GRPCInferenceService/ModelInfer")
+    assert server.kind is SpanKind.SERVER
+    assert server.parent is not None
+    assert server.parent.span_id == 0x00F067AA0BA902B7
+    assert {f"{span.context.trace_id:032x}" for span in kept.spans} == {TRACE}
+    assert len(kept.spans) > 1  # the request's own phases, not only the server span
+    (sent,) = call.initial_metadata
+    assert sent[0] == "traceparent"
+    assert sent[1] == f"00-{TRACE}-{server.context.span_id:016x}-01"
+
+
+async def test_probes_make_no_span(servicer: InferenceServicer, kept: _Kept) -> None:
+    await servicer.ServerLive(pb.ServerLiveRequest(), context([("traceparent", f"00-{TRACE}-00f067aa0ba902b7-01")]))
+    assert kept.spans == []
