@@ -51,6 +51,17 @@ WHEELS = (
     "orjson==3.13.0",
     "fastapi-offline==1.7.7",
     "pyzmq==27.3.0",  # front ends <-> engine process (app.multiprocess); msgpack is in the image
+    # Tracing (issue #27): the SDK and its OTLP exporters, with what they need beyond the image (grpcio, protobuf,
+    # requests are there)
+    "opentelemetry-sdk==1.45.2",
+    "opentelemetry-semantic-conventions==0.66b2",
+    "opentelemetry-proto==1.45.2",
+    "opentelemetry-exporter-otlp-proto-common==1.45.2",
+    "opentelemetry-exporter-otlp-proto-http==1.45.2",
+    "opentelemetry-exporter-otlp-proto-grpc==1.45.2",
+    "opentelemetry-exporter-otlp-common==0.66b2",
+    "opentelemetry-exporter-http-transport==0.66b2",
+    "googleapis-common-protos==1.76.0",
 )
 MODULES = (
     "fastapi",
@@ -68,6 +79,9 @@ MODULES = (
     # need protobuf >= 7.35.1 (grpcio-tools 1.85.1's gencode): `check` reports it here if the image's is older.
     "grpc",
     "google.protobuf",
+    "opentelemetry.sdk.trace",  # tracing (issue #27)
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
 )
 # The project modules that must import there (they pull in everything the service and the benchmarks use).
 PROJECT_MODULES = (

@@ -89,7 +89,7 @@ def create_app(settings: Settings, engine: EngineHandle, api_keys: Sequence[str]
     )
     app.state.engine = engine
     app.state.settings = settings
-    app.state.service = PredictionService(engine, settings.max_pairs_per_request)
+    app.state.service = PredictionService(engine, settings.max_pairs_per_request, settings.max_body_bytes)
     _complete_openapi(app, settings)
     install_error_handlers(app)
     # Each protocol's errors take its shape: routes by their route class, the rest by the namespace its router owns.

@@ -77,9 +77,12 @@ Disconnected = Callable[[], Awaitable[object]]
 class PredictionService:
     """The engine as every transport sees it: one call per request, counted once."""
 
-    def __init__(self, engine: EngineHandle, max_pairs_per_request: int) -> None:
+    def __init__(self, engine: EngineHandle, max_pairs_per_request: int, max_expanded_chars: int | None = None) -> None:
         self.engine = engine
         self.max_pairs_per_request = max_pairs_per_request
+        self.max_expanded_chars = max_expanded_chars
+        """The most characters of text a request may expand to (zero-shot pairs each text with every label): the
+        body limit, so that no request costs more tokenization than the largest body /predict accepts."""
 
     async def predict(
         self, query: PredictionQuery, endpoint: str, disconnected: Disconnected | None = None

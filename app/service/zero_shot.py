@@ -46,6 +46,23 @@ class TooManyZeroShotPairsError(TooManyPairsError):
         )
 
 
+class ZeroShotTooLargeError(TooManyPairsError):
+    """The pairs' text, once each text is repeated per label (and each hypothesis per text), over what one request may
+    carry: a 413 like too many pairs. Without it, a body far under the body limit could make the tokenizers read
+    the same long text once per label (its cost multiplied by the labels), or ask for more than the tokenizing
+    backlog can ever hold, which would be refused as overload (429, retry) although no retry could succeed."""
+
+    def __init__(self, characters: int, limit: int) -> None:
+        self.count = characters
+        self.limit = limit
+        ValueError.__init__(
+            self,
+            f"texts x candidate labels expand to {characters} characters of pairs (each text is paired with every "
+            f"label's hypothesis); one request may carry at most {limit}, the body limit (XNLI_SERVE_MAX_BODY_BYTES): "
+            "send shorter texts, fewer labels, or fewer texts per request",
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class ZeroShotQuery:
     """What every protocol asks of a zero-shot classification, once parsed from its wire format."""
@@ -113,11 +130,16 @@ class ZeroShotPlan:
 def plan(service: PredictionService, query: ZeroShotQuery) -> ZeroShotPlan:
     """Check ``query``, route it once (the catalogue's templates are the routed variant's) and build its pairs:
     each text with each label's hypothesis, text-major (the pipeline's order). Raises InvalidQueryError,
-    TooManyZeroShotPairsError or UnknownVariantError, each answered like /predict's."""
+    TooManyZeroShotPairsError, ZeroShotTooLargeError or UnknownVariantError, each answered like /predict's."""
     spec = service.engine.route(query.variant, query.routing_key).spec  # first, as /predict routes first
     query.validate(service.max_pairs_per_request)
     template = choose_template(query.hypothesis_template, spec.zero_shot_templates, query.language)
     filled = hypotheses(query.candidate_labels, template)
+    limit = service.max_expanded_chars
+    if limit is not None:  # before any pair is built
+        expanded = sum(map(len, query.texts)) * len(filled) + sum(map(len, filled)) * len(query.texts)
+        if expanded > limit:
+            raise ZeroShotTooLargeError(expanded, limit)
     pairs = [(text, hypothesis) for text in query.texts for hypothesis in filled]
     prediction = PredictionQuery(
         pairs=pairs,

@@ -128,6 +128,19 @@ async def test_the_size_limit_counts_texts_times_labels(client: httpx.AsyncClien
     assert "max_pairs_per_request=64" in error["message"]
 
 
+async def test_a_text_repeated_per_label_past_the_body_limit_is_413_not_overload(client: httpx.AsyncClient) -> None:
+    """The auditor's case: one long text with no place to cut, 64 labels: a 99 KB body whose pairs hold 6.3 MB of
+    text, beyond the tokenizing backlog (4 Mi characters); it was refused as overload (429, retry), which no retry
+    could ever pass. Now a 413 naming the expansion, against the body limit the service runs with."""
+    body = {"text": "x" * 99_000, "candidate_labels": [f"label {index}" for index in range(64)]}
+    response = await client.post("/zero-shot", json=body)
+    assert response.status_code == 413, response.text
+    error = response.json()["error"]
+    assert error["type"] == "too_many_pairs"
+    assert "expand to" in error["message"]
+    assert "1048576" in error["message"]
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [

@@ -12,7 +12,7 @@ import pytest
 from app.engine.models.catalogue import VariantSpec
 from app.service.errors import InvalidQueryError, TooManyPairsError
 from app.service.prediction import PredictionService
-from app.service.zero_shot import TooManyZeroShotPairsError, ZeroShotQuery, plan
+from app.service.zero_shot import TooManyZeroShotPairsError, ZeroShotQuery, ZeroShotTooLargeError, plan
 
 
 @dataclass
@@ -32,10 +32,12 @@ class OneVariant:
         return Routed(self.spec)
 
 
-def service(templates: dict[str, str] | None = None, max_pairs: int = 64) -> tuple[PredictionService, OneVariant]:
+def service(
+    templates: dict[str, str] | None = None, max_pairs: int = 64, max_chars: int | None = None
+) -> tuple[PredictionService, OneVariant]:
     spec = VariantSpec(name="routed", path=Path("/nowhere"), zero_shot_templates=templates or {})
     engine = OneVariant(spec)
-    return PredictionService(engine, max_pairs), engine  # type: ignore[arg-type]
+    return PredictionService(engine, max_pairs, max_chars), engine  # type: ignore[arg-type]
 
 
 def test_pairs_are_text_major_with_the_catalogue_template_for_the_language() -> None:
@@ -83,6 +85,31 @@ def test_too_many_pairs_names_texts_and_labels_and_is_the_too_many_pairs_kind() 
         plan(handle, ZeroShotQuery(["t"] * 4, ["a", "b", "c"]))
     assert isinstance(raised.value, TooManyPairsError)
     assert (raised.value.count, raised.value.limit) == (12, 10)
+
+
+@pytest.mark.parametrize(
+    ("texts", "labels", "template", "expanded"),
+    [
+        # 2 texts of 10 x 3 labels, plus 3 hypotheses "About a." (8) x 2 texts: 60 + 48 = 108
+        (["0123456789"] * 2, ["a", "b", "c"], "About {}.", 108),
+        # one text, a long template: the template's length counts once per label
+        (["t"], ["a", "b"], "x" * 100 + "{}", 2 + 2 * 101),
+    ],
+)
+def test_pairs_that_expand_past_the_body_limit_are_413_before_any_pair_is_built(
+    texts: list[str], labels: list[str], template: str, expanded: int
+) -> None:
+    """The auditor's case: a text repeated per label is tokenized once per label, so a small body could cost many
+    times what /predict's largest body costs, or exceed the tokenizing backlog and be refused as overload (429)."""
+    handle, _ = service(max_chars=expanded - 1)
+    with pytest.raises(ZeroShotTooLargeError, match=f"expand to {expanded} characters") as raised:
+        plan(handle, ZeroShotQuery(texts, labels, hypothesis_template=template))
+    assert isinstance(raised.value, TooManyPairsError)
+    assert (raised.value.count, raised.value.limit) == (expanded, expanded - 1)
+    at_the_limit, _ = service(max_chars=expanded)
+    assert len(plan(at_the_limit, ZeroShotQuery(texts, labels, hypothesis_template=template)).query.pairs) == len(
+        texts
+    ) * len(labels)
 
 
 @pytest.mark.parametrize(
