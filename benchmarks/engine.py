@@ -41,6 +41,7 @@ def measure_engine(
     from app.engine.backends.preparation import prepare_variant
     from app.engine.models.catalogue import load_catalogue
     from app.engine.models.store import inspect_checkpoint
+    from app.engine.tasks.nli import NLI
     from app.settings import Settings
 
     transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
@@ -73,10 +74,10 @@ def measure_engine(
         for start in range(0, len(pairs), batch_size):
             began = time.perf_counter()
             chunk = pairs[start : start + batch_size]
-            probabilities = runner.forward(encoder.encode(chunk).ids)
+            outputs = runner.forward(encoder.encode(chunk).ids)
             if info.device.type == "cuda":
                 torch.cuda.synchronize()
-            assert probabilities.shape[1] == 3
+            assert outputs.shape == (len(chunk), 2 * NLI.width)  # each row: probabilities, then logits (issue #26)
             latencies.append(time.perf_counter() - began)
             done += len(chunk)
             if seconds_per_batch_size is not None and time.perf_counter() - started >= seconds_per_batch_size:
