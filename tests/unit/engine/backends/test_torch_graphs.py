@@ -100,6 +100,14 @@ def sequences(lengths: list[int], seed: int = 0) -> list[list[int]]:
     return [[0, *rng.integers(5, 1000, size=length - 2).tolist(), 2] for length in lengths]
 
 
+def assert_answers_agree(actual: np.ndarray, expected: np.ndarray) -> None:
+    """Rows are probabilities then logits (issue #26): probabilities within 1e-5 as before; the logits, unbounded
+    (|x| up to ~4 here), may differ by more in absolute terms (1.07e-5 at 0.59 was seen), so within 5e-5."""
+    width = actual.shape[1] // 2
+    np.testing.assert_allclose(actual[:, :width], expected[:, :width], atol=1e-5)
+    np.testing.assert_allclose(actual[:, width:], expected[:, width:], atol=5e-5)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("lengths", [[4], [16], [11, 16], [16, 16], [100], [10, 100], [12, 70, 9]])
 def test_compiled_buckets_answer_as_eager_does(runners: tuple[TorchRunner, BucketRunner], lengths: list[int]) -> None:
@@ -107,9 +115,9 @@ def test_compiled_buckets_answer_as_eager_does(runners: tuple[TorchRunner, Bucke
     batch = sequences(lengths, seed=sum(lengths))
     before = eager_count("no_bucket")
     with torch.compiler.set_stance("fail_on_recompile"):  # every bucket was compiled at build
-        np.testing.assert_allclose(compiled.forward(batch), eager.forward(batch), atol=1e-5)
+        assert_answers_agree(compiled.forward(batch), eager.forward(batch))
         staged = compiled.launch(compiled.prepare(batch)).collect()[0]
-    np.testing.assert_allclose(staged, eager.forward(batch), atol=1e-5)
+    assert_answers_agree(staged, eager.forward(batch))
     assert eager_count("no_bucket") == before
 
 
