@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import os
 import re
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +18,8 @@ import yaml
 from app.samples import sample_pairs
 from app.xnli import LabelledPair
 from tests.support.deploy_support import DEPLOY, dashboard_module, rule_files
-from tests.support.helpers import ServerProcess, free_port, running_server, write_catalogue
+from tests.support.helpers import ServerProcess, running_server, write_catalogue
+from tests.support.observability import running_prometheus
 
 # A real Prometheus scraping a real server, every dashboard query: make test-slow (CI runs it after make test).
 pytestmark = [
@@ -79,7 +78,6 @@ def server(demo_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 @pytest.fixture(scope="module")
 def prometheus(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("prometheus")
-    port = free_port()
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(path) for path in rule_files()],
@@ -87,34 +85,8 @@ def prometheus(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) 
             {"job_name": "xnli-serve", "static_configs": [{"targets": [server.base_url.removeprefix("http://")]}]}
         ],
     }
-    (folder / "prometheus.yml").write_text(json.dumps(config), encoding="utf-8")
-    log = (folder / "prometheus.log").open("wb")
-    process = subprocess.Popen(
-        [
-            "prometheus",
-            f"--config.file={folder / 'prometheus.yml'}",
-            f"--storage.tsdb.path={folder / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        else:
-            raise TimeoutError((folder / "prometheus.log").read_text())
+    with running_prometheus(folder, config) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
 
 
 def query(prometheus: str, expression: str) -> list[dict[str, object]]:

@@ -3,10 +3,8 @@ gives, for the request-duration and queue-wait histograms, trace ids that the OT
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +14,8 @@ import pytest
 
 from app.tracing.receiver import OtlpReceiver
 from tests.integration.tracing.conftest import traced_catalogue, traced_env
-from tests.support.helpers import ServerProcess, free_port, running_server
+from tests.support.helpers import ServerProcess, running_server
+from tests.support.observability import running_prometheus
 
 pytestmark = [
     pytest.mark.slow,
@@ -43,42 +42,14 @@ def server(
 def prometheus(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Prometheus with exemplar storage (a feature flag): it then asks for OpenMetrics first, which carries them."""
     folder = tmp_path_factory.mktemp("prometheus-exemplars")
-    port = free_port()
     config = {
         "global": {"scrape_interval": "1s"},
         "scrape_configs": [
             {"job_name": "xnli-serve", "static_configs": [{"targets": [server.base_url.removeprefix("http://")]}]}
         ],
     }
-    (folder / "prometheus.yml").write_text(json.dumps(config), encoding="utf-8")
-    log = (folder / "prometheus.log").open("wb")
-    process = subprocess.Popen(
-        [
-            "prometheus",
-            f"--config.file={folder / 'prometheus.yml'}",
-            f"--storage.tsdb.path={folder / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--enable-feature=exemplar-storage",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        else:
-            raise TimeoutError((folder / "prometheus.log").read_text())
+    with running_prometheus(folder, config, "--enable-feature=exemplar-storage") as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
 
 
 def exemplar_trace_ids(prometheus: str, expression: str, start: float) -> set[str]:

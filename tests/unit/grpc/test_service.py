@@ -4,14 +4,11 @@ request metrics, keys, drain, the deadline and a client that cancels."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from typing import Any
 
 import grpc
 import numpy as np
 import pytest
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind
 from prometheus_client import REGISTRY
 from tritonclient.grpc import InferResult, service_pb2
@@ -23,7 +20,7 @@ from app.grpc.service import ENDPOINT, InferenceServicer, rpc_handlers
 from app.metrics import UNKNOWN_VARIANT
 from app.service import zero_shot
 from app.service.zero_shot import ZeroShotQuery
-from app.tracing import STATE
+from tests.support.observability import KeptSpans, trace_into_memory
 from tests.unit.grpc.conftest import API_KEY, Aborted, context
 from tests.unit.grpc.test_messages import PAIRS, contents_message, tritonclient_message, zero_shot_message
 
@@ -291,26 +288,14 @@ async def test_a_zero_shot_rule_broken_is_invalid_argument(servicer: InferenceSe
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 
-class _Kept(SpanExporter):
-    def __init__(self) -> None:
-        self.spans: list[ReadableSpan] = []
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        self.spans.extend(spans)
-        return SpanExportResult.SUCCESS
-
-
 @pytest.fixture
-def kept(monkeypatch: pytest.MonkeyPatch) -> _Kept:
-    exporter = _Kept()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    monkeypatch.setattr(STATE, "tracer", provider.get_tracer("test"))
-    monkeypatch.setattr(STATE, "active", True)
-    return exporter
+def kept(monkeypatch: pytest.MonkeyPatch) -> KeptSpans:
+    return trace_into_memory(monkeypatch)
 
 
-async def test_a_call_joins_its_callers_trace_and_answers_traceparent(servicer: InferenceServicer, kept: _Kept) -> None:
+async def test_a_call_joins_its_callers_trace_and_answers_traceparent(
+    servicer: InferenceServicer, kept: KeptSpans
+) -> None:
     """issue #27: traceparent in the call's metadata is the server span's parent, as over HTTP, and the call's initial
     metadata names the server span; the request's phases are children in the same trace."""
     call = context([("traceparent", f"00-{TRACE}-00f067aa0ba902b7-01")])
@@ -326,6 +311,6 @@ async def test_a_call_joins_its_callers_trace_and_answers_traceparent(servicer: 
     assert sent[1] == f"00-{TRACE}-{server.context.span_id:016x}-01"
 
 
-async def test_probes_make_no_span(servicer: InferenceServicer, kept: _Kept) -> None:
+async def test_probes_make_no_span(servicer: InferenceServicer, kept: KeptSpans) -> None:
     await servicer.ServerLive(pb.ServerLiveRequest(), context([("traceparent", f"00-{TRACE}-00f067aa0ba902b7-01")]))
     assert kept.spans == []

@@ -5,36 +5,21 @@ from __future__ import annotations
 
 import pytest
 from opentelemetry import context, trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind
 
-from app.tracing import STATE, propagation, spans
+from app.tracing import propagation, spans
+from tests.support.observability import KeptSpans, trace_into_memory
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 CALLER = {"traceparent": f"00-{TRACE}-b7ad6b7169203331-01"}
 
 
-class Kept(SpanExporter):
-    def __init__(self) -> None:
-        self.spans: list[ReadableSpan] = []
-
-    def export(self, spans: object) -> SpanExportResult:
-        self.spans.extend(spans)  # type: ignore[arg-type]
-        return SpanExportResult.SUCCESS
-
-
 @pytest.fixture
-def kept(monkeypatch: pytest.MonkeyPatch) -> Kept:
-    exporter = Kept()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    monkeypatch.setattr(STATE, "tracer", provider.get_tracer("test"))
-    monkeypatch.setattr(STATE, "active", True)
-    return exporter
+def kept(monkeypatch: pytest.MonkeyPatch) -> KeptSpans:
+    return trace_into_memory(monkeypatch)
 
 
-def test_a_transport_server_span_is_the_request_span(kept: Kept) -> None:
+def test_a_transport_server_span_is_the_request_span(kept: KeptSpans) -> None:
     with spans.server_span("Predict", CALLER, {"rpc.system": "grpc"}) as server:
         with spans.request_span("predict") as request:
             assert request is server
@@ -49,7 +34,7 @@ def test_a_transport_server_span_is_the_request_span(kept: Kept) -> None:
     assert header.startswith(f"00-{TRACE}-")
 
 
-def test_a_caller_context_alone_gets_a_request_span_of_its_own(kept: Kept) -> None:
+def test_a_caller_context_alone_gets_a_request_span_of_its_own(kept: KeptSpans) -> None:
     token = context.attach(propagation.extract(CALLER))
     try:
         with spans.request_span("predict") as request:
@@ -61,7 +46,7 @@ def test_a_caller_context_alone_gets_a_request_span_of_its_own(kept: Kept) -> No
     assert (ended.name, f"{ended.context.trace_id:032x}") == ("predict", TRACE)
 
 
-def test_an_unsampled_parent_makes_no_engine_span(kept: Kept) -> None:
+def test_an_unsampled_parent_makes_no_engine_span(kept: KeptSpans) -> None:
     token = context.attach(propagation.extract({"traceparent": f"00-{TRACE}-b7ad6b7169203331-00"}))
     try:
         assert spans.start_span("engine request", {}) is None
