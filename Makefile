@@ -72,12 +72,13 @@ fuzz: install-dev
 	XNLI_SERVE_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-500} XNLI_SERVE_FUZZ_SEED= $(BIN)/pytest -s tests/integration/test_fuzz.py \
 		tests/integration/grpc/test_grpc_fuzz.py
 
-# The gRPC transport's generated code (issue #26), committed: messages (+ .pyi for mypy) and the service stubs, from
+# The gRPC transport's generated code (issue #26), committed: messages (+ .pyi for mypy; no grpcio service stubs:
+# app.grpc.service registers its handlers from the descriptor), from
 # app/grpc/proto/open_inference.proto. The pool edit: tritonclient registers the same `inference.*` names in
 # protobuf's default descriptor pool, and a process holding both (tests, a service that also calls Triton) would
 # refuse the second; our messages live in a pool of their own (the wire does not carry pool or file names).
 proto: install-dev
-	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. \
+	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. \
 		app/grpc/proto/open_inference.proto
 	sed -i 's/_descriptor_pool\.Default()\.AddSerializedFile/_descriptor_pool.DescriptorPool().AddSerializedFile/' \
 		app/grpc/proto/open_inference_pb2.py

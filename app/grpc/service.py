@@ -61,8 +61,8 @@ class _Refused(Exception):
 
 class InferenceServicer:
     """The RPCs, each one call of the service layer inside :meth:`_serve`; the protocol's method names. Registered
-    by :func:`rpc_handlers`, not the generated ``*_pb2_grpc`` module (which the tests' stubs use): its grpcio
-    version check would tie the service to the grpcio that generated it."""
+    by :func:`rpc_handlers` from the proto's descriptor: no grpcio-generated ``*_pb2_grpc`` module (its abstract
+    servicer and grpcio version check would tie the service to the grpcio that generated it)."""
 
     def __init__(
         self,

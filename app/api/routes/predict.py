@@ -25,7 +25,8 @@ from app.service.prediction import PredictionQuery
 
 router = APIRouter(tags=["inference"])
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
+# The native prediction routes' error statuses (OpenAPI); /zero-shot's say the same but for 413 and 422.
+PREDICTION_ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in (
         (404, "Unknown variant."),
@@ -71,7 +72,7 @@ async def serve_prediction(
 @router.post(
     "/predict",
     response_model=PredictResponse,
-    responses=_ERRORS,
+    responses=PREDICTION_ERRORS,
     summary="Classify premise/hypothesis pairs as entailment, neutral or contradiction",
 )
 async def predict(body: PredictRequest, request: Request) -> Response:
@@ -90,7 +91,7 @@ async def predict(body: PredictRequest, request: Request) -> Response:
 @router.post(
     "/variants/{name}/predict",
     response_model=PredictResponse,
-    responses=_ERRORS,
+    responses=PREDICTION_ERRORS,
     summary="Same as /predict, with the variant in the path (for per-variant routing)",
 )
 async def predict_variant(name: str, body: VariantPredictRequest, request: Request) -> Response:

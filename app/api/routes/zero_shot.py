@@ -12,9 +12,8 @@ from starlette.responses import Response
 
 from app.api.errors import from_engine
 from app.api.inference import answer_prediction, routing_key
-from app.api.routes.predict import timeout_seconds
+from app.api.routes.predict import PREDICTION_ERRORS, timeout_seconds
 from app.api.schemas import (
-    ErrorResponse,
     ZeroShotBody,
     ZeroShotRequest,
     ZeroShotResponse,
@@ -30,21 +29,17 @@ from app.service.prediction import PredictionService
 router = APIRouter(tags=["inference"])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse, "description": description}
-    for status, description in (
-        (404, "Unknown variant."),
-        (400, "Body is not valid UTF-8."),
-        (401, "Missing or wrong API key (when keys are configured)."),
-        (413, "texts x candidate_labels pairs over max_pairs_per_request, or body too large."),
-        (
-            422,
-            "Invalid body: no text, empty or duplicate labels, a template without `{}` exactly once, or a pair over "
-            "max_seq_len with truncate=false.",
-        ),
-        (429, "Overloaded: the queue is full or could not be served in time. See Retry-After."),
-        (500, "The forward pass of this request's batch failed."),
-        (503, "Not ready, shutting down, or the request's deadline passed before its pairs ran."),
-    )
+    **PREDICTION_ERRORS,
+    413: {
+        **PREDICTION_ERRORS[413],
+        "description": "texts x candidate_labels pairs over max_pairs_per_request, their text over the body limit, or "
+        "body too large.",
+    },
+    422: {
+        **PREDICTION_ERRORS[422],
+        "description": "Invalid body: no text, empty or duplicate labels, a template without `{}` exactly once, or a "
+        "pair over max_seq_len with truncate=false.",
+    },
 }
 
 
