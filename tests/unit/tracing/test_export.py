@@ -33,10 +33,12 @@ def test_an_unreachable_collector_costs_the_spans_not_the_caller(protocol: str) 
             pass
     spent = time.perf_counter() - started
     assert spent < 2.0, f"2,000 spans took {spent:.2f}s: the caller waited on the exporter"
+    # Bounded, however long the exporter would retry (its own timeout is 10 s): the margins over wait_s allow for the
+    # exporter's thread holding the GIL while it encodes (0.66 s for a 0.2 s wait was seen on a clean-clone CI run).
     flushing = time.perf_counter()
     setup.force_flush(wait_s=0.2)  # the exports fail and retry in the background
-    assert time.perf_counter() - flushing < 0.5
+    assert time.perf_counter() - flushing < 2.0
     closing = time.perf_counter()
     setup.shutdown(wait_s=1.0)
-    assert time.perf_counter() - closing < 1.5  # bounded, however long the exporter would retry
+    assert time.perf_counter() - closing < 3.0
     assert STATE.active is False
