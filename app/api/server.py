@@ -141,15 +141,20 @@ class DrainingServer(uvicorn.Server):
         """uvicorn's shutdown closes the listening socket, then every connection without a request in progress;
         after a drain, first make sure nothing that reached this process is among those closed unanswered."""
         if self._draining and not self.force_exit:
-            if self.grpc is not None:  # gRPC (issue #26): answers on their way out finish alongside HTTP's hand-over
-                await asyncio.gather(self._hand_over(), self.grpc.stop(HANDOVER_S))
-            else:
-                await self._hand_over()
-        elif self.grpc is not None:
-            await self.grpc.stop(None)
+            # gRPC (issue #26): its answers on their way out finish alongside HTTP's hand-over, which waits for them
+            # before its last look at the connections (an await after that look would let a connection turn idle
+            # with its client's request on the way, and uvicorn would then close it unanswered).
+            grpc_stopping = asyncio.ensure_future(self.grpc.stop(HANDOVER_S)) if self.grpc is not None else None
+            await self._hand_over(grpc_stopping)
+        else:
+            grpc_stopping = None
+            if self.grpc is not None:
+                await self.grpc.stop(None)
         await super().shutdown(sockets)
+        if grpc_stopping is not None:
+            await grpc_stopping  # done already unless it outlasted the hand-over's deadline
 
-    async def _hand_over(self) -> None:
+    async def _hand_over(self, also_wait_for: asyncio.Future[None] | None = None) -> None:
         deadline = time.monotonic() + HANDOVER_S
         listeners = [listener.fileno() for server in self.servers for listener in server.sockets or ()]
         if self.last_holder:
@@ -159,10 +164,18 @@ class DrainingServer(uvicorn.Server):
             await _poll_until(lambda: not any(listener_drain.queued_connections(fd) for fd in listeners), deadline)
         for server in self.servers:
             server.close()  # stop accepting (front ends: the queue is left to the others and the supervisor)
+        # A connection the loop accepted in this pass reaches the app (connection_made, hence server_state) only on
+        # a later pass: let one go by, or the check below would not see it and uvicorn would close it idle.
+        await asyncio.sleep(_SETTLE_POLL_S)
+
         # Every response now closes its connection: wait for each open one to carry its client's next request (or
         # for the deadline: a client that sends nothing more). The last check runs with no await between it and
         # uvicorn closing what is left.
-        await _poll_until(lambda: not any(map(self._may_still_send, list(self.server_state.connections))), deadline)
+        def settled() -> bool:
+            others_done = also_wait_for is None or also_wait_for.done()
+            return others_done and not any(map(self._may_still_send, list(self.server_state.connections)))
+
+        await _poll_until(settled, deadline)
 
     @staticmethod
     def _may_still_send(connection: object) -> bool:
