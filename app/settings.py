@@ -230,6 +230,12 @@ class Settings(BaseSettings):
         description="gRPC port (Triton's default), on the same host as HTTP; with several front ends each binds it "
         "with SO_REUSEPORT.",
     )
+    grpc_reflection: bool = Field(
+        False,
+        description="Serve gRPC server reflection (grpc.reflection.v1alpha), so grpcurl and similar tools list and "
+        "call the services without the .proto. Off by default: reflection asks for no API key and each of its "
+        "streams holds one of the concurrent-RPC slots while open.",
+    )
     # -- end gRPC ---------------------------------------------------------------------------------------------------
     enable_fault_injection: bool = Field(False, description="Honour [variant.faults] in the catalogue (tests only).")
     log_level: Literal["debug", "info", "warning", "error"] = "info"

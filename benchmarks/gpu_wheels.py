@@ -62,6 +62,9 @@ WHEELS = (
     "opentelemetry-exporter-otlp-common==0.66b2",
     "opentelemetry-exporter-http-transport==0.66b2",
     "googleapis-common-protos==1.76.0",
+    # gRPC's standard health service and reflection (app/grpc/health.py), pure Python beside the image's grpcio
+    "grpcio-health-checking==1.85.1",
+    "grpcio-reflection==1.85.1",
 )
 MODULES = (
     "fastapi",
@@ -79,6 +82,8 @@ MODULES = (
     # need protobuf >= 7.35.1 (grpcio-tools 1.85.1's gencode): `check` reports it here if the image's is older.
     "grpc",
     "google.protobuf",
+    "grpc_health.v1.health",
+    "grpc_reflection.v1alpha.reflection",
     "opentelemetry.sdk.trace",  # tracing (issue #27)
     "opentelemetry.exporter.otlp.proto.http.trace_exporter",
     "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",

@@ -9,6 +9,9 @@ the HTTP port opens, and stopped with it.
 * Drain (SIGTERM): new ModelInfer calls are refused UNAVAILABLE by the engine's gate (``draining``, retry in 1 s) and
   readiness answers false, while accepted calls finish; then the server stops with a grace period for answers on
   their way out, and closes its connections (clients see UNAVAILABLE and reconnect elsewhere).
+* Beside the Open Inference Protocol: the standard health service (grpc.health.v1, for Kubernetes' gRPC probes and
+  load balancers) and, if ``XNLI_SERVE_GRPC_REFLECTION`` asks, server reflection (``app.grpc.health``). Health turns
+  NOT_SERVING as the drain begins, and for good once the server stops.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections.abc import Sequence
 
 import grpc
 
+from app.grpc.health import HealthService
 from app.grpc.service import InferenceServicer, rpc_handlers
 from app.service.auth import ApiKeys
 from app.service.engine_handle import EngineHandle
@@ -47,14 +51,17 @@ class GrpcServer:
         max_message_bytes: int,
         max_concurrent_rpcs: int,
         reuse_port: bool,
+        with_reflection: bool = False,
     ) -> None:
         self.servicer = servicer
+        self.with_reflection = with_reflection
         self.address = address(host, port)
         self.max_message_bytes = max_message_bytes
         self.max_concurrent_rpcs = max_concurrent_rpcs
         self.reuse_port = reuse_port
         self.port: int | None = None  # bound, once started
         self._server: grpc.aio.Server | None = None
+        self.health: HealthService | None = None
 
     async def start(self) -> int:
         server = grpc.aio.server(
@@ -67,6 +74,7 @@ class GrpcServer:
             maximum_concurrent_rpcs=self.max_concurrent_rpcs,
         )
         server.add_generic_rpc_handlers((rpc_handlers(self.servicer),))
+        self.health = HealthService(self.servicer.engine, server, with_reflection=self.with_reflection)
         try:
             port = server.add_insecure_port(self.address)
         except RuntimeError as error:  # grpcio raises when it cannot bind
@@ -74,6 +82,7 @@ class GrpcServer:
         if port == 0:  # older grpcio: 0 instead of raising
             raise GrpcBindError(f"cannot serve gRPC on {self.address}")
         await server.start()
+        self.health.start()
         self._server, self.port = server, port
         log.info("gRPC (Open Inference Protocol) on %s", self.address)
         return port
@@ -82,6 +91,8 @@ class GrpcServer:
         """Refuse new calls, let those running finish within ``grace_s`` (None: cancel them), close connections."""
         server, self._server = self._server, None
         if server is not None:
+            if self.health is not None:
+                await self.health.stop()
             await server.stop(grace_s)
 
 
@@ -106,4 +117,5 @@ def grpc_server(
         max_message_bytes=settings.max_body_bytes,
         max_concurrent_rpcs=settings.max_inflight_requests,
         reuse_port=reuse_port,
+        with_reflection=settings.grpc_reflection,
     )

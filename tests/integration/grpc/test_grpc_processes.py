@@ -13,7 +13,9 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from app.grpc.health import NOT_SERVING
 from app.grpc.proto import open_inference_pb2 as pb
 from tests.support.helpers import running_server, write_catalogue
 
@@ -84,6 +86,8 @@ def test_drain_finishes_accepted_calls_and_refuses_new_ones(demo_store: Path, tm
             assert trailing["retry-after"] == "1"
             ready = rpc(channel, "ServerReady", pb.ServerReadyResponse)
             assert not ready(pb.ServerReadyRequest().SerializeToString(), timeout=5).ready
+            standard: Any = health_pb2_grpc.HealthStub(channel)
+            assert standard.Check(health_pb2.HealthCheckRequest(), timeout=5).status == NOT_SERVING
         assert done.wait(10)
         assert len(accepted[0]) == 4  # type: ignore[arg-type]
         assert server.process.wait(30) == 0

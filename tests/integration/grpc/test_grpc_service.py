@@ -10,13 +10,17 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import grpc
 import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from app.grpc.health import SERVING
 from tests.support.helpers import ServerProcess, metric_value, running_server, write_catalogue
 
 pytestmark = pytest.mark.integration
@@ -135,6 +139,15 @@ def test_readiness_matches_http(served: Served) -> None:
     assert served.http.get("/v2/health/ready").json()["ready"]
     assert served.client.is_model_ready("xlmr-mnli", headers=HEADERS)
     assert served.client.is_model_ready("xlmr-mnli", "1", headers=HEADERS)
+
+
+def test_the_standard_health_service_needs_no_key(served: Served) -> None:
+    """Kubernetes' gRPC probes send no metadata: grpc.health.v1 answers them on a keyed server."""
+    assert served.server.grpc_target is not None
+    with grpc.insecure_channel(served.server.grpc_target) as channel:
+        stub: Any = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "inference.GRPCInferenceService"):
+            assert stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status == SERVING
 
 
 @pytest.mark.parametrize(
