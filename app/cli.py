@@ -46,15 +46,13 @@ def build_engine(settings: Settings) -> Engine:
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (XNLI_SERVE_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (XNLI_SERVE_PORT).")] = None,
+    grpc_port: Annotated[int | None, typer.Option(help="gRPC port (XNLI_SERVE_GRPC_PORT).")] = None,
     catalogue: Annotated[Path | None, typer.Option(help="Variant catalogue TOML (XNLI_SERVE_CATALOGUE).")] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error (XNLI_SERVE_LOG_LEVEL).")] = None,
 ) -> None:
     """Check every variant's checkpoint, then serve; models load and warm up while /health/ready says 503."""
-    overrides: dict[str, Any] = {
-        key: value
-        for key, value in {"host": host, "port": port, "catalogue": catalogue, "log_level": log_level}.items()
-        if value is not None
-    }
+    given = {"host": host, "port": port, "grpc_port": grpc_port, "catalogue": catalogue, "log_level": log_level}
+    overrides: dict[str, Any] = {key: value for key, value in given.items() if value is not None}
     settings = Settings(**overrides)
     if settings.max_tokenizing_pairs < settings.max_pairs_per_request:
         print(
