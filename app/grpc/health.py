@@ -22,7 +22,6 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from app.grpc.proto import open_inference_pb2 as pb
@@ -30,12 +29,15 @@ from app.service import health
 from app.service.engine_handle import EngineHandle
 
 INFERENCE_SERVICE: str = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+HEALTH_SERVICE: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 SERVICES = ("", INFERENCE_SERVICE)  # "": the server as a whole
-FOLLOW_INTERVAL_S = 0.25  # how often the state Watch streams report is brought in step with the engine
+WATCH_INTERVAL_S = 0.25  # how often a Watch stream looks at the engine's readiness (it has no event to await)
 MAX_WATCHERS = 16  # Watch streams open at once per process
 
 SERVING: int = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING: int = health_pb2.HealthCheckResponse.NOT_SERVING
+SERVICE_UNKNOWN: int = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+_MESSAGES: Any = health_pb2  # its List messages are newer than the typing stubs
 
 
 def serving_status(engine: EngineHandle) -> int:
@@ -43,20 +45,25 @@ def serving_status(engine: EngineHandle) -> int:
     return SERVING if health.readiness(engine).ready else NOT_SERVING
 
 
-class EngineHealth(health_aio.HealthServicer):
-    """grpc.health.v1 answered from the engine's readiness: ``Check`` reads it at each call; ``Watch`` streams what
-    :meth:`follow` last saw (it has no event to await: readiness is polled, every ``FOLLOW_INTERVAL_S``)."""
+class EngineHealth(health_pb2_grpc.HealthServicer):
+    """grpc.health.v1 answered from the engine's readiness at each look. :meth:`stop` makes it NOT_SERVING for good;
+    a Watch stream then sends that and ends, so open streams do not hold the server's stop for its whole grace."""
 
     def __init__(self, engine: EngineHandle, max_watchers: int = MAX_WATCHERS) -> None:
-        super().__init__()
         self.engine = engine
         self.max_watchers = max_watchers
         self.watchers = 0
         self.stopped = False
-        self._shown: int | None = None
+        self._stopping = asyncio.Event()
 
-    def status(self) -> int:
+    def status(self, service: str = "") -> int:
+        if service not in SERVICES:
+            return SERVICE_UNKNOWN
         return NOT_SERVING if self.stopped else serving_status(self.engine)
+
+    def stop(self) -> None:
+        self.stopped = True
+        self._stopping.set()
 
     async def Check(
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -64,9 +71,15 @@ class EngineHealth(health_aio.HealthServicer):
         if request.service not in SERVICES:
             known = ", ".join(repr(name) for name in SERVICES)
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}; known: {known}")
-        return health_pb2.HealthCheckResponse(status=self.status())
+        return health_pb2.HealthCheckResponse(status=self.status(request.service))
+
+    async def List(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        statuses = {name: health_pb2.HealthCheckResponse(status=self.status(name)) for name in SERVICES}
+        return _MESSAGES.HealthListResponse(statuses=statuses)
 
     async def Watch(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """The status now, then each change; an unknown service is SERVICE_UNKNOWN (and stays so), as the protocol
+        says, instead of an error."""
         if self.watchers >= self.max_watchers:
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -74,48 +87,24 @@ class EngineHealth(health_aio.HealthServicer):
             )
         self.watchers += 1
         try:
-            await self.show(self.status())  # a stream opened before the first poll starts from the truth
-            await super().Watch(request, context)
+            sent: int | None = None
+            while True:
+                status = self.status(request.service)
+                if status != sent:
+                    await context.write(health_pb2.HealthCheckResponse(status=status))
+                    sent = status
+                if self.stopped:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), WATCH_INTERVAL_S)
         finally:
             self.watchers -= 1
 
-    async def show(self, status: int) -> None:
-        """Tell the Watch streams, when it changed."""
-        if status != self._shown:
-            self._shown = status
-            for service in SERVICES:
-                await self.set(service, status)
 
-    async def enter_graceful_shutdown(self) -> None:
-        self.stopped = True
-        await super().enter_graceful_shutdown()
-
-    async def follow(self) -> None:
-        """Keep what Watch streams see in step with the engine, until cancelled."""
-        while True:
-            await self.show(self.status())
-            await asyncio.sleep(FOLLOW_INTERVAL_S)
-
-
-class HealthService:
-    """The health servicer on a server, and the task that keeps its Watch streams in step."""
-
-    def __init__(self, engine: EngineHandle, server: grpc.aio.Server, *, with_reflection: bool) -> None:
-        self.servicer = EngineHealth(engine)
-        health_pb2_grpc.add_HealthServicer_to_server(self.servicer, server)
-        if with_reflection:
-            names = (INFERENCE_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
-            reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), server)
-        self._following: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._following = asyncio.ensure_future(self.servicer.follow())
-
-    async def stop(self) -> None:
-        """NOT_SERVING for good (Watch streams hear it before the server closes them)."""
-        following, self._following = self._following, None
-        if following is not None:
-            following.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await following
-        await self.servicer.enter_graceful_shutdown()
+def add_health_service(engine: EngineHandle, server: grpc.aio.Server, *, with_reflection: bool) -> EngineHealth:
+    """grpc.health.v1 on ``server`` (and reflection over every service it serves, when asked for)."""
+    servicer = EngineHealth(engine)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    if with_reflection:
+        reflection.enable_server_reflection((INFERENCE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
+    return servicer

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import grpc
 
-from app.grpc.health import HealthService
+from app.grpc.health import EngineHealth, add_health_service
 from app.grpc.service import InferenceServicer, rpc_handlers
 from app.service.auth import ApiKeys
 from app.service.engine_handle import EngineHandle
@@ -61,7 +61,7 @@ class GrpcServer:
         self.reuse_port = reuse_port
         self.port: int | None = None  # bound, once started
         self._server: grpc.aio.Server | None = None
-        self.health: HealthService | None = None
+        self.health: EngineHealth | None = None
 
     async def start(self) -> int:
         server = grpc.aio.server(
@@ -74,7 +74,7 @@ class GrpcServer:
             maximum_concurrent_rpcs=self.max_concurrent_rpcs,
         )
         server.add_generic_rpc_handlers((rpc_handlers(self.servicer),))
-        self.health = HealthService(self.servicer.engine, server, with_reflection=self.with_reflection)
+        self.health = add_health_service(self.servicer.engine, server, with_reflection=self.with_reflection)
         try:
             port = server.add_insecure_port(self.address)
         except RuntimeError as error:  # grpcio raises when it cannot bind
@@ -82,7 +82,6 @@ class GrpcServer:
         if port == 0:  # older grpcio: 0 instead of raising
             raise GrpcBindError(f"cannot serve gRPC on {self.address}")
         await server.start()
-        self.health.start()
         self._server, self.port = server, port
         log.info("gRPC (Open Inference Protocol) on %s", self.address)
         return port
@@ -92,7 +91,7 @@ class GrpcServer:
         server, self._server = self._server, None
         if server is not None:
             if self.health is not None:
-                await self.health.stop()
+                self.health.stop()  # NOT_SERVING for good; its Watch streams send that and end
             await server.stop(grace_s)
 
 

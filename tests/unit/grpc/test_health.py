@@ -1,6 +1,7 @@
 """grpc.health.v1 and reflection (app.grpc.health) on a real ``grpc.aio`` server on 127.0.0.1: the status follows the
-engine's readiness (loading, ready, draining, stopped) in Check and in Watch streams, unknown services are told
-apart, Watch streams are capped, and reflection lists the services only when asked for."""
+engine's readiness (loading, ready, draining, stopped) in Check, List and Watch streams, unknown services are told
+apart, Watch streams are capped and end when the server stops, and reflection lists the services only when asked
+for."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from app.grpc import health
-from app.grpc.health import INFERENCE_SERVICE, NOT_SERVING, SERVING, HealthService
+from app.grpc.health import INFERENCE_SERVICE, NOT_SERVING, SERVING, EngineHealth, add_health_service
 from app.grpc.server import GrpcServer
 from app.grpc.service import InferenceServicer
 
@@ -35,7 +36,7 @@ class EngineState:
 @dataclass
 class Served:
     engine: EngineState
-    service: HealthService
+    service: EngineHealth
     stub: Any  # grpc.aio stubs: the generated stubs' types describe the blocking API
     channel: grpc.aio.Channel
 
@@ -49,16 +50,15 @@ def free_port() -> int:
 
 @pytest.fixture
 async def served(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Served]:
-    monkeypatch.setattr(health, "FOLLOW_INTERVAL_S", 0.02)
+    monkeypatch.setattr(health, "WATCH_INTERVAL_S", 0.02)
     engine = EngineState()
     server = grpc.aio.server()
-    service = HealthService(engine, server, with_reflection=False)  # type: ignore[arg-type]
+    service = add_health_service(engine, server, with_reflection=False)  # type: ignore[arg-type]
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    service.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         yield Served(engine, service, health_pb2_grpc.HealthStub(channel), channel)
-    await service.stop()
+    service.stop()
     await server.stop(None)
 
 
@@ -78,6 +78,12 @@ async def test_check_answers_the_engines_readiness(
 ) -> None:
     served.engine.ready, served.engine.draining = ready, draining
     assert await check(served, service) == expected
+
+
+async def test_list_names_both_services(served: Served) -> None:
+    served.engine.ready = True
+    reply = await served.stub.List(health_pb2.HealthListRequest(), timeout=5)  # type: ignore[attr-defined]
+    assert {name: entry.status for name, entry in reply.statuses.items()} == {"": SERVING, INFERENCE_SERVICE: SERVING}
 
 
 async def test_an_unknown_service_is_not_found(served: Served) -> None:
@@ -100,11 +106,16 @@ async def test_a_watch_stream_hears_loading_ready_draining_and_stopped(served: S
     await asyncio.wait_for(until(2), 5)
     served.engine.draining = True
     await asyncio.wait_for(until(3), 5)
-    served.engine.draining = False  # a drain does not end: the stop below keeps it NOT_SERVING
-    await served.service.stop()
+    served.engine.draining = False  # (a real drain does not end; readiness back is heard all the same)
+    await asyncio.wait_for(until(4), 5)
+    assert heard == [NOT_SERVING, SERVING, NOT_SERVING, SERVING]
+    served.service.stop()
+    await asyncio.wait_for(until(5), 5)
+    assert heard[-1] == NOT_SERVING
+    assert await asyncio.wait_for(stream.read(), 5) is grpc.aio.EOF  # the stream ends: the server may stop at once
     assert await check(served) == NOT_SERVING
-    stream.cancel()
-    assert heard == [NOT_SERVING, SERVING, NOT_SERVING]
+    served.engine.ready = True
+    assert await check(served) == NOT_SERVING  # for good
 
 
 async def test_a_watch_on_an_unknown_service_says_so(served: Served) -> None:
@@ -125,7 +136,7 @@ async def test_watch_streams_are_capped(served: Served) -> None:
     assert await check(served) == NOT_SERVING  # Check still answers
     streams.pop().cancel()
     for _ in range(100):  # the slot comes back once the server has seen the cancel
-        if served.service.servicer.watchers < health.MAX_WATCHERS:
+        if served.service.watchers < health.MAX_WATCHERS:
             break
         await asyncio.sleep(0.02)
     again = served.stub.Watch(health_pb2.HealthCheckRequest())
@@ -176,4 +187,4 @@ async def test_the_server_serves_health_always_and_reflection_when_asked(
     finally:
         await server.stop(0)
     assert server.health is not None
-    assert server.health.servicer.status() == NOT_SERVING
+    assert server.health.status() == NOT_SERVING
