@@ -233,8 +233,8 @@ class Settings(BaseSettings):
     grpc_reflection: bool = Field(
         False,
         description="Serve gRPC server reflection (grpc.reflection.v1alpha), so grpcurl and similar tools list and "
-        "call the services without the .proto. Off by default: reflection asks for no API key and each of its "
-        "streams holds one of the concurrent-RPC slots while open.",
+        "call the services without the .proto. Off by default: reflection asks for no API key and its streams are "
+        "capped only by the server's overall bound on calls at once.",
     )
     # -- end gRPC ---------------------------------------------------------------------------------------------------
     enable_fault_injection: bool = Field(False, description="Honour [variant.faults] in the catalogue (tests only).")

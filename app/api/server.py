@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 
 HANDOVER_S = 2.0  # after the drain, at most this long for what reached the process (queued, or on its way) to arrive
+GRPC_STOP_MARGIN_S = 0.25  # gRPC's grace in the hand-over ends this long before the hand-over's deadline
 _SETTLE_POLL_S = 0.01
 
 
@@ -140,19 +141,24 @@ class DrainingServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         """uvicorn's shutdown closes the listening socket, then every connection without a request in progress;
         after a drain, first make sure nothing that reached this process is among those closed unanswered."""
-        if self._draining and not self.force_exit:
-            # gRPC (issue #26): its answers on their way out finish alongside HTTP's hand-over, which waits for them
-            # before its last look at the connections (an await after that look would let a connection turn idle
-            # with its client's request on the way, and uvicorn would then close it unanswered).
-            grpc_stopping = asyncio.ensure_future(self.grpc.stop(HANDOVER_S)) if self.grpc is not None else None
-            await self._hand_over(grpc_stopping)
-        else:
-            grpc_stopping = None
-            if self.grpc is not None:
+        grpc_stopping: asyncio.Future[None] | None = None
+        try:
+            if self._draining and not self.force_exit:
+                # gRPC (issue #26): its answers on their way out finish alongside HTTP's hand-over, which waits for
+                # them before its last look at the connections (an await after that look would let a connection turn
+                # idle with its client's request on the way, and uvicorn would close it unanswered). Its grace ends
+                # before the hand-over's deadline, so that wait always ends with gRPC stopped.
+                if self.grpc is not None:
+                    grpc_stopping = asyncio.ensure_future(self.grpc.stop(HANDOVER_S - GRPC_STOP_MARGIN_S))
+                await self._hand_over(grpc_stopping)
+            elif self.grpc is not None:
                 await self.grpc.stop(None)
-        await super().shutdown(sockets)
-        if grpc_stopping is not None:
-            await grpc_stopping  # done already unless it outlasted the hand-over's deadline
+        finally:
+            try:
+                await super().shutdown(sockets)
+            finally:
+                if grpc_stopping is not None:
+                    await grpc_stopping  # done already, unless the hand-over failed or was cut short
 
     async def _hand_over(self, also_wait_for: asyncio.Future[None] | None = None) -> None:
         deadline = time.monotonic() + HANDOVER_S
@@ -172,6 +178,8 @@ class DrainingServer(uvicorn.Server):
         # for the deadline: a client that sends nothing more). The last check runs with no await between it and
         # uvicorn closing what is left.
         def settled() -> bool:
+            if self.force_exit:  # a second signal: stop waiting
+                return True
             others_done = also_wait_for is None or also_wait_for.done()
             return others_done and not any(map(self._may_still_send, list(self.server_state.connections)))
 

@@ -8,10 +8,12 @@ variant loaded and warmed up, the workers live, no drain begun). Two service nam
 protocol says.
 
 Neither health nor reflection asks for an API key: probes carry none, and what they reveal (ready or not; the
-service's schema, published in ``app/grpc/proto``) is no secret. Each ``Watch`` stream holds one of the process's
-concurrent-RPC slots (``XNLI_SERVE_MAX_INFLIGHT_REQUESTS``) for as long as it stays open, so a client without a key
-could otherwise hold all of them: at most ``MAX_WATCHERS`` at once, RESOURCE_EXHAUSTED beyond. Reflection streams hold
-slots too, which is why reflection is off unless ``XNLI_SERVE_GRPC_REFLECTION`` turns it on.
+service's schema, published in ``app/grpc/proto``) is no secret. Neither counts against the inference calls' limit
+(``XNLI_SERVE_MAX_INFLIGHT_REQUESTS``, kept by the servicer), so a probe is answered under full load. Each ``Watch``
+stream stays open for as long as its client likes, and the server bounds all calls at once (``app.grpc.server``):
+at most ``MAX_WATCHERS`` streams, RESOURCE_EXHAUSTED beyond, so that clients without a key cannot take that bound.
+Reflection streams are not capped that way, which is why reflection is off unless ``XNLI_SERVE_GRPC_REFLECTION``
+turns it on.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ INFERENCE_SERVICE: str = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].
 HEALTH_SERVICE: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 SERVICES = ("", INFERENCE_SERVICE)  # "": the server as a whole
 WATCH_INTERVAL_S = 0.25  # how often a Watch stream looks at the engine's readiness (it has no event to await)
-MAX_WATCHERS = 16  # Watch streams open at once per process
+MAX_WATCHERS = 64  # Watch streams open at once per process (client-side health checking opens one per channel)
 
 SERVING: int = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING: int = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import grpc
 
-from app.grpc.health import EngineHealth, add_health_service
+from app.grpc.health import MAX_WATCHERS, EngineHealth, add_health_service
 from app.grpc.service import InferenceServicer, rpc_handlers
 from app.service.auth import ApiKeys
 from app.service.engine_handle import EngineHandle
@@ -29,6 +29,8 @@ from app.service.prediction import PredictionService
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
+
+PROBE_ROOM = 32  # RPCs at once beyond the servicer's call limit and the Watch streams: health checks and probes
 
 
 class GrpcBindError(RuntimeError):
@@ -70,8 +72,9 @@ class GrpcServer:
                 # The same bound as HTTP bodies (XNLI_SERVE_MAX_BODY_BYTES): larger messages get RESOURCE_EXHAUSTED.
                 ("grpc.max_receive_message_length", self.max_message_bytes),
             ],
-            # As XNLI_SERVE_MAX_INFLIGHT_REQUESTS bounds HTTP: calls beyond get RESOURCE_EXHAUSTED at once.
-            maximum_concurrent_rpcs=self.max_concurrent_rpcs,
+            # A backstop over every RPC; the servicer itself bounds its calls (XNLI_SERVE_MAX_INFLIGHT_REQUESTS, as
+            # HTTP's), so that health checks, probes and Watch streams always find room under full load.
+            maximum_concurrent_rpcs=self.max_concurrent_rpcs + MAX_WATCHERS + PROBE_ROOM,
         )
         server.add_generic_rpc_handlers((rpc_handlers(self.servicer),))
         self.health = add_health_service(self.servicer.engine, server, with_reflection=self.with_reflection)
@@ -107,7 +110,11 @@ def grpc_server(
     if not settings.grpc_enabled:
         return None
     servicer = InferenceServicer(
-        engine, service, settings.max_pairs_per_request, ApiKeys(api_keys) if api_keys else None
+        engine,
+        service,
+        settings.max_pairs_per_request,
+        ApiKeys(api_keys) if api_keys else None,
+        max_calls=settings.max_inflight_requests,
     )
     return GrpcServer(
         servicer,

@@ -25,7 +25,7 @@ from google.protobuf.message import DecodeError, Message
 from app import metrics
 from app.engine.backends import get_backend
 from app.engine.contract import EngineResult
-from app.engine.errors import DeadlineExceededError
+from app.engine.errors import DeadlineExceededError, OverloadedError
 from app.engine.status import RepositoryEntry, RepositoryState
 from app.grpc import messages, status
 from app.grpc.context import TRACEPARENT_KEY, CallContext, call_context
@@ -70,13 +70,38 @@ class InferenceServicer:
         service: PredictionService,
         max_pairs_per_request: int,
         api_keys: ApiKeys | None = None,
+        max_calls: int | None = None,
     ) -> None:
         self.engine = engine
         self.service = service
         self.max_pairs = max_pairs_per_request
         self.keys = api_keys
+        self.max_calls = max_calls  # calls at once (probes aside), as the HTTP edge bounds requests; None: unbounded
+        self.calls = 0
 
     async def _serve(
+        self,
+        rpc: str,
+        context: grpc.aio.ServicerContext[object, object],
+        body: Callable[[CallContext], Awaitable[Reply]],
+    ) -> Reply:
+        """Probes are never refused for load (as HTTP's); any other call beyond ``max_calls`` is RESOURCE_EXHAUSTED
+        ``overloaded`` at once, before its message is looked at."""
+        if rpc in PROBES or self.max_calls is None:
+            return await self._traced(rpc, context, body)
+        if self.calls >= self.max_calls:
+            failure = failure_of(
+                OverloadedError(f"this process is handling its limit of {self.max_calls} calls at once", 1.0)
+            )
+            self._count(rpc, metrics.UNKNOWN_VARIANT, failure.outcome)
+            await context.abort(status.status_of(failure), failure.message, status.trailing_metadata(failure))
+        self.calls += 1
+        try:
+            return await self._traced(rpc, context, body)
+        finally:
+            self.calls -= 1
+
+    async def _traced(
         self,
         rpc: str,
         context: grpc.aio.ServicerContext[object, object],

@@ -60,8 +60,8 @@ def test_slo_mode_finds_the_slow_variant_lower_and_twins_not_different(
     faulty_server: ServerProcess, tmp_path: Path
 ) -> None:
     out = tmp_path / "slo"
-    # Eight pairs a request: `slow` runs each request as two batches of 4 (100 ms of delay), so its capacity is a
-    # tenth of a pair-per-request run's in requests/s, while the twins' (whose cost is mostly per request on the tiny
+    # Eight pairs a request: `slow` runs each request as two batches of 4 (100 ms of delay), so its capacity is an
+    # eighth of a pair-per-request run's in requests/s, while the twins' (whose cost is mostly per request on the tiny
     # checkpoint) barely moves. p95 rather than p99: 0 violations in about 145 requests show a p95 term met, a p99 term
     # needs about 760 (with 4 rounds of 2 s, a twin had to be shown met at 95 requests/s or more). Both shown limits
     # are then far apart: `slow` is shown broken at 20 requests/s (160 pairs/s), the twins met at 40 or more (320

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import uvicorn
 
-from app.api.server import DrainingServer
+from app.api.server import HANDOVER_S, DrainingServer
 
 
 @dataclass
@@ -81,11 +81,13 @@ class SlowGrpcStop:
         self.seconds = seconds
         self.during = during
         self.stopped = False
+        self.grace_s: float | None = None
 
     async def start(self) -> None:
         pass
 
     async def stop(self, grace_s: float | None) -> None:
+        self.grace_s = grace_s
         await asyncio.sleep(self.seconds / 2)
         if self.during is not None:
             self.during()
@@ -93,11 +95,21 @@ class SlowGrpcStop:
         self.stopped = True
 
 
+class FailingGrpcStop(SlowGrpcStop):
+    async def stop(self, grace_s: float | None) -> None:
+        await asyncio.sleep(0.05)
+        raise RuntimeError("gRPC could not stop")
+
+
+Seen = list[tuple[list[bool], bool | None]]
+
+
 def draining_server(
     monkeypatch: pytest.MonkeyPatch, connections: list[Connection], grpc: SlowGrpcStop | None, listening: Listening
-) -> tuple[DrainingServer, list[list[bool]]]:
+) -> tuple[DrainingServer, Seen]:
     """A draining server (a front end: not the socket's last holder) and, filled when uvicorn's shutdown would
-    start, which of its connections that shutdown would close with their client's next request possibly on the way."""
+    start: which of its connections that shutdown would close with their client's next request possibly on the way,
+    and whether gRPC had stopped (None: no gRPC)."""
     server = DrainingServer(
         uvicorn.Config(app=lambda scope, receive, send: None),
         engine=Engine(),  # type: ignore[arg-type]
@@ -110,13 +122,12 @@ def draining_server(
     server.server_state.connections = set()
     for connection in connections:
         server.server_state.connections.add(connection)  # type: ignore[arg-type]
-    at_uvicorn_shutdown: list[list[bool]] = []
+    at_uvicorn_shutdown: Seen = []
 
     async def uvicorn_shutdown(self: uvicorn.Server, sockets: object = None) -> None:
         connections: set[Connection] = self.server_state.connections  # type: ignore[assignment]
-        at_uvicorn_shutdown.append(
-            [connection.closed_unanswered_if_uvicorn_shut_down_now for connection in connections]
-        )
+        idle = [connection.closed_unanswered_if_uvicorn_shut_down_now for connection in connections]
+        at_uvicorn_shutdown.append((idle, None if grpc is None else grpc.stopped))
 
     monkeypatch.setattr(uvicorn.Server, "shutdown", uvicorn_shutdown)
     return server, at_uvicorn_shutdown
@@ -140,8 +151,9 @@ def test_a_connection_that_turns_idle_while_grpc_stops_is_waited_for(monkeypatch
         grpc = SlowGrpcStop(0.3, during=turn_idle_then_send_again)
         server, seen = draining_server(monkeypatch, [connection], grpc, Listening())
         await server.shutdown()
-        assert seen == [[False]]
-        assert grpc.stopped
+        assert seen == [([False], True)]  # and uvicorn's shutdown began only once gRPC had stopped
+        assert grpc.grace_s is not None
+        assert grpc.grace_s < HANDOVER_S  # so the hand-over's wait for it ends before its own deadline
 
     asyncio.run(scenario())
 
@@ -160,6 +172,20 @@ def test_a_connection_accepted_as_the_listener_closes_is_waited_for(monkeypatch:
 
         server, seen = draining_server(monkeypatch, [], None, Listening(on_close=connection_made))
         await server.shutdown()
-        assert seen == [[False]]
+        assert seen == [([False], None)]
+
+    asyncio.run(scenario())
+
+
+def test_a_grpc_stop_that_fails_still_lets_uvicorn_shut_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its error is raised, not lost in a task nobody awaits, and the HTTP side still closes (and the engine with
+    it, in uvicorn's lifespan shutdown)."""
+
+    async def scenario() -> None:
+        grpc = FailingGrpcStop(0.0)
+        server, seen = draining_server(monkeypatch, [], grpc, Listening())
+        with pytest.raises(RuntimeError, match="could not stop"):
+            await server.shutdown()
+        assert seen == [([], False)]
 
     asyncio.run(scenario())

@@ -19,6 +19,7 @@ from app.grpc.proto import open_inference_pb2 as pb
 from app.grpc.service import ENDPOINT, InferenceServicer, rpc_handlers
 from app.metrics import UNKNOWN_VARIANT
 from app.service import zero_shot
+from app.service.prediction import PredictionService
 from app.service.zero_shot import ZeroShotQuery
 from tests.support.observability import KeptSpans, trace_into_memory
 from tests.unit.grpc.conftest import API_KEY, Aborted, context
@@ -314,3 +315,28 @@ async def test_a_call_joins_its_callers_trace_and_answers_traceparent(
 async def test_probes_make_no_span(servicer: InferenceServicer, kept: KeptSpans) -> None:
     await servicer.ServerLive(pb.ServerLiveRequest(), context([("traceparent", f"00-{TRACE}-00f067aa0ba902b7-01")]))
     assert kept.spans == []
+
+
+async def test_calls_beyond_the_limit_are_overloaded_but_probes_still_answer(engine: Engine) -> None:
+    """As the HTTP edge sheds requests past XNLI_SERVE_MAX_INFLIGHT_REQUESTS but never its probes."""
+    servicer = InferenceServicer(engine, PredictionService(engine, 64), 64, max_calls=1)
+    release = asyncio.Event()
+
+    async def held(call: object) -> str:
+        await release.wait()
+        return "answered"
+
+    first = asyncio.ensure_future(servicer._serve("ModelInfer", context(), held))
+    await asyncio.sleep(0)
+    assert servicer.calls == 1
+    with pytest.raises(Aborted) as refused:
+        await servicer.ModelMetadata(pb.ModelMetadataRequest(name="xlmr-mnli"), context())
+    assert refused.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert refused.value.metadata["xnli-error-type"] == "overloaded"
+    assert refused.value.metadata["retry-after"] == "1"
+    assert "limit of 1 calls at once" in refused.value.details
+    assert (await servicer.ServerReady(pb.ServerReadyRequest(), context())).ready
+    release.set()
+    assert await first == "answered"
+    assert servicer.calls == 0
+    assert (await servicer.ModelMetadata(pb.ModelMetadataRequest(name="xlmr-mnli"), context())).name == "xlmr-mnli"

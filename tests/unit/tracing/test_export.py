@@ -3,6 +3,7 @@ leaves within the bounded wait at shutdown."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 
@@ -20,8 +21,18 @@ def closed_port() -> int:
     return port  # nothing listens there any more: every export is refused
 
 
+def quiet_exporter_retries() -> None:
+    """The exporters' threads go on retrying (and logging each failure) for up to their 10 s timeout, after the test
+    and, at the end of a run, after pytest has closed the streams their log records would reach ("Logging error ...
+    I/O operation on closed file"). Their records are dropped for the rest of the run on purpose: nobody reads them."""
+    exporter_log = logging.getLogger("opentelemetry.exporter.otlp")
+    exporter_log.addHandler(logging.NullHandler())
+    exporter_log.propagate = False
+
+
 @pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
 def test_an_unreachable_collector_costs_the_spans_not_the_caller(protocol: str) -> None:
+    quiet_exporter_retries()
     environ = {
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{closed_port()}",
         "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
