@@ -51,7 +51,6 @@ class GrpcServer:
         port: int,
         *,
         max_message_bytes: int,
-        max_concurrent_rpcs: int,
         reuse_port: bool,
         with_reflection: bool = False,
     ) -> None:
@@ -59,13 +58,13 @@ class GrpcServer:
         self.with_reflection = with_reflection
         self.address = address(host, port)
         self.max_message_bytes = max_message_bytes
-        self.max_concurrent_rpcs = max_concurrent_rpcs
         self.reuse_port = reuse_port
         self.port: int | None = None  # bound, once started
         self._server: grpc.aio.Server | None = None
         self.health: EngineHealth | None = None
 
     async def start(self) -> int:
+        calls = self.servicer.max_calls
         server = grpc.aio.server(
             options=[
                 ("grpc.so_reuseport", 1 if self.reuse_port else 0),
@@ -74,7 +73,7 @@ class GrpcServer:
             ],
             # A backstop over every RPC; the servicer itself bounds its calls (XNLI_SERVE_MAX_INFLIGHT_REQUESTS, as
             # HTTP's), so that health checks, probes and Watch streams always find room under full load.
-            maximum_concurrent_rpcs=self.max_concurrent_rpcs + MAX_WATCHERS + PROBE_ROOM,
+            maximum_concurrent_rpcs=None if calls is None else calls + MAX_WATCHERS + PROBE_ROOM,
         )
         server.add_generic_rpc_handlers((rpc_handlers(self.servicer),))
         self.health = add_health_service(self.servicer.engine, server, with_reflection=self.with_reflection)
@@ -121,7 +120,6 @@ def grpc_server(
         settings.host,
         settings.grpc_port,
         max_message_bytes=settings.max_body_bytes,
-        max_concurrent_rpcs=settings.max_inflight_requests,
         reuse_port=reuse_port,
         with_reflection=settings.grpc_reflection,
     )

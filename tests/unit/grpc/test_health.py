@@ -6,7 +6,6 @@ for."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +19,7 @@ from app.grpc import health
 from app.grpc.health import INFERENCE_SERVICE, NOT_SERVING, SERVING, EngineHealth, add_health_service
 from app.grpc.server import GrpcServer
 from app.grpc.service import InferenceServicer
+from tests.support.helpers import free_port
 
 pytestmark = pytest.mark.sockets
 
@@ -39,13 +39,6 @@ class Served:
     service: EngineHealth
     stub: Any  # grpc.aio stubs: the generated stubs' types describe the blocking API
     channel: grpc.aio.Channel
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -167,7 +160,6 @@ async def test_the_server_serves_health_always_and_reflection_when_asked(
         "127.0.0.1",
         port,
         max_message_bytes=1 << 20,
-        max_concurrent_rpcs=8,
         reuse_port=False,
         with_reflection=with_reflection,
     )
